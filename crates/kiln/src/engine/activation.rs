@@ -1,0 +1,121 @@
+//! Elementwise activations, applied in place and in parallel.
+
+use super::par::for_each_row;
+
+/// The feed-forward nonlinearity, named as Hugging Face configs name it (`hidden_act`,
+/// `activation_function`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: exact, `0.5·x·(1 + erf(x/√2))` (BERT).
+    GeluErf,
+    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation (GPT-2).
+    GeluTanh,
+    /// `relu`.
+    Relu,
+}
+
+impl Activation {
+    /// Parses a Hugging Face activation name.
+    pub fn from_hf(name: &str) -> Option<Self> {
+        match name {
+            "gelu" | "gelu_python" => Some(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
+            "relu" => Some(Activation::Relu),
+            _ => None,
+        }
+    }
+
+    /// The Hugging Face name written back to config.json.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Activation::GeluErf => "gelu",
+            Activation::GeluTanh => "gelu_new",
+            Activation::Relu => "relu",
+        }
+    }
+
+    /// The activation of one value.
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::GeluErf => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Activation::GeluTanh => {
+                const C: f32 = 0.797_884_6; // sqrt(2/pi)
+                0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+            }
+            Activation::Relu => x.max(0.0),
+        }
+    }
+}
+
+/// `x[r, :] = act(x[r, :] + bias)` for every row: the bias add and activation fused into one
+/// pass over memory after a matrix multiply.
+pub fn bias_act_inplace(x: &mut [f32], bias: Option<&[f32]>, act: Option<Activation>) {
+    match (bias, act) {
+        (Some(b), Some(a)) => for_each_row(x, b.len(), |_, row| {
+            row.iter_mut().zip(b).for_each(|(v, &bb)| *v = a.apply(*v + bb))
+        }),
+        (Some(b), None) => for_each_row(x, b.len(), |_, row| {
+            row.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb)
+        }),
+        (None, Some(a)) => for_each_row(x, 4096.min(x.len()).max(1), |_, row| {
+            row.iter_mut().for_each(|v| *v = a.apply(*v))
+        }),
+        (None, None) => {}
+    }
+}
+
+/// `x += y`, elementwise, in parallel.
+pub fn add_inplace(x: &mut [f32], y: &[f32]) {
+    let cols = 4096.min(x.len()).max(1);
+    for_each_row(x, cols, |i, row| {
+        let start = i * cols;
+        let n = row.len();
+        row.iter_mut()
+            .zip(&y[start..start + n])
+            .for_each(|(a, b)| *a += b)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tolerance for f32 activations against an f64 reference.
+    const ACT_TOL: f32 = 1e-6;
+
+    fn erf64(x: f64) -> f64 {
+        libm::erf(x)
+    }
+
+    #[test]
+    fn activations_match_f64_reference() {
+        for i in -600..600 {
+            let x = i as f32 / 100.0;
+            let xd = x as f64;
+            let erf_ref = 0.5 * xd * (1.0 + erf64(xd / 2f64.sqrt()));
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            let tanh_ref = 0.5 * xd * (1.0 + (c * (xd + 0.044715 * xd.powi(3))).tanh());
+            let tol = ACT_TOL * (1.0 + x.abs());
+            assert!((Activation::GeluErf.apply(x) as f64 - erf_ref).abs() < tol as f64, "gelu({x})");
+            assert!((Activation::GeluTanh.apply(x) as f64 - tanh_ref).abs() < tol as f64, "gelu_new({x})");
+            assert_eq!(Activation::Relu.apply(x), x.max(0.0));
+        }
+    }
+
+    #[test]
+    fn fused_bias_act_matches_separate_steps() {
+        let cols = 37;
+        let rows = 1000; // large enough to take the parallel path
+        let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+        let b: Vec<f32> = (0..cols).map(|i| i as f32 / 10.0 - 1.5).collect();
+        let mut fused = x.clone();
+        bias_act_inplace(&mut fused, Some(&b), Some(Activation::GeluErf));
+        for r in 0..rows {
+            for c in 0..cols {
+                let want = Activation::GeluErf.apply(x[r * cols + c] + b[c]);
+                assert_eq!(fused[r * cols + c], want);
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The linear layer: `y = x Wᵀ + b`, with the bias (and optionally the activation) fused into
+//! one pass after the matrix multiply, or accumulated straight into a residual stream.
+
+use super::activation::{bias_act_inplace, Activation};
+use super::matmul::{matmul, MatMut, MatRef, Par};
+use super::tensor::Tensor;
+use crate::error::{Error, Result};
+
+/// A dense layer holding `weight: [out, in]` (PyTorch `nn.Linear` layout) and `bias: [out]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// `[out_features, in_features]`.
+    pub weight: Tensor,
+    /// `[out_features]`, if any.
+    pub bias: Option<Tensor>,
+}
+
+/// What a linear layer does with its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearOut {
+    /// `out = x Wᵀ + b`.
+    Write,
+    /// `out = act(x Wᵀ + b)`.
+    WriteAct(Activation),
+    /// `out += x Wᵀ + b` (a residual connection without a temporary).
+    Accumulate,
+}
+
+impl Linear {
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        self.weight.shape()[1]
+    }
+
+    /// Output width.
+    pub fn out_features(&self) -> usize {
+        self.weight.shape()[0]
+    }
+
+    /// x: [rows, in] -> out: [rows, out]
+    pub fn forward_into(&self, x: &[f32], rows: usize, out: &mut [f32], mode: LinearOut) -> Result<()> {
+        let (o, i) = (self.out_features(), self.in_features());
+        if x.len() != rows * i || out.len() != rows * o {
+            return Err(Error::shape(
+                "Linear::forward",
+                format!(
+                    "weight [{o}, {i}] with {rows} rows needs x of {} and out of {} values, got {} and {}",
+                    rows * i,
+                    rows * o,
+                    x.len(),
+                    out.len()
+                ),
+            ));
+        }
+        let bias = self.bias.as_ref().map(|b| b.data());
+        if mode == LinearOut::Accumulate {
+            // Adding the bias first lets the multiply accumulate straight into `out`.
+            bias_act_inplace(out, bias, None);
+        }
+        // Wᵀ is a strided view of W: no transposed copy.
+        let w_t = MatRef::new(self.weight.data(), o, i)?.t();
+        matmul(
+            MatMut::new(out, rows, o)?,
+            MatRef::new(x, rows, i)?,
+            w_t,
+            1.0,
+            mode == LinearOut::Accumulate,
+            Par::All,
+        )?;
+        match mode {
+            LinearOut::Write => bias_act_inplace(out, bias, None),
+            LinearOut::WriteAct(a) => bias_act_inplace(out, bias, Some(a)),
+            LinearOut::Accumulate => {}
+        }
+        Ok(())
+    }
+
+    /// x: [rows, in] -> [rows, out], allocating the result.
+    pub fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; rows * self.out_features()];
+        self.forward_into(x, rows, &mut out, LinearOut::Write)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::matmul::naive_matmul;
+    use rand::{Rng, SeedableRng};
+
+    /// Relative tolerance of the gemm-backed linear against the f64 naive product.
+    const LINEAR_RTOL: f32 = 1e-5;
+
+    fn rand_vec(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+    }
+
+    #[test]
+    fn linear_matches_naive_in_all_modes() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for &(rows, i, o) in &[(1usize, 5usize, 3usize), (17, 96, 200), (130, 64, 33)] {
+            let x = rand_vec(&mut rng, rows * i);
+            let w = rand_vec(&mut rng, o * i);
+            let b = rand_vec(&mut rng, o);
+            let lin = Linear {
+                weight: Tensor::new(vec![o, i], w.clone()).unwrap(),
+                bias: Some(Tensor::new(vec![o], b.clone()).unwrap()),
+            };
+            let wt = Tensor::new(vec![o, i], w).unwrap().transpose2d().unwrap();
+            let reference = naive_matmul(&x, wt.data(), rows, i, o);
+            let scale = i as f32; // sums of i products of values in [-1, 1]
+            let close = |got: f32, want: f32| (got - want).abs() <= LINEAR_RTOL * scale;
+
+            let y = lin.forward(&x, rows).unwrap();
+            let resid = rand_vec(&mut rng, rows * o);
+            let mut acc = resid.clone();
+            lin.forward_into(&x, rows, &mut acc, LinearOut::Accumulate).unwrap();
+            let mut act = vec![0.0; rows * o];
+            lin.forward_into(&x, rows, &mut act, LinearOut::WriteAct(Activation::GeluTanh)).unwrap();
+            for r in 0..rows {
+                for c in 0..o {
+                    let want = reference[r * o + c] + b[c];
+                    assert!(close(y[r * o + c], want));
+                    assert!(close(acc[r * o + c], want + resid[r * o + c]));
+                    assert!(close(act[r * o + c], Activation::GeluTanh.apply(want)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shape_mismatch_is_an_error() {
+        let lin = Linear {
+            weight: Tensor::zeros(&[3, 4]),
+            bias: None,
+        };
+        let err = lin.forward(&[0.0; 5], 1).unwrap_err();
+        assert!(err.to_string().contains("weight [3, 4]"), "{err}");
+    }
+}

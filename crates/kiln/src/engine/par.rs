@@ -1,0 +1,49 @@
+//! Thread control and the parallel loop helpers shared by the kernels.
+
+use rayon::prelude::*;
+
+/// Sets the number of worker threads for all kernels (`--threads`); `None` uses every core.
+/// Only the first call has an effect, as rayon's global pool is built once.
+pub fn init_threads(n: Option<usize>) {
+    let mut b = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = n {
+        b = b.num_threads(n.max(1));
+    }
+    let _ = b.build_global();
+}
+
+/// Number of worker threads kernels will use.
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// Below this many f32 values a pass over memory is not worth splitting across threads.
+pub const PAR_MIN_ELEMS: usize = 1 << 14;
+
+/// Runs `f(row_index, row)` over the rows of `data` (`row_len` values each), in parallel when
+/// the buffer is large enough to pay for it. Work splits are fixed by shape, never by timing.
+pub fn for_each_row(data: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if row_len == 0 {
+        return;
+    }
+    if data.len() < PAR_MIN_ELEMS || threads() == 1 {
+        data.chunks_mut(row_len).enumerate().for_each(|(i, r)| f(i, r));
+    } else {
+        let rows_per_task = (PAR_MIN_ELEMS / 4 / row_len).max(1);
+        data.par_chunks_mut(row_len * rows_per_task)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (j, r) in chunk.chunks_mut(row_len).enumerate() {
+                    f(c * rows_per_task + j, r)
+                }
+            });
+    }
+}
+
+/// A raw pointer that may cross threads. Used only where parallel tasks write disjoint,
+/// interleaved parts of one buffer (e.g. one attention head's columns of every row), which
+/// safe slices cannot express.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}

@@ -1,0 +1,97 @@
+//! The library's one error type. Every variant names what was being done, the file or tensor at
+//! fault, and what was expected, so a user can act on the message without reading the code.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Kiln.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened, read or written.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A required file of a model directory is absent.
+    #[error("missing file {path}: {hint}")]
+    MissingFile { path: PathBuf, hint: String },
+    /// A JSON file could not be parsed or lacks a required field.
+    #[error("invalid JSON in {path}: {msg}")]
+    Json { path: PathBuf, msg: String },
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid config {path}: field `{field}`: {msg}")]
+    Config {
+        path: PathBuf,
+        field: String,
+        msg: String,
+    },
+    /// The `model_type` of a config.json is not one Kiln implements.
+    #[error("unsupported model_type \"{model_type}\" in {path} (Kiln supports: {supported})")]
+    UnsupportedModel {
+        path: PathBuf,
+        model_type: String,
+        supported: String,
+    },
+    /// A tensor the architecture needs is not in the checkpoint.
+    #[error("tensor `{name}` not found in {path} (also tried: {tried}); is this a {arch} checkpoint?")]
+    MissingTensor {
+        path: PathBuf,
+        name: String,
+        tried: String,
+        arch: String,
+    },
+    /// A tensor exists but has the wrong shape.
+    #[error("tensor `{name}` in {path} has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        path: PathBuf,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    /// A tensor has a dtype Kiln cannot compute with.
+    #[error("tensor `{name}` in {path} has dtype {dtype}; Kiln reads F32, F16 and BF16 weights")]
+    TensorDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    /// The safetensors file is truncated or corrupt.
+    #[error("corrupt safetensors file {path}: {msg}")]
+    Safetensors { path: PathBuf, msg: String },
+    /// The tokenizer could not be loaded or failed on an input.
+    #[error("tokenizer {context}: {msg}")]
+    Tokenizer { context: String, msg: String },
+    /// A caller passed shapes or arguments that do not fit together.
+    #[error("{op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+    /// A user-supplied input (a line of a file, a flag value) is invalid.
+    #[error("{0}")]
+    Input(String),
+    /// Rendering an image failed.
+    #[error("plot {path}: {msg}")]
+    Plot { path: PathBuf, msg: String },
+}
+
+impl Error {
+    /// Helper for I/O errors with the path they concern.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Helper for shape mismatches detected by a kernel or model piece.
+    pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Kiln: pre-train, fine-tune, compress and run transformer language models on the CPU.
+//!
+//! The crate is laid out as the architecture: [`engine`] (tensors and fused kernels),
+//! [`model`] (one configured transformer core and the per-architecture name tables), [`heads`]
+//! (task heads), [`tokenize`] (input encoding), [`checkpoint`] (Hugging Face model directories),
+//! and [`infer`] (the inference tasks behind the CLI).
+
+pub mod engine;
+pub mod error;
+
+pub use error::{Error, Result};
