@@ -6,6 +6,11 @@
 //! and [`infer`] (the inference tasks behind the CLI).
 
 pub mod engine;
+pub mod checkpoint;
 pub mod error;
+pub mod heads;
+pub mod infer;
+pub mod model;
+pub mod tokenize;
 
 pub use error::{Error, Result};

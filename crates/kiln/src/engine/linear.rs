@@ -39,7 +39,29 @@ impl Linear {
 
     /// x: [rows, in] -> out: [rows, out]
     pub fn forward_into(&self, x: &[f32], rows: usize, out: &mut [f32], mode: LinearOut) -> Result<()> {
-        let (o, i) = (self.out_features(), self.in_features());
+        linear_forward(&self.weight, self.bias.as_ref(), x, rows, out, mode)
+    }
+
+    /// x: [rows, in] -> [rows, out], allocating the result.
+    pub fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; rows * self.out_features()];
+        self.forward_into(x, rows, &mut out, LinearOut::Write)?;
+        Ok(out)
+    }
+}
+
+/// The linear map with borrowed parameters, so a tied matrix (the word embeddings used as the
+/// output projection) needs no copy. x: [rows, in] -> out: [rows, out]
+pub fn linear_forward(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    mode: LinearOut,
+) -> Result<()> {
+    {
+        let (o, i) = (weight.shape()[0], weight.cols());
         if x.len() != rows * i || out.len() != rows * o {
             return Err(Error::shape(
                 "Linear::forward",
@@ -52,13 +74,13 @@ impl Linear {
                 ),
             ));
         }
-        let bias = self.bias.as_ref().map(|b| b.data());
+        let bias = bias.map(|b| b.data());
         if mode == LinearOut::Accumulate {
             // Adding the bias first lets the multiply accumulate straight into `out`.
             bias_act_inplace(out, bias, None);
         }
         // Wᵀ is a strided view of W: no transposed copy.
-        let w_t = MatRef::new(self.weight.data(), o, i)?.t();
+        let w_t = MatRef::new(weight.data(), o, i)?.t();
         matmul(
             MatMut::new(out, rows, o)?,
             MatRef::new(x, rows, i)?,
@@ -73,13 +95,6 @@ impl Linear {
             LinearOut::Accumulate => {}
         }
         Ok(())
-    }
-
-    /// x: [rows, in] -> [rows, out], allocating the result.
-    pub fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let mut out = vec![0.0; rows * self.out_features()];
-        self.forward_into(x, rows, &mut out, LinearOut::Write)?;
-        Ok(out)
     }
 }
 

@@ -1,0 +1,300 @@
+//! Loading a model directory: config, weights (through the architecture's name table, with the
+//! aliases real checkpoints use), task heads that are present, tokenizer and sentence-embedding
+//! settings.
+
+use super::sentence::SentenceConfig;
+use super::weights::WeightStore;
+use crate::engine::{LayerNorm, Linear, Tensor};
+use crate::error::{Error, Result};
+use crate::heads::{LmHead, MlmHead, Pooler};
+use crate::model::arch::{NameTable, QkvNames};
+use crate::model::{Arch, Block, Embeddings, ModelConfig, Transformer};
+use crate::tokenize::Tokenizer;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// A loaded model directory.
+pub struct Pretrained {
+    /// The directory the model came from.
+    pub dir: PathBuf,
+    /// The transformer core.
+    pub model: Transformer,
+    /// BERT pooler, if the checkpoint has one.
+    pub pooler: Option<Pooler>,
+    /// Masked-LM head, if the checkpoint has one.
+    pub mlm_head: Option<MlmHead>,
+    /// Causal-LM head (GPT-2; tied to the embeddings unless the checkpoint has its own).
+    pub lm_head: Option<LmHead>,
+    /// The tokenizer, when the directory has one.
+    pub tokenizer: Option<Tokenizer>,
+    /// sentence-transformers settings (pooling, normalization, max length), if any.
+    pub sentence: Option<SentenceConfig>,
+    /// Tensors in the checkpoint that Kiln did not use (e.g. heads of other tasks).
+    pub unused_tensors: Vec<String>,
+}
+
+impl Pretrained {
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    /// The tokenizer, or an error naming the directory when it has none.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::MissingFile {
+            path: self.dir.join("tokenizer.json"),
+            hint: "this command needs a tokenizer: tokenizer.json, vocab.txt (BERT) or vocab.json + merges.txt (GPT-2)".into(),
+        })
+    }
+}
+
+/// Loads the model directory `dir` (a transformers or sentence-transformers directory).
+pub fn load(dir: &Path) -> Result<Pretrained> {
+    if !dir.is_dir() {
+        return Err(Error::MissingFile {
+            path: dir.to_path_buf(),
+            hint: "expected a model directory holding config.json, model.safetensors and tokenizer.json".into(),
+        });
+    }
+    let sentence = SentenceConfig::read(dir)?;
+    // Old sentence-transformers layouts keep the transformer in a subfolder (`0_Transformer/`).
+    let model_dir = match &sentence {
+        Some(s) if !dir.join("config.json").exists() && s.transformer_path.is_some() => {
+            dir.join(s.transformer_path.as_deref().unwrap_or(""))
+        }
+        _ => dir.to_path_buf(),
+    };
+    let config = ModelConfig::from_file(&model_dir.join("config.json"))?;
+    let store = WeightStore::open_dir(&model_dir)?;
+    let mut r = Reader {
+        store: &store,
+        names: config.arch.names(),
+        arch: config.arch,
+        dir: &model_dir,
+        used: HashSet::new(),
+    };
+    let model = load_transformer(&mut r, &config)?;
+    let h = config.hidden_size;
+    let eps = config.layer_norm_eps as f32;
+
+    let pooler = match r.names.pooler {
+        Some(p) if r.find(&format!("{p}.weight"), true).is_some() => Some(Pooler {
+            dense: r.linear(p, true, h, h)?,
+        }),
+        _ => None,
+    };
+    let mlm_head = if config.arch == Arch::Bert && r.find("cls.predictions.transform.dense.weight", false).is_some() {
+        let transform = r.linear("cls.predictions.transform.dense", false, h, h)?;
+        let norm = r.layer_norm("cls.predictions.transform.LayerNorm", false, h, eps)?;
+        let bias = match r.find("cls.predictions.bias", false) {
+            Some(_) => r.tensor("cls.predictions.bias", false, &[config.vocab_size])?,
+            None => r.tensor("cls.predictions.decoder.bias", false, &[config.vocab_size])?,
+        };
+        let has_decoder = r.find("cls.predictions.decoder.weight", false).is_some();
+        let decoder = if has_decoder {
+            let d = r.tensor("cls.predictions.decoder.weight", false, &[config.vocab_size, h])?;
+            (!config.tie_word_embeddings).then_some(d)
+        } else {
+            None
+        };
+        if let Some(b) = r.find("cls.predictions.decoder.bias", false) {
+            r.used.insert(b);
+        }
+        Some(MlmHead {
+            transform,
+            activation: config.activation,
+            norm,
+            decoder,
+            bias,
+        })
+    } else {
+        None
+    };
+    let lm_head = if config.arch == Arch::Gpt2 {
+        match r.find("lm_head.weight", false) {
+            Some(_) => {
+                let w = r.tensor("lm_head.weight", false, &[config.vocab_size, h])?;
+                Some(LmHead {
+                    weight: (!config.tie_word_embeddings).then_some(w),
+                })
+            }
+            None if config.tie_word_embeddings => Some(LmHead { weight: None }),
+            None => None,
+        }
+    } else {
+        None
+    };
+
+    let ignored = r.names.ignored_suffixes;
+    let unused_tensors = store
+        .names()
+        .into_iter()
+        .filter(|n| !r.used.contains(n) && !ignored.iter().any(|s| n.ends_with(s)))
+        .collect();
+    let tokenizer = Tokenizer::from_dir(&model_dir)?;
+    Ok(Pretrained {
+        dir: dir.to_path_buf(),
+        model,
+        pooler,
+        mlm_head,
+        lm_head,
+        tokenizer,
+        sentence,
+        unused_tensors,
+    })
+}
+
+fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer> {
+    let n = r.names;
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let eps = cfg.layer_norm_eps as f32;
+    let embeddings = Embeddings {
+        word: r.tensor(n.word_embeddings, true, &[cfg.vocab_size, h])?,
+        position: r.tensor(n.position_embeddings, true, &[cfg.max_positions, h])?,
+        token_type: match n.token_type_embeddings {
+            Some(name) if cfg.type_vocab_size > 0 => Some(r.tensor(name, true, &[cfg.type_vocab_size, h])?),
+            _ => None,
+        },
+        norm: match n.embeddings_norm {
+            Some(m) => Some(r.layer_norm(m, true, h, eps)?),
+            None => None,
+        },
+    };
+    let mut blocks = Vec::with_capacity(cfg.num_layers);
+    for l in 0..cfg.num_layers {
+        let p = format!("{}{l}.", n.layer);
+        let qkv = match n.qkv {
+            QkvNames::Separate(names) => {
+                let parts = names
+                    .iter()
+                    .map(|m| r.linear(&format!("{p}{m}"), true, h, h))
+                    .collect::<Result<Vec<_>>>()?;
+                fuse_rows(&parts)?
+            }
+            QkvNames::Fused(m) => r.linear(&format!("{p}{m}"), true, 3 * h, h)?,
+        };
+        blocks.push(Block {
+            qkv,
+            attn_out: r.linear(&format!("{p}{}", n.attn_out), true, h, h)?,
+            ln_attn: r.layer_norm(&format!("{p}{}", n.ln_attn), true, h, eps)?,
+            ffn_in: r.linear(&format!("{p}{}", n.ffn_in), true, i, h)?,
+            ffn_out: r.linear(&format!("{p}{}", n.ffn_out), true, h, i)?,
+            ln_ffn: r.layer_norm(&format!("{p}{}", n.ln_ffn), true, h, eps)?,
+        });
+    }
+    let final_norm = match n.final_norm {
+        Some(m) if cfg.final_norm => Some(r.layer_norm(m, true, h, eps)?),
+        _ => None,
+    };
+    Ok(Transformer {
+        config: cfg.clone(),
+        embeddings,
+        blocks,
+        final_norm,
+    })
+}
+
+/// Stacks linears that share an input into one (q, k, v -> qkv) so one GEMM computes them all.
+pub(crate) fn fuse_rows(parts: &[Linear]) -> Result<Linear> {
+    let w: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+    let bias = if parts.iter().all(|l| l.bias.is_some()) {
+        let b: Vec<f32> = parts.iter().flat_map(|l| l.bias.as_ref().map_or(&[][..], |b| b.data()).to_vec()).collect();
+        Some(Tensor::new(vec![b.len()], b)?)
+    } else {
+        None
+    };
+    Ok(Linear {
+        weight: Tensor::concat_rows(&w)?,
+        bias,
+    })
+}
+
+/// Resolves Kiln's slot names to the tensors present in a checkpoint.
+struct Reader<'a> {
+    store: &'a WeightStore,
+    names: &'static NameTable,
+    arch: Arch,
+    dir: &'a Path,
+    used: HashSet<String>,
+}
+
+impl Reader<'_> {
+    /// The names a tensor may have: with and without the base-model prefix, and the legacy
+    /// `gamma`/`beta` spellings of LayerNorm parameters.
+    fn candidates(&self, name: &str, base: bool) -> Vec<String> {
+        let forms = if base {
+            vec![format!("{}{name}", self.names.base_prefix), name.to_string()]
+        } else {
+            vec![name.to_string()]
+        };
+        let mut out = Vec::new();
+        for f in forms {
+            out.push(f.clone());
+            if let Some(s) = f.strip_suffix(".weight") {
+                out.push(format!("{s}.gamma"));
+            } else if let Some(s) = f.strip_suffix(".bias") {
+                out.push(format!("{s}.beta"));
+            }
+        }
+        out
+    }
+
+    fn find(&self, name: &str, base: bool) -> Option<String> {
+        self.candidates(name, base).into_iter().find(|c| self.store.contains(c))
+    }
+
+    fn tensor(&mut self, name: &str, base: bool, shape: &[usize]) -> Result<Tensor> {
+        let Some(found) = self.find(name, base) else {
+            let tried = self.candidates(name, base);
+            return Err(Error::MissingTensor {
+                path: self.weights_path(),
+                name: tried[0].clone(),
+                tried: tried[1..].join(", "),
+                arch: self.arch.model_type().into(),
+            });
+        };
+        let stored = self.store.shape(&found).unwrap_or(&[]).to_vec();
+        if stored != shape {
+            return Err(Error::TensorShape {
+                path: self.store.path_of(&found).to_path_buf(),
+                name: found,
+                found: stored,
+                expected: shape.to_vec(),
+            });
+        }
+        let t = self.store.get(&found)?;
+        self.used.insert(found);
+        Ok(t)
+    }
+
+    /// A linear layer `[out, in]`; Conv1D checkpoints store `[in, out]` and are transposed here.
+    fn linear(&mut self, module: &str, base: bool, out: usize, inp: usize) -> Result<Linear> {
+        let weight = if self.names.conv1d {
+            self.tensor(&format!("{module}.weight"), base, &[inp, out])?.transpose2d()?
+        } else {
+            self.tensor(&format!("{module}.weight"), base, &[out, inp])?
+        };
+        let bias = match self.find(&format!("{module}.bias"), base) {
+            Some(_) => Some(self.tensor(&format!("{module}.bias"), base, &[out])?),
+            None => None,
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    fn layer_norm(&mut self, module: &str, base: bool, h: usize, eps: f32) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: self.tensor(&format!("{module}.weight"), base, &[h])?,
+            bias: self.tensor(&format!("{module}.bias"), base, &[h])?,
+            eps,
+        })
+    }
+
+    fn weights_path(&self) -> PathBuf {
+        let single = self.dir.join("model.safetensors");
+        if single.exists() {
+            single
+        } else {
+            self.dir.join("model.safetensors.index.json")
+        }
+    }
+}

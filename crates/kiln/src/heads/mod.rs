@@ -1,0 +1,9 @@
+//! Task heads on top of the transformer core, with Hugging Face tensor names.
+
+pub mod lm;
+pub mod mlm;
+pub mod pooler;
+
+pub use lm::LmHead;
+pub use mlm::MlmHead;
+pub use pooler::Pooler;

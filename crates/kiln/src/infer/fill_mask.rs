@@ -1,0 +1,59 @@
+//! Fill-mask: the masked-LM head's distribution at each mask position. Only the mask rows go
+//! through the vocabulary projection.
+
+use crate::checkpoint::Pretrained;
+use crate::engine::softmax::softmax_rows;
+use crate::engine::topk::top_k;
+use crate::error::{Error, Result};
+use crate::model::Batch;
+use crate::tokenize::Tokenizer;
+
+/// One candidate for a masked position.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MaskPrediction {
+    /// Vocabulary id.
+    pub token_id: u32,
+    /// Token string.
+    pub token: String,
+    /// Softmax probability.
+    pub score: f32,
+}
+
+/// For each mask token of `text`, left to right, the `top_k` most likely tokens.
+pub fn fill_mask(p: &Pretrained, tokenizer: &Tokenizer, text: &str, top_k_n: usize) -> Result<Vec<Vec<MaskPrediction>>> {
+    let head = p.mlm_head.as_ref().ok_or_else(|| {
+        Error::Input(format!(
+            "{} has no masked-LM head (cls.predictions.*); fill-mask needs a BertForMaskedLM checkpoint",
+            p.dir.display()
+        ))
+    })?;
+    let mask_id = tokenizer
+        .mask_id()
+        .ok_or_else(|| Error::Input("the tokenizer has no [MASK] token".into()))?;
+    let enc = tokenizer.encode(text, None)?;
+    let positions: Vec<usize> = enc.ids.iter().enumerate().filter(|(_, &i)| i == mask_id).map(|(k, _)| k).collect();
+    if positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let batch = Batch::packed(&[(&enc.ids, Some(&enc.type_ids))])?;
+    let hidden = p.model.forward(&batch, p.model.default_mask(), None)?;
+    let h = p.config().hidden_size;
+    let rows: Vec<f32> = positions.iter().flat_map(|&k| hidden.row(k).to_vec()).collect();
+    let _ = h;
+    let mut logits = head.forward(&rows, positions.len(), &p.model.embeddings.word)?;
+    let v = p.config().vocab_size;
+    softmax_rows(&mut logits, v);
+    Ok(logits
+        .chunks(v)
+        .map(|row| {
+            top_k(row, top_k_n)
+                .into_iter()
+                .map(|(id, score)| MaskPrediction {
+                    token_id: id as u32,
+                    token: tokenizer.id_to_token(id as u32).unwrap_or_default(),
+                    score,
+                })
+                .collect()
+        })
+        .collect())
+}

@@ -1,0 +1,237 @@
+//! Text generation with a causal LM: greedy, sampling (temperature, top-k, top-p) and beam
+//! search, all incremental over a KV cache.
+
+use crate::checkpoint::Pretrained;
+use crate::engine::softmax::{log_softmax_rows, softmax_rows};
+use crate::engine::topk::top_k;
+use crate::error::{Error, Result};
+use crate::heads::LmHead;
+use crate::model::{Batch, KvCache};
+use rand::{Rng, SeedableRng};
+
+/// How the next token is chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Strategy {
+    /// The most likely token.
+    Greedy,
+    /// A random draw from the (filtered) distribution.
+    Sample {
+        /// Divides the logits; < 1 sharpens, > 1 flattens.
+        temperature: f32,
+        /// Keep only the k most likely tokens (0 = off).
+        top_k: usize,
+        /// Keep the smallest set of tokens whose probability reaches p (1.0 = off).
+        top_p: f32,
+    },
+    /// Beam search.
+    Beam {
+        /// Beams kept per step.
+        num_beams: usize,
+        /// Exponent of the length normalization (`score / len^penalty`).
+        length_penalty: f32,
+    },
+}
+
+/// Generation settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateOptions {
+    /// Most new tokens to produce.
+    pub max_new_tokens: usize,
+    /// Decoding strategy.
+    pub strategy: Strategy,
+    /// Seed of the sampling RNG.
+    pub seed: u64,
+}
+
+/// Generates continuations with one model.
+pub struct Generator<'a> {
+    p: &'a Pretrained,
+    head: &'a LmHead,
+    eos: Option<u32>,
+}
+
+impl<'a> Generator<'a> {
+    /// Needs a model with a causal-LM head.
+    pub fn new(p: &'a Pretrained) -> Result<Self> {
+        let head = p.lm_head.as_ref().ok_or_else(|| {
+            Error::Input(format!(
+                "{} has no causal-LM head; generate needs a GPT-2 style model (GPT2LMHeadModel)",
+                p.dir.display()
+            ))
+        })?;
+        let eos = p.config().eos_token_id.or_else(|| p.tokenizer.as_ref().and_then(|t| t.eos_id()));
+        Ok(Generator { p, head, eos })
+    }
+
+    /// Runs `ids` after the cached tokens; returns the logits of the last position.
+    fn step(&self, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f32>> {
+        let batch = Batch::continuation(&[ids], &[cache.len])?;
+        let hidden = self
+            .p
+            .model
+            .forward(&batch, self.p.model.default_mask(), Some(std::slice::from_mut(cache)))?;
+        let last = hidden.row(hidden.rows() - 1);
+        self.head.forward(last, 1, &self.p.model.embeddings.word)
+    }
+
+    fn room(&self, prompt_len: usize, max_new: usize) -> Result<usize> {
+        let max_pos = self.p.config().max_positions;
+        if prompt_len == 0 {
+            return Err(Error::Input("the prompt is empty; give at least one token".into()));
+        }
+        if prompt_len >= max_pos {
+            return Err(Error::Input(format!(
+                "the prompt has {prompt_len} tokens, the model's limit is {max_pos} positions"
+            )));
+        }
+        Ok(max_new.min(max_pos - prompt_len))
+    }
+
+    /// Greedy or sampled continuation of `prompt`; `on_token` sees each new id as it is
+    /// produced. Returns the new ids (ending with EOS when it was produced).
+    pub fn generate(&self, prompt: &[u32], opts: &GenerateOptions, mut on_token: impl FnMut(u32)) -> Result<Vec<u32>> {
+        if let Strategy::Beam { num_beams, length_penalty } = opts.strategy {
+            let out = self.beam_search(prompt, opts.max_new_tokens, num_beams, length_penalty)?;
+            out.iter().for_each(|&t| on_token(t));
+            return Ok(out);
+        }
+        let n = self.room(prompt.len(), opts.max_new_tokens)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+        let mut cache = self.p.model.new_cache();
+        let mut logits = self.step(&mut cache, prompt)?;
+        let mut out = Vec::new();
+        for i in 0..n {
+            let next = match &opts.strategy {
+                Strategy::Sample { temperature, top_k, top_p } => {
+                    sample(&mut logits, *temperature, *top_k, *top_p, &mut rng)?
+                }
+                _ => argmax(&logits),
+            };
+            out.push(next);
+            on_token(next);
+            if Some(next) == self.eos || i + 1 == n {
+                break;
+            }
+            logits = self.step(&mut cache, &[next])?;
+        }
+        Ok(out)
+    }
+
+    /// Beam search as transformers does it: 2·B candidates per step, an EOS candidate ranked
+    /// within the top B finishes a hypothesis scored `sum_logprobs / new_len^length_penalty`,
+    /// and the search stops once B hypotheses are finished (`early_stopping=True`).
+    /// (transformers `generation/utils.py` `_beam_search`.)
+    pub fn beam_search(&self, prompt: &[u32], max_new: usize, num_beams: usize, length_penalty: f32) -> Result<Vec<u32>> {
+        if num_beams == 0 {
+            return Err(Error::Input("--num-beams must be at least 1".into()));
+        }
+        let n = self.room(prompt.len(), max_new)?;
+        let v = self.p.config().vocab_size;
+        struct Beam {
+            tokens: Vec<u32>,
+            score: f32,
+            cache: KvCache,
+            logits: Vec<f32>,
+        }
+        let mut cache = self.p.model.new_cache();
+        let logits = self.step(&mut cache, prompt)?;
+        let mut beams = vec![Beam { tokens: Vec::new(), score: 0.0, cache, logits }];
+        let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
+        let norm = |sum: f32, len: usize| sum / (len as f32).powf(length_penalty);
+        for step in 0..n {
+            // (beam, token, total log-prob) candidates
+            let mut cands: Vec<(usize, u32, f32)> = Vec::new();
+            for (b, beam) in beams.iter_mut().enumerate() {
+                log_softmax_rows(&mut beam.logits, v);
+                for (t, lp) in top_k(&beam.logits, 2 * num_beams) {
+                    cands.push((b, t as u32, beam.score + lp));
+                }
+            }
+            cands.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+            cands.truncate(2 * num_beams);
+            let mut next: Vec<(usize, u32, f32)> = Vec::new();
+            for (rank, &(b, t, s)) in cands.iter().enumerate() {
+                if Some(t) == self.eos {
+                    if rank < num_beams {
+                        let mut toks = beams[b].tokens.clone();
+                        toks.push(t);
+                        finished.push((toks, norm(s, step + 1)));
+                    }
+                } else {
+                    next.push((b, t, s));
+                }
+                if next.len() == num_beams {
+                    break;
+                }
+            }
+            if finished.len() >= num_beams || next.is_empty() {
+                break;
+            }
+            let last = step + 1 == n;
+            let mut new_beams = Vec::with_capacity(next.len());
+            for (b, t, s) in next {
+                let mut tokens = beams[b].tokens.clone();
+                tokens.push(t);
+                if last {
+                    new_beams.push(Beam { tokens, score: s, cache: self.p.model.new_cache(), logits: Vec::new() });
+                    continue;
+                }
+                let mut cache = beams[b].cache.clone();
+                let logits = self.step(&mut cache, &[t])?;
+                new_beams.push(Beam { tokens, score: s, cache, logits });
+            }
+            beams = new_beams;
+            if last {
+                for b in &beams {
+                    finished.push((b.tokens.clone(), norm(b.score, b.tokens.len())));
+                }
+            }
+        }
+        if finished.is_empty() {
+            for b in &beams {
+                finished.push((b.tokens.clone(), norm(b.score, b.tokens.len().max(1))));
+            }
+        }
+        finished.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
+        Ok(finished.into_iter().next().map(|f| f.0).unwrap_or_default())
+    }
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    top_k(x, 1).first().map_or(0, |t| t.0 as u32)
+}
+
+/// Temperature, then top-k, then top-p filtering (transformers' order), then a draw.
+fn sample(logits: &mut [f32], temperature: f32, k: usize, p: f32, rng: &mut impl Rng) -> Result<u32> {
+    if !(temperature > 0.0) {
+        return Err(Error::Input(format!("--temperature must be positive, got {temperature}")));
+    }
+    if !(p > 0.0 && p <= 1.0) {
+        return Err(Error::Input(format!("--top-p must be in (0, 1], got {p}")));
+    }
+    logits.iter_mut().for_each(|l| *l /= temperature);
+    let v = logits.len();
+    softmax_rows(logits, v);
+    let mut kept = top_k(logits, if k == 0 { v } else { k });
+    if p < 1.0 {
+        let mut acc = 0.0;
+        let mut cut = kept.len();
+        for (i, (_, q)) in kept.iter().enumerate() {
+            acc += q;
+            if acc >= p {
+                cut = i + 1;
+                break;
+            }
+        }
+        kept.truncate(cut);
+    }
+    let total: f32 = kept.iter().map(|k| k.1).sum();
+    let mut r = rng.gen::<f32>() * total;
+    for (id, q) in &kept {
+        if r < *q {
+            return Ok(*id as u32);
+        }
+        r -= q;
+    }
+    Ok(kept.last().map_or(0, |k| k.0 as u32))
+}

@@ -1,0 +1,11 @@
+//! Inference tasks behind the CLI: sentence embeddings, fill-mask, text generation and the
+//! contextual word-similarity picture.
+
+pub mod embed;
+pub mod fill_mask;
+pub mod generate;
+pub mod similarity;
+
+pub use embed::{EmbedOptions, Embedder};
+pub use fill_mask::{fill_mask, MaskPrediction};
+pub use generate::{GenerateOptions, Generator, Strategy};

@@ -1,0 +1,152 @@
+//! One transformer block: attention sublayer and feed-forward sublayer, each with a residual
+//! connection and a layer norm placed before (GPT-2) or after (BERT) it.
+
+use super::batch::Batch;
+use super::config::{ModelConfig, NormPlacement};
+use super::kv_cache::KvCache;
+use crate::engine::attention::{attention, AttnSeq};
+use crate::engine::{LayerNorm, Linear, LinearOut, MaskKind};
+use crate::error::{Error, Result};
+
+/// The weights of one block, in Kiln's layout (`[out, in]` linears, fused QKV).
+#[derive(Clone, Debug)]
+pub struct Block {
+    /// Query, key and value projections stacked: `[3 · hidden, hidden]`.
+    pub qkv: Linear,
+    /// Attention output projection `[hidden, hidden]`.
+    pub attn_out: Linear,
+    /// Norm of the attention sublayer.
+    pub ln_attn: LayerNorm,
+    /// Feed-forward up projection `[intermediate, hidden]`.
+    pub ffn_in: Linear,
+    /// Feed-forward down projection `[hidden, intermediate]`.
+    pub ffn_out: Linear,
+    /// Norm of the feed-forward sublayer.
+    pub ln_ffn: LayerNorm,
+}
+
+/// Scratch buffers reused by every block of a forward pass.
+#[derive(Default)]
+pub struct Workspace {
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    normed: Vec<f32>,
+    ffn: Vec<f32>,
+}
+
+impl Workspace {
+    fn size(&mut self, tokens: usize, cfg: &ModelConfig) {
+        let h = cfg.hidden_size;
+        self.qkv.resize(tokens * 3 * h, 0.0);
+        self.ctx.resize(tokens * h, 0.0);
+        self.normed.resize(tokens * h, 0.0);
+        self.ffn.resize(tokens * cfg.intermediate_size, 0.0);
+    }
+}
+
+impl Block {
+    /// x: [tokens, hidden] -> x: [tokens, hidden], updated in place.
+    ///
+    /// With `cache`, each sequence's new keys and values are appended to layer `layer` of its
+    /// cache and queries attend over everything cached.
+    pub fn forward(
+        &self,
+        cfg: &ModelConfig,
+        x: &mut [f32],
+        batch: &Batch,
+        mask: MaskKind,
+        cache: Option<(&mut [KvCache], usize)>,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let t = batch.tokens();
+        let h = cfg.hidden_size;
+        ws.size(t, cfg);
+        let pre = cfg.norm == NormPlacement::Pre;
+
+        // Attention sublayer.
+        let attn_in: &[f32] = if pre {
+            self.ln_attn.forward(x, &mut ws.normed);
+            &ws.normed
+        } else {
+            x
+        };
+        self.qkv.forward_into(attn_in, t, &mut ws.qkv, LinearOut::Write)?;
+        let offsets = batch.offsets();
+        let qkv = &ws.qkv;
+        match cache {
+            Some((caches, layer)) => {
+                if caches.len() != batch.seq_lens.len() {
+                    return Err(Error::shape("Block::forward", "one KV cache per sequence"));
+                }
+                for (s, c) in caches.iter_mut().enumerate() {
+                    let (k, v) = &mut c.layers[layer];
+                    for r in offsets[s]..offsets[s] + batch.seq_lens[s] {
+                        k.extend_from_slice(&qkv[r * 3 * h + h..r * 3 * h + 2 * h]);
+                        v.extend_from_slice(&qkv[r * 3 * h + 2 * h..r * 3 * h + 3 * h]);
+                    }
+                }
+                let seqs: Vec<AttnSeq> = caches
+                    .iter()
+                    .enumerate()
+                    .map(|(s, c)| {
+                        let (k, v) = &c.layers[layer];
+                        AttnSeq {
+                            q: &qkv[offsets[s] * 3 * h..],
+                            q_rs: 3 * h,
+                            lq: batch.seq_lens[s],
+                            k,
+                            k_rs: h,
+                            v,
+                            v_rs: h,
+                            lk: k.len() / h,
+                            q_pos0: c.len,
+                            key_mask: None,
+                            out_row0: offsets[s],
+                        }
+                    })
+                    .collect();
+                attention(&seqs, cfg.num_heads, cfg.head_dim(), mask, &mut ws.ctx)?;
+            }
+            None => {
+                let seqs: Vec<AttnSeq> = (0..batch.seq_lens.len())
+                    .map(|s| {
+                        let (o, l) = (offsets[s], batch.seq_lens[s]);
+                        AttnSeq {
+                            q: &qkv[o * 3 * h..],
+                            q_rs: 3 * h,
+                            lq: l,
+                            k: &qkv[o * 3 * h + h..],
+                            k_rs: 3 * h,
+                            v: &qkv[o * 3 * h + 2 * h..],
+                            v_rs: 3 * h,
+                            lk: l,
+                            q_pos0: 0,
+                            key_mask: batch.key_mask.as_ref().map(|m| &m[o..o + l]),
+                            out_row0: o,
+                        }
+                    })
+                    .collect();
+                attention(&seqs, cfg.num_heads, cfg.head_dim(), mask, &mut ws.ctx)?;
+            }
+        }
+        self.attn_out.forward_into(&ws.ctx, t, x, LinearOut::Accumulate)?;
+        if !pre {
+            self.ln_attn.forward_inplace(x);
+        }
+
+        // Feed-forward sublayer.
+        let ffn_in: &[f32] = if pre {
+            self.ln_ffn.forward(x, &mut ws.normed);
+            &ws.normed
+        } else {
+            x
+        };
+        self.ffn_in
+            .forward_into(ffn_in, t, &mut ws.ffn, LinearOut::WriteAct(cfg.activation))?;
+        self.ffn_out.forward_into(&ws.ffn, t, x, LinearOut::Accumulate)?;
+        if !pre {
+            self.ln_ffn.forward_inplace(x);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! The transformer core shared by every architecture.
+
+use super::arch::Arch;
+use super::batch::Batch;
+use super::block::{Block, Workspace};
+use super::config::ModelConfig;
+use super::embeddings::Embeddings;
+use super::kv_cache::KvCache;
+use crate::engine::{LayerNorm, MaskKind, Tensor};
+use crate::error::{Error, Result};
+
+/// Embeddings, blocks and an optional final norm.
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    /// Sizes and switches.
+    pub config: ModelConfig,
+    /// Input embeddings.
+    pub embeddings: Embeddings,
+    /// The blocks, first to last.
+    pub blocks: Vec<Block>,
+    /// Norm after the last block (pre-LN models).
+    pub final_norm: Option<LayerNorm>,
+}
+
+impl Transformer {
+    /// The mask the architecture was trained with: bidirectional for an encoder, causal for a
+    /// decoder.
+    pub fn default_mask(&self) -> MaskKind {
+        match self.config.arch {
+            Arch::Bert => MaskKind::Bidirectional,
+            Arch::Gpt2 => MaskKind::Causal,
+        }
+    }
+
+    /// Runs the model over a packed batch.
+    ///
+    /// batch: [tokens] -> [tokens, hidden] (the last hidden state; after the final norm when the
+    /// model has one). With `caches` (one per sequence), keys and values are appended to them.
+    pub fn forward(&self, batch: &Batch, mask: MaskKind, mut caches: Option<&mut [KvCache]>) -> Result<Tensor> {
+        let cfg = &self.config;
+        let h = cfg.hidden_size;
+        let t = batch.tokens();
+        if let Some(&p) = batch.positions.iter().max() {
+            if p as usize >= cfg.max_positions {
+                return Err(Error::Input(format!(
+                    "sequence of {} tokens is longer than the model's {} positions (max_position_embeddings); truncate the input",
+                    p + 1,
+                    cfg.max_positions
+                )));
+            }
+        }
+        if let Some(c) = caches.as_deref() {
+            if c.len() != batch.seq_lens.len() {
+                return Err(Error::shape("Transformer::forward", "one KV cache per sequence"));
+            }
+            if let Some(s) = c.iter().position(|c| c.layers.len() != self.blocks.len() || c.hidden() != h) {
+                return Err(Error::shape("Transformer::forward", format!("cache {s} was made for another model")));
+            }
+        }
+        let mut x = vec![0.0f32; t * h];
+        let types: &[u32] = if self.embeddings.token_type.is_some() { &batch.type_ids } else { &[] };
+        self.embeddings.forward(&batch.ids, &batch.positions, types, &mut x)?;
+        let mut ws = Workspace::default();
+        for (l, block) in self.blocks.iter().enumerate() {
+            let c = caches.as_deref_mut().map(|c| (c, l));
+            block.forward(cfg, &mut x, batch, mask, c, &mut ws)?;
+        }
+        if let Some(c) = caches {
+            for (cache, &len) in c.iter_mut().zip(&batch.seq_lens) {
+                cache.len += len;
+            }
+        }
+        if let Some(n) = &self.final_norm {
+            n.forward_inplace(&mut x);
+        }
+        Tensor::new(vec![t, h], x)
+    }
+
+    /// A fresh KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.blocks.len(), self.config.hidden_size)
+    }
+
+    /// Number of parameters (tied matrices counted once).
+    pub fn num_parameters(&self) -> usize {
+        let e = &self.embeddings;
+        let ln = |n: &LayerNorm| n.weight.numel() + n.bias.numel();
+        let lin = |l: &crate::engine::Linear| l.weight.numel() + l.bias.as_ref().map_or(0, |b| b.numel());
+        let mut n = e.word.numel() + e.position.numel() + e.token_type.as_ref().map_or(0, |t| t.numel());
+        n += e.norm.as_ref().map_or(0, ln);
+        for b in &self.blocks {
+            n += lin(&b.qkv) + lin(&b.attn_out) + lin(&b.ffn_in) + lin(&b.ffn_out) + ln(&b.ln_attn) + ln(&b.ln_ffn);
+        }
+        n + self.final_norm.as_ref().map_or(0, ln)
+    }
+}

@@ -1,0 +1,90 @@
+//! Building a tokenizer from the files a model directory may hold.
+
+use super::{tok_err, Tokenizer};
+use crate::error::{Error, Result};
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::template::TemplateProcessing;
+
+pub(super) fn from_dir(dir: &Path) -> Result<Option<Tokenizer>> {
+    let json = dir.join("tokenizer.json");
+    let vocab_txt = dir.join("vocab.txt");
+    let vocab_json = dir.join("vocab.json");
+    let merges = dir.join("merges.txt");
+    if json.is_file() {
+        from_tokenizer_json(&json).map(Some)
+    } else if vocab_txt.is_file() {
+        bert_wordpiece(dir, &vocab_txt).map(Some)
+    } else if vocab_json.is_file() && merges.is_file() {
+        gpt2_bpe(&vocab_json, &merges).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+pub(super) fn from_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+        context: format!("loading {}", path.display()),
+        msg: e.to_string(),
+    })?;
+    Tokenizer::from_parts(inner, path.to_path_buf())
+}
+
+/// BERT's classic `vocab.txt`: BERT normalization (lower-casing per tokenizer_config.json's
+/// `do_lower_case`, default true; CJK characters split), WordPiece, `[CLS] a [SEP] b [SEP]`.
+fn bert_wordpiece(dir: &Path, vocab: &Path) -> Result<Tokenizer> {
+    let lowercase = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("do_lower_case").and_then(|b| b.as_bool()))
+        .unwrap_or(true);
+    let vocab_s = vocab.to_str().ok_or_else(|| Error::Input(format!("non-UTF-8 path {}", vocab.display())))?;
+    let wp = WordPiece::from_file(vocab_s)
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| tok_err(vocab, e))?;
+    let mut inner = tokenizers::Tokenizer::new(wp);
+    let id = |t: &str| {
+        inner.token_to_id(t).ok_or_else(|| Error::Tokenizer {
+            context: vocab.display().to_string(),
+            msg: format!("vocabulary has no {t} token"),
+        })
+    };
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    inner.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)));
+    inner.with_pre_tokenizer(Some(BertPreTokenizer));
+    let template = TemplateProcessing::builder()
+        .try_single("[CLS] $A [SEP]")
+        .and_then(|b| b.try_pair("[CLS] $A [SEP] $B:1 [SEP]:1"))
+        .map_err(|e| tok_err(vocab, e))?
+        .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
+        .build()
+        .map_err(|e| tok_err(vocab, e))?;
+    inner.with_post_processor(Some(template));
+    inner.with_decoder(Some(WordPieceDecoder::default()));
+    Tokenizer::from_parts(inner, vocab.to_path_buf())
+}
+
+/// GPT-2's `vocab.json` + `merges.txt`: byte-level BPE without a prefix space.
+fn gpt2_bpe(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
+    let (v, m) = (
+        vocab.to_str().ok_or_else(|| Error::Input(format!("non-UTF-8 path {}", vocab.display())))?,
+        merges.to_str().ok_or_else(|| Error::Input(format!("non-UTF-8 path {}", merges.display())))?,
+    );
+    let bpe = BPE::from_file(v, m).build().map_err(|e| tok_err(vocab, e))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    inner.with_post_processor(Some(ByteLevel::new(false, true, true)));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    // The special token is in vocab.json; mark it special so decoding can skip it.
+    if inner.token_to_id("<|endoftext|>").is_some() {
+        inner.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
+    }
+    Tokenizer::from_parts(inner, vocab.to_path_buf())
+}
