@@ -1,0 +1,135 @@
+//! Bad model directories give errors that name the file and the tensor or field at fault.
+
+mod common;
+
+use common::*;
+use kiln::checkpoint::{self, weights::write_safetensors, SaveDtype, WeightStore};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A scratch copy of the tiny BERT fixture.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-bad-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("tiny-bert").join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    match checkpoint::load(dir) {
+        Ok(_) => panic!("{} loaded but should not have", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn rewrite_tensors(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, kiln::engine::Tensor>)) {
+    let store = WeightStore::open_dir(dir).unwrap();
+    let mut t: BTreeMap<_, _> = store.names().into_iter().map(|n| (n.clone(), store.get(&n).unwrap())).collect();
+    drop(store);
+    edit(&mut t);
+    write_safetensors(&dir.join("model.safetensors"), &t, SaveDtype::F32).unwrap();
+}
+
+#[test]
+fn missing_directory_and_files() {
+    let msg = load_err(Path::new("/nonexistent/kiln-model"));
+    assert!(msg.contains("/nonexistent/kiln-model") && msg.contains("config.json"), "{msg}");
+
+    let dir = scratch("noconfig");
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("missing file") && msg.contains("config.json"), "{msg}");
+
+    let dir = scratch("noweights");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("model.safetensors") && msg.contains("model.safetensors.index.json"), "{msg}");
+}
+
+#[test]
+fn invalid_json_names_the_file() {
+    let dir = scratch("badjson");
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"bert\", ").unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("invalid JSON") && msg.contains("config.json"), "{msg}");
+}
+
+#[test]
+fn unknown_model_type_lists_supported_ones() {
+    let dir = scratch("unknowntype");
+    let mut cfg = json(&dir.join("config.json"));
+    cfg["model_type"] = "llama".into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("\"llama\"") && msg.contains("config.json") && msg.contains("bert, gpt2"), "{msg}");
+}
+
+#[test]
+fn bad_config_value_names_the_field() {
+    let dir = scratch("badfield");
+    let mut cfg = json(&dir.join("config.json"));
+    cfg["hidden_size"] = "ninety-six".into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("hidden_size") && msg.contains("config.json"), "{msg}");
+
+    let mut cfg = json(&fixture("tiny-bert").join("config.json"));
+    cfg["num_attention_heads"] = 5.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("num_attention_heads") && msg.contains("not divisible"), "{msg}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = scratch("missingtensor");
+    rewrite_tensors(&dir, |t| {
+        t.remove("bert.encoder.layer.1.attention.self.key.weight");
+    });
+    let msg = load_err(&dir);
+    assert!(
+        msg.contains("bert.encoder.layer.1.attention.self.key.weight") && msg.contains("model.safetensors"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn misshaped_tensor_is_named_with_both_shapes() {
+    let dir = scratch("badshape");
+    rewrite_tensors(&dir, |t| {
+        t.insert("bert.encoder.layer.0.intermediate.dense.weight".into(), kiln::engine::Tensor::zeros(&[199, 96]));
+    });
+    let msg = load_err(&dir);
+    assert!(
+        msg.contains("bert.encoder.layer.0.intermediate.dense.weight") && msg.contains("[199, 96]") && msg.contains("[200, 96]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn truncated_and_corrupt_safetensors() {
+    let dir = scratch("truncated");
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("corrupt safetensors") && msg.contains("model.safetensors") && msg.contains("truncated"), "{msg}");
+
+    let dir = scratch("garbage");
+    std::fs::write(dir.join("model.safetensors"), b"this is not a safetensors file at all").unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("corrupt safetensors") && msg.contains("model.safetensors"), "{msg}");
+}
+
+#[test]
+fn unsupported_dtype_is_named() {
+    let dir = scratch("dtype");
+    // An int64 tensor where a float weight is expected.
+    let store = WeightStore::open_dir(&fixture("tiny-bert-legacy")).unwrap();
+    assert!(store.contains("bert.embeddings.position_ids"));
+    let err = store.get("bert.embeddings.position_ids").unwrap_err().to_string();
+    assert!(err.contains("bert.embeddings.position_ids") && err.contains("I64"), "{err}");
+    drop(dir);
+}
