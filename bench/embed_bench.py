@@ -174,13 +174,13 @@ def long_texts(folder, tokenizer, n, min_pieces):
     for para in gutenberg_paragraphs(folder):
         buf.append(para)
         text = " ".join(buf)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         if len(enc["input_ids"]) < target:
             continue
         buf = []
         cut = text.find(" ", enc["offset_mapping"][target - 1][1])
         text = text if cut < 0 else text[:cut]
-        assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= min_pieces, text
+        assert len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) >= min_pieces, text
         texts.append(text)
         if len(texts) == n:
             return texts

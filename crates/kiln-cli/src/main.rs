@@ -1,1 +1,51 @@
-fn main(){}
+//! The `kiln` command: parses flags and calls the library.
+
+mod commands;
+mod io;
+
+use clap::{Parser, Subcommand};
+
+/// Kiln: pre-train, fine-tune, compress and run transformer language models on the CPU.
+///
+/// Models are Hugging Face directories (config.json, model.safetensors, tokenizer.json).
+/// Commands that read items take one per line from --input FILE or standard input and write
+/// JSON lines.
+#[derive(Parser)]
+#[command(name = "kiln", version, about, long_about = None)]
+struct Cli {
+    /// Worker threads for all kernels (default: every core).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a model directory: architecture, sizes, parameters, bytes on disk, tokenizer.
+    Info(commands::info::Args),
+    /// Sentence embeddings, one JSON line (or npy row) per input line.
+    Embed(commands::embed::Args),
+    /// Predict the tokens behind each [MASK] with a masked-LM model.
+    FillMask(commands::fill_mask::Args),
+    /// Continue a prompt with a causal LM (greedy, sampling or beam search).
+    Generate(commands::generate::Args),
+    /// Contextual similarity of one word across sentences: heatmap PNG and CSV matrix.
+    Similarity(commands::similarity::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    kiln::engine::par::init_threads(cli.threads);
+    let result = match cli.command {
+        Command::Info(a) => commands::info::run(a),
+        Command::Embed(a) => commands::embed::run(a),
+        Command::FillMask(a) => commands::fill_mask::run(a),
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Similarity(a) => commands::similarity::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

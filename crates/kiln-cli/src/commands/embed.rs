@@ -1,0 +1,103 @@
+//! `kiln embed`.
+
+use crate::io::{read_lines, Output};
+use anyhow::{bail, Result};
+use kiln::checkpoint::sentence::Pooling;
+use kiln::infer::{EmbedOptions, Embedder};
+use std::path::PathBuf;
+
+/// Sentence embeddings. Defaults come from a sentence-transformers directory (pooling,
+/// normalization, max_seq_length); otherwise mean pooling, no normalization.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// How token vectors become one vector: mean, cls or max.
+    #[arg(long, value_parser = ["mean", "cls", "max"])]
+    pooling: Option<String>,
+    /// L2-normalize each embedding (default: as the model directory says).
+    #[arg(long)]
+    normalize: bool,
+    /// Do not normalize even if the model directory has a Normalize module.
+    #[arg(long, conflicts_with = "normalize")]
+    no_normalize: bool,
+    /// Truncate each sentence to N tokens (default: the model's max_seq_length).
+    #[arg(long, value_name = "N")]
+    max_length: Option<usize>,
+    /// Sentences per forward pass.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    batch_size: usize,
+    /// Input file, one sentence per line (default: standard input).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Output file (default: standard output).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// jsonl: one {"embedding": [...]} per line; npy: one float32 [n, dim] array.
+    #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "npy"])]
+    format: String,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let p = super::load(&a.model)?;
+    let mut opts = EmbedOptions::defaults_for(&p);
+    if let Some(s) = &a.pooling {
+        opts.pooling = s.parse::<Pooling>()?;
+    }
+    if a.normalize {
+        opts.normalize = true;
+    }
+    if a.no_normalize {
+        opts.normalize = false;
+    }
+    if let Some(m) = a.max_length {
+        opts.max_length = m;
+    }
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    opts.batch_size = a.batch_size;
+    let embedder = Embedder::new(&p, opts)?;
+    let lines = read_lines(a.input.as_deref())?;
+    let texts: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let mut out = Output::open(a.output.as_deref())?;
+    if a.format == "npy" {
+        let vecs = embedder.embed(&texts)?;
+        out.bytes(&npy_f32(&vecs, embedder.dim()))?;
+    } else {
+        // Stream in blocks so large inputs never hold every vector at once.
+        for block in texts.chunks(1024) {
+            for v in embedder.embed(block)? {
+                // Serializing the f32 slice directly keeps the shortest f32 decimal form.
+                out.line(&serde_json::to_string(&Row { embedding: &v })?)?;
+            }
+        }
+    }
+    out.finish()
+}
+
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    embedding: &'a [f32],
+}
+
+/// A NumPy `.npy` (version 1.0) float32 array `[rows, dim]`.
+fn npy_f32(rows: &[Vec<f32>], dim: usize) -> Vec<u8> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {dim}), }}", rows.len());
+    // Pad so the data starts on a 64-byte boundary, ending with a newline (the format's rule).
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + rows.len() * dim * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for r in rows {
+        for v in r {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}

@@ -1,0 +1,101 @@
+//! `kiln generate`.
+
+use crate::io::{read_lines, Output};
+use anyhow::{bail, Result};
+use kiln::infer::{GenerateOptions, Generator, Strategy};
+use std::path::PathBuf;
+
+/// Continue a prompt with a causal LM (a GPT-2 style model), using the KV cache. Text is
+/// streamed as it is produced; beam search prints when its beams finish. Stops at EOS or the
+/// model's position limit.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model directory (a GPT2LMHeadModel checkpoint).
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt (otherwise one prompt per line of --input or standard input).
+    #[arg(long, conflicts_with = "input")]
+    prompt: Option<String>,
+    /// Input file, one prompt per line.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Most tokens to generate per prompt.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    max_new_tokens: usize,
+    /// greedy, sample or beam.
+    #[arg(long, default_value = "greedy", value_parser = ["greedy", "sample", "beam"])]
+    strategy: String,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0, value_name = "T")]
+    temperature: f32,
+    /// Sample only among the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    top_k: usize,
+    /// Sample only among the most likely tokens whose probabilities sum to P.
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    top_p: f32,
+    /// Beams for --strategy beam.
+    #[arg(long, default_value_t = 4, value_name = "B")]
+    num_beams: usize,
+    /// Beam-search length penalty (score / length^penalty).
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    seed: u64,
+    /// Print {"prompt", "token_ids", "text"} per prompt instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let p = super::load(&a.model)?;
+    let tok = p.tokenizer()?;
+    let gen = Generator::new(&p)?;
+    let strategy = match a.strategy.as_str() {
+        "sample" => Strategy::Sample { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p },
+        "beam" => Strategy::Beam { num_beams: a.num_beams, length_penalty: a.length_penalty },
+        _ => Strategy::Greedy,
+    };
+    if a.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, strategy, seed: a.seed };
+    let prompts = match a.prompt {
+        Some(pr) => vec![pr],
+        None => read_lines(a.input.as_deref())?,
+    };
+    let mut out = Output::open(None)?;
+    for prompt in prompts {
+        let ids = tok.encode_plain(&prompt)?.ids;
+        if a.json {
+            let new = gen.generate(&ids, &opts, |_| {})?;
+            let text = tok.decode(&new, true)?;
+            out.line(&serde_json::json!({ "prompt": prompt, "token_ids": new, "text": text }).to_string())?;
+        } else {
+            out.bytes(prompt.as_bytes())?;
+            out.flush()?;
+            let mut new = Vec::new();
+            let mut shown = 0usize;
+            let mut err = None;
+            gen.generate(&ids, &opts, |t| {
+                new.push(t);
+                // Decode the whole continuation and print what is new, so multi-token
+                // characters appear once they are complete.
+                match tok.decode(&new, true) {
+                    Ok(text) if text.len() > shown && text.is_char_boundary(shown) => {
+                        let _ = out.bytes(text[shown..].as_bytes()).and_then(|_| out.flush());
+                        shown = text.len();
+                    }
+                    Ok(_) => {}
+                    Err(e) => err = Some(e),
+                }
+            })?;
+            if let Some(e) = err {
+                return Err(e.into());
+            }
+            out.line("")?;
+        }
+    }
+    out.finish()
+}

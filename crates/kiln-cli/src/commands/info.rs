@@ -1,0 +1,79 @@
+//! `kiln info`.
+
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// Describe a model directory.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model directory.
+    model: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let p = super::load(&a.model)?;
+    let c = p.config();
+    let mut heads = Vec::new();
+    if p.pooler.is_some() {
+        heads.push("pooler");
+    }
+    if p.mlm_head.is_some() {
+        heads.push("masked-lm");
+    }
+    if p.lm_head.is_some() {
+        heads.push("causal-lm");
+    }
+    let mut params = p.model.num_parameters();
+    params += p.pooler.as_ref().map_or(0, |x| x.dense.weight.numel() + c.hidden_size);
+    if let Some(m) = &p.mlm_head {
+        params += m.transform.weight.numel() + c.hidden_size * 3 + m.bias.numel();
+        params += m.decoder.as_ref().map_or(0, |d| d.numel());
+    }
+    params += p.lm_head.as_ref().and_then(|l| l.weight.as_ref()).map_or(0, |w| w.numel());
+    let info = serde_json::json!({
+        "path": a.model.display().to_string(),
+        "architecture": kiln::checkpoint::save::architecture_name(&p),
+        "model_type": c.arch.model_type(),
+        "layers": c.num_layers,
+        "hidden": c.hidden_size,
+        "heads": c.num_heads,
+        "intermediate": c.intermediate_size,
+        "vocab": c.vocab_size,
+        "max_positions": c.max_positions,
+        "parameters": params,
+        "bytes_on_disk": dir_bytes(&a.model),
+        "tokenizer": p.tokenizer.as_ref().map(|t| format!("{:?}", t.kind()).to_lowercase()),
+        "task_heads": heads,
+        "sentence_transformers": p.sentence.as_ref().map(|s| serde_json::json!({
+            "pooling": format!("{:?}", s.pooling).to_lowercase(),
+            "normalize": s.normalize,
+            "max_seq_length": s.max_seq_length,
+        })),
+        "unused_tensors": p.unused_tensors,
+    });
+    if a.json {
+        println!("{info}");
+    } else if let Some(o) = info.as_object() {
+        for (k, v) in o {
+            println!("{k:>22}: {}", v.as_str().map_or(v.to_string(), str::to_string));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! One file per subcommand.
+
+pub mod embed;
+pub mod fill_mask;
+pub mod generate;
+pub mod info;
+pub mod similarity;
+
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// Loads a model directory with the path in the error.
+pub fn load(dir: &Path) -> Result<kiln::checkpoint::Pretrained> {
+    kiln::checkpoint::load(dir).with_context(|| format!("cannot load model {}", dir.display()))
+}
