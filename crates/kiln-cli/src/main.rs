@@ -30,6 +30,8 @@ enum Command {
     FillMask(commands::fill_mask::Args),
     /// Continue a prompt with a causal LM (greedy, sampling or beam search).
     Generate(commands::generate::Args),
+    /// Re-save a model directory in transformers' standard layout (and dtype).
+    Convert(commands::convert::Args),
     /// Contextual similarity of one word across sentences: heatmap PNG and CSV matrix.
     Similarity(commands::similarity::Args),
 }
@@ -43,6 +45,7 @@ fn main() {
         Command::FillMask(a) => commands::fill_mask::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Similarity(a) => commands::similarity::run(a),
+        Command::Convert(a) => commands::convert::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+pub mod convert;
 pub mod embed;
 pub mod fill_mask;
 pub mod generate;

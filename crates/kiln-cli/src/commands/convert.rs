@@ -1,0 +1,32 @@
+//! `kiln convert`.
+
+use anyhow::{Context, Result};
+use kiln::checkpoint::SaveDtype;
+use std::path::PathBuf;
+
+/// Load a model directory (any accepted naming: legacy, prefix-less, sharded, f16/bf16) and save
+/// it as a standard transformers directory, optionally in another dtype.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model directory to read.
+    #[arg(long)]
+    model: PathBuf,
+    /// The directory to write (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Stored dtype of the weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    dtype: String,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let p = super::load(&a.model)?;
+    let dtype = match a.dtype.as_str() {
+        "f16" => SaveDtype::F16,
+        "bf16" => SaveDtype::BF16,
+        _ => SaveDtype::F32,
+    };
+    kiln::checkpoint::save(&p, &a.out, dtype).with_context(|| format!("cannot save to {}", a.out.display()))?;
+    eprintln!("saved {} to {}", kiln::checkpoint::save::architecture_name(&p), a.out.display());
+    Ok(())
+}
