@@ -174,13 +174,15 @@ def long_texts(folder, tokenizer, n, min_pieces):
     for para in gutenberg_paragraphs(folder):
         buf.append(para)
         text = " ".join(buf)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                        verbose=False)
         if len(enc["input_ids"]) < target:
             continue
         buf = []
         cut = text.find(" ", enc["offset_mapping"][target - 1][1])
         text = text if cut < 0 else text[:cut]
-        assert len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) >= min_pieces, text
+        pieces = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        assert len(pieces) >= min_pieces, text
         texts.append(text)
         if len(texts) == n:
             return texts
@@ -486,6 +488,8 @@ def main():
                   + "  ".join(f"{n} {v[-1]:.1f}" for n, v in rates.items()) + " sentences/s", flush=True)
 
         med = {n: statistics.median(v) for n, v in rates.items()}
+        print("median (min..max): " + "  ".join(
+            f"{n} {med[n]:.1f} ({min(v):.1f}..{max(v):.1f})" for n, v in rates.items()))
         cosines = {}
         for other in ("kiln", "ort"):
             if other in embeddings:

@@ -38,10 +38,13 @@ impl Activation {
     #[inline]
     pub fn apply(self, x: f32) -> f32 {
         match self {
-            Activation::GeluErf => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Activation::GeluErf => 0.5 * x * (1.0 + super::math::erf(x * std::f32::consts::FRAC_1_SQRT_2)),
             Activation::GeluTanh => {
                 const C: f32 = 0.797_884_6; // sqrt(2/pi)
-                0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+                // tanh(u) = 1 - 2 / (e^{2u} + 1), with the vectorizable exp.
+                let u = C * (x + 0.044715 * x * x * x);
+                let tanh = 1.0 - 2.0 / (super::math::exp(2.0 * u) + 1.0);
+                0.5 * x * (1.0 + tanh)
             }
             Activation::Relu => x.max(0.0),
         }

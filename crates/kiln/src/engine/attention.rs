@@ -173,7 +173,7 @@ fn masked_softmax(row: &mut [f32], q_pos: usize, mask: MaskKind, key_mask: Optio
     }
     let mut sum = 0.0f32;
     for (k, v) in row.iter_mut().enumerate() {
-        *v = if visible(k) { (*v - max).exp() } else { 0.0 };
+        *v = if visible(k) { super::math::exp(*v - max) } else { 0.0 };
         sum += *v;
     }
     let inv = 1.0 / sum;

@@ -10,6 +10,7 @@ pub mod activation;
 pub mod attention;
 pub mod embedding;
 pub mod linear;
+pub mod math;
 pub mod matmul;
 pub mod norm;
 pub mod par;

@@ -8,7 +8,7 @@ pub fn softmax_rows(x: &mut [f32], cols: usize) {
         let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
         row.iter_mut().for_each(|v| {
-            *v = (*v - max).exp();
+            *v = super::math::exp(*v - max);
             sum += *v;
         });
         let inv = 1.0 / sum;
