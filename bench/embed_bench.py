@@ -63,6 +63,8 @@ COLD_START_TARGET_S = 0.3
 MIN_COSINE = 0.9999
 WARMUP_SENTENCES = 64
 COLD_START_SENTENCE = "The quick brown fox jumps over the lazy dog."
+# A 1-minute load average at or above this when the run starts means something else is competing.
+BUSY_LOAD = 1.0
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -411,6 +413,7 @@ def fmt(x, spec=".1f"):
 
 def main():
     args = parse_args()
+    load = os.getloadavg()  # before this process adds its own
     check_versions(PINNED if args.skip_ort else {**PINNED, **PINNED_EXPORT})
     if not (args.model / "model.safetensors").exists():
         raise SetupError(f"no all-MiniLM-L6-v2 at {args.model}; run {SHARED / 'models' / 'get-minilm.sh'} "
@@ -435,6 +438,10 @@ def main():
     print("== environment")
     print(f"cpu: {cpu_model()} ({os.cpu_count()} logical CPUs, "
           f"{len(os.sched_getaffinity(0))} usable by this process)")
+    print(f"load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if load[0] >= BUSY_LOAD:
+        print(f"warning: other work is using the CPUs (1-minute load {load[0]:.2f}); the figures will "
+              "be noisy, rerun on an idle machine")
     print(f"python {platform.python_version()} | torch {torch.__version__} | transformers "
           f"{transformers.__version__} | sentence-transformers {sentence_transformers.__version__} | "
           f"onnxruntime {onnxruntime.__version__} | numpy {np.__version__}")
@@ -453,7 +460,7 @@ def main():
     print("kiln's time is the whole `kiln embed` process (start + model load + work + JSON output); "
           "the baselines' model is loaded once, untimed.", flush=True)
 
-    results = {"cpu": cpu_model(), "versions": {n: version(n) for n in PINNED},
+    results = {"cpu": cpu_model(), "load_average_before": load, "versions": {n: version(n) for n in PINNED},
                "batch_size": BATCH_SIZE, "threads": THREADS, "n": args.n, "rounds": args.rounds,
                "workloads": {}}
     failures = []

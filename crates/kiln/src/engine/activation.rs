@@ -1,6 +1,7 @@
 //! Elementwise activations, applied in place and in parallel.
 
 use super::par::for_each_row;
+use super::simd::dispatch;
 
 /// The feed-forward nonlinearity, named as Hugging Face configs name it (`hidden_act`,
 /// `activation_function`).
@@ -35,36 +36,76 @@ impl Activation {
     }
 
     /// The activation of one value.
-    #[inline]
+    #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
         match self {
-            Activation::GeluErf => 0.5 * x * (1.0 + super::math::erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-            Activation::GeluTanh => {
-                const C: f32 = 0.797_884_6; // sqrt(2/pi)
-                // tanh(u) = 1 - 2 / (e^{2u} + 1), with the vectorizable exp.
-                let u = C * (x + 0.044715 * x * x * x);
-                let tanh = 1.0 - 2.0 / (super::math::exp(2.0 * u) + 1.0);
-                0.5 * x * (1.0 + tanh)
-            }
+            Activation::GeluErf => gelu_erf(x),
+            Activation::GeluTanh => gelu_tanh(x),
             Activation::Relu => x.max(0.0),
         }
     }
 }
 
+/// Exact GELU, `0.5·x·(1 + erf(x/√2))`.
+#[inline(always)]
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + super::math::erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// Tanh-approximated GELU; `tanh(u) = 1 - 2 / (e^{2u} + 1)` with the vectorizable exp.
+#[inline(always)]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    let u = C * (x + 0.044715 * x * x * x);
+    let tanh = 1.0 - 2.0 / (super::math::exp(2.0 * u) + 1.0);
+    0.5 * x * (1.0 + tanh)
+}
+
+/// Applies `f` to `row + bias` elementwise; generic so each activation gets its own
+/// vectorized loop (a `match` per element would block vectorization).
+#[inline(always)]
+fn map_row(row: &mut [f32], bias: Option<&[f32]>, f: impl Fn(f32) -> f32) {
+    // Index loops, not iterator adapters: adapters may stay out of line and would then be
+    // compiled without the caller's AVX2 features.
+    let n = row.len();
+    match bias {
+        Some(b) => {
+            let b = &b[..n];
+            for i in 0..n {
+                row[i] = f(row[i] + b[i]);
+            }
+        }
+        None => {
+            for v in row.iter_mut() {
+                *v = f(*v);
+            }
+        }
+    }
+}
+
+dispatch! {
+    fn row_gelu_erf(row: &mut [f32], bias: Option<&[f32]>) { map_row(row, bias, gelu_erf) }
+}
+dispatch! {
+    fn row_gelu_tanh(row: &mut [f32], bias: Option<&[f32]>) { map_row(row, bias, gelu_tanh) }
+}
+dispatch! {
+    fn row_relu(row: &mut [f32], bias: Option<&[f32]>) { map_row(row, bias, |v| v.max(0.0)) }
+}
+dispatch! {
+    fn row_bias(row: &mut [f32], bias: Option<&[f32]>) { map_row(row, bias, |v| v) }
+}
+
 /// `x[r, :] = act(x[r, :] + bias)` for every row: the bias add and activation fused into one
 /// pass over memory after a matrix multiply.
 pub fn bias_act_inplace(x: &mut [f32], bias: Option<&[f32]>, act: Option<Activation>) {
-    match (bias, act) {
-        (Some(b), Some(a)) => for_each_row(x, b.len(), |_, row| {
-            row.iter_mut().zip(b).for_each(|(v, &bb)| *v = a.apply(*v + bb))
-        }),
-        (Some(b), None) => for_each_row(x, b.len(), |_, row| {
-            row.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb)
-        }),
-        (None, Some(a)) => for_each_row(x, 4096.min(x.len()).max(1), |_, row| {
-            row.iter_mut().for_each(|v| *v = a.apply(*v))
-        }),
-        (None, None) => {}
+    let cols = bias.map_or(4096.min(x.len()), |b| b.len()).max(1);
+    match act {
+        Some(Activation::GeluErf) => for_each_row(x, cols, |_, r| row_gelu_erf(r, bias)),
+        Some(Activation::GeluTanh) => for_each_row(x, cols, |_, r| row_gelu_tanh(r, bias)),
+        Some(Activation::Relu) => for_each_row(x, cols, |_, r| row_relu(r, bias)),
+        None if bias.is_some() => for_each_row(x, cols, |_, r| row_bias(r, bias)),
+        None => {}
     }
 }
 

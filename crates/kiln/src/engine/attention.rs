@@ -160,24 +160,27 @@ pub fn attention(
 /// A row with no visible key becomes all zeros (its output is then zero, never NaN).
 #[inline]
 fn masked_softmax(row: &mut [f32], q_pos: usize, mask: MaskKind, key_mask: Option<&[u8]>) {
-    let visible = |k: usize| mask.visible(q_pos, k) && key_mask.is_none_or(|m| m[k] != 0);
-    let mut max = f32::NEG_INFINITY;
-    for (k, &v) in row.iter().enumerate() {
-        if visible(k) && v > max {
-            max = v;
-        }
+    // Every mask kind hides a suffix of the keys: only `row[..limit]` can be visible.
+    let limit = match mask {
+        MaskKind::Bidirectional => row.len(),
+        MaskKind::Causal => q_pos + 1,
+        MaskKind::Prefix(len) => len.max(q_pos + 1),
     }
-    if max == f32::NEG_INFINITY {
-        row.fill(0.0);
+    .min(row.len());
+    let (live, hidden) = row.split_at_mut(limit);
+    hidden.fill(0.0);
+    if let Some(m) = key_mask {
+        live.iter_mut().zip(m).for_each(|(v, &keep)| {
+            if keep == 0 {
+                *v = f32::NEG_INFINITY
+            }
+        });
+    }
+    if super::simd::max(live) == f32::NEG_INFINITY {
+        live.fill(0.0);
         return;
     }
-    let mut sum = 0.0f32;
-    for (k, v) in row.iter_mut().enumerate() {
-        *v = if visible(k) { super::math::exp(*v - max) } else { 0.0 };
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|v| *v *= inv);
+    super::softmax::softmax_inplace(live);
 }
 
 #[cfg(test)]

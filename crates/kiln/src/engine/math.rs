@@ -34,11 +34,9 @@ pub fn erf(x: f32) -> f32 {
     let taylor = std::f32::consts::FRAC_2_SQRT_PI
         * x
         * (1.0 + x2 * (-1.0 / 3.0 + x2 * (1.0 / 10.0 + x2 * (-1.0 / 42.0 + x2 * (1.0 / 216.0 + x2 * (-1.0 / 1320.0))))));
-    if a < 0.5 {
-        taylor
-    } else {
-        y.copysign(x)
-    }
+    // A select, not a branch, so loops over erf stay vectorized.
+    let near_zero = (a < 0.5) as u32 as f32;
+    near_zero * taylor + (1.0 - near_zero) * y.copysign(x)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod math;
 pub mod matmul;
 pub mod norm;
 pub mod par;
+pub mod simd;
 pub mod softmax;
 pub mod tensor;
 pub mod topk;

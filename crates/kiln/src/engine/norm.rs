@@ -1,6 +1,7 @@
 //! Layer normalization, one pass per row, parallel over rows.
 
 use super::par::for_each_row;
+use super::simd::{self, dispatch};
 use super::tensor::Tensor;
 
 /// `y = (x - mean) / sqrt(var + eps) · weight + bias` over the last dimension.
@@ -34,15 +35,18 @@ impl LayerNorm {
     }
 }
 
-#[inline]
-fn normalize_row(row: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-    let n = row.len() as f32;
-    // Two passes (mean, then centered variance) keep f32 accuracy close to PyTorch's Welford.
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    let inv = 1.0 / (var + eps).sqrt();
-    for ((v, &g), &bb) in row.iter_mut().zip(w).zip(b) {
-        *v = (*v - mean) * inv * g + bb;
+dispatch! {
+    fn normalize_row(row: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+        let n = row.len() as f32;
+        // Two passes (mean, then centered variance) keep f32 accuracy close to PyTorch's Welford.
+        let mean = simd::sum(row) / n;
+        let var = simd::sum_sq_dev(row, mean) / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        let n = row.len();
+        let (w, b) = (&w[..n], &b[..n]);
+        for i in 0..n {
+            row[i] = (row[i] - mean) * inv * w[i] + b[i];
+        }
     }
 }
 

@@ -1,19 +1,21 @@
 //! Softmax and log-softmax over the last dimension (e.g. the vocabulary).
 
 use super::par::for_each_row;
+use super::simd::{self, dispatch};
 
 /// Softmax of every row of `x: [rows, cols]`, in place.
 pub fn softmax_rows(x: &mut [f32], cols: usize) {
-    for_each_row(x, cols, |_, row| {
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        row.iter_mut().for_each(|v| {
-            *v = super::math::exp(*v - max);
-            sum += *v;
-        });
-        let inv = 1.0 / sum;
+    for_each_row(x, cols, |_, row| softmax_inplace(row));
+}
+
+dispatch! {
+    /// Softmax of one row, in place.
+    pub fn softmax_inplace(row: &mut [f32]) {
+        let max = simd::max(row);
+        row.iter_mut().for_each(|v| *v = super::math::exp(*v - max));
+        let inv = 1.0 / simd::sum(row);
         row.iter_mut().for_each(|v| *v *= inv);
-    });
+    }
 }
 
 /// Log-softmax of every row of `x: [rows, cols]`, in place.
