@@ -203,10 +203,7 @@ pub(crate) fn fuse_rows(parts: &[Linear]) -> Result<Linear> {
     } else {
         None
     };
-    Ok(Linear {
-        weight: Tensor::concat_rows(&w)?,
-        bias,
-    })
+    Ok(Linear::new(Tensor::concat_rows(&w)?, bias))
 }
 
 /// Resolves Kiln's slot names to the tensors present in a checkpoint.
@@ -278,7 +275,7 @@ impl Reader<'_> {
             Some(_) => Some(self.tensor(&format!("{module}.bias"), base, &[out])?),
             None => None,
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear::new(weight, bias))
     }
 
     fn layer_norm(&mut self, module: &str, base: bool, h: usize, eps: f32) -> Result<LayerNorm> {

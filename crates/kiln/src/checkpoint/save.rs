@@ -85,7 +85,7 @@ fn base_tensors(m: &Transformer, prefix: &str, out: &mut BTreeMap<String, Tensor
                     None => vec![None, None, None],
                 };
                 for ((name, w), bias) in parts.iter().zip(ws).zip(bs) {
-                    put_linear(out, &format!("{p}{name}"), &Linear { weight: w, bias }, conv)?;
+                    put_linear(out, &format!("{p}{name}"), &Linear::new(w, bias), conv)?;
                 }
             }
             QkvNames::Fused(name) => put_linear(out, &format!("{p}{name}"), &b.qkv, conv)?,

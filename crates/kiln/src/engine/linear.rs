@@ -3,6 +3,8 @@
 
 use super::activation::{bias_act_inplace, Activation};
 use super::matmul::{matmul, MatMut, MatRef, Par};
+use super::packed::{PackedWeight, MIN_ROWS};
+use std::sync::OnceLock;
 use super::tensor::Tensor;
 use crate::error::{Error, Result};
 
@@ -13,6 +15,9 @@ pub struct Linear {
     pub weight: Tensor,
     /// `[out_features]`, if any.
     pub bias: Option<Tensor>,
+    /// The weight packed for the AVX-512 kernel, made on first use. Whoever changes `weight`
+    /// in place must call [`Linear::weights_changed`].
+    packed: OnceLock<Option<PackedWeight>>,
 }
 
 /// What a linear layer does with its result.
@@ -27,6 +32,20 @@ pub enum LinearOut {
 }
 
 impl Linear {
+    /// A layer from `weight: [out, in]` and an optional `bias: [out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear {
+            weight,
+            bias,
+            packed: OnceLock::new(),
+        }
+    }
+
+    /// Drops the packed copy after `weight` was modified.
+    pub fn weights_changed(&mut self) {
+        self.packed = OnceLock::new();
+    }
+
     /// Input width.
     pub fn in_features(&self) -> usize {
         self.weight.shape()[1]
@@ -39,6 +58,24 @@ impl Linear {
 
     /// x: [rows, in] -> out: [rows, out]
     pub fn forward_into(&self, x: &[f32], rows: usize, out: &mut [f32], mode: LinearOut) -> Result<()> {
+        let (o, i) = (self.out_features(), self.in_features());
+        if rows >= MIN_ROWS && x.len() == rows * i && out.len() == rows * o {
+            let packed = self
+                .packed
+                .get_or_init(|| PackedWeight::supported().then(|| PackedWeight::pack(&self.weight)));
+            if let Some(pw) = packed {
+                let bias = self.bias.as_ref().map(|b| b.data());
+                match mode {
+                    LinearOut::Write => pw.matmul(x, rows, bias, out, false),
+                    LinearOut::WriteAct(a) => {
+                        pw.matmul(x, rows, bias, out, false);
+                        bias_act_inplace(out, None, Some(a));
+                    }
+                    LinearOut::Accumulate => pw.matmul(x, rows, bias, out, true),
+                }
+                return Ok(());
+            }
+        }
         linear_forward(&self.weight, self.bias.as_ref(), x, rows, out, mode)
     }
 
@@ -118,10 +155,10 @@ mod tests {
             let x = rand_vec(&mut rng, rows * i);
             let w = rand_vec(&mut rng, o * i);
             let b = rand_vec(&mut rng, o);
-            let lin = Linear {
-                weight: Tensor::new(vec![o, i], w.clone()).unwrap(),
-                bias: Some(Tensor::new(vec![o], b.clone()).unwrap()),
-            };
+            let lin = Linear::new(
+                Tensor::new(vec![o, i], w.clone()).unwrap(),
+                Some(Tensor::new(vec![o], b.clone()).unwrap()),
+            );
             let wt = Tensor::new(vec![o, i], w).unwrap().transpose2d().unwrap();
             let reference = naive_matmul(&x, wt.data(), rows, i, o);
             let scale = i as f32; // sums of i products of values in [-1, 1]
@@ -146,10 +183,7 @@ mod tests {
 
     #[test]
     fn shape_mismatch_is_an_error() {
-        let lin = Linear {
-            weight: Tensor::zeros(&[3, 4]),
-            bias: None,
-        };
+        let lin = Linear::new(Tensor::zeros(&[3, 4]), None);
         let err = lin.forward(&[0.0; 5], 1).unwrap_err();
         assert!(err.to_string().contains("weight [3, 4]"), "{err}");
     }

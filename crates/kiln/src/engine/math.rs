@@ -9,7 +9,11 @@ pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const SHIFT: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
-    let n = (x * LOG2E + SHIFT) - SHIFT;
+    let t = x * LOG2E + SHIFT;
+    let n = t - SHIFT;
+    // n as an integer, read from t's mantissa bits: a float->int cast would be a scalar,
+    // saturating conversion that blocks vectorization.
+    let ni = t.to_bits().wrapping_sub(SHIFT.to_bits()) as i32;
     // ln 2 split in a high part exact in f32 and a low correction (Cody–Waite reduction).
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     // Taylor series of e^r to degree 7: |r| <= 0.347, so the truncation error is < 1e-9.
@@ -18,7 +22,7 @@ pub fn exp(x: f32) -> f32 {
             + r * (0.5
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
     p * scale
 }
 

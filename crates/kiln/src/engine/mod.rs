@@ -13,6 +13,7 @@ pub mod linear;
 pub mod math;
 pub mod matmul;
 pub mod norm;
+pub mod packed;
 pub mod par;
 pub mod simd;
 pub mod softmax;
