@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 pub fn read_lines(input: Option<&Path>) -> Result<Vec<String>> {
     let reader: Box<dyn BufRead> = match input {
         Some(p) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(p).with_context(|| format!("cannot open --input {}", p.display()))?,
+            std::fs::File::open(p)
+                .with_context(|| format!("cannot open --input {}", p.display()))?,
         )),
         None => Box::new(std::io::stdin().lock()),
     };
@@ -78,7 +79,8 @@ impl Output {
         self.writer.flush()?;
         if let Some((tmp, dst)) = self.target.take() {
             drop(self.writer);
-            std::fs::rename(&tmp, &dst).with_context(|| format!("cannot move output into {}", dst.display()))?;
+            std::fs::rename(&tmp, &dst)
+                .with_context(|| format!("cannot move output into {}", dst.display()))?;
         }
         Ok(())
     }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kiln/tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../kiln/tests/fixtures")
+        .join(name)
 }
 
 fn kiln(args: &[&str], stdin: &str) -> (bool, String, String) {
@@ -16,7 +18,12 @@ fn kiln(args: &[&str], stdin: &str) -> (bool, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
@@ -28,17 +35,38 @@ fn kiln(args: &[&str], stdin: &str) -> (bool, String, String) {
 #[test]
 fn embed_writes_one_line_per_input_in_order() {
     let m = fixture("tiny-bert");
-    let (ok, out, err) = kiln(&["embed", "--model", m.to_str().unwrap(), "--normalize", "--threads", "1"], "first\nsecond one\nthird\n");
+    let (ok, out, err) = kiln(
+        &[
+            "embed",
+            "--model",
+            m.to_str().unwrap(),
+            "--normalize",
+            "--threads",
+            "1",
+        ],
+        "first\nsecond one\nthird\n",
+    );
     assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     for l in &lines {
-        let v: Vec<f64> = l["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let v: Vec<f64> = l["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         assert_eq!(v.len(), 96);
         assert!((v.iter().map(|x| x * x).sum::<f64>().sqrt() - 1.0).abs() < 1e-5);
     }
     // Same sentence alone gives the same vector (order kept, batching invisible).
-    let (_, one, _) = kiln(&["embed", "--model", m.to_str().unwrap(), "--normalize"], "second one\n");
+    let (_, one, _) = kiln(
+        &["embed", "--model", m.to_str().unwrap(), "--normalize"],
+        "second one\n",
+    );
     let a: serde_json::Value = serde_json::from_str(one.trim()).unwrap();
     let x = a["embedding"].as_array().unwrap();
     let y = lines[1]["embedding"].as_array().unwrap();
@@ -50,13 +78,24 @@ fn embed_writes_one_line_per_input_in_order() {
 #[test]
 fn fill_mask_lists_one_entry_per_mask() {
     let m = fixture("tiny-bert");
-    let (ok, out, err) = kiln(&["fill-mask", "--model", m.to_str().unwrap(), "--top-k", "3"], "a [MASK] b [MASK]\nno mask here\n");
+    let (ok, out, err) = kiln(
+        &["fill-mask", "--model", m.to_str().unwrap(), "--top-k", "3"],
+        "a [MASK] b [MASK]\nno mask here\n",
+    );
     assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines[0]["masks"].as_array().unwrap().len(), 2);
     assert_eq!(lines[0]["masks"][0].as_array().unwrap().len(), 3);
     assert_eq!(lines[1]["masks"].as_array().unwrap().len(), 0);
-    let s: f64 = lines[0]["masks"][0].as_array().unwrap().iter().map(|c| c["score"].as_f64().unwrap()).sum();
+    let s: f64 = lines[0]["masks"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["score"].as_f64().unwrap())
+        .sum();
     assert!(s > 0.0 && s <= 1.0 + 1e-6);
 }
 
@@ -64,20 +103,52 @@ fn fill_mask_lists_one_entry_per_mask() {
 fn generate_json_matches_transformers_greedy() {
     let m = fixture("tiny-gpt2");
     let (ok, out, err) = kiln(
-        &["generate", "--model", m.to_str().unwrap(), "--prompt", "The cat sat on the", "--max-new-tokens", "12", "--json"],
+        &[
+            "generate",
+            "--model",
+            m.to_str().unwrap(),
+            "--prompt",
+            "The cat sat on the",
+            "--max-new-tokens",
+            "12",
+            "--json",
+        ],
         "",
     );
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let ids: Vec<u64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
-    assert_eq!(ids, vec![231, 362, 125, 122, 137, 125, 186, 186, 137, 137, 137, 186]);
+    let ids: Vec<u64> = v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![231, 362, 125, 122, 137, 125, 186, 186, 137, 137, 137, 186]
+    );
     assert_eq!(v["prompt"], "The cat sat on the");
 }
 
 #[test]
 fn sampling_is_reproducible_with_a_seed() {
     let m = fixture("tiny-gpt2");
-    let args = ["generate", "--model", m.to_str().unwrap(), "--prompt", "Hello", "--strategy", "sample", "--top-k", "20", "--top-p", "0.9", "--seed", "7", "--json"];
+    let args = [
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "Hello",
+        "--strategy",
+        "sample",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+        "--json",
+    ];
     let (ok, a, err) = kiln(&args, "");
     assert!(ok, "{err}");
     let (_, b, _) = kiln(&args, "");
@@ -99,10 +170,23 @@ fn info_json_describes_the_model() {
 #[test]
 fn errors_are_messages_not_panics() {
     let (ok, _, err) = kiln(&["info", "/nonexistent/model"], "");
-    assert!(!ok && err.contains("/nonexistent/model") && !err.contains("panicked"), "{err}");
+    assert!(
+        !ok && err.contains("/nonexistent/model") && !err.contains("panicked"),
+        "{err}"
+    );
     let m = fixture("tiny-bert");
-    let (ok, _, err) = kiln(&["generate", "--model", m.to_str().unwrap(), "--prompt", "hi"], "");
+    let (ok, _, err) = kiln(
+        &["generate", "--model", m.to_str().unwrap(), "--prompt", "hi"],
+        "",
+    );
     assert!(!ok && err.contains("causal-LM head"), "{err}");
-    let (ok, _, err) = kiln(&["fill-mask", "--model", fixture("tiny-gpt2").to_str().unwrap()], "x\n");
+    let (ok, _, err) = kiln(
+        &[
+            "fill-mask",
+            "--model",
+            fixture("tiny-gpt2").to_str().unwrap(),
+        ],
+        "x\n",
+    );
     assert!(!ok && err.contains("masked-LM head"), "{err}");
 }

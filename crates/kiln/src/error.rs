@@ -38,7 +38,9 @@ pub enum Error {
         supported: String,
     },
     /// A tensor the architecture needs is not in the checkpoint.
-    #[error("tensor `{name}` not found in {path} (also tried: {tried}); is this a {arch} checkpoint?")]
+    #[error(
+        "tensor `{name}` not found in {path} (also tried: {tried}); is this a {arch} checkpoint?"
+    )]
     MissingTensor {
         path: PathBuf,
         name: String,

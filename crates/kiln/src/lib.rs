@@ -5,8 +5,8 @@
 //! (task heads), [`tokenize`] (input encoding), [`checkpoint`] (Hugging Face model directories),
 //! and [`infer`] (the inference tasks behind the CLI).
 
-pub mod engine;
 pub mod checkpoint;
+pub mod engine;
 pub mod error;
 pub mod heads;
 pub mod infer;

@@ -19,15 +19,23 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn load_err(dir: &Path) -> String {
-    match checkpoint::load(dir) {
+    let msg = match checkpoint::load(dir) {
         Ok(_) => panic!("{} loaded but should not have", dir.display()),
         Err(e) => e.to_string(),
+    };
+    if dir.starts_with(std::env::temp_dir()) {
+        let _ = std::fs::remove_dir_all(dir);
     }
+    msg
 }
 
 fn rewrite_tensors(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, kiln::engine::Tensor>)) {
     let store = WeightStore::open_dir(dir).unwrap();
-    let mut t: BTreeMap<_, _> = store.names().into_iter().map(|n| (n.clone(), store.get(&n).unwrap())).collect();
+    let mut t: BTreeMap<_, _> = store
+        .names()
+        .into_iter()
+        .map(|n| (n.clone(), store.get(&n).unwrap()))
+        .collect();
     drop(store);
     edit(&mut t);
     write_safetensors(&dir.join("model.safetensors"), &t, SaveDtype::F32).unwrap();
@@ -36,17 +44,26 @@ fn rewrite_tensors(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, kiln::eng
 #[test]
 fn missing_directory_and_files() {
     let msg = load_err(Path::new("/nonexistent/kiln-model"));
-    assert!(msg.contains("/nonexistent/kiln-model") && msg.contains("config.json"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/kiln-model") && msg.contains("config.json"),
+        "{msg}"
+    );
 
     let dir = scratch("noconfig");
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let msg = load_err(&dir);
-    assert!(msg.contains("missing file") && msg.contains("config.json"), "{msg}");
+    assert!(
+        msg.contains("missing file") && msg.contains("config.json"),
+        "{msg}"
+    );
 
     let dir = scratch("noweights");
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     let msg = load_err(&dir);
-    assert!(msg.contains("model.safetensors") && msg.contains("model.safetensors.index.json"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("model.safetensors.index.json"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -54,7 +71,10 @@ fn invalid_json_names_the_file() {
     let dir = scratch("badjson");
     std::fs::write(dir.join("config.json"), "{\"model_type\": \"bert\", ").unwrap();
     let msg = load_err(&dir);
-    assert!(msg.contains("invalid JSON") && msg.contains("config.json"), "{msg}");
+    assert!(
+        msg.contains("invalid JSON") && msg.contains("config.json"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -64,7 +84,10 @@ fn unknown_model_type_lists_supported_ones() {
     cfg["model_type"] = "llama".into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let msg = load_err(&dir);
-    assert!(msg.contains("\"llama\"") && msg.contains("config.json") && msg.contains("bert, gpt2"), "{msg}");
+    assert!(
+        msg.contains("\"llama\"") && msg.contains("config.json") && msg.contains("bert, gpt2"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -74,13 +97,20 @@ fn bad_config_value_names_the_field() {
     cfg["hidden_size"] = "ninety-six".into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let msg = load_err(&dir);
-    assert!(msg.contains("hidden_size") && msg.contains("config.json"), "{msg}");
+    assert!(
+        msg.contains("hidden_size") && msg.contains("config.json"),
+        "{msg}"
+    );
 
+    let dir = scratch("badheads");
     let mut cfg = json(&fixture("tiny-bert").join("config.json"));
     cfg["num_attention_heads"] = 5.into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let msg = load_err(&dir);
-    assert!(msg.contains("num_attention_heads") && msg.contains("not divisible"), "{msg}");
+    assert!(
+        msg.contains("num_attention_heads") && msg.contains("not divisible"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -91,7 +121,8 @@ fn missing_tensor_is_named() {
     });
     let msg = load_err(&dir);
     assert!(
-        msg.contains("bert.encoder.layer.1.attention.self.key.weight") && msg.contains("model.safetensors"),
+        msg.contains("bert.encoder.layer.1.attention.self.key.weight")
+            && msg.contains("model.safetensors"),
         "{msg}"
     );
 }
@@ -100,11 +131,16 @@ fn missing_tensor_is_named() {
 fn misshaped_tensor_is_named_with_both_shapes() {
     let dir = scratch("badshape");
     rewrite_tensors(&dir, |t| {
-        t.insert("bert.encoder.layer.0.intermediate.dense.weight".into(), kiln::engine::Tensor::zeros(&[199, 96]));
+        t.insert(
+            "bert.encoder.layer.0.intermediate.dense.weight".into(),
+            kiln::engine::Tensor::zeros(&[199, 96]),
+        );
     });
     let msg = load_err(&dir);
     assert!(
-        msg.contains("bert.encoder.layer.0.intermediate.dense.weight") && msg.contains("[199, 96]") && msg.contains("[200, 96]"),
+        msg.contains("bert.encoder.layer.0.intermediate.dense.weight")
+            && msg.contains("[199, 96]")
+            && msg.contains("[200, 96]"),
         "{msg}"
     );
 }
@@ -115,12 +151,24 @@ fn truncated_and_corrupt_safetensors() {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let msg = load_err(&dir);
-    assert!(msg.contains("corrupt safetensors") && msg.contains("model.safetensors") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("corrupt safetensors")
+            && msg.contains("model.safetensors")
+            && msg.contains("truncated"),
+        "{msg}"
+    );
 
     let dir = scratch("garbage");
-    std::fs::write(dir.join("model.safetensors"), b"this is not a safetensors file at all").unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"this is not a safetensors file at all",
+    )
+    .unwrap();
     let msg = load_err(&dir);
-    assert!(msg.contains("corrupt safetensors") && msg.contains("model.safetensors"), "{msg}");
+    assert!(
+        msg.contains("corrupt safetensors") && msg.contains("model.safetensors"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -129,7 +177,13 @@ fn unsupported_dtype_is_named() {
     // An int64 tensor where a float weight is expected.
     let store = WeightStore::open_dir(&fixture("tiny-bert-legacy")).unwrap();
     assert!(store.contains("bert.embeddings.position_ids"));
-    let err = store.get("bert.embeddings.position_ids").unwrap_err().to_string();
-    assert!(err.contains("bert.embeddings.position_ids") && err.contains("I64"), "{err}");
+    let err = store
+        .get("bert.embeddings.position_ids")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bert.embeddings.position_ids") && err.contains("I64"),
+        "{err}"
+    );
     drop(dir);
 }

@@ -12,7 +12,9 @@ use kiln::model::Batch;
 fn encode_text(p: &Pretrained, text: &serde_json::Value) -> kiln::tokenize::Encoding {
     let tok = p.tokenizer().unwrap();
     match text {
-        serde_json::Value::Array(pair) => tok.encode(pair[0].as_str().unwrap(), Some(pair[1].as_str().unwrap())).unwrap(),
+        serde_json::Value::Array(pair) => tok
+            .encode(pair[0].as_str().unwrap(), Some(pair[1].as_str().unwrap()))
+            .unwrap(),
         t => {
             let s = t.as_str().unwrap();
             if p.config().arch == kiln::model::Arch::Gpt2 {
@@ -38,14 +40,25 @@ fn check_model(dir: &str, expected_dir: &str) {
             assert_eq!(&enc.type_ids, t, "{dir}: token type ids of input {i}");
         }
         let batch = Batch::packed(&[(&want_ids, types.as_deref())]).unwrap();
-        let hidden = p.model.forward(&batch, p.model.default_mask(), None).unwrap();
+        let hidden = p
+            .model
+            .forward(&batch, p.model.default_mask(), None)
+            .unwrap();
         let d = max_diff(hidden.data(), &floats(&exp["last_hidden_state"][i]));
-        assert!(d < PARITY_ATOL, "{dir}: hidden states of input {i} differ by {d}");
+        assert!(
+            d < PARITY_ATOL,
+            "{dir}: hidden states of input {i} differ by {d}"
+        );
         let n = want_ids.len();
         let logits = if let Some(head) = &p.mlm_head {
-            head.forward(hidden.data(), n, &p.model.embeddings.word).unwrap()
+            head.forward(hidden.data(), n, &p.model.embeddings.word)
+                .unwrap()
         } else {
-            p.lm_head.as_ref().unwrap().forward(hidden.data(), n, &p.model.embeddings.word).unwrap()
+            p.lm_head
+                .as_ref()
+                .unwrap()
+                .forward(hidden.data(), n, &p.model.embeddings.word)
+                .unwrap()
         };
         let d = max_diff(&logits, &floats(&exp["logits"][i]));
         assert!(d < PARITY_ATOL, "{dir}: logits of input {i} differ by {d}");
@@ -60,8 +73,15 @@ fn bert_mlm_matches_transformers() {
 #[test]
 fn bert_with_legacy_names_and_vocab_txt_matches() {
     let p = checkpoint::load(&fixture("tiny-bert-legacy")).unwrap();
-    assert_eq!(p.tokenizer().unwrap().kind(), kiln::tokenize::TokenizerKind::WordPiece);
-    assert!(p.unused_tensors.is_empty(), "unused: {:?}", p.unused_tensors);
+    assert_eq!(
+        p.tokenizer().unwrap().kind(),
+        kiln::tokenize::TokenizerKind::WordPiece
+    );
+    assert!(
+        p.unused_tensors.is_empty(),
+        "unused: {:?}",
+        p.unused_tensors
+    );
     check_model("tiny-bert-legacy", "tiny-bert");
 }
 
@@ -88,7 +108,10 @@ fn bert_pooler_matches() {
     for (i, input) in exp["inputs"].as_array().unwrap().iter().enumerate() {
         let (x, t) = (ids(&input["input_ids"]), ids(&input["token_type_ids"]));
         let batch = Batch::packed(&[(&x, Some(&t))]).unwrap();
-        let hidden = p.model.forward(&batch, p.model.default_mask(), None).unwrap();
+        let hidden = p
+            .model
+            .forward(&batch, p.model.default_mask(), None)
+            .unwrap();
         let d = max_diff(hidden.data(), &floats(&exp["last_hidden_state"][i]));
         assert!(d < PARITY_ATOL, "hidden {i}: {d}");
         let pooled = pooler.forward(hidden.row(0), 1).unwrap();
@@ -105,18 +128,45 @@ fn padded_batch_equals_padding_free() {
         let p = checkpoint::load(&fixture(dir)).unwrap();
         let exp = json(&fixture(dir).join("expected.json"));
         let pb = &exp["padded_batch"];
-        let lens: Vec<usize> = pb["lengths"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        let rows: Vec<Vec<u32>> = pb["input_ids"].as_array().unwrap().iter().map(ids).collect();
-        let types: Option<Vec<Vec<u32>>> = pb.get("token_type_ids").map(|t| t.as_array().unwrap().iter().map(ids).collect());
+        let lens: Vec<usize> = pb["lengths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let rows: Vec<Vec<u32>> = pb["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .collect();
+        let types: Option<Vec<Vec<u32>>> = pb
+            .get("token_type_ids")
+            .map(|t| t.as_array().unwrap().iter().map(ids).collect());
         let maxlen = rows[0].len();
         let h = p.config().hidden_size;
         let want = floats(&pb["last_hidden_state"]);
         let seqs: Vec<(&[u32], Option<&[u32]>)> = (0..rows.len())
-            .map(|b| (&rows[b][..lens[b]], types.as_ref().map(|t| &t[b][..lens[b]])))
+            .map(|b| {
+                (
+                    &rows[b][..lens[b]],
+                    types.as_ref().map(|t| &t[b][..lens[b]]),
+                )
+            })
             .collect();
         let pad = p.config().pad_token_id.unwrap_or(0);
-        let padded = p.model.forward(&Batch::padded(&seqs, pad).unwrap(), p.model.default_mask(), None).unwrap();
-        let packed = p.model.forward(&Batch::packed(&seqs).unwrap(), p.model.default_mask(), None).unwrap();
+        let padded = p
+            .model
+            .forward(
+                &Batch::padded(&seqs, pad).unwrap(),
+                p.model.default_mask(),
+                None,
+            )
+            .unwrap();
+        let packed = p
+            .model
+            .forward(&Batch::packed(&seqs).unwrap(), p.model.default_mask(), None)
+            .unwrap();
         let mut off = 0;
         for (b, &l) in lens.iter().enumerate() {
             let w = &want[b * maxlen * h..(b * maxlen + l) * h];
@@ -136,9 +186,20 @@ fn gpt2_greedy_and_beam_match_transformers() {
         let exp = json(&fixture("tiny-gpt2").join("expected.json"));
         let g = Generator::new(&p).unwrap();
         for case in exp["greedy"].as_array().unwrap() {
-            let opts = GenerateOptions { max_new_tokens: 12, strategy: Strategy::Greedy, seed: 0 };
-            let out = g.generate(&ids(&case["prompt_ids"]), &opts, |_| {}).unwrap();
-            assert_eq!(out, ids(&case["new_ids"]), "{dir}: greedy from {}", case["prompt"]);
+            let opts = GenerateOptions {
+                max_new_tokens: 12,
+                strategy: Strategy::Greedy,
+                seed: 0,
+            };
+            let out = g
+                .generate(&ids(&case["prompt_ids"]), &opts, |_| {})
+                .unwrap();
+            assert_eq!(
+                out,
+                ids(&case["new_ids"]),
+                "{dir}: greedy from {}",
+                case["prompt"]
+            );
         }
         for case in exp["beam"].as_array().unwrap() {
             let opts = GenerateOptions {
@@ -149,8 +210,15 @@ fn gpt2_greedy_and_beam_match_transformers() {
                 },
                 seed: 0,
             };
-            let out = g.generate(&ids(&case["prompt_ids"]), &opts, |_| {}).unwrap();
-            assert_eq!(out, ids(&case["new_ids"]), "{dir}: beam from {}", case["prompt"]);
+            let out = g
+                .generate(&ids(&case["prompt_ids"]), &opts, |_| {})
+                .unwrap();
+            assert_eq!(
+                out,
+                ids(&case["new_ids"]),
+                "{dir}: beam from {}",
+                case["prompt"]
+            );
         }
     }
 }
@@ -160,13 +228,34 @@ fn gpt2_greedy_and_beam_match_transformers() {
 fn kv_cache_equals_full_forward() {
     let p = checkpoint::load(&fixture("tiny-gpt2")).unwrap();
     let ids: Vec<u32> = vec![5, 17, 99, 3, 250, 41, 7];
-    let full = p.model.forward(&Batch::packed(&[(&ids, None)]).unwrap(), p.model.default_mask(), None).unwrap();
+    let full = p
+        .model
+        .forward(
+            &Batch::packed(&[(&ids, None)]).unwrap(),
+            p.model.default_mask(),
+            None,
+        )
+        .unwrap();
     let mut cache = p.model.new_cache();
-    let first = p.model.forward(&Batch::continuation(&[&ids[..3]], &[0]).unwrap(), p.model.default_mask(), Some(std::slice::from_mut(&mut cache))).unwrap();
+    let first = p
+        .model
+        .forward(
+            &Batch::continuation(&[&ids[..3]], &[0]).unwrap(),
+            p.model.default_mask(),
+            Some(std::slice::from_mut(&mut cache)),
+        )
+        .unwrap();
     assert!(max_diff(first.data(), &full.data()[..3 * 96]) < 1e-5);
     for (k, &t) in ids.iter().enumerate().skip(3) {
         let b = Batch::continuation(&[&[t]], &[cache.len]).unwrap();
-        let out = p.model.forward(&b, p.model.default_mask(), Some(std::slice::from_mut(&mut cache))).unwrap();
+        let out = p
+            .model
+            .forward(
+                &b,
+                p.model.default_mask(),
+                Some(std::slice::from_mut(&mut cache)),
+            )
+            .unwrap();
         assert!(max_diff(out.data(), full.row(k)) < 1e-5, "position {k}");
     }
 }
@@ -176,7 +265,13 @@ fn fill_mask_matches_transformers() {
     let p = checkpoint::load(&fixture("tiny-bert")).unwrap();
     let exp = json(&fixture("tiny-bert").join("expected.json"));
     for case in exp["fill_mask"].as_array().unwrap() {
-        let preds = kiln::infer::fill_mask(&p, p.tokenizer().unwrap(), case["text"].as_str().unwrap(), 5).unwrap();
+        let preds = kiln::infer::fill_mask(
+            &p,
+            p.tokenizer().unwrap(),
+            case["text"].as_str().unwrap(),
+            5,
+        )
+        .unwrap();
         assert_eq!(preds.len(), 1);
         let top = case["top"].as_array().unwrap();
         for (got, want) in preds[0].iter().zip(top) {
@@ -190,7 +285,12 @@ fn fill_mask_matches_transformers() {
 /// fixture script's `--check-roundtrip`).
 #[test]
 fn save_then_load_is_bit_identical() {
-    for dir in ["tiny-bert", "tiny-bert-legacy", "tiny-gpt2-noprefix", "tiny-bert-pooler"] {
+    for dir in [
+        "tiny-bert",
+        "tiny-bert-legacy",
+        "tiny-gpt2-noprefix",
+        "tiny-bert-pooler",
+    ] {
         let p = checkpoint::load(&fixture(dir)).unwrap();
         let out = std::env::temp_dir().join(format!("kiln-roundtrip-{}-{dir}", std::process::id()));
         checkpoint::save(&p, &out, checkpoint::SaveDtype::F32).unwrap();
@@ -199,6 +299,48 @@ fn save_then_load_is_bit_identical() {
         let b = kiln::checkpoint::save::named_tensors(&q).unwrap();
         assert_eq!(a, b, "{dir}");
         assert!(q.tokenizer.is_some());
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+/// f16 and bf16 stored weights load and compute in f32 (values equal to the rounded weights).
+#[test]
+fn half_precision_checkpoints_load() {
+    let p = checkpoint::load(&fixture("tiny-gpt2")).unwrap();
+    let exp = json(&fixture("tiny-gpt2").join("expected.json"));
+    for (dtype, tol) in [
+        (checkpoint::SaveDtype::F16, 2e-2f32),
+        (checkpoint::SaveDtype::BF16, 1.5e-1),
+    ] {
+        let out = std::env::temp_dir().join(format!("kiln-half-{}-{dtype:?}", std::process::id()));
+        checkpoint::save(&p, &out, dtype).unwrap();
+        let q = checkpoint::load(&out).unwrap();
+        let a = kiln::checkpoint::save::named_tensors(&p).unwrap();
+        let b = kiln::checkpoint::save::named_tensors(&q).unwrap();
+        for (name, t) in &a {
+            let u = &b[name];
+            let rounded: Vec<f32> = t
+                .data()
+                .iter()
+                .map(|&v| match dtype {
+                    checkpoint::SaveDtype::F16 => half::f16::from_f32(v).to_f32(),
+                    _ => half::bf16::from_f32(v).to_f32(),
+                })
+                .collect();
+            assert_eq!(u.data(), &rounded[..], "{name} {dtype:?}");
+        }
+        // The rounded model still computes close to the f32 one.
+        let x = ids(&exp["inputs"][0]["input_ids"]);
+        let h = q
+            .model
+            .forward(
+                &Batch::packed(&[(&x, None)]).unwrap(),
+                q.model.default_mask(),
+                None,
+            )
+            .unwrap();
+        let d = max_diff(h.data(), &floats(&exp["last_hidden_state"][0]));
+        assert!(d < tol, "{dtype:?}: {d}");
         std::fs::remove_dir_all(&out).unwrap();
     }
 }

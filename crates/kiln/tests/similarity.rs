@@ -4,7 +4,9 @@ mod common;
 
 use common::*;
 use kiln::checkpoint;
-use kiln::infer::similarity::{find_word, similarity_matrix, word_vectors, write_csv, write_heatmap};
+use kiln::infer::similarity::{
+    find_word, similarity_matrix, word_vectors, write_csv, write_heatmap,
+};
 
 /// Mean within-sense cosine must exceed mean cross-sense cosine by at least this much with
 /// all-MiniLM-L6-v2. Measured: within 0.815, cross 0.683, margin 0.132 (run with --nocapture).
@@ -32,8 +34,14 @@ fn apple_senses_separate_and_heatmap_is_written() {
         }
     }
     let (within, cross) = (within / nw as f32, cross / nc as f32);
-    println!("apple: mean within-sense cosine {within:.4}, cross-sense {cross:.4}, margin {:.4}", within - cross);
-    assert!(within - cross >= MIN_SENSE_MARGIN, "within {within} cross {cross}");
+    println!(
+        "apple: mean within-sense cosine {within:.4}, cross-sense {cross:.4}, margin {:.4}",
+        within - cross
+    );
+    assert!(
+        within - cross >= MIN_SENSE_MARGIN,
+        "within {within} cross {cross}"
+    );
 
     let dir = std::env::temp_dir().join(format!("kiln-sim-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -48,7 +56,10 @@ fn apple_senses_separate_and_heatmap_is_written() {
 
 #[test]
 fn word_finding_respects_boundaries_and_chinese() {
-    assert_eq!(find_word("Pineapple and Apple pie", "apple"), Some((14, 19)));
+    assert_eq!(
+        find_word("Pineapple and Apple pie", "apple"),
+        Some((14, 19))
+    );
     assert_eq!(find_word("我喜欢吃苹果。", "苹果"), Some((12, 18)));
     assert_eq!(find_word("no fruit here", "apple"), None);
 }

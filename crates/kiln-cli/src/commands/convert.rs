@@ -26,7 +26,12 @@ pub fn run(a: Args) -> Result<()> {
         "bf16" => SaveDtype::BF16,
         _ => SaveDtype::F32,
     };
-    kiln::checkpoint::save(&p, &a.out, dtype).with_context(|| format!("cannot save to {}", a.out.display()))?;
-    eprintln!("saved {} to {}", kiln::checkpoint::save::architecture_name(&p), a.out.display());
+    kiln::checkpoint::save(&p, &a.out, dtype)
+        .with_context(|| format!("cannot save to {}", a.out.display()))?;
+    eprintln!(
+        "saved {} to {}",
+        kiln::checkpoint::save::architecture_name(&p),
+        a.out.display()
+    );
     Ok(())
 }

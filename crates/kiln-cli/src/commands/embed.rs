@@ -84,7 +84,10 @@ struct Row<'a> {
 
 /// A NumPy `.npy` (version 1.0) float32 array `[rows, dim]`.
 fn npy_f32(rows: &[Vec<f32>], dim: usize) -> Vec<u8> {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {dim}), }}", rows.len());
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {dim}), }}",
+        rows.len()
+    );
     // Pad so the data starts on a 64-byte boundary, ending with a newline (the format's rule).
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');

@@ -53,14 +53,25 @@ pub fn run(a: Args) -> Result<()> {
     let tok = p.tokenizer()?;
     let gen = Generator::new(&p)?;
     let strategy = match a.strategy.as_str() {
-        "sample" => Strategy::Sample { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p },
-        "beam" => Strategy::Beam { num_beams: a.num_beams, length_penalty: a.length_penalty },
+        "sample" => Strategy::Sample {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+        },
+        "beam" => Strategy::Beam {
+            num_beams: a.num_beams,
+            length_penalty: a.length_penalty,
+        },
         _ => Strategy::Greedy,
     };
     if a.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }
-    let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, strategy, seed: a.seed };
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        strategy,
+        seed: a.seed,
+    };
     let prompts = match a.prompt {
         Some(pr) => vec![pr],
         None => read_lines(a.input.as_deref())?,
@@ -71,7 +82,10 @@ pub fn run(a: Args) -> Result<()> {
         if a.json {
             let new = gen.generate(&ids, &opts, |_| {})?;
             let text = tok.decode(&new, true)?;
-            out.line(&serde_json::json!({ "prompt": prompt, "token_ids": new, "text": text }).to_string())?;
+            out.line(
+                &serde_json::json!({ "prompt": prompt, "token_ids": new, "text": text })
+                    .to_string(),
+            )?;
         } else {
             out.bytes(prompt.as_bytes())?;
             out.flush()?;
@@ -84,7 +98,9 @@ pub fn run(a: Args) -> Result<()> {
                 // characters appear once they are complete.
                 match tok.decode(&new, true) {
                     Ok(text) if text.len() > shown && text.is_char_boundary(shown) => {
-                        let _ = out.bytes(text[shown..].as_bytes()).and_then(|_| out.flush());
+                        let _ = out
+                            .bytes(&text.as_bytes()[shown..])
+                            .and_then(|_| out.flush());
                         shown = text.len();
                     }
                     Ok(_) => {}

@@ -41,12 +41,19 @@ pub fn run(a: Args) -> Result<()> {
         heads.push("causal-lm");
     }
     let mut params = p.model.num_parameters();
-    params += p.pooler.as_ref().map_or(0, |x| x.dense.weight.numel() + c.hidden_size);
+    params += p
+        .pooler
+        .as_ref()
+        .map_or(0, |x| x.dense.weight.numel() + c.hidden_size);
     if let Some(m) = &p.mlm_head {
         params += m.transform.weight.numel() + c.hidden_size * 3 + m.bias.numel();
         params += m.decoder.as_ref().map_or(0, |d| d.numel());
     }
-    params += p.lm_head.as_ref().and_then(|l| l.weight.as_ref()).map_or(0, |w| w.numel());
+    params += p
+        .lm_head
+        .as_ref()
+        .and_then(|l| l.weight.as_ref())
+        .map_or(0, |w| w.numel());
     let info = serde_json::json!({
         "path": a.model.display().to_string(),
         "architecture": kiln::checkpoint::save::architecture_name(&p),
@@ -72,7 +79,10 @@ pub fn run(a: Args) -> Result<()> {
         println!("{info}");
     } else if let Some(o) = info.as_object() {
         for (k, v) in o {
-            println!("{k:>22}: {}", v.as_str().map_or(v.to_string(), str::to_string));
+            println!(
+                "{k:>22}: {}",
+                v.as_str().map_or(v.to_string(), str::to_string)
+            );
         }
     }
     Ok(())

@@ -83,7 +83,10 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
         }),
         _ => None,
     };
-    let mlm_head = if config.arch == Arch::Bert && r.find("cls.predictions.transform.dense.weight", false).is_some() {
+    let mlm_head = if config.arch == Arch::Bert
+        && r.find("cls.predictions.transform.dense.weight", false)
+            .is_some()
+    {
         let transform = r.linear("cls.predictions.transform.dense", false, h, h)?;
         let norm = r.layer_norm("cls.predictions.transform.LayerNorm", false, h, eps)?;
         let bias = match r.find("cls.predictions.bias", false) {
@@ -92,7 +95,11 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
         };
         let has_decoder = r.find("cls.predictions.decoder.weight", false).is_some();
         let decoder = if has_decoder {
-            let d = r.tensor("cls.predictions.decoder.weight", false, &[config.vocab_size, h])?;
+            let d = r.tensor(
+                "cls.predictions.decoder.weight",
+                false,
+                &[config.vocab_size, h],
+            )?;
             (!config.tie_word_embeddings).then_some(d)
         } else {
             None
@@ -152,7 +159,9 @@ fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer
         word: r.tensor(n.word_embeddings, true, &[cfg.vocab_size, h])?,
         position: r.tensor(n.position_embeddings, true, &[cfg.max_positions, h])?,
         token_type: match n.token_type_embeddings {
-            Some(name) if cfg.type_vocab_size > 0 => Some(r.tensor(name, true, &[cfg.type_vocab_size, h])?),
+            Some(name) if cfg.type_vocab_size > 0 => {
+                Some(r.tensor(name, true, &[cfg.type_vocab_size, h])?)
+            }
             _ => None,
         },
         norm: match n.embeddings_norm {
@@ -198,7 +207,10 @@ fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer
 pub(crate) fn fuse_rows(parts: &[Linear]) -> Result<Linear> {
     let w: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
     let bias = if parts.iter().all(|l| l.bias.is_some()) {
-        let b: Vec<f32> = parts.iter().flat_map(|l| l.bias.as_ref().map_or(&[][..], |b| b.data()).to_vec()).collect();
+        let b: Vec<f32> = parts
+            .iter()
+            .flat_map(|l| l.bias.as_ref().map_or(&[][..], |b| b.data()).to_vec())
+            .collect();
         Some(Tensor::new(vec![b.len()], b)?)
     } else {
         None
@@ -220,7 +232,10 @@ impl Reader<'_> {
     /// `gamma`/`beta` spellings of LayerNorm parameters.
     fn candidates(&self, name: &str, base: bool) -> Vec<String> {
         let forms = if base {
-            vec![format!("{}{name}", self.names.base_prefix), name.to_string()]
+            vec![
+                format!("{}{name}", self.names.base_prefix),
+                name.to_string(),
+            ]
         } else {
             vec![name.to_string()]
         };
@@ -237,7 +252,9 @@ impl Reader<'_> {
     }
 
     fn find(&self, name: &str, base: bool) -> Option<String> {
-        self.candidates(name, base).into_iter().find(|c| self.store.contains(c))
+        self.candidates(name, base)
+            .into_iter()
+            .find(|c| self.store.contains(c))
     }
 
     fn tensor(&mut self, name: &str, base: bool, shape: &[usize]) -> Result<Tensor> {
@@ -267,7 +284,8 @@ impl Reader<'_> {
     /// A linear layer `[out, in]`; Conv1D checkpoints store `[in, out]` and are transposed here.
     fn linear(&mut self, module: &str, base: bool, out: usize, inp: usize) -> Result<Linear> {
         let weight = if self.names.conv1d {
-            self.tensor(&format!("{module}.weight"), base, &[inp, out])?.transpose2d()?
+            self.tensor(&format!("{module}.weight"), base, &[inp, out])?
+                .transpose2d()?
         } else {
             self.tensor(&format!("{module}.weight"), base, &[out, inp])?
         };

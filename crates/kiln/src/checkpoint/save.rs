@@ -1,9 +1,9 @@
 //! Saving a model directory that transformers' `from_pretrained` loads: the inverse of the
 //! name table in `load.rs` (q/k/v split back apart, Conv1D weights transposed back).
 
+use super::atomic_write;
 use super::load::Pretrained;
 use super::weights::{write_safetensors, SaveDtype};
-use super::atomic_write;
 use crate::engine::{LayerNorm, Linear, Tensor};
 use crate::error::{Error, Result};
 use crate::model::arch::QkvNames;
@@ -43,7 +43,12 @@ pub fn named_tensors(p: &Pretrained) -> Result<BTreeMap<String, Tensor>> {
         put_linear(&mut out, &format!("{prefix}{m}"), &pooler.dense, false)?;
     }
     if let Some(head) = &p.mlm_head {
-        put_linear(&mut out, "cls.predictions.transform.dense", &head.transform, false)?;
+        put_linear(
+            &mut out,
+            "cls.predictions.transform.dense",
+            &head.transform,
+            false,
+        )?;
         put_norm(&mut out, "cls.predictions.transform.LayerNorm", &head.norm);
         out.insert("cls.predictions.bias".into(), head.bias.clone());
         if let Some(d) = &head.decoder {
@@ -63,7 +68,10 @@ fn base_tensors(m: &Transformer, prefix: &str, out: &mut BTreeMap<String, Tensor
     let conv = n.conv1d;
     let e = &m.embeddings;
     out.insert(format!("{prefix}{}", n.word_embeddings), e.word.clone());
-    out.insert(format!("{prefix}{}", n.position_embeddings), e.position.clone());
+    out.insert(
+        format!("{prefix}{}", n.position_embeddings),
+        e.position.clone(),
+    );
     if let (Some(t), Some(name)) = (&e.token_type, n.token_type_embeddings) {
         out.insert(format!("{prefix}{name}"), t.clone());
     }
@@ -102,8 +110,17 @@ fn base_tensors(m: &Transformer, prefix: &str, out: &mut BTreeMap<String, Tensor
     Ok(())
 }
 
-fn put_linear(out: &mut BTreeMap<String, Tensor>, module: &str, l: &Linear, conv1d: bool) -> Result<()> {
-    let w = if conv1d { l.weight.transpose2d()? } else { l.weight.clone() };
+fn put_linear(
+    out: &mut BTreeMap<String, Tensor>,
+    module: &str,
+    l: &Linear,
+    conv1d: bool,
+) -> Result<()> {
+    let w = if conv1d {
+        l.weight.transpose2d()?
+    } else {
+        l.weight.clone()
+    };
     out.insert(format!("{module}.weight"), w);
     if let Some(b) = &l.bias {
         out.insert(format!("{module}.bias"), b.clone());
@@ -125,7 +142,12 @@ pub fn save(p: &Pretrained, dir: &Path, dtype: SaveDtype) -> Result<()> {
     let mut cfg = p.config().to_json();
     cfg["architectures"] = serde_json::json!([architecture_name(p)]);
     if dtype != SaveDtype::F32 {
-        cfg["torch_dtype"] = if dtype == SaveDtype::F16 { "float16" } else { "bfloat16" }.into();
+        cfg["torch_dtype"] = if dtype == SaveDtype::F16 {
+            "float16"
+        } else {
+            "bfloat16"
+        }
+        .into();
     }
     let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Json {
         path: dir.join("config.json"),

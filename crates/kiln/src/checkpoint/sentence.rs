@@ -23,7 +23,9 @@ impl std::str::FromStr for Pooling {
             "mean" => Ok(Pooling::Mean),
             "cls" => Ok(Pooling::Cls),
             "max" => Ok(Pooling::Max),
-            _ => Err(Error::Input(format!("unknown pooling \"{s}\": expected mean, cls or max"))),
+            _ => Err(Error::Input(format!(
+                "unknown pooling \"{s}\": expected mean, cls or max"
+            ))),
         }
     }
 }
@@ -66,11 +68,17 @@ impl SentenceConfig {
                 if !path.is_empty() {
                     cfg.transformer_path = Some(path.to_string());
                 }
-                for name in ["sentence_bert_config.json", "sentence_distilbert_config.json"] {
+                for name in [
+                    "sentence_bert_config.json",
+                    "sentence_distilbert_config.json",
+                ] {
                     let p = dir.join(path).join(name);
                     if p.exists() {
                         let j = read_json(&p)?;
-                        cfg.max_seq_length = j.get("max_seq_length").and_then(|v| v.as_u64()).map(|v| v as usize);
+                        cfg.max_seq_length = j
+                            .get("max_seq_length")
+                            .and_then(|v| v.as_u64())
+                            .map(|v| v as usize);
                     }
                 }
             } else if ty.ends_with(".Pooling") {

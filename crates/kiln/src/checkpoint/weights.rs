@@ -27,10 +27,13 @@ impl WeightStore {
                 path: index.clone(),
                 msg: e.to_string(),
             })?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Json {
-                path: index.clone(),
-                msg: "missing object field `weight_map` (tensor name -> shard file)".into(),
-            })?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Json {
+                    path: index.clone(),
+                    msg: "missing object field `weight_map` (tensor name -> shard file)".into(),
+                })?;
             let mut shards: Vec<String> = Vec::new();
             for (name, file) in map {
                 let file = file.as_str().ok_or_else(|| Error::Json {
@@ -61,7 +64,8 @@ impl WeightStore {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     Error::MissingFile {
                         path: path.clone(),
-                        hint: "the checkpoint refers to this weights file but it is not there".into(),
+                        hint: "the checkpoint refers to this weights file but it is not there"
+                            .into(),
                     }
                 } else {
                     Error::io("open", path, e)
@@ -138,7 +142,10 @@ impl WeightStore {
         };
         Tensor::new(info.shape.clone(), data).map_err(|_| Error::Safetensors {
             path: path.clone(),
-            msg: format!("tensor `{name}`: data size does not match shape {:?}", info.shape),
+            msg: format!(
+                "tensor `{name}`: data size does not match shape {:?}",
+                info.shape
+            ),
         })
     }
 }
@@ -155,13 +162,25 @@ pub enum SaveDtype {
 }
 
 /// Writes named tensors to a safetensors file atomically (temporary file, then rename).
-pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>, dtype: SaveDtype) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    dtype: SaveDtype,
+) -> Result<()> {
     let mut raw: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let bytes: Vec<u8> = match dtype {
             SaveDtype::F32 => t.data().iter().flat_map(|v| v.to_le_bytes()).collect(),
-            SaveDtype::F16 => t.data().iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-            SaveDtype::BF16 => t.data().iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+            SaveDtype::F16 => t
+                .data()
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            SaveDtype::BF16 => t
+                .data()
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
         };
         raw.push((name.clone(), bytes, t.shape().to_vec()));
     }
@@ -172,17 +191,21 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>, dtype:
     };
     let mut views = Vec::with_capacity(raw.len());
     for (name, bytes, shape) in &raw {
-        let v = safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map_err(|e| Error::Safetensors {
-            path: path.to_path_buf(),
-            msg: format!("tensor `{name}`: {e:?}"),
-        })?;
+        let v =
+            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map_err(|e| {
+                Error::Safetensors {
+                    path: path.to_path_buf(),
+                    msg: format!("tensor `{name}`: {e:?}"),
+                }
+            })?;
         views.push((name.as_str(), v));
     }
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        msg: format!("{e:?}"),
-    })?;
+    let bytes =
+        safetensors::tensor::serialize(views, Some(meta)).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            msg: format!("{e:?}"),
+        })?;
     super::atomic_write(path, &bytes)
 }

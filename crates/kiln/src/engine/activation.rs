@@ -141,8 +141,14 @@ mod tests {
             let c = (2.0 / std::f64::consts::PI).sqrt();
             let tanh_ref = 0.5 * xd * (1.0 + (c * (xd + 0.044715 * xd.powi(3))).tanh());
             let tol = ACT_TOL * (1.0 + x.abs());
-            assert!((Activation::GeluErf.apply(x) as f64 - erf_ref).abs() < tol as f64, "gelu({x})");
-            assert!((Activation::GeluTanh.apply(x) as f64 - tanh_ref).abs() < tol as f64, "gelu_new({x})");
+            assert!(
+                (Activation::GeluErf.apply(x) as f64 - erf_ref).abs() < tol as f64,
+                "gelu({x})"
+            );
+            assert!(
+                (Activation::GeluTanh.apply(x) as f64 - tanh_ref).abs() < tol as f64,
+                "gelu_new({x})"
+            );
             assert_eq!(Activation::Relu.apply(x), x.max(0.0));
         }
     }
@@ -151,7 +157,9 @@ mod tests {
     fn fused_bias_act_matches_separate_steps() {
         let cols = 37;
         let rows = 1000; // large enough to take the parallel path
-        let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
         let b: Vec<f32> = (0..cols).map(|i| i as f32 / 10.0 - 1.5).collect();
         let mut fused = x.clone();
         bias_act_inplace(&mut fused, Some(&b), Some(Activation::GeluErf));

@@ -76,7 +76,13 @@ pub fn attention(
 ) -> Result<()> {
     let width = heads * head_dim;
     for (i, s) in seqs.iter().enumerate() {
-        let need = |rows: usize, rs: usize| if rows == 0 { 0 } else { (rows - 1) * rs + width };
+        let need = |rows: usize, rs: usize| {
+            if rows == 0 {
+                0
+            } else {
+                (rows - 1) * rs + width
+            }
+        };
         let ok = s.q.len() >= need(s.lq, s.q_rs)
             && s.k.len() >= need(s.lk, s.k_rs)
             && s.v.len() >= need(s.lk, s.v_rs)
@@ -85,7 +91,10 @@ pub fn attention(
         if !ok {
             return Err(Error::shape(
                 "attention",
-                format!("sequence {i}: views do not fit lq={} lk={} width={width}", s.lq, s.lk),
+                format!(
+                    "sequence {i}: views do not fit lq={} lk={} width={width}",
+                    s.lq, s.lk
+                ),
             ));
         }
     }
@@ -193,8 +202,18 @@ mod tests {
 
     #[allow(clippy::too_many_arguments)]
     fn reference(
-        q: &[f32], q_rs: usize, lq: usize, k: &[f32], v: &[f32], kv_rs: usize, lk: usize,
-        heads: usize, d: usize, q_pos0: usize, mask: MaskKind, key_mask: Option<&[u8]>,
+        q: &[f32],
+        q_rs: usize,
+        lq: usize,
+        k: &[f32],
+        v: &[f32],
+        kv_rs: usize,
+        lk: usize,
+        heads: usize,
+        d: usize,
+        q_pos0: usize,
+        mask: MaskKind,
+        key_mask: Option<&[u8]>,
     ) -> Vec<f64> {
         let w = heads * d;
         let mut out = vec![0.0f64; lq * w];
@@ -204,12 +223,18 @@ mod tests {
                 for (j, sj) in s.iter_mut().enumerate() {
                     if mask.visible(q_pos0 + i, j) && key_mask.is_none_or(|m| m[j] != 0) {
                         let dot: f64 = (0..d)
-                            .map(|c| q[i * q_rs + h * d + c] as f64 * k[j * kv_rs + h * d + c] as f64)
+                            .map(|c| {
+                                q[i * q_rs + h * d + c] as f64 * k[j * kv_rs + h * d + c] as f64
+                            })
                             .sum();
                         *sj = Some(dot / (d as f64).sqrt());
                     }
                 }
-                let max = s.iter().flatten().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let max = s
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().flatten().map(|x| (x - max).exp()).sum();
                 for (j, sj) in s.iter().enumerate() {
                     if let Some(x) = sj {
@@ -229,7 +254,11 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let (heads, d) = (3, 32);
         let w = heads * d;
-        for mask in [MaskKind::Bidirectional, MaskKind::Causal, MaskKind::Prefix(4)] {
+        for mask in [
+            MaskKind::Bidirectional,
+            MaskKind::Causal,
+            MaskKind::Prefix(4),
+        ] {
             for &(lq, lk) in &[(1usize, 1usize), (9, 9), (1, 12), (5, 13)] {
                 // A fused QKV buffer [lk, 3w]: queries are the last lq rows (as with a cache).
                 let qkv: Vec<f32> = (0..lk * 3 * w).map(|_| rng.gen_range(-2.0..2.0)).collect();
@@ -252,11 +281,24 @@ mod tests {
                     let mut out = vec![0.0f32; lq * w];
                     attention(&[seq], heads, d, mask, &mut out).unwrap();
                     let want = reference(
-                        &qkv[q0 * 3 * w..], 3 * w, lq, &qkv[w..], &qkv[2 * w..], 3 * w, lk,
-                        heads, d, q0, mask, km,
+                        &qkv[q0 * 3 * w..],
+                        3 * w,
+                        lq,
+                        &qkv[w..],
+                        &qkv[2 * w..],
+                        3 * w,
+                        lk,
+                        heads,
+                        d,
+                        q0,
+                        mask,
+                        km,
                     );
                     for (g, w) in out.iter().zip(&want) {
-                        assert!((*g as f64 - w).abs() < ATTN_TOL, "{mask:?} lq={lq} lk={lk}: {g} vs {w}");
+                        assert!(
+                            (*g as f64 - w).abs() < ATTN_TOL,
+                            "{mask:?} lq={lq} lk={lk}: {g} vs {w}"
+                        );
                     }
                 }
             }
@@ -270,16 +312,25 @@ mod tests {
         let w = heads * d;
         let lens = [3usize, 7, 1];
         let total: usize = lens.iter().sum();
-        let qkv: Vec<f32> = (0..total * 3 * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let qkv: Vec<f32> = (0..total * 3 * w)
+            .map(|_| rng.gen_range(-1.0..1.0))
+            .collect();
         let mut seqs = Vec::new();
         let mut row = 0;
         for &l in &lens {
             let base = row * 3 * w;
             seqs.push(AttnSeq {
-                q: &qkv[base..], q_rs: 3 * w, lq: l,
-                k: &qkv[base + w..], k_rs: 3 * w,
-                v: &qkv[base + 2 * w..], v_rs: 3 * w, lk: l,
-                q_pos0: 0, key_mask: None, out_row0: row,
+                q: &qkv[base..],
+                q_rs: 3 * w,
+                lq: l,
+                k: &qkv[base + w..],
+                k_rs: 3 * w,
+                v: &qkv[base + 2 * w..],
+                v_rs: 3 * w,
+                lk: l,
+                q_pos0: 0,
+                key_mask: None,
+                out_row0: row,
             });
             row += l;
         }
@@ -287,7 +338,14 @@ mod tests {
         attention(&seqs, heads, d, MaskKind::Causal, &mut packed).unwrap();
         for s in &seqs {
             let mut one = vec![0.0; s.lq * w];
-            attention(&[AttnSeq { out_row0: 0, ..*s }], heads, d, MaskKind::Causal, &mut one).unwrap();
+            attention(
+                &[AttnSeq { out_row0: 0, ..*s }],
+                heads,
+                d,
+                MaskKind::Causal,
+                &mut one,
+            )
+            .unwrap();
             assert_eq!(&packed[s.out_row0 * w..(s.out_row0 + s.lq) * w], &one[..]);
         }
     }

@@ -25,12 +25,17 @@ pub fn gather_sum(
         check_ids("token type id", types, t.rows())?;
     }
     if out.len() != ids.len() * h {
-        return Err(Error::shape("embedding", "output buffer does not match tokens x hidden"));
+        return Err(Error::shape(
+            "embedding",
+            "output buffer does not match tokens x hidden",
+        ));
     }
     for_each_row(out, h, |t, row| {
         row.copy_from_slice(word.row(ids[t] as usize));
         if let Some(p) = position {
-            row.iter_mut().zip(p.row(positions[t] as usize)).for_each(|(a, b)| *a += b);
+            row.iter_mut()
+                .zip(p.row(positions[t] as usize))
+                .for_each(|(a, b)| *a += b);
         }
         if let Some(tt) = token_type {
             let ty = types.get(t).copied().unwrap_or(0) as usize;
@@ -59,9 +64,29 @@ mod tests {
         let pos = Tensor::new(vec![2, 2], vec![10., 20., 30., 40.]).unwrap();
         let ty = Tensor::new(vec![2, 2], vec![100., 200., 300., 400.]).unwrap();
         let mut out = vec![0.0; 4];
-        gather_sum(&word, Some(&pos), Some(&ty), &[2, 0], &[0, 1], &[1, 0], &mut out).unwrap();
-        assert_eq!(out, vec![5. + 10. + 300., 6. + 20. + 400., 1. + 30. + 100., 2. + 40. + 200.]);
+        gather_sum(
+            &word,
+            Some(&pos),
+            Some(&ty),
+            &[2, 0],
+            &[0, 1],
+            &[1, 0],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                5. + 10. + 300.,
+                6. + 20. + 400.,
+                1. + 30. + 100.,
+                2. + 40. + 200.
+            ]
+        );
         let err = gather_sum(&word, None, None, &[3], &[0], &[], &mut out[..2]).unwrap_err();
-        assert!(err.to_string().contains("token id 3 is out of range"), "{err}");
+        assert!(
+            err.to_string().contains("token id 3 is out of range"),
+            "{err}"
+        );
     }
 }

@@ -4,9 +4,9 @@
 use super::activation::{bias_act_inplace, Activation};
 use super::matmul::{matmul, MatMut, MatRef, Par};
 use super::packed::{PackedWeight, MIN_ROWS};
-use std::sync::OnceLock;
 use super::tensor::Tensor;
 use crate::error::{Error, Result};
+use std::sync::OnceLock;
 
 /// A dense layer holding `weight: [out, in]` (PyTorch `nn.Linear` layout) and `bias: [out]`.
 #[derive(Clone, Debug)]
@@ -57,12 +57,18 @@ impl Linear {
     }
 
     /// x: [rows, in] -> out: [rows, out]
-    pub fn forward_into(&self, x: &[f32], rows: usize, out: &mut [f32], mode: LinearOut) -> Result<()> {
+    pub fn forward_into(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        mode: LinearOut,
+    ) -> Result<()> {
         let (o, i) = (self.out_features(), self.in_features());
         if rows >= MIN_ROWS && x.len() == rows * i && out.len() == rows * o {
-            let packed = self
-                .packed
-                .get_or_init(|| PackedWeight::supported().then(|| PackedWeight::pack(&self.weight)));
+            let packed = self.packed.get_or_init(|| {
+                PackedWeight::supported().then(|| PackedWeight::pack(&self.weight))
+            });
             if let Some(pw) = packed {
                 let bias = self.bias.as_ref().map(|b| b.data());
                 match mode {
@@ -167,9 +173,16 @@ mod tests {
             let y = lin.forward(&x, rows).unwrap();
             let resid = rand_vec(&mut rng, rows * o);
             let mut acc = resid.clone();
-            lin.forward_into(&x, rows, &mut acc, LinearOut::Accumulate).unwrap();
+            lin.forward_into(&x, rows, &mut acc, LinearOut::Accumulate)
+                .unwrap();
             let mut act = vec![0.0; rows * o];
-            lin.forward_into(&x, rows, &mut act, LinearOut::WriteAct(Activation::GeluTanh)).unwrap();
+            lin.forward_into(
+                &x,
+                rows,
+                &mut act,
+                LinearOut::WriteAct(Activation::GeluTanh),
+            )
+            .unwrap();
             for r in 0..rows {
                 for c in 0..o {
                     let want = reference[r * o + c] + b[c];

@@ -21,7 +21,8 @@ pub fn exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let scale = f32::from_bits(((ni + 127) as u32) << 23);
     p * scale
 }
@@ -31,13 +32,18 @@ pub fn exp(x: f32) -> f32 {
 pub fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
     let y = 1.0 - poly * exp(-a * a);
     // Near zero the formula above cancels; the Taylor series (to x^11) is exact to 2e-8 there.
     let x2 = x * x;
     let taylor = std::f32::consts::FRAC_2_SQRT_PI
         * x
-        * (1.0 + x2 * (-1.0 / 3.0 + x2 * (1.0 / 10.0 + x2 * (-1.0 / 42.0 + x2 * (1.0 / 216.0 + x2 * (-1.0 / 1320.0))))));
+        * (1.0
+            + x2 * (-1.0 / 3.0
+                + x2 * (1.0 / 10.0
+                    + x2 * (-1.0 / 42.0 + x2 * (1.0 / 216.0 + x2 * (-1.0 / 1320.0))))));
     // A select, not a branch, so loops over erf stay vectorized.
     let near_zero = (a < 0.5) as u32 as f32;
     near_zero * taylor + (1.0 - near_zero) * y.copysign(x)
@@ -58,7 +64,10 @@ mod tests {
         while x < 88.0 {
             let want = (x as f64).exp();
             let got = exp(x) as f64;
-            assert!(((got - want) / want).abs() < EXP_RTOL, "exp({x}) = {got}, want {want}");
+            assert!(
+                ((got - want) / want).abs() < EXP_RTOL,
+                "exp({x}) = {got}, want {want}"
+            );
             x += 0.0137;
         }
         assert_eq!(exp(-1000.0), exp(-87.3));
@@ -70,7 +79,11 @@ mod tests {
         let mut x = -6.0f32;
         while x < 6.0 {
             let want = libm::erf(x as f64);
-            assert!((erf(x) as f64 - want).abs() < ERF_ATOL, "erf({x}) = {} want {want}", erf(x));
+            assert!(
+                (erf(x) as f64 - want).abs() < ERF_ATOL,
+                "erf({x}) = {} want {want}",
+                erf(x)
+            );
             x += 0.001;
         }
     }

@@ -23,7 +23,13 @@ impl<'a> MatRef<'a> {
     }
 
     /// A view with explicit row stride `rs` and column stride `cs` (in elements).
-    pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Result<Self> {
+    pub fn strided(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        rs: usize,
+        cs: usize,
+    ) -> Result<Self> {
         let m = MatRef {
             data,
             rows,

@@ -60,7 +60,9 @@ mod tests {
     #[test]
     fn layer_norm_matches_naive_reference() {
         for &(rows, h) in &[(1usize, 7usize), (3, 96), (700, 33)] {
-            let x: Vec<f32> = (0..rows * h).map(|i| ((i * 131) % 97) as f32 / 13.0 - 3.0).collect();
+            let x: Vec<f32> = (0..rows * h)
+                .map(|i| ((i * 131) % 97) as f32 / 13.0 - 3.0)
+                .collect();
             let w: Vec<f32> = (0..h).map(|i| 1.0 + i as f32 / h as f32).collect();
             let b: Vec<f32> = (0..h).map(|i| i as f32 / 50.0 - 0.3).collect();
             let ln = LayerNorm {
@@ -75,7 +77,8 @@ mod tests {
                 let mean = row.iter().map(|&v| v as f64).sum::<f64>() / h as f64;
                 let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
                 for c in 0..h {
-                    let want = (row[c] as f64 - mean) / (var + 1e-12).sqrt() * w[c] as f64 + b[c] as f64;
+                    let want =
+                        (row[c] as f64 - mean) / (var + 1e-12).sqrt() * w[c] as f64 + b[c] as f64;
                     assert!((out[r * h + c] as f64 - want).abs() < LN_TOL as f64);
                 }
             }

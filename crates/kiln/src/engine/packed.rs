@@ -43,14 +43,17 @@ impl PackedWeight {
         let np = n.div_ceil(NR);
         let mut panels = vec![0.0f32; np * k * NR];
         let d = w.data();
-        panels.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
-            for r in 0..NR.min(n - p * NR) {
-                let row = &d[(p * NR + r) * k..(p * NR + r + 1) * k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * NR + r] = v;
+        panels
+            .par_chunks_mut(k * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for r in 0..NR.min(n - p * NR) {
+                    let row = &d[(p * NR + r) * k..(p * NR + r + 1) * k];
+                    for (kk, &v) in row.iter().enumerate() {
+                        panel[kk * NR + r] = v;
+                    }
                 }
-            }
-        });
+            });
         PackedWeight { n, k, panels }
     }
 
@@ -67,25 +70,42 @@ impl PackedWeight {
     }
 
     /// `out[rows, n] (+)= x[rows, k] · Wᵀ + bias`. Callers check `supported()` and shapes.
-    pub fn matmul(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, out: &mut [f32], accumulate: bool) {
+    pub fn matmul(
+        &self,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        accumulate: bool,
+    ) {
         assert!(x.len() >= rows * self.k && out.len() >= rows * self.n);
         assert!(bias.is_none_or(|b| b.len() == self.n));
         #[cfg(target_arch = "x86_64")]
         {
             let (n, k) = (self.n, self.k);
-            out[..rows * n].par_chunks_mut(MC * n).enumerate().for_each(|(blk, c)| {
-                let r0 = blk * MC;
-                let m = c.len() / n;
-                // SAFETY: `supported()` was checked by the caller (avx512f); every pointer below
-                // stays inside `x`, `c`, the panels and `bias` by the loop bounds.
-                unsafe { self.block(&x[r0 * k..(r0 + m) * k], m, bias, c, accumulate) }
-            });
+            out[..rows * n]
+                .par_chunks_mut(MC * n)
+                .enumerate()
+                .for_each(|(blk, c)| {
+                    let r0 = blk * MC;
+                    let m = c.len() / n;
+                    // SAFETY: `supported()` was checked by the caller (avx512f); every pointer below
+                    // stays inside `x`, `c`, the panels and `bias` by the loop bounds.
+                    unsafe { self.block(&x[r0 * k..(r0 + m) * k], m, bias, c, accumulate) }
+                });
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn block(&self, a: &[f32], m: usize, bias: Option<&[f32]>, c: &mut [f32], accumulate: bool) {
+    unsafe fn block(
+        &self,
+        a: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        accumulate: bool,
+    ) {
         let (n, k) = (self.n, self.k);
         let np = n.div_ceil(NR);
         let mut k0 = 0;
@@ -94,14 +114,28 @@ impl PackedWeight {
             for p in 0..np {
                 let cols = NR.min(n - p * NR);
                 let panel = self.panels.as_ptr().add(p * k * NR + k0 * NR);
-                let b = if k0 == 0 { bias.map(|b| b.as_ptr().add(p * NR)) } else { None };
+                let b = if k0 == 0 {
+                    bias.map(|b| b.as_ptr().add(p * NR))
+                } else {
+                    None
+                };
                 let load_c = accumulate || k0 > 0;
                 let mut i = 0;
                 while i < m {
                     let mr = MR.min(m - i);
                     let ap = a.as_ptr().add(i * k + k0);
                     let cp = c.as_mut_ptr().add(i * n + p * NR);
-                    let t = Tile { a: ap, lda: k, panel, kc, c: cp, ldc: n, cols, bias: b, load_c };
+                    let t = Tile {
+                        a: ap,
+                        lda: k,
+                        panel,
+                        kc,
+                        c: cp,
+                        ldc: n,
+                        cols,
+                        bias: b,
+                        load_c,
+                    };
                     match mr {
                         12 => t.run::<12>(),
                         11 => t.run::<11>(),
@@ -143,7 +177,11 @@ impl Tile {
     #[target_feature(enable = "avx512f")]
     unsafe fn run<const R: usize>(&self) {
         use std::arch::x86_64::*;
-        let m0: __mmask16 = if self.cols >= 16 { 0xFFFF } else { ((1u32 << self.cols) - 1) as u16 };
+        let m0: __mmask16 = if self.cols >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << self.cols) - 1) as u16
+        };
         let m1: __mmask16 = if self.cols >= 32 {
             0xFFFF
         } else if self.cols > 16 {
@@ -169,7 +207,10 @@ impl Tile {
             }
         }
         let (bias0, bias1) = match self.bias {
-            Some(b) => (_mm512_maskz_loadu_ps(m0, b), _mm512_maskz_loadu_ps(m1, b.add(16))),
+            Some(b) => (
+                _mm512_maskz_loadu_ps(m0, b),
+                _mm512_maskz_loadu_ps(m1, b.add(16)),
+            ),
             None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
         };
         for (i, row) in acc.iter().enumerate() {
@@ -196,7 +237,13 @@ mod tests {
             return;
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for &(m, k, n) in &[(1usize, 1usize, 1usize), (13, 300, 33), (97, 257, 64), (200, 96, 250), (24, 1536, 384)] {
+        for &(m, k, n) in &[
+            (1usize, 1usize, 1usize),
+            (13, 300, 33),
+            (97, 257, 64),
+            (200, 96, 250),
+            (24, 1536, 384),
+        ] {
             let x: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -210,8 +257,14 @@ mod tests {
             p.matmul(&x, m, None, &mut acc, true);
             for i in 0..m * n {
                 let tol = PACKED_RTOL * k as f32;
-                assert!((out[i] - (want[i] + b[i % n])).abs() <= tol, "m{m} k{k} n{n} at {i}");
-                assert!((acc[i] - (want[i] + resid[i])).abs() <= tol, "accumulate m{m} k{k} n{n} at {i}");
+                assert!(
+                    (out[i] - (want[i] + b[i % n])).abs() <= tol,
+                    "m{m} k{k} n{n} at {i}"
+                );
+                assert!(
+                    (acc[i] - (want[i] + resid[i])).abs() <= tol,
+                    "accumulate m{m} k{k} n{n} at {i}"
+                );
             }
         }
     }

@@ -27,7 +27,9 @@ pub fn for_each_row(data: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f3
         return;
     }
     if data.len() < PAR_MIN_ELEMS || threads() == 1 {
-        data.chunks_mut(row_len).enumerate().for_each(|(i, r)| f(i, r));
+        data.chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
     } else {
         let rows_per_task = (PAR_MIN_ELEMS / 4 / row_len).max(1);
         data.par_chunks_mut(row_len * rows_per_task)

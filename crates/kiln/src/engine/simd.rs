@@ -83,14 +83,19 @@ pub fn max(x: &[f32]) -> f32 {
             acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
         }
     }
-    acc.iter().chain(rest).cloned().fold(f32::NEG_INFINITY, f32::max)
+    acc.iter()
+        .chain(rest)
+        .cloned()
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn lane_reductions_match_sequential() {
-        let x: Vec<f32> = (0..1003).map(|i| ((i * 37) % 101) as f32 / 7.0 - 3.0).collect();
+        let x: Vec<f32> = (0..1003)
+            .map(|i| ((i * 37) % 101) as f32 / 7.0 - 3.0)
+            .collect();
         let s: f64 = x.iter().map(|&v| v as f64).sum();
         assert!((super::sum(&x) as f64 - s).abs() < 1e-3);
         assert_eq!(super::max(&x), x.iter().cloned().fold(f32::MIN, f32::max));

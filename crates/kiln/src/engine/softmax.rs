@@ -37,7 +37,9 @@ mod tests {
     #[test]
     fn softmax_and_log_softmax_match_reference() {
         let cols = 1001;
-        let x: Vec<f32> = (0..cols * 20).map(|i| ((i * 37) % 113) as f32 / 7.0 - 8.0).collect();
+        let x: Vec<f32> = (0..cols * 20)
+            .map(|i| ((i * 37) % 113) as f32 / 7.0 - 8.0)
+            .collect();
         let mut p = x.clone();
         softmax_rows(&mut p, cols);
         let mut lp = x.clone();
@@ -49,7 +51,9 @@ mod tests {
             for c in 0..cols {
                 let want = (row[c] as f64 - max).exp() / z;
                 assert!((p[r * cols + c] as f64 - want).abs() < SOFTMAX_TOL);
-                assert!((lp[r * cols + c] as f64 - want.ln()).abs() < 1e-4 * (1.0 + want.ln().abs()));
+                assert!(
+                    (lp[r * cols + c] as f64 - want.ln()).abs() < 1e-4 * (1.0 + want.ln().abs())
+                );
             }
         }
     }

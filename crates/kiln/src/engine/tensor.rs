@@ -16,7 +16,10 @@ impl Tensor {
         if n != data.len() {
             return Err(Error::shape(
                 "Tensor::new",
-                format!("shape {shape:?} holds {n} values, buffer has {}", data.len()),
+                format!(
+                    "shape {shape:?} holds {n} values, buffer has {}",
+                    data.len()
+                ),
             ));
         }
         Ok(Tensor { shape, data })
@@ -62,12 +65,7 @@ impl Tensor {
 
     /// Number of rows when viewed as `[numel / cols, cols]`.
     pub fn rows(&self) -> usize {
-        let c = self.cols();
-        if c == 0 {
-            0
-        } else {
-            self.data.len() / c
-        }
+        self.data.len().checked_div(self.cols()).unwrap_or(0)
     }
 
     /// Row `i` of the `[rows, cols]` view.

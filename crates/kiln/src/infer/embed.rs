@@ -54,7 +54,9 @@ impl<'a> Embedder<'a> {
     /// Prepares a tokenizer truncating at `opts.max_length`.
     pub fn new(model: &'a Pretrained, opts: EmbedOptions) -> Result<Self> {
         if opts.max_length == 0 || opts.batch_size == 0 {
-            return Err(Error::Input("--max-length and --batch-size must be positive".into()));
+            return Err(Error::Input(
+                "--max-length and --batch-size must be positive".into(),
+            ));
         }
         if opts.max_length > model.config().max_positions {
             return Err(Error::Input(format!(
@@ -65,7 +67,11 @@ impl<'a> Embedder<'a> {
         }
         let mut tokenizer = model.tokenizer()?.clone();
         tokenizer.set_truncation(Some(opts.max_length), Truncation::LongestFirst)?;
-        Ok(Embedder { model, tokenizer, opts })
+        Ok(Embedder {
+            model,
+            tokenizer,
+            opts,
+        })
     }
 
     /// Width of the embeddings.
@@ -78,18 +84,35 @@ impl<'a> Embedder<'a> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(self.opts.batch_size) {
             let encs = self.tokenizer.encode_batch(chunk)?;
-            let seqs: Vec<(&[u32], Option<&[u32]>)> =
-                encs.iter().map(|e| (&e.ids[..], Some(&e.type_ids[..]))).collect();
+            let seqs: Vec<(&[u32], Option<&[u32]>)> = encs
+                .iter()
+                .map(|e| (&e.ids[..], Some(&e.type_ids[..])))
+                .collect();
             let batch = Batch::packed(&seqs)?;
-            let hidden = self.model.model.forward(&batch, self.model.model.default_mask(), None)?;
-            out.extend(pool(hidden.data(), self.dim(), &batch.seq_lens, self.opts.pooling, self.opts.normalize));
+            let hidden = self
+                .model
+                .model
+                .forward(&batch, self.model.model.default_mask(), None)?;
+            out.extend(pool(
+                hidden.data(),
+                self.dim(),
+                &batch.seq_lens,
+                self.opts.pooling,
+                self.opts.normalize,
+            ));
         }
         Ok(out)
     }
 }
 
 /// Pools each sequence of a packed `[tokens, hidden]` matrix.
-pub fn pool(hidden: &[f32], h: usize, seq_lens: &[usize], pooling: Pooling, normalize: bool) -> Vec<Vec<f32>> {
+pub fn pool(
+    hidden: &[f32],
+    h: usize,
+    seq_lens: &[usize],
+    pooling: Pooling,
+    normalize: bool,
+) -> Vec<Vec<f32>> {
     let mut out = Vec::with_capacity(seq_lens.len());
     let mut row = 0;
     for &len in seq_lens {

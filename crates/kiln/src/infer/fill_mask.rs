@@ -20,7 +20,12 @@ pub struct MaskPrediction {
 }
 
 /// For each mask token of `text`, left to right, the `top_k` most likely tokens.
-pub fn fill_mask(p: &Pretrained, tokenizer: &Tokenizer, text: &str, top_k_n: usize) -> Result<Vec<Vec<MaskPrediction>>> {
+pub fn fill_mask(
+    p: &Pretrained,
+    tokenizer: &Tokenizer,
+    text: &str,
+    top_k_n: usize,
+) -> Result<Vec<Vec<MaskPrediction>>> {
     let head = p.mlm_head.as_ref().ok_or_else(|| {
         Error::Input(format!(
             "{} has no masked-LM head (cls.predictions.*); fill-mask needs a BertForMaskedLM checkpoint",
@@ -31,14 +36,23 @@ pub fn fill_mask(p: &Pretrained, tokenizer: &Tokenizer, text: &str, top_k_n: usi
         .mask_id()
         .ok_or_else(|| Error::Input("the tokenizer has no [MASK] token".into()))?;
     let enc = tokenizer.encode(text, None)?;
-    let positions: Vec<usize> = enc.ids.iter().enumerate().filter(|(_, &i)| i == mask_id).map(|(k, _)| k).collect();
+    let positions: Vec<usize> = enc
+        .ids
+        .iter()
+        .enumerate()
+        .filter(|(_, &i)| i == mask_id)
+        .map(|(k, _)| k)
+        .collect();
     if positions.is_empty() {
         return Ok(Vec::new());
     }
     let batch = Batch::packed(&[(&enc.ids, Some(&enc.type_ids))])?;
     let hidden = p.model.forward(&batch, p.model.default_mask(), None)?;
     let h = p.config().hidden_size;
-    let rows: Vec<f32> = positions.iter().flat_map(|&k| hidden.row(k).to_vec()).collect();
+    let rows: Vec<f32> = positions
+        .iter()
+        .flat_map(|&k| hidden.row(k).to_vec())
+        .collect();
     let _ = h;
     let mut logits = head.forward(&rows, positions.len(), &p.model.embeddings.word)?;
     let v = p.config().vocab_size;

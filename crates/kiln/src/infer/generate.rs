@@ -59,17 +59,21 @@ impl<'a> Generator<'a> {
                 p.dir.display()
             ))
         })?;
-        let eos = p.config().eos_token_id.or_else(|| p.tokenizer.as_ref().and_then(|t| t.eos_id()));
+        let eos = p
+            .config()
+            .eos_token_id
+            .or_else(|| p.tokenizer.as_ref().and_then(|t| t.eos_id()));
         Ok(Generator { p, head, eos })
     }
 
     /// Runs `ids` after the cached tokens; returns the logits of the last position.
     fn step(&self, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f32>> {
         let batch = Batch::continuation(&[ids], &[cache.len])?;
-        let hidden = self
-            .p
-            .model
-            .forward(&batch, self.p.model.default_mask(), Some(std::slice::from_mut(cache)))?;
+        let hidden = self.p.model.forward(
+            &batch,
+            self.p.model.default_mask(),
+            Some(std::slice::from_mut(cache)),
+        )?;
         let last = hidden.row(hidden.rows() - 1);
         self.head.forward(last, 1, &self.p.model.embeddings.word)
     }
@@ -77,7 +81,9 @@ impl<'a> Generator<'a> {
     fn room(&self, prompt_len: usize, max_new: usize) -> Result<usize> {
         let max_pos = self.p.config().max_positions;
         if prompt_len == 0 {
-            return Err(Error::Input("the prompt is empty; give at least one token".into()));
+            return Err(Error::Input(
+                "the prompt is empty; give at least one token".into(),
+            ));
         }
         if prompt_len >= max_pos {
             return Err(Error::Input(format!(
@@ -89,8 +95,17 @@ impl<'a> Generator<'a> {
 
     /// Greedy or sampled continuation of `prompt`; `on_token` sees each new id as it is
     /// produced. Returns the new ids (ending with EOS when it was produced).
-    pub fn generate(&self, prompt: &[u32], opts: &GenerateOptions, mut on_token: impl FnMut(u32)) -> Result<Vec<u32>> {
-        if let Strategy::Beam { num_beams, length_penalty } = opts.strategy {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Vec<u32>> {
+        if let Strategy::Beam {
+            num_beams,
+            length_penalty,
+        } = opts.strategy
+        {
             let out = self.beam_search(prompt, opts.max_new_tokens, num_beams, length_penalty)?;
             out.iter().for_each(|&t| on_token(t));
             return Ok(out);
@@ -102,9 +117,11 @@ impl<'a> Generator<'a> {
         let mut out = Vec::new();
         for i in 0..n {
             let next = match &opts.strategy {
-                Strategy::Sample { temperature, top_k, top_p } => {
-                    sample(&mut logits, *temperature, *top_k, *top_p, &mut rng)?
-                }
+                Strategy::Sample {
+                    temperature,
+                    top_k,
+                    top_p,
+                } => sample(&mut logits, *temperature, *top_k, *top_p, &mut rng)?,
                 _ => argmax(&logits),
             };
             out.push(next);
@@ -121,7 +138,13 @@ impl<'a> Generator<'a> {
     /// within the top B finishes a hypothesis scored `sum_logprobs / new_len^length_penalty`,
     /// and the search stops once B hypotheses are finished (`early_stopping=True`).
     /// (transformers `generation/utils.py` `_beam_search`.)
-    pub fn beam_search(&self, prompt: &[u32], max_new: usize, num_beams: usize, length_penalty: f32) -> Result<Vec<u32>> {
+    pub fn beam_search(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        num_beams: usize,
+        length_penalty: f32,
+    ) -> Result<Vec<u32>> {
         if num_beams == 0 {
             return Err(Error::Input("--num-beams must be at least 1".into()));
         }
@@ -135,7 +158,12 @@ impl<'a> Generator<'a> {
         }
         let mut cache = self.p.model.new_cache();
         let logits = self.step(&mut cache, prompt)?;
-        let mut beams = vec![Beam { tokens: Vec::new(), score: 0.0, cache, logits }];
+        let mut beams = vec![Beam {
+            tokens: Vec::new(),
+            score: 0.0,
+            cache,
+            logits,
+        }];
         let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
         let norm = |sum: f32, len: usize| sum / (len as f32).powf(length_penalty);
         for step in 0..n {
@@ -147,7 +175,11 @@ impl<'a> Generator<'a> {
                     cands.push((b, t as u32, beam.score + lp));
                 }
             }
-            cands.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+            cands.sort_by(|a, b| {
+                b.2.partial_cmp(&a.2)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.0.cmp(&b.0))
+            });
             cands.truncate(2 * num_beams);
             let mut next: Vec<(usize, u32, f32)> = Vec::new();
             for (rank, &(b, t, s)) in cands.iter().enumerate() {
@@ -173,12 +205,22 @@ impl<'a> Generator<'a> {
                 let mut tokens = beams[b].tokens.clone();
                 tokens.push(t);
                 if last {
-                    new_beams.push(Beam { tokens, score: s, cache: self.p.model.new_cache(), logits: Vec::new() });
+                    new_beams.push(Beam {
+                        tokens,
+                        score: s,
+                        cache: self.p.model.new_cache(),
+                        logits: Vec::new(),
+                    });
                     continue;
                 }
                 let mut cache = beams[b].cache.clone();
                 let logits = self.step(&mut cache, &[t])?;
-                new_beams.push(Beam { tokens, score: s, cache, logits });
+                new_beams.push(Beam {
+                    tokens,
+                    score: s,
+                    cache,
+                    logits,
+                });
             }
             beams = new_beams;
             if last {
@@ -202,11 +244,19 @@ fn argmax(x: &[f32]) -> u32 {
 }
 
 /// Temperature, then top-k, then top-p filtering (transformers' order), then a draw.
-fn sample(logits: &mut [f32], temperature: f32, k: usize, p: f32, rng: &mut impl Rng) -> Result<u32> {
-    if !(temperature > 0.0) {
-        return Err(Error::Input(format!("--temperature must be positive, got {temperature}")));
+fn sample(
+    logits: &mut [f32],
+    temperature: f32,
+    k: usize,
+    p: f32,
+    rng: &mut impl Rng,
+) -> Result<u32> {
+    if temperature.is_nan() || temperature <= 0.0 {
+        return Err(Error::Input(format!(
+            "--temperature must be positive, got {temperature}"
+        )));
     }
-    if !(p > 0.0 && p <= 1.0) {
+    if p.is_nan() || p <= 0.0 || p > 1.0 {
         return Err(Error::Input(format!("--top-p must be in (0, 1], got {p}")));
     }
     logits.iter_mut().for_each(|l| *l /= temperature);

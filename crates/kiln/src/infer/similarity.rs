@@ -49,14 +49,26 @@ fn is_cjk(c: char) -> bool {
 }
 
 /// The contextual vector of `word` in each sentence (first occurrence).
-pub fn word_vectors(p: &Pretrained, word: &str, sentences: &[String], max_length: usize) -> Result<Vec<Occurrence>> {
+pub fn word_vectors(
+    p: &Pretrained,
+    word: &str,
+    sentences: &[String],
+    max_length: usize,
+) -> Result<Vec<Occurrence>> {
     let mut tok = p.tokenizer()?.clone();
-    tok.set_truncation(Some(max_length.min(p.config().max_positions)), Default::default())?;
+    tok.set_truncation(
+        Some(max_length.min(p.config().max_positions)),
+        Default::default(),
+    )?;
     let h = p.config().hidden_size;
     let mut out = Vec::with_capacity(sentences.len());
     for (i, s) in sentences.iter().enumerate() {
-        let (ws, we) = find_word(s, word)
-            .ok_or_else(|| Error::Input(format!("line {}: the word \"{word}\" does not occur in {s:?}", i + 1)))?;
+        let (ws, we) = find_word(s, word).ok_or_else(|| {
+            Error::Input(format!(
+                "line {}: the word \"{word}\" does not occur in {s:?}",
+                i + 1
+            ))
+        })?;
         let enc = tok.encode(s, None)?;
         let pieces: Vec<usize> = (0..enc.ids.len())
             .filter(|&k| !enc.special[k] && enc.offsets[k].0 < we && enc.offsets[k].1 > ws)
@@ -74,7 +86,11 @@ pub fn word_vectors(p: &Pretrained, word: &str, sentences: &[String], max_length
             v.iter_mut().zip(hidden.row(k)).for_each(|(a, b)| *a += b);
         }
         v.iter_mut().for_each(|a| *a /= pieces.len() as f32);
-        out.push(Occurrence { index: i, sentence: s.clone(), vector: v });
+        out.push(Occurrence {
+            index: i,
+            sentence: s.clone(),
+            vector: v,
+        });
     }
     Ok(out)
 }
@@ -123,7 +139,10 @@ fn short(s: &str, n: usize) -> String {
 
 /// Draws the labelled heatmap PNG (rows labelled with the sentences, columns with their numbers).
 pub fn write_heatmap(path: &Path, word: &str, occ: &[Occurrence], m: &[f32]) -> Result<()> {
-    let perr = |e: &dyn std::fmt::Display| Error::Plot { path: path.to_path_buf(), msg: e.to_string() };
+    let perr = |e: &dyn std::fmt::Display| Error::Plot {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    };
     // The font is embedded so the picture renders the same on any machine (DejaVu Sans, see
     // assets/DejaVuSans-LICENSE.txt).
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
@@ -140,11 +159,21 @@ pub fn write_heatmap(path: &Path, word: &str, occ: &[Occurrence], m: &[f32]) -> 
             .map_err(|e| perr(&e))?;
         let (x0, y0) = (label_w as i32, 80i32);
         let c = cell as i32;
-        let (lo, hi) = m.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let (lo, hi) = m
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
         let color = |v: f32| {
-            let t = if hi > lo { ((v - lo) / (hi - lo)).clamp(0.0, 1.0) } else { 1.0 };
+            let t = if hi > lo {
+                ((v - lo) / (hi - lo)).clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
             // white -> dark red
-            RGBColor(255 - (t * 75.0) as u8, 255 - (t * 225.0) as u8, 255 - (t * 215.0) as u8)
+            RGBColor(
+                255 - (t * 75.0) as u8,
+                255 - (t * 225.0) as u8,
+                255 - (t * 215.0) as u8,
+            )
         };
         for i in 0..occ.len() {
             for j in 0..occ.len() {
@@ -152,7 +181,11 @@ pub fn write_heatmap(path: &Path, word: &str, occ: &[Occurrence], m: &[f32]) -> 
                 let (x, y) = (x0 + j as i32 * c, y0 + i as i32 * c);
                 root.draw(&Rectangle::new([(x, y), (x + c, y + c)], color(v).filled()))
                     .map_err(|e| perr(&e))?;
-                let txt_color = if v > lo + 0.6 * (hi - lo) { WHITE } else { BLACK };
+                let txt_color = if v > lo + 0.6 * (hi - lo) {
+                    WHITE
+                } else {
+                    BLACK
+                };
                 root.draw(&Text::new(
                     format!("{v:.2}"),
                     (x + 7, y + c / 2 - 7),
@@ -161,8 +194,12 @@ pub fn write_heatmap(path: &Path, word: &str, occ: &[Occurrence], m: &[f32]) -> 
                 .map_err(|e| perr(&e))?;
             }
             let label = format!("{}: {}", i + 1, short(&occ[i].sentence, 44));
-            root.draw(&Text::new(label, (10, y0 + i as i32 * c + c / 2 - 8), ("sans-serif", 14).into_font()))
-                .map_err(|e| perr(&e))?;
+            root.draw(&Text::new(
+                label,
+                (10, y0 + i as i32 * c + c / 2 - 8),
+                ("sans-serif", 14).into_font(),
+            ))
+            .map_err(|e| perr(&e))?;
             root.draw(&Text::new(
                 format!("{}", i + 1),
                 (x0 + i as i32 * c + c / 2 - 6, y0 - 22),
@@ -175,11 +212,18 @@ pub fn write_heatmap(path: &Path, word: &str, occ: &[Occurrence], m: &[f32]) -> 
         for k in 0..100 {
             let v = hi - (hi - lo) * k as f32 / 99.0;
             let y = y0 + k * (c * occ.len() as i32) / 100;
-            root.draw(&Rectangle::new([(sx, y), (sx + 24, y + (c * occ.len() as i32) / 100 + 1)], color(v).filled()))
-                .map_err(|e| perr(&e))?;
-        }
-        root.draw(&Text::new(format!("{hi:.2}"), (sx + 30, y0), ("sans-serif", 13).into_font()))
+            root.draw(&Rectangle::new(
+                [(sx, y), (sx + 24, y + (c * occ.len() as i32) / 100 + 1)],
+                color(v).filled(),
+            ))
             .map_err(|e| perr(&e))?;
+        }
+        root.draw(&Text::new(
+            format!("{hi:.2}"),
+            (sx + 30, y0),
+            ("sans-serif", 13).into_font(),
+        ))
+        .map_err(|e| perr(&e))?;
         root.draw(&Text::new(
             format!("{lo:.2}"),
             (sx + 30, y0 + c * occ.len() as i32 - 14),

@@ -27,7 +27,11 @@ impl Batch {
                 if t.len() != ids.len() {
                     return Err(Error::shape(
                         "Batch::packed",
-                        format!("sequence {i}: {} ids but {} token type ids", ids.len(), t.len()),
+                        format!(
+                            "sequence {i}: {} ids but {} token type ids",
+                            ids.len(),
+                            t.len()
+                        ),
                     ));
                 }
             }
@@ -69,7 +73,10 @@ impl Batch {
     /// Continues sequences whose first `past[i]` tokens are in a KV cache.
     pub fn continuation(seqs: &[&[u32]], past: &[usize]) -> Result<Self> {
         if seqs.len() != past.len() {
-            return Err(Error::shape("Batch::continuation", "one past length per sequence"));
+            return Err(Error::shape(
+                "Batch::continuation",
+                "one past length per sequence",
+            ));
         }
         let mut b = Batch::default();
         for (ids, &p) in seqs.iter().zip(past) {

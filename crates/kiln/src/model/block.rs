@@ -70,7 +70,8 @@ impl Block {
         } else {
             x
         };
-        self.qkv.forward_into(attn_in, t, &mut ws.qkv, LinearOut::Write)?;
+        self.qkv
+            .forward_into(attn_in, t, &mut ws.qkv, LinearOut::Write)?;
         let offsets = batch.offsets();
         let qkv = &ws.qkv;
         match cache {
@@ -129,7 +130,8 @@ impl Block {
                 attention(&seqs, cfg.num_heads, cfg.head_dim(), mask, &mut ws.ctx)?;
             }
         }
-        self.attn_out.forward_into(&ws.ctx, t, x, LinearOut::Accumulate)?;
+        self.attn_out
+            .forward_into(&ws.ctx, t, x, LinearOut::Accumulate)?;
         if !pre {
             self.ln_attn.forward_inplace(x);
         }
@@ -143,7 +145,8 @@ impl Block {
         };
         self.ffn_in
             .forward_into(ffn_in, t, &mut ws.ffn, LinearOut::WriteAct(cfg.activation))?;
-        self.ffn_out.forward_into(&ws.ffn, t, x, LinearOut::Accumulate)?;
+        self.ffn_out
+            .forward_into(&ws.ffn, t, x, LinearOut::Accumulate)?;
         if !pre {
             self.ln_ffn.forward_inplace(x);
         }

@@ -126,7 +126,7 @@ impl ModelConfig {
                 return Err(bad(field, "must be positive, got 0".into()));
             }
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(bad(
                 "num_attention_heads",
                 format!(
@@ -136,7 +136,10 @@ impl ModelConfig {
             ));
         }
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
-            return Err(bad("layer_norm_eps", format!("must be positive, got {}", self.layer_norm_eps)));
+            return Err(bad(
+                "layer_norm_eps",
+                format!("must be positive, got {}", self.layer_norm_eps),
+            ));
         }
         Ok(())
     }
@@ -149,7 +152,10 @@ impl ModelConfig {
 }
 
 /// Deserializes an architecture's serde config struct, naming the offending field on error.
-pub(crate) fn parse_struct<T: serde::de::DeserializeOwned>(raw: &serde_json::Value, path: &Path) -> Result<T> {
+pub(crate) fn parse_struct<T: serde::de::DeserializeOwned>(
+    raw: &serde_json::Value,
+    path: &Path,
+) -> Result<T> {
     serde_path_to_error::deserialize(raw.clone()).map_err(|e| Error::Config {
         path: path.to_path_buf(),
         field: e.path().to_string(),

@@ -19,7 +19,13 @@ pub struct Embeddings {
 
 impl Embeddings {
     /// ids, positions, types: [tokens] -> out: [tokens, hidden]
-    pub fn forward(&self, ids: &[u32], positions: &[u32], types: &[u32], out: &mut [f32]) -> Result<()> {
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        positions: &[u32],
+        types: &[u32],
+        out: &mut [f32],
+    ) -> Result<()> {
         gather_sum(
             &self.word,
             Some(&self.position),

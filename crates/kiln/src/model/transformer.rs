@@ -36,7 +36,12 @@ impl Transformer {
     ///
     /// batch: [tokens] -> [tokens, hidden] (the last hidden state; after the final norm when the
     /// model has one). With `caches` (one per sequence), keys and values are appended to them.
-    pub fn forward(&self, batch: &Batch, mask: MaskKind, mut caches: Option<&mut [KvCache]>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        mask: MaskKind,
+        mut caches: Option<&mut [KvCache]>,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         let h = cfg.hidden_size;
         let t = batch.tokens();
@@ -51,15 +56,29 @@ impl Transformer {
         }
         if let Some(c) = caches.as_deref() {
             if c.len() != batch.seq_lens.len() {
-                return Err(Error::shape("Transformer::forward", "one KV cache per sequence"));
+                return Err(Error::shape(
+                    "Transformer::forward",
+                    "one KV cache per sequence",
+                ));
             }
-            if let Some(s) = c.iter().position(|c| c.layers.len() != self.blocks.len() || c.hidden() != h) {
-                return Err(Error::shape("Transformer::forward", format!("cache {s} was made for another model")));
+            if let Some(s) = c
+                .iter()
+                .position(|c| c.layers.len() != self.blocks.len() || c.hidden() != h)
+            {
+                return Err(Error::shape(
+                    "Transformer::forward",
+                    format!("cache {s} was made for another model"),
+                ));
             }
         }
         let mut x = vec![0.0f32; t * h];
-        let types: &[u32] = if self.embeddings.token_type.is_some() { &batch.type_ids } else { &[] };
-        self.embeddings.forward(&batch.ids, &batch.positions, types, &mut x)?;
+        let types: &[u32] = if self.embeddings.token_type.is_some() {
+            &batch.type_ids
+        } else {
+            &[]
+        };
+        self.embeddings
+            .forward(&batch.ids, &batch.positions, types, &mut x)?;
         let mut ws = Workspace::default();
         for (l, block) in self.blocks.iter().enumerate() {
             let c = caches.as_deref_mut().map(|c| (c, l));
@@ -85,11 +104,18 @@ impl Transformer {
     pub fn num_parameters(&self) -> usize {
         let e = &self.embeddings;
         let ln = |n: &LayerNorm| n.weight.numel() + n.bias.numel();
-        let lin = |l: &crate::engine::Linear| l.weight.numel() + l.bias.as_ref().map_or(0, |b| b.numel());
-        let mut n = e.word.numel() + e.position.numel() + e.token_type.as_ref().map_or(0, |t| t.numel());
+        let lin =
+            |l: &crate::engine::Linear| l.weight.numel() + l.bias.as_ref().map_or(0, |b| b.numel());
+        let mut n =
+            e.word.numel() + e.position.numel() + e.token_type.as_ref().map_or(0, |t| t.numel());
         n += e.norm.as_ref().map_or(0, ln);
         for b in &self.blocks {
-            n += lin(&b.qkv) + lin(&b.attn_out) + lin(&b.ffn_in) + lin(&b.ffn_out) + ln(&b.ln_attn) + ln(&b.ln_ffn);
+            n += lin(&b.qkv)
+                + lin(&b.attn_out)
+                + lin(&b.ffn_in)
+                + lin(&b.ffn_out)
+                + ln(&b.ln_attn)
+                + ln(&b.ln_ffn);
         }
         n + self.final_norm.as_ref().map_or(0, ln)
     }

@@ -44,7 +44,9 @@ fn bert_wordpiece(dir: &Path, vocab: &Path) -> Result<Tokenizer> {
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v.get("do_lower_case").and_then(|b| b.as_bool()))
         .unwrap_or(true);
-    let vocab_s = vocab.to_str().ok_or_else(|| Error::Input(format!("non-UTF-8 path {}", vocab.display())))?;
+    let vocab_s = vocab
+        .to_str()
+        .ok_or_else(|| Error::Input(format!("non-UTF-8 path {}", vocab.display())))?;
     let wp = WordPiece::from_file(vocab_s)
         .unk_token("[UNK]".into())
         .build()
@@ -74,10 +76,16 @@ fn bert_wordpiece(dir: &Path, vocab: &Path) -> Result<Tokenizer> {
 /// GPT-2's `vocab.json` + `merges.txt`: byte-level BPE without a prefix space.
 fn gpt2_bpe(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
     let (v, m) = (
-        vocab.to_str().ok_or_else(|| Error::Input(format!("non-UTF-8 path {}", vocab.display())))?,
-        merges.to_str().ok_or_else(|| Error::Input(format!("non-UTF-8 path {}", merges.display())))?,
+        vocab
+            .to_str()
+            .ok_or_else(|| Error::Input(format!("non-UTF-8 path {}", vocab.display())))?,
+        merges
+            .to_str()
+            .ok_or_else(|| Error::Input(format!("non-UTF-8 path {}", merges.display())))?,
     );
-    let bpe = BPE::from_file(v, m).build().map_err(|e| tok_err(vocab, e))?;
+    let bpe = BPE::from_file(v, m)
+        .build()
+        .map_err(|e| tok_err(vocab, e))?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
     inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     inner.with_post_processor(Some(ByteLevel::new(false, true, true)));

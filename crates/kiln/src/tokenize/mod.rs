@@ -79,14 +79,20 @@ impl Tokenizer {
     pub(crate) fn from_parts(inner: tokenizers::Tokenizer, source: PathBuf) -> Result<Self> {
         let mut inner = inner;
         inner.with_padding(None);
-        inner.with_truncation(None).map_err(|e| tok_err(&source, e))?;
+        inner
+            .with_truncation(None)
+            .map_err(|e| tok_err(&source, e))?;
         let kind = match inner.get_model() {
             tokenizers::ModelWrapper::WordPiece(_) => TokenizerKind::WordPiece,
             tokenizers::ModelWrapper::BPE(_) => TokenizerKind::Bpe,
             tokenizers::ModelWrapper::Unigram(_) => TokenizerKind::Unigram,
             tokenizers::ModelWrapper::WordLevel(_) => TokenizerKind::WordLevel,
         };
-        Ok(Tokenizer { inner, kind, source })
+        Ok(Tokenizer {
+            inner,
+            kind,
+            source,
+        })
     }
 
     /// The tokenizer model kind.
@@ -124,7 +130,11 @@ impl Tokenizer {
             None => self.inner.encode(a, true),
         }
         .map_err(|e| Error::Tokenizer {
-            context: format!("{} encoding {:?}", self.source.display(), truncate_for_msg(a)),
+            context: format!(
+                "{} encoding {:?}",
+                self.source.display(),
+                truncate_for_msg(a)
+            ),
             msg: e.to_string(),
         })?;
         Ok(convert(&enc))
@@ -141,13 +151,18 @@ impl Tokenizer {
 
     /// Encodes text without special tokens (e.g. a generation prompt for GPT-2, a word to find).
     pub fn encode_plain(&self, text: &str) -> Result<Encoding> {
-        let enc = self.inner.encode(text, false).map_err(|e| tok_err(&self.source, e))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err(&self.source, e))?;
         Ok(convert(&enc))
     }
 
     /// Turns ids back into text.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| tok_err(&self.source, e))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| tok_err(&self.source, e))
     }
 
     /// The id of a token string.
@@ -185,7 +200,10 @@ impl Tokenizer {
 
     /// Writes `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = self.inner.to_string(true).map_err(|e| tok_err(&self.source, e))?;
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| tok_err(&self.source, e))?;
         crate::checkpoint::atomic_write(path, json.as_bytes())
     }
 
@@ -202,7 +220,11 @@ fn convert(e: &tokenizers::Encoding) -> Encoding {
         offsets: e.get_offsets().to_vec(),
         word_ids: e.get_word_ids().to_vec(),
         sequence_ids: e.get_sequence_ids(),
-        special: e.get_special_tokens_mask().iter().map(|&m| m != 0).collect(),
+        special: e
+            .get_special_tokens_mask()
+            .iter()
+            .map(|&m| m != 0)
+            .collect(),
     }
 }
 

@@ -60,7 +60,11 @@ pub const NAMES: NameTable = NameTable {
     token_type_embeddings: Some("embeddings.token_type_embeddings.weight"),
     embeddings_norm: Some("embeddings.LayerNorm"),
     layer: "encoder.layer.",
-    qkv: QkvNames::Separate(["attention.self.query", "attention.self.key", "attention.self.value"]),
+    qkv: QkvNames::Separate([
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+    ]),
     attn_out: "attention.output.dense",
     ln_attn: "attention.output.LayerNorm",
     ffn_in: "intermediate.dense",
@@ -79,12 +83,22 @@ pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelC
         field: field.into(),
         msg,
     };
-    let activation = Activation::from_hf(&c.hidden_act)
-        .ok_or_else(|| err("hidden_act", format!("unsupported activation \"{}\" (gelu, gelu_new, relu)", c.hidden_act)))?;
+    let activation = Activation::from_hf(&c.hidden_act).ok_or_else(|| {
+        err(
+            "hidden_act",
+            format!(
+                "unsupported activation \"{}\" (gelu, gelu_new, relu)",
+                c.hidden_act
+            ),
+        )
+    })?;
     if c.position_embedding_type != "absolute" {
         return Err(err(
             "position_embedding_type",
-            format!("\"{}\" is not supported; Kiln implements \"absolute\"", c.position_embedding_type),
+            format!(
+                "\"{}\" is not supported; Kiln implements \"absolute\"",
+                c.position_embedding_type
+            ),
         ));
     }
     Ok(ModelConfig {

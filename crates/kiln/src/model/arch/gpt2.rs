@@ -88,7 +88,10 @@ pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelC
     let activation = Activation::from_hf(&c.activation_function).ok_or_else(|| {
         err(
             "activation_function",
-            format!("unsupported activation \"{}\" (gelu, gelu_new, relu)", c.activation_function),
+            format!(
+                "unsupported activation \"{}\" (gelu, gelu_new, relu)",
+                c.activation_function
+            ),
         )
     })?;
     if !c.scale_attn_weights || c.scale_attn_by_inverse_layer_idx {
