@@ -109,6 +109,16 @@ pub fn bias_act_inplace(x: &mut [f32], bias: Option<&[f32]>, act: Option<Activat
     }
 }
 
+/// `x = act(x)` on one contiguous slice, on the calling thread (used inside other kernels,
+/// e.g. on a matrix-multiply tile while it is still in L1).
+pub fn act_slice(x: &mut [f32], act: Activation) {
+    match act {
+        Activation::GeluErf => row_gelu_erf(x, None),
+        Activation::GeluTanh => row_gelu_tanh(x, None),
+        Activation::Relu => row_relu(x, None),
+    }
+}
+
 /// `x += y`, elementwise, in parallel.
 pub fn add_inplace(x: &mut [f32], y: &[f32]) {
     let cols = 4096.min(x.len()).max(1);

@@ -72,12 +72,9 @@ impl Linear {
             if let Some(pw) = packed {
                 let bias = self.bias.as_ref().map(|b| b.data());
                 match mode {
-                    LinearOut::Write => pw.matmul(x, rows, bias, out, false),
-                    LinearOut::WriteAct(a) => {
-                        pw.matmul(x, rows, bias, out, false);
-                        bias_act_inplace(out, None, Some(a));
-                    }
-                    LinearOut::Accumulate => pw.matmul(x, rows, bias, out, true),
+                    LinearOut::Write => pw.matmul(x, rows, bias, out, false, None),
+                    LinearOut::WriteAct(a) => pw.matmul(x, rows, bias, out, false, Some(a)),
+                    LinearOut::Accumulate => pw.matmul(x, rows, bias, out, true, None),
                 }
                 return Ok(());
             }

@@ -7,6 +7,7 @@
 //! project's machines), and it re-packs the weight matrix on every call. CPUs without AVX-512
 //! keep using `gemm` (see `linear.rs`).
 
+use super::activation::{act_slice, Activation};
 use super::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -69,7 +70,8 @@ impl PackedWeight {
         }
     }
 
-    /// `out[rows, n] (+)= x[rows, k] · Wᵀ + bias`. Callers check `supported()` and shapes.
+    /// `out[rows, n] (+)= x[rows, k] · Wᵀ + bias`, then `act` on the result (only meaningful
+    /// without `accumulate`). Callers check `supported()` and shapes.
     pub fn matmul(
         &self,
         x: &[f32],
@@ -77,6 +79,7 @@ impl PackedWeight {
         bias: Option<&[f32]>,
         out: &mut [f32],
         accumulate: bool,
+        act: Option<Activation>,
     ) {
         assert!(x.len() >= rows * self.k && out.len() >= rows * self.n);
         assert!(bias.is_none_or(|b| b.len() == self.n));
@@ -91,7 +94,7 @@ impl PackedWeight {
                     let m = c.len() / n;
                     // SAFETY: `supported()` was checked by the caller (avx512f); every pointer below
                     // stays inside `x`, `c`, the panels and `bias` by the loop bounds.
-                    unsafe { self.block(&x[r0 * k..(r0 + m) * k], m, bias, c, accumulate) }
+                    unsafe { self.block(&x[r0 * k..(r0 + m) * k], m, bias, c, accumulate, act) }
                 });
         }
     }
@@ -105,6 +108,7 @@ impl PackedWeight {
         bias: Option<&[f32]>,
         c: &mut [f32],
         accumulate: bool,
+        act: Option<Activation>,
     ) {
         let (n, k) = (self.n, self.k);
         let np = n.div_ceil(NR);
@@ -149,6 +153,13 @@ impl PackedWeight {
                         3 => t.run::<3>(),
                         2 => t.run::<2>(),
                         _ => t.run::<1>(),
+                    }
+                    if let (Some(f), true) = (act, k0 + kc == k) {
+                        // The tile was just written: activate it while it is in L1.
+                        for r in 0..mr {
+                            let row = (i + r) * n + p * NR;
+                            act_slice(&mut c[row..row + cols], f);
+                        }
                     }
                     i += mr;
                 }
@@ -251,10 +262,12 @@ mod tests {
             let want = naive_matmul(&x, wt.transpose2d().unwrap().data(), m, k, n);
             let p = PackedWeight::pack(&wt);
             let mut out = vec![f32::NAN; m * n];
-            p.matmul(&x, m, Some(&b), &mut out, false);
+            p.matmul(&x, m, Some(&b), &mut out, false, None);
+            let mut gelu = vec![0.0; m * n];
+            p.matmul(&x, m, Some(&b), &mut gelu, false, Some(Activation::GeluErf));
             let resid: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut acc = resid.clone();
-            p.matmul(&x, m, None, &mut acc, true);
+            p.matmul(&x, m, None, &mut acc, true, None);
             for i in 0..m * n {
                 let tol = PACKED_RTOL * k as f32;
                 assert!(
