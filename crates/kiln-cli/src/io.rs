@@ -4,27 +4,68 @@ use anyhow::{Context, Result};
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-/// Reads items, one per line, from a file or standard input (trailing `\r` removed).
-pub fn read_lines(input: Option<&Path>) -> Result<Vec<String>> {
-    let reader: Box<dyn BufRead> = match input {
-        Some(p) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(p)
-                .with_context(|| format!("cannot open --input {}", p.display()))?,
-        )),
-        None => Box::new(std::io::stdin().lock()),
-    };
-    let mut out = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| {
-            format!(
-                "{} line {}: not valid UTF-8 text",
-                input.map_or("<stdin>".into(), |p| p.display().to_string()),
-                i + 1
-            )
-        })?;
-        out.push(line.trim_end_matches('\r').to_string());
+/// Items read one per line from a file or standard input, in blocks, so large inputs are
+/// streamed rather than loaded whole.
+pub struct LineBlocks {
+    reader: Box<dyn BufRead>,
+    name: String,
+    line_no: usize,
+}
+
+impl LineBlocks {
+    /// Opens `input` (standard input when `None`).
+    pub fn open(input: Option<&Path>) -> Result<Self> {
+        let reader: Box<dyn BufRead> = match input {
+            Some(p) => Box::new(std::io::BufReader::new(
+                std::fs::File::open(p)
+                    .with_context(|| format!("cannot open --input {}", p.display()))?,
+            )),
+            None => Box::new(std::io::stdin().lock()),
+        };
+        Ok(LineBlocks {
+            reader,
+            name: input.map_or("<stdin>".into(), |p| p.display().to_string()),
+            line_no: 0,
+        })
     }
-    Ok(out)
+
+    /// Up to `n` more lines (line ending removed); empty at the end of the input.
+    pub fn next_block(&mut self, n: usize) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let mut buf = Vec::new();
+            let read = self
+                .reader
+                .read_until(b'\n', &mut buf)
+                .with_context(|| format!("cannot read {}", self.name))?;
+            if read == 0 {
+                break;
+            }
+            self.line_no += 1;
+            let line = String::from_utf8(buf).map_err(|_| {
+                anyhow::anyhow!("{} line {}: not valid UTF-8 text", self.name, self.line_no)
+            })?;
+            out.push(
+                line.trim_end_matches('\n')
+                    .trim_end_matches('\r')
+                    .to_string(),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Reads every item, one per line, from a file or standard input.
+pub fn read_lines(input: Option<&Path>) -> Result<Vec<String>> {
+    let mut r = LineBlocks::open(input)?;
+    let mut all = Vec::new();
+    loop {
+        let block = r.next_block(4096)?;
+        if block.is_empty() {
+            return Ok(all);
+        }
+        all.extend(block);
+    }
 }
 
 /// Where results go: standard output, or a file that appears only when complete (written to a
@@ -78,10 +119,18 @@ impl Output {
     pub fn finish(mut self) -> Result<()> {
         self.writer.flush()?;
         if let Some((tmp, dst)) = self.target.take() {
-            drop(self.writer);
             std::fs::rename(&tmp, &dst)
                 .with_context(|| format!("cannot move output into {}", dst.display()))?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Output {
+    /// An output that was not finished (an error part way) leaves no partial file behind.
+    fn drop(&mut self) {
+        if let Some((tmp, _)) = self.target.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
 }

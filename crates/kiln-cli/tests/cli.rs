@@ -190,3 +190,43 @@ fn errors_are_messages_not_panics() {
     );
     assert!(!ok && err.contains("masked-LM head"), "{err}");
 }
+
+#[test]
+fn bad_input_line_is_named_and_leaves_no_partial_output() {
+    let m = fixture("tiny-bert");
+    let out = std::env::temp_dir().join(format!("kiln-cli-out-{}.jsonl", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "embed",
+            "--model",
+            m.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"fine\nbad \xff byte\n")
+        .unwrap();
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && err.contains("line 2") && err.contains("UTF-8"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let leftovers = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!(".kiln-cli-out-{}", std::process::id()))
+        });
+    assert!(!leftovers);
+}

@@ -1,6 +1,6 @@
 //! `kiln embed`.
 
-use crate::io::{read_lines, Output};
+use crate::io::{LineBlocks, Output};
 use anyhow::{bail, Result};
 use kiln::checkpoint::sentence::Pooling;
 use kiln::infer::{EmbedOptions, Embedder};
@@ -59,16 +59,29 @@ pub fn run(a: Args) -> Result<()> {
     }
     opts.batch_size = a.batch_size;
     let embedder = Embedder::new(&p, opts)?;
-    let lines = read_lines(a.input.as_deref())?;
-    let texts: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let mut input = LineBlocks::open(a.input.as_deref())?;
     let mut out = Output::open(a.output.as_deref())?;
     if a.format == "npy" {
-        let vecs = embedder.embed(&texts)?;
+        // The .npy header needs the row count up front, so vectors are collected first.
+        let mut vecs = Vec::new();
+        loop {
+            let block = input.next_block(1024)?;
+            if block.is_empty() {
+                break;
+            }
+            let texts: Vec<&str> = block.iter().map(String::as_str).collect();
+            vecs.extend(embedder.embed(&texts)?);
+        }
         out.bytes(&npy_f32(&vecs, embedder.dim()))?;
     } else {
-        // Stream in blocks so large inputs never hold every vector at once.
-        for block in texts.chunks(1024) {
-            for v in embedder.embed(block)? {
+        // Streamed in blocks: large inputs never hold every line or vector at once.
+        loop {
+            let block = input.next_block(1024)?;
+            if block.is_empty() {
+                break;
+            }
+            let texts: Vec<&str> = block.iter().map(String::as_str).collect();
+            for v in embedder.embed(&texts)? {
                 // Serializing the f32 slice directly keeps the shortest f32 decimal form.
                 out.line(&serde_json::to_string(&Row { embedding: &v })?)?;
             }
