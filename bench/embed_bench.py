@@ -19,7 +19,7 @@ What each side's time covers:
            length sorting, tokenization, BertModel with transformers' default attention, pooling,
            normalization. Model loaded once, outside the timed region.
   ort      the same steps by hand around an ONNX export of the BertModel: sort by length as
-           sentences-transformers does, HF fast tokenizer per batch (padding=longest), session run,
+           sentence-transformers does, HF fast tokenizer per batch (padding=longest), session run,
            mean pooling with the attention mask, L2 normalization. Session built once, untimed.
 
 Usage (from the repository root, after `cargo build --release` and ../shared/reference/setup-python.sh):
@@ -63,8 +63,8 @@ COLD_START_TARGET_S = 0.3
 MIN_COSINE = 0.9999
 WARMUP_SENTENCES = 64
 COLD_START_SENTENCE = "The quick brown fox jumps over the lazy dog."
-# A 1-minute load average at or above this when the run starts means something else is competing.
-BUSY_LOAD = 1.0
+# A round in which other processes took this share of the CPUs is not a clean measurement.
+BUSY_SHARE = 0.10
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -277,10 +277,10 @@ class Kiln:
         if not want_embeddings:
             return seconds, None
         import numpy as np
-        return seconds, np.array([json.loads(l)["embedding"] for l in lines], dtype=np.float32)
+        return seconds, np.array([json.loads(line)["embedding"] for line in lines], dtype=np.float32)
 
     def cold_start(self, sentence, runs, max_length):
-        """Median wall time of the whole `kiln embed` process on one sentence."""
+        """Wall times of `runs` whole `kiln embed` processes on one sentence."""
         input_path = self.tmp / "cold.txt"
         input_path.write_text(sentence + "\n", encoding="utf-8")
         output_path = self.tmp / "cold.jsonl"
@@ -331,13 +331,15 @@ class OnnxRuntime:
         start = time.perf_counter()
         # sentence-transformers' order: longest first by character count, so batches pad little.
         order = np.argsort([-len(t) for t in texts])
-        out = np.empty((len(texts), 384), dtype=np.float32)
+        out = None
         for i in range(0, len(texts), BATCH_SIZE):
             idx = order[i:i + BATCH_SIZE]
             enc = self.tokenizer([texts[j] for j in idx], padding="longest", truncation=True,
                                  max_length=w.max_length, return_tensors="np")
             feeds = {name: enc[name] for name in self.input_names}
             hidden = self.session.run([self.output_name], feeds)[0]  # [b, seq, 384]
+            if out is None:
+                out = np.empty((len(texts), hidden.shape[-1]), dtype=np.float32)
             mask = enc["attention_mask"][:, :, None].astype(np.float32)
             pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
             out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
@@ -385,6 +387,37 @@ def export_onnx(model_dir, cache_dir):
 
 # ---------------------------------------------------------------------------------------------
 # Reporting
+
+
+class OtherLoad:
+    """Share of the machine's CPU time used by processes other than this one and its children
+    between start() and share(): the competition a round's figures were measured under.
+    Machine-wide busy time comes from /proc/stat (steal included); None where there is none."""
+
+    def __init__(self):
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.start()
+
+    def _snapshot(self):
+        try:
+            with open("/proc/stat") as f:
+                user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+        except (OSError, ValueError):
+            return None
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        busy = (user + nice + system + irq + softirq + steal) / self.tick
+        return busy, own, time.perf_counter()
+
+    def start(self):
+        self.begin = self._snapshot()
+
+    def share(self):
+        end = self._snapshot()
+        if self.begin is None or end is None:
+            return None
+        busy, own, wall = (e - b for e, b in zip(end, self.begin))
+        return max(0.0, (busy - own) / (wall * os.cpu_count()))
 
 
 def cpu_model():
@@ -439,9 +472,6 @@ def main():
     print(f"cpu: {cpu_model()} ({os.cpu_count()} logical CPUs, "
           f"{len(os.sched_getaffinity(0))} usable by this process)")
     print(f"load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    if load[0] >= BUSY_LOAD:
-        print(f"warning: other work is using the CPUs (1-minute load {load[0]:.2f}); the figures will "
-              "be noisy, rerun on an idle machine")
     print(f"python {platform.python_version()} | torch {torch.__version__} | transformers "
           f"{transformers.__version__} | sentence-transformers {sentence_transformers.__version__} | "
           f"onnxruntime {onnxruntime.__version__} | numpy {np.__version__}")
@@ -464,19 +494,25 @@ def main():
                "batch_size": BATCH_SIZE, "threads": THREADS, "n": args.n, "rounds": args.rounds,
                "workloads": {}}
     failures = []
+    noisy = []
+    contention = OtherLoad()
 
     cold = None
     if kiln:
         print("\n== kiln cold start (1 sentence, whole process)")
+        contention.start()
         times = kiln.cold_start(COLD_START_SENTENCE, args.cold_runs, MAX_LENGTH["b"])
         cold = statistics.median(times)
         met = cold < COLD_START_TARGET_S
-        print(f"runs (s): {' '.join(f'{t:.3f}' for t in times)}")
+        share = contention.share()
+        busy = "" if share is None else f"  (other processes: {share:.0%} of the CPUs)"
+        print(f"runs (s): {' '.join(f'{t:.3f}' for t in times)}{busy}")
         print(f"median {cold:.3f} s (target < {COLD_START_TARGET_S} s: {'met' if met else 'MISSED'})")
         results["cold_start_s"] = {"runs": times, "median": cold, "target": COLD_START_TARGET_S}
         if not met:
             failures.append(f"cold start median {cold:.3f} s >= {COLD_START_TARGET_S} s")
-        print("(command: " + " ".join(kiln.command(tmp / "cold.txt", tmp / "cold.jsonl", MAX_LENGTH["b"])) + ")")
+        cmd = kiln.command(tmp / "cold.txt", tmp / "cold.jsonl", MAX_LENGTH["b"])
+        print(f"(command: {' '.join(cmd)})")
 
     for w in workloads:
         print(f"\n== {w.title}")
@@ -484,15 +520,22 @@ def main():
             side.run(w, w.texts[:WARMUP_SENTENCES], False)
         rates = {s.name: [] for s in sides}
         embeddings = {}
+        other_load = []
         for r in range(args.rounds):
+            contention.start()
             for side in sides:
                 gc.collect()
                 seconds, emb = side.run(w, w.texts, r == 0)
                 rates[side.name].append(len(w.texts) / seconds)
                 if r == 0:
                     embeddings[side.name] = emb
+            other_load.append(contention.share())
+            busy = "" if other_load[-1] is None else f"  (other processes: {other_load[-1]:.0%} of the CPUs)"
             print(f"round {r + 1}/{args.rounds}: "
-                  + "  ".join(f"{n} {v[-1]:.1f}" for n, v in rates.items()) + " sentences/s", flush=True)
+                  + "  ".join(f"{n} {v[-1]:.1f}" for n, v in rates.items()) + f" sentences/s{busy}",
+                  flush=True)
+        if any(x is not None and x >= BUSY_SHARE for x in other_load):
+            noisy.append(w.title)
 
         med = {n: statistics.median(v) for n, v in rates.items()}
         print("median (min..max): " + "  ".join(
@@ -509,6 +552,7 @@ def main():
         results["workloads"][w.key] = {
             "title": w.title, "max_length": w.max_length,
             "sentences_per_s": rates, "median_sentences_per_s": med, "min_cosine_vs_pytorch": cosines,
+            "other_processes_cpu_share": other_load,
             "kiln_command": kiln.command(w.input_path, "OUT", w.max_length) if kiln else None,
         }
 
@@ -526,6 +570,11 @@ def main():
     if cold is not None:
         print(f"\nKiln cold start (1 sentence, whole process): median {cold:.3f} s over "
               f"{args.cold_runs} runs (target < {COLD_START_TARGET_S} s)")
+
+    if noisy:
+        print(f"\nwarning: other processes used >= {BUSY_SHARE:.0%} of the CPUs in some rounds of "
+              f"{'; '.join(noisy)}; those figures measure contention as much as speed, "
+              "rerun on an idle machine")
 
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
