@@ -30,6 +30,10 @@ enum Command {
     FillMask(commands::fill_mask::Args),
     /// Continue a prompt with a causal LM (greedy, sampling or beam search).
     Generate(commands::generate::Args),
+    /// Train a tokenizer (wordpiece, bpe or unigram) on text files.
+    Tokenizer(commands::tokenizer::Args),
+    /// Create a new BERT or GPT-2 model with random weights for a tokenizer.
+    Init(commands::init::Args),
     /// Re-save a model directory in transformers' standard layout (and dtype).
     Convert(commands::convert::Args),
     /// Contextual similarity of one word across sentences: heatmap PNG and CSV matrix.
@@ -46,6 +50,8 @@ fn main() {
         Command::Generate(a) => commands::generate::run(a),
         Command::Similarity(a) => commands::similarity::run(a),
         Command::Convert(a) => commands::convert::run(a),
+        Command::Tokenizer(a) => commands::tokenizer::run(a),
+        Command::Init(a) => commands::init::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -5,7 +5,9 @@ pub mod embed;
 pub mod fill_mask;
 pub mod generate;
 pub mod info;
+pub mod init;
 pub mod similarity;
+pub mod tokenizer;
 
 use anyhow::{Context, Result};
 use std::path::Path;

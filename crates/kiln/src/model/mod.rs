@@ -7,6 +7,7 @@ pub mod batch;
 pub mod block;
 pub mod config;
 pub mod embeddings;
+pub mod init;
 pub mod kv_cache;
 pub mod transformer;
 

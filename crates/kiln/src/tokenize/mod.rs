@@ -3,6 +3,7 @@
 //! template says), truncation, and the offsets and word ids later tasks need.
 
 mod load;
+pub mod train;
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};

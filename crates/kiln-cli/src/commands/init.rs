@@ -1,0 +1,80 @@
+//! `kiln init`.
+
+use anyhow::{bail, Context, Result};
+use kiln::model::init::{new_config, random_model, InitShape};
+use kiln::model::Arch;
+use std::path::PathBuf;
+
+/// Create a new model with random weights (initialized as transformers does) for a tokenizer,
+/// ready for `kiln pretrain`. Sizes follow the BERT miniatures: tiny L2/H128, mini L4/H256,
+/// small L4/H512, medium L8/H512, base L12/H768, with heads = H/64 and FFN = 4H.
+#[derive(clap::Args)]
+pub struct Args {
+    /// bert (masked-LM encoder) or gpt2 (causal-LM decoder).
+    #[arg(long, value_parser = ["bert", "gpt2"])]
+    arch: String,
+    /// tiny, mini, small, medium or base.
+    #[arg(long, default_value = "mini", value_parser = ["tiny", "mini", "small", "medium", "base"])]
+    size: String,
+    /// Override the number of blocks.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Override the hidden width.
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Override the number of attention heads.
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Override the feed-forward width.
+    #[arg(long)]
+    intermediate: Option<usize>,
+    /// Override the number of learned positions (default 512).
+    #[arg(long)]
+    max_positions: Option<usize>,
+    /// Tokenizer directory (e.g. from `kiln tokenizer train`); sets the vocabulary size.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output model directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let arch = if a.arch == "gpt2" {
+        Arch::Gpt2
+    } else {
+        Arch::Bert
+    };
+    let Some(tok) = kiln::tokenize::Tokenizer::from_dir(&a.tokenizer)? else {
+        bail!(
+            "no tokenizer in {} (expected tokenizer.json, vocab.txt, or vocab.json + merges.txt)",
+            a.tokenizer.display()
+        );
+    };
+    let shape = InitShape {
+        layers: a.layers,
+        hidden: a.hidden,
+        heads: a.heads,
+        intermediate: a.intermediate,
+        max_positions: a.max_positions,
+    };
+    let cfg = new_config(arch, &a.size, &shape, &tok)?;
+    let p = random_model(cfg, tok, a.tokenizer.clone(), a.seed)?;
+    kiln::checkpoint::save(&p, &a.out, kiln::checkpoint::SaveDtype::F32)
+        .with_context(|| format!("cannot save to {}", a.out.display()))?;
+    let c = p.config();
+    eprintln!(
+        "initialized {} (L{}/H{}, {} heads, FFN {}, vocab {}) -> {}",
+        kiln::checkpoint::save::architecture_name(&p),
+        c.num_layers,
+        c.hidden_size,
+        c.num_heads,
+        c.intermediate_size,
+        c.vocab_size,
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! A text corpus spread over files: plain text (one text per line) or JSON Lines (a text field
+//! per line), either of them gzip-compressed (`.gz`). Streamed line by line, never loaded whole.
+
+use crate::error::{Error, Result};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// The files of a corpus and how to read them.
+#[derive(Clone, Debug)]
+pub struct Corpus {
+    files: Vec<PathBuf>,
+    text_field: String,
+}
+
+/// Where a text came from (for error messages and data positions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Index into the corpus files.
+    pub file: usize,
+    /// 1-based line number.
+    pub line: usize,
+}
+
+impl Corpus {
+    /// A corpus over `files`; JSONL files (`.jsonl`, `.json`, optionally `.gz`) take their text
+    /// from `text_field`.
+    pub fn new(files: Vec<PathBuf>, text_field: &str) -> Result<Self> {
+        if files.is_empty() {
+            return Err(Error::Input("no corpus files given".into()));
+        }
+        for f in &files {
+            if !f.is_file() {
+                return Err(Error::MissingFile {
+                    path: f.clone(),
+                    hint: "corpus file not found".into(),
+                });
+            }
+        }
+        Ok(Corpus {
+            files,
+            text_field: text_field.to_string(),
+        })
+    }
+
+    /// The files.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    fn is_jsonl(path: &Path) -> bool {
+        let name = path.to_string_lossy();
+        let name = name.strip_suffix(".gz").unwrap_or(&name);
+        name.ends_with(".jsonl") || name.ends_with(".json")
+    }
+
+    fn open(path: &Path) -> Result<Box<dyn BufRead + Send>> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let r: Box<dyn Read + Send> = if path.extension().is_some_and(|e| e == "gz") {
+            Box::new(flate2::read::MultiGzDecoder::new(f))
+        } else {
+            Box::new(f)
+        };
+        Ok(Box::new(BufReader::with_capacity(1 << 20, r)))
+    }
+
+    /// Calls `f(text, position)` for every non-empty text, in file order; stops at the first
+    /// error (from reading, or returned by `f`), which names the file and line.
+    pub fn for_each_text(&self, mut f: impl FnMut(&str, Position) -> Result<()>) -> Result<()> {
+        for (fi, path) in self.files.iter().enumerate() {
+            let jsonl = Self::is_jsonl(path);
+            let reader = Self::open(path)?;
+            for (li, line) in reader.lines().enumerate() {
+                let pos = Position {
+                    file: fi,
+                    line: li + 1,
+                };
+                let line = line.map_err(|e| {
+                    Error::Input(format!(
+                        "{} line {}: cannot read: {e}",
+                        path.display(),
+                        li + 1
+                    ))
+                })?;
+                let line = line.trim_end_matches('\r');
+                if line.trim().is_empty() {
+                    continue;
+                }
+                if jsonl {
+                    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+                        Error::Input(format!(
+                            "{} line {}: invalid JSON: {e}",
+                            path.display(),
+                            li + 1
+                        ))
+                    })?;
+                    let text = v
+                        .get(&self.text_field)
+                        .and_then(|t| t.as_str())
+                        .ok_or_else(|| {
+                            Error::Input(format!(
+                                "{} line {}: no string field \"{}\" (choose it with --text-field)",
+                                path.display(),
+                                li + 1,
+                                self.text_field
+                            ))
+                        })?;
+                    f(text, pos)?;
+                } else {
+                    f(line, pos)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

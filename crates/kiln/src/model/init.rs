@@ -1,0 +1,183 @@
+//! New models with random weights, initialized as transformers initializes them
+//! (`BertPreTrainedModel._init_weights`, `GPT2PreTrainedModel._init_weights`): weights
+//! normal(0, initializer_range), biases zero, LayerNorm weight 1 / bias 0, the padding row of
+//! BERT's word embeddings zero, and GPT-2's residual projections scaled by 1/sqrt(2·layers).
+
+use super::arch::Arch;
+use super::config::ModelConfig;
+use super::{Block, Embeddings, Transformer};
+use crate::checkpoint::Pretrained;
+use crate::engine::{LayerNorm, Linear, Tensor};
+use crate::error::{Error, Result};
+use crate::heads::{LmHead, MlmHead};
+use crate::tokenize::Tokenizer;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use std::path::PathBuf;
+
+/// Layers and hidden width of the BERT miniature sizes (Turc et al., 2019), used for both
+/// architectures; heads = hidden / 64 and the feed-forward width is 4 × hidden.
+pub fn size_preset(name: &str) -> Result<(usize, usize)> {
+    match name {
+        "tiny" => Ok((2, 128)),
+        "mini" => Ok((4, 256)),
+        "small" => Ok((4, 512)),
+        "medium" => Ok((8, 512)),
+        "base" => Ok((12, 768)),
+        _ => Err(Error::Input(format!(
+            "unknown --size \"{name}\": tiny, mini, small, medium or base"
+        ))),
+    }
+}
+
+/// Shape choices for a new model; `None` takes the size preset's value.
+#[derive(Clone, Debug, Default)]
+pub struct InitShape {
+    /// Blocks.
+    pub layers: Option<usize>,
+    /// Hidden width.
+    pub hidden: Option<usize>,
+    /// Attention heads.
+    pub heads: Option<usize>,
+    /// Feed-forward width.
+    pub intermediate: Option<usize>,
+    /// Learned positions.
+    pub max_positions: Option<usize>,
+}
+
+/// The config of a new model of `arch` and `size` for `tokenizer`.
+pub fn new_config(
+    arch: Arch,
+    size: &str,
+    shape: &InitShape,
+    tokenizer: &Tokenizer,
+) -> Result<ModelConfig> {
+    let (l, h) = size_preset(size)?;
+    let hidden = shape.hidden.unwrap_or(h);
+    let layers = shape.layers.unwrap_or(l);
+    let heads = shape.heads.unwrap_or((hidden / 64).max(1));
+    let inter = shape.intermediate.unwrap_or(4 * hidden);
+    let max_pos = shape.max_positions.unwrap_or(512);
+    let vocab = tokenizer.vocab_size();
+    let raw = match arch {
+        Arch::Bert => serde_json::json!({
+            "model_type": "bert", "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "intermediate_size": inter, "max_position_embeddings": max_pos,
+            "pad_token_id": tokenizer.pad_id().unwrap_or(0),
+        }),
+        Arch::Gpt2 => {
+            let eos = tokenizer.eos_id();
+            serde_json::json!({
+                "model_type": "gpt2", "vocab_size": vocab, "n_embd": hidden, "n_layer": layers, "n_head": heads,
+                "n_inner": inter, "n_positions": max_pos, "bos_token_id": eos, "eos_token_id": eos,
+            })
+        }
+    };
+    ModelConfig::from_value(raw, std::path::Path::new("<kiln init>"))
+}
+
+struct Init {
+    rng: rand::rngs::StdRng,
+    std: f32,
+}
+
+impl Init {
+    fn normal(&mut self, shape: &[usize], std: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let d =
+            Normal::new(0.0f32, std).unwrap_or_else(|_| Normal::new(0.0, 0.02).expect("valid std"));
+        Tensor::new(
+            shape.to_vec(),
+            (0..n).map(|_| d.sample(&mut self.rng)).collect(),
+        )
+        .expect("shape matches")
+    }
+    fn linear(&mut self, out: usize, inp: usize, std: f32) -> Linear {
+        Linear::new(self.normal(&[out, inp], std), Some(Tensor::zeros(&[out])))
+    }
+    fn norm(h: usize, eps: f64) -> LayerNorm {
+        LayerNorm {
+            weight: Tensor::new(vec![h], vec![1.0; h]).expect("shape matches"),
+            bias: Tensor::zeros(&[h]),
+            eps: eps as f32,
+        }
+    }
+}
+
+/// A model with random weights for `cfg`, with the pre-training head of its architecture
+/// (masked LM for BERT, causal LM for GPT-2), deterministic for a given `seed`.
+pub fn random_model(
+    cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    tokenizer_dir: PathBuf,
+    seed: u64,
+) -> Result<Pretrained> {
+    let std = cfg.initializer_range as f32;
+    if !(std > 0.0 && std.is_finite()) {
+        return Err(Error::Input(format!(
+            "initializer_range must be positive, got {std}"
+        )));
+    }
+    let mut r = Init {
+        rng: rand::rngs::StdRng::seed_from_u64(seed),
+        std,
+    };
+    let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+    let mut word = r.normal(&[cfg.vocab_size, h], std);
+    if cfg.arch == Arch::Bert {
+        if let Some(p) = cfg.pad_token_id.filter(|&p| (p as usize) < cfg.vocab_size) {
+            word.data_mut()[p as usize * h..(p as usize + 1) * h].fill(0.0);
+        }
+    }
+    let embeddings = Embeddings {
+        word,
+        position: r.normal(&[cfg.max_positions, h], std),
+        token_type: (cfg.type_vocab_size > 0).then(|| r.normal(&[cfg.type_vocab_size, h], std)),
+        norm: cfg.embedding_norm.then(|| Init::norm(h, eps)),
+    };
+    // GPT-2 scales the projections that write into the residual stream.
+    let resid_std = if cfg.arch == Arch::Gpt2 {
+        std / (2.0 * cfg.num_layers as f32).sqrt()
+    } else {
+        std
+    };
+    let blocks = (0..cfg.num_layers)
+        .map(|_| Block {
+            qkv: r.linear(3 * h, h, r.std),
+            attn_out: r.linear(h, h, resid_std),
+            ln_attn: Init::norm(h, eps),
+            ffn_in: r.linear(i, h, r.std),
+            ffn_out: r.linear(h, i, resid_std),
+            ln_ffn: Init::norm(h, eps),
+        })
+        .collect();
+    let final_norm = cfg.final_norm.then(|| Init::norm(h, eps));
+    let (mlm_head, lm_head) = match cfg.arch {
+        Arch::Bert => (
+            Some(MlmHead {
+                transform: r.linear(h, h, std),
+                activation: cfg.activation,
+                norm: Init::norm(h, eps),
+                decoder: None,
+                bias: Tensor::zeros(&[cfg.vocab_size]),
+            }),
+            None,
+        ),
+        Arch::Gpt2 => (None, Some(LmHead { weight: None })),
+    };
+    Ok(Pretrained {
+        dir: tokenizer_dir,
+        model: Transformer {
+            config: cfg,
+            embeddings,
+            blocks,
+            final_norm,
+        },
+        pooler: None,
+        mlm_head,
+        lm_head,
+        tokenizer: Some(tokenizer),
+        sentence: None,
+        unused_tensors: Vec::new(),
+    })
+}

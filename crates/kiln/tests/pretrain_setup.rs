@@ -1,0 +1,228 @@
+//! The first steps of pre-training: a tokenizer trained on a corpus, and a randomly initialized
+//! model for it.
+
+mod common;
+
+use common::*;
+use kiln::data::Corpus;
+use kiln::model::init::{new_config, random_model, InitShape};
+use kiln::model::Arch;
+use kiln::tokenize::train::{train_tokenizer, TrainKind, TrainOptions};
+use kiln::tokenize::Tokenizer;
+use std::io::Write;
+use std::path::PathBuf;
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-pre-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// English sentences from the apple fixture plus Chinese lines, as JSONL (gzip) and plain text.
+fn corpus(dir: &std::path::Path) -> Corpus {
+    let en = std::fs::read_to_string(fixture("apple_sentences.txt")).unwrap();
+    let txt = dir.join("en.txt");
+    std::fs::write(&txt, en.repeat(3)).unwrap();
+    let gz = dir.join("zh.jsonl.gz");
+    let mut w = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
+    for s in [
+        "我喜欢吃苹果。",
+        "苹果公司发布了新手机。",
+        "今天天气很好，我们去公园散步。",
+        "自然语言处理很有趣。",
+    ] {
+        writeln!(w, "{}", serde_json::json!({ "text": s })).unwrap();
+    }
+    w.finish().unwrap();
+    Corpus::new(vec![txt, gz], "text").unwrap()
+}
+
+fn train(kind: TrainKind, vocab: usize, dir: &std::path::Path) -> Tokenizer {
+    // GPT-2 style byte-level BPE keeps case; the others lower-case.
+    let lowercase = kind != TrainKind::Bpe;
+    let opts = TrainOptions {
+        kind,
+        vocab_size: vocab,
+        lowercase,
+        min_frequency: 1,
+        show_progress: false,
+    };
+    train_tokenizer(&corpus(dir), &opts, &dir.join("tok")).unwrap()
+}
+
+#[test]
+fn wordpiece_splits_cjk_and_uses_bert_template() {
+    let dir = scratch("wp");
+    let tok = train(TrainKind::WordPiece, 300, &dir);
+    for (i, t) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(tok.token_to_id(t), Some(i as u32), "{t}");
+    }
+    let enc = tok.encode("我喜欢苹果", Some("Apple pie")).unwrap();
+    let pieces: Vec<String> = enc
+        .ids
+        .iter()
+        .map(|&i| tok.id_to_token(i).unwrap())
+        .collect();
+    assert_eq!(
+        &pieces[..7],
+        &["[CLS]", "我", "喜", "欢", "苹", "果", "[SEP]"]
+    );
+    assert_eq!(pieces.last().unwrap(), "[SEP]");
+    assert_eq!(enc.type_ids[0], 0);
+    assert_eq!(*enc.type_ids.last().unwrap(), 1);
+    // The saved directory reloads, via tokenizer.json and via vocab.txt alone, to the same ids.
+    let again = Tokenizer::from_dir(&dir.join("tok")).unwrap().unwrap();
+    assert_eq!(
+        again.encode("the apple was sweet", None).unwrap().ids,
+        tok.encode("the apple was sweet", None).unwrap().ids
+    );
+    std::fs::remove_file(dir.join("tok/tokenizer.json")).unwrap();
+    let from_vocab = Tokenizer::from_dir(&dir.join("tok")).unwrap().unwrap();
+    assert_eq!(
+        from_vocab.encode("the apple was sweet", None).unwrap().ids,
+        tok.encode("the apple was sweet", None).unwrap().ids
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn byte_level_bpe_round_trips_any_text() {
+    let dir = scratch("bpe");
+    let tok = train(TrainKind::Bpe, 400, &dir);
+    assert_eq!(tok.vocab_size(), 400);
+    assert_eq!(tok.token_to_id("<|endoftext|>"), Some(0));
+    for text in [
+        "Apple opened a store.",
+        "naïve café ☃ 🙂 苹果",
+        "  spaces\tand\ttabs ",
+    ] {
+        let ids = tok.encode_plain(text).unwrap().ids;
+        assert_eq!(tok.decode(&ids, false).unwrap(), text);
+    }
+    assert!(dir.join("tok/vocab.json").exists() && dir.join("tok/merges.txt").exists());
+    let files = Tokenizer::from_dir(&dir.join("tok")).unwrap().unwrap();
+    assert_eq!(
+        files.encode_plain("apple pie").unwrap().ids,
+        tok.encode_plain("apple pie").unwrap().ids
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unigram_trains_and_reloads() {
+    let dir = scratch("uni");
+    let tok = train(TrainKind::Unigram, 120, &dir);
+    assert!(tok.vocab_size() <= 120);
+    let enc = tok.encode("the apple", None).unwrap();
+    assert_eq!(tok.id_to_token(enc.ids[0]).unwrap(), "[CLS]");
+    let again = Tokenizer::from_dir(&dir.join("tok")).unwrap().unwrap();
+    assert_eq!(again.encode("the apple", None).unwrap().ids, enc.ids);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn malformed_corpus_line_is_named() {
+    let dir = scratch("badcorpus");
+    let f = dir.join("c.jsonl");
+    std::fs::write(&f, "{\"text\": \"ok\"}\n{\"txt\": \"wrong field\"}\n").unwrap();
+    let opts = TrainOptions {
+        kind: TrainKind::Bpe,
+        vocab_size: 300,
+        lowercase: false,
+        min_frequency: 1,
+        show_progress: false,
+    };
+    let err = train_tokenizer(
+        &Corpus::new(vec![f], "text").unwrap(),
+        &opts,
+        &dir.join("tok"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("c.jsonl line 2") && err.contains("\"text\""),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn init_follows_transformers_and_is_seeded() {
+    let dir = scratch("init");
+    let tok = train(TrainKind::WordPiece, 300, &dir);
+    let shape = InitShape {
+        layers: Some(3),
+        hidden: Some(64),
+        heads: Some(2),
+        intermediate: Some(100),
+        max_positions: Some(40),
+    };
+    let cfg = new_config(Arch::Bert, "tiny", &shape, &tok).unwrap();
+    assert_eq!(
+        (
+            cfg.num_layers,
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.intermediate_size,
+            cfg.max_positions
+        ),
+        (3, 64, 2, 100, 40)
+    );
+    assert_eq!(cfg.vocab_size, tok.vocab_size());
+    let a = random_model(cfg.clone(), tok.clone(), dir.join("tok"), 7).unwrap();
+    let b = random_model(cfg.clone(), tok.clone(), dir.join("tok"), 7).unwrap();
+    let c = random_model(cfg, tok.clone(), dir.join("tok"), 8).unwrap();
+    let ta = kiln::checkpoint::save::named_tensors(&a).unwrap();
+    assert_eq!(ta, kiln::checkpoint::save::named_tensors(&b).unwrap());
+    assert_ne!(ta, kiln::checkpoint::save::named_tensors(&c).unwrap());
+    let w = &ta["bert.encoder.layer.0.intermediate.dense.weight"];
+    let std = (w.data().iter().map(|v| v * v).sum::<f32>() / w.numel() as f32).sqrt();
+    assert!((std - 0.02).abs() < 0.002, "std {std}");
+    assert!(ta["bert.encoder.layer.0.intermediate.dense.bias"]
+        .data()
+        .iter()
+        .all(|&v| v == 0.0));
+    assert!(ta["bert.encoder.layer.2.output.LayerNorm.weight"]
+        .data()
+        .iter()
+        .all(|&v| v == 1.0));
+    assert!(
+        ta["bert.embeddings.word_embeddings.weight"]
+            .row(0)
+            .iter()
+            .all(|&v| v == 0.0),
+        "padding row"
+    );
+    // Saved, it loads back as a masked-LM model.
+    kiln::checkpoint::save(&a, &dir.join("model"), kiln::checkpoint::SaveDtype::F32).unwrap();
+    let p = kiln::checkpoint::load(&dir.join("model")).unwrap();
+    assert!(p.mlm_head.is_some() && p.tokenizer.is_some());
+    assert_eq!(kiln::checkpoint::save::named_tensors(&p).unwrap(), ta);
+
+    let bpe_dir = scratch("init-bpe");
+    let bpe = train(TrainKind::Bpe, 400, &bpe_dir);
+    let g = random_model(
+        new_config(Arch::Gpt2, "tiny", &InitShape::default(), &bpe).unwrap(),
+        bpe,
+        dir.join("tok"),
+        1,
+    )
+    .unwrap();
+    let tg = kiln::checkpoint::save::named_tensors(&g).unwrap();
+    let proj = &tg["transformer.h.1.attn.c_proj.weight"];
+    let pstd = (proj.data().iter().map(|v| v * v).sum::<f32>() / proj.numel() as f32).sqrt();
+    assert!(
+        (pstd - 0.02 / 2.0).abs() < 0.001,
+        "GPT-2 residual projection std {pstd} (0.02/sqrt(2*2 layers))"
+    );
+    assert!(!tg.contains_key("lm_head.weight"), "tied head is not saved");
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(bpe_dir).unwrap();
+}
