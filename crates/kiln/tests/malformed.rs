@@ -173,7 +173,6 @@ fn truncated_and_corrupt_safetensors() {
 
 #[test]
 fn unsupported_dtype_is_named() {
-    let dir = scratch("dtype");
     // An int64 tensor where a float weight is expected.
     let store = WeightStore::open_dir(&fixture("tiny-bert-legacy")).unwrap();
     assert!(store.contains("bert.embeddings.position_ids"));
@@ -185,5 +184,4 @@ fn unsupported_dtype_is_named() {
         err.contains("bert.embeddings.position_ids") && err.contains("I64"),
         "{err}"
     );
-    drop(dir);
 }
