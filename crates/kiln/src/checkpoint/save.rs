@@ -141,13 +141,15 @@ pub fn save(p: &Pretrained, dir: &Path, dtype: SaveDtype) -> Result<()> {
     write_safetensors(&dir.join("model.safetensors"), &tensors, dtype)?;
     let mut cfg = p.config().to_json();
     cfg["architectures"] = serde_json::json!([architecture_name(p)]);
-    if dtype != SaveDtype::F32 {
-        cfg["torch_dtype"] = if dtype == SaveDtype::F16 {
-            "float16"
-        } else {
-            "bfloat16"
-        }
-        .into();
+    // transformers 5 reads `dtype`, older versions `torch_dtype`.
+    let dtype_name = match dtype {
+        SaveDtype::F32 => "float32",
+        SaveDtype::F16 => "float16",
+        SaveDtype::BF16 => "bfloat16",
+    };
+    cfg["dtype"] = dtype_name.into();
+    if cfg.get("torch_dtype").is_some() {
+        cfg["torch_dtype"] = dtype_name.into();
     }
     let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Json {
         path: dir.join("config.json"),
