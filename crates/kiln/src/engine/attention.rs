@@ -192,6 +192,181 @@ fn masked_softmax(row: &mut [f32], q_pos: usize, mask: MaskKind, key_mask: Optio
     super::softmax::softmax_inplace(live);
 }
 
+thread_local! {
+    static GRAD_SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Backward of [`attention`] over packed sequences that attend only to themselves (training:
+/// no cache). `qkv: [tokens, 3·width]` as produced by the fused projection, `dout: [tokens,
+/// width]` -> `dqkv: [tokens, 3·width]` (overwritten). The probabilities are recomputed
+/// rather than stored, so the forward pass keeps no `[seq, seq]` matrices per head.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    qkv: &[f32],
+    dout: &[f32],
+    dqkv: &mut [f32],
+    seq_lens: &[usize],
+    heads: usize,
+    head_dim: usize,
+    mask: MaskKind,
+    key_mask: Option<&[u8]>,
+) -> Result<()> {
+    let width = heads * head_dim;
+    let tokens: usize = seq_lens.iter().sum();
+    if qkv.len() != tokens * 3 * width || dout.len() != tokens * width || dqkv.len() != qkv.len() {
+        return Err(Error::shape(
+            "attention_backward",
+            format!("buffers do not fit {tokens} tokens of width {width}"),
+        ));
+    }
+    if key_mask.is_some_and(|m| m.len() != tokens) {
+        return Err(Error::shape(
+            "attention_backward",
+            "key mask needs one flag per token",
+        ));
+    }
+    let mut offsets = Vec::with_capacity(seq_lens.len());
+    let mut o = 0;
+    for &l in seq_lens {
+        offsets.push(o);
+        o += l;
+    }
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let dst = SendPtr(dqkv.as_mut_ptr());
+    let rs = 3 * width;
+    let run = |item: usize| {
+        let (s, h) = (item / heads, item % heads);
+        let (row0, l) = (offsets[s], seq_lens[s]);
+        if l == 0 {
+            return;
+        }
+        let km = key_mask.map(|m| &m[row0..row0 + l]);
+        let base = row0 * rs;
+        let (qc, kc, vc) = (h * head_dim, width + h * head_dim, 2 * width + h * head_dim);
+        GRAD_SCRATCH.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let (p, dp) = &mut *cell;
+            p.resize(l * l, 0.0);
+            dp.resize(l * l, 0.0);
+            let d = dst;
+            // SAFETY: bounds were checked above; each (sequence, head) item reads shared
+            // inputs and writes only its own rows and head columns of `dqkv`.
+            unsafe {
+                let q = qkv.as_ptr().add(base + qc);
+                let k = qkv.as_ptr().add(base + kc);
+                let v = qkv.as_ptr().add(base + vc);
+                let go = dout.as_ptr().add(row0 * width + h * head_dim);
+                // P = softmax(scale · Q Kᵀ + mask)
+                gemm_raw(
+                    p.as_mut_ptr(),
+                    l,
+                    1,
+                    l,
+                    l,
+                    head_dim,
+                    q,
+                    rs,
+                    1,
+                    k,
+                    1,
+                    rs,
+                    scale,
+                    false,
+                    Par::Single,
+                );
+                for (i, row) in p.chunks_mut(l).enumerate() {
+                    masked_softmax(row, i, mask, km);
+                }
+                // dV = Pᵀ dO
+                gemm_raw(
+                    d.0.add(base + vc),
+                    rs,
+                    1,
+                    l,
+                    head_dim,
+                    l,
+                    p.as_ptr(),
+                    1,
+                    l,
+                    go,
+                    width,
+                    1,
+                    1.0,
+                    false,
+                    Par::Single,
+                );
+                // dP = dO Vᵀ
+                gemm_raw(
+                    dp.as_mut_ptr(),
+                    l,
+                    1,
+                    l,
+                    l,
+                    head_dim,
+                    go,
+                    width,
+                    1,
+                    v,
+                    1,
+                    rs,
+                    1.0,
+                    false,
+                    Par::Single,
+                );
+                // dS = P ⊙ (dP − rowsum(P ⊙ dP)), kept in dp
+                for (pr, dr) in p.chunks(l).zip(dp.chunks_mut(l)) {
+                    let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                    dr.iter_mut()
+                        .zip(pr)
+                        .for_each(|(g, &pp)| *g = pp * (*g - dot));
+                }
+                // dQ = scale · dS K ;  dK = scale · dSᵀ Q
+                gemm_raw(
+                    d.0.add(base + qc),
+                    rs,
+                    1,
+                    l,
+                    head_dim,
+                    l,
+                    dp.as_ptr(),
+                    l,
+                    1,
+                    k,
+                    rs,
+                    1,
+                    scale,
+                    false,
+                    Par::Single,
+                );
+                gemm_raw(
+                    d.0.add(base + kc),
+                    rs,
+                    1,
+                    l,
+                    head_dim,
+                    l,
+                    dp.as_ptr(),
+                    1,
+                    l,
+                    q,
+                    rs,
+                    1,
+                    scale,
+                    false,
+                    Par::Single,
+                );
+            }
+        });
+    };
+    let work = seq_lens.len() * heads;
+    if work > 1 && rayon::current_num_threads() > 1 {
+        (0..work).into_par_iter().for_each(run);
+    } else {
+        (0..work).for_each(run);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +522,66 @@ mod tests {
             )
             .unwrap();
             assert_eq!(&packed[s.out_row0 * w..(s.out_row0 + s.lq) * w], &one[..]);
+        }
+    }
+
+    #[test]
+    fn attention_backward_matches_finite_differences() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let (heads, d) = (2, 4);
+        let w = heads * d;
+        let lens = [3usize, 5];
+        let t: usize = lens.iter().sum();
+        for mask in [
+            MaskKind::Bidirectional,
+            MaskKind::Causal,
+            MaskKind::Prefix(2),
+        ] {
+            let key_mask: Vec<u8> = (0..t).map(|i| u8::from(i != 4)).collect();
+            for km in [None, Some(&key_mask[..])] {
+                let mut qkv: Vec<f32> = (0..t * 3 * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let r: Vec<f32> = (0..t * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let loss = |qkv: &[f32]| -> f32 {
+                    let mut seqs = Vec::new();
+                    let mut row = 0;
+                    for &l in &lens {
+                        seqs.push(AttnSeq {
+                            q: &qkv[row * 3 * w..],
+                            q_rs: 3 * w,
+                            lq: l,
+                            k: &qkv[row * 3 * w + w..],
+                            k_rs: 3 * w,
+                            v: &qkv[row * 3 * w + 2 * w..],
+                            v_rs: 3 * w,
+                            lk: l,
+                            q_pos0: 0,
+                            key_mask: km.map(|m| &m[row..row + l]),
+                            out_row0: row,
+                        });
+                        row += l;
+                    }
+                    let mut out = vec![0.0; t * w];
+                    attention(&seqs, heads, d, mask, &mut out).unwrap();
+                    out.iter().zip(&r).map(|(a, b)| a * b).sum()
+                };
+                let mut grad = vec![0.0; qkv.len()];
+                attention_backward(&qkv, &r, &mut grad, &lens, heads, d, mask, km).unwrap();
+                let scale = grad.iter().fold(1e-3f32, |m, g| m.max(g.abs()));
+                for i in 0..qkv.len() {
+                    let orig = qkv[i];
+                    qkv[i] = orig + 1e-2;
+                    let up = loss(&qkv);
+                    qkv[i] = orig - 1e-2;
+                    let down = loss(&qkv);
+                    qkv[i] = orig;
+                    let fd = (up - down) / 2e-2;
+                    assert!(
+                        (fd - grad[i]).abs() <= 2e-2 * scale,
+                        "{mask:?} {i}: {} vs {fd}",
+                        grad[i]
+                    );
+                }
+            }
         }
     }
 }

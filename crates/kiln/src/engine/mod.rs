@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod grad;
 pub mod linear;
 pub mod math;
 pub mod matmul;
