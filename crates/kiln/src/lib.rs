@@ -13,5 +13,6 @@ pub mod heads;
 pub mod infer;
 pub mod model;
 pub mod tokenize;
+pub mod train;
 
 pub use error::{Error, Result};
