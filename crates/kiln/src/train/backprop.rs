@@ -1,0 +1,496 @@
+//! Forward with saved activations and the backward pass of the whole model (module-level
+//! forward/backward pairs, as llm.c), for the masked-LM and causal-LM objectives.
+//!
+//! Gradients live in a [`Pretrained`] of the same shape as the model (see [`zeros_like`]), so
+//! they have the model's Hugging Face names too.
+
+use crate::checkpoint::Pretrained;
+use crate::engine::attention::{attention, attention_backward, AttnSeq};
+use crate::engine::embedding::gather_sum;
+use crate::engine::grad::{
+    activation_backward, cross_entropy, embedding_backward, layer_norm_backward, linear_backward,
+};
+use crate::engine::linear::linear_forward;
+use crate::engine::{LayerNorm, Linear, LinearOut, MaskKind, Tensor};
+use crate::error::{Error, Result};
+use crate::model::{Batch, NormPlacement, Transformer};
+
+/// Ignored target id (PyTorch's `ignore_index`).
+pub const IGNORE: i64 = -100;
+
+/// A model-shaped container of zeros for gradients (no tokenizer).
+pub fn zeros_like(p: &Pretrained) -> Pretrained {
+    let mut g = Pretrained {
+        dir: p.dir.clone(),
+        model: p.model.clone(),
+        pooler: p.pooler.clone(),
+        mlm_head: p.mlm_head.clone(),
+        lm_head: p.lm_head.clone(),
+        tokenizer: None,
+        sentence: None,
+        unused_tensors: Vec::new(),
+    };
+    for (_, t, _) in parameters(&mut g) {
+        t.data_mut().fill(0.0);
+    }
+    g
+}
+
+/// Every trainable tensor of `p` in a fixed order, with a name and whether weight decay
+/// applies (not to biases and norm weights). Linear layers drop their packed copies, since
+/// the caller may change the weights.
+pub fn parameters(p: &mut Pretrained) -> Vec<(String, &mut Tensor, bool)> {
+    let mut out: Vec<(String, &mut Tensor, bool)> = Vec::new();
+    fn lin<'a>(out: &mut Vec<(String, &'a mut Tensor, bool)>, name: String, l: &'a mut Linear) {
+        l.weights_changed();
+        out.push((format!("{name}.weight"), &mut l.weight, true));
+        if let Some(b) = &mut l.bias {
+            out.push((format!("{name}.bias"), b, false));
+        }
+    }
+    fn norm<'a>(out: &mut Vec<(String, &'a mut Tensor, bool)>, name: String, n: &'a mut LayerNorm) {
+        out.push((format!("{name}.weight"), &mut n.weight, false));
+        out.push((format!("{name}.bias"), &mut n.bias, false));
+    }
+    let m = &mut p.model;
+    out.push(("embeddings.word".into(), &mut m.embeddings.word, true));
+    out.push((
+        "embeddings.position".into(),
+        &mut m.embeddings.position,
+        true,
+    ));
+    if let Some(t) = &mut m.embeddings.token_type {
+        out.push(("embeddings.token_type".into(), t, true));
+    }
+    if let Some(n) = &mut m.embeddings.norm {
+        norm(&mut out, "embeddings.norm".into(), n);
+    }
+    for (i, b) in m.blocks.iter_mut().enumerate() {
+        lin(&mut out, format!("blocks.{i}.qkv"), &mut b.qkv);
+        lin(&mut out, format!("blocks.{i}.attn_out"), &mut b.attn_out);
+        norm(&mut out, format!("blocks.{i}.ln_attn"), &mut b.ln_attn);
+        lin(&mut out, format!("blocks.{i}.ffn_in"), &mut b.ffn_in);
+        lin(&mut out, format!("blocks.{i}.ffn_out"), &mut b.ffn_out);
+        norm(&mut out, format!("blocks.{i}.ln_ffn"), &mut b.ln_ffn);
+    }
+    if let Some(n) = &mut m.final_norm {
+        norm(&mut out, "final_norm".into(), n);
+    }
+    if let Some(pl) = &mut p.pooler {
+        lin(&mut out, "pooler".into(), &mut pl.dense);
+    }
+    if let Some(h) = &mut p.mlm_head {
+        lin(&mut out, "mlm.transform".into(), &mut h.transform);
+        norm(&mut out, "mlm.norm".into(), &mut h.norm);
+        if let Some(d) = &mut h.decoder {
+            out.push(("mlm.decoder".into(), d, true));
+        }
+        out.push(("mlm.bias".into(), &mut h.bias, false));
+    }
+    if let Some(w) = p.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
+        out.push(("lm_head".into(), w, true));
+    }
+    out
+}
+
+/// What one block keeps from its forward pass for the backward pass.
+struct BlockActs {
+    x_in: Vec<f32>,
+    /// Attention input: LN(x_in) for pre-LN (empty for post-LN, where it is x_in).
+    a_in: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    /// x_in + attention output (before the norm for post-LN).
+    r1: Vec<f32>,
+    /// Feed-forward input.
+    f_in: Vec<f32>,
+    /// Feed-forward pre-activation.
+    u: Vec<f32>,
+    /// Feed-forward residual sum (before the norm for post-LN).
+    r2: Vec<f32>,
+}
+
+/// Saved activations of a training forward pass.
+pub struct Activations {
+    emb: Vec<f32>,
+    blocks: Vec<BlockActs>,
+    /// Input of the final norm (pre-LN models).
+    pre_final: Vec<f32>,
+}
+
+fn ln_fwd(n: &LayerNorm, x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0; x.len()];
+    n.forward(x, &mut y);
+    y
+}
+
+fn lin_fwd(l: &Linear, x: &[f32], rows: usize, mode: LinearOut, out: &mut [f32]) -> Result<()> {
+    // Training changes weights every step: use the unpacked path (no cached packing).
+    linear_forward(&l.weight, l.bias.as_ref(), x, rows, out, mode)
+}
+
+fn attn_fwd(
+    model: &Transformer,
+    qkv: &[f32],
+    batch: &Batch,
+    mask: MaskKind,
+    out: &mut [f32],
+) -> Result<()> {
+    let h = model.config.hidden_size;
+    let offsets = batch.offsets();
+    let seqs: Vec<AttnSeq> = offsets
+        .iter()
+        .zip(&batch.seq_lens)
+        .map(|(&o, &l)| AttnSeq {
+            q: &qkv[o * 3 * h..],
+            q_rs: 3 * h,
+            lq: l,
+            k: &qkv[o * 3 * h + h..],
+            k_rs: 3 * h,
+            v: &qkv[o * 3 * h + 2 * h..],
+            v_rs: 3 * h,
+            lk: l,
+            q_pos0: 0,
+            key_mask: batch.key_mask.as_ref().map(|m| &m[o..o + l]),
+            out_row0: o,
+        })
+        .collect();
+    attention(
+        &seqs,
+        model.config.num_heads,
+        model.config.head_dim(),
+        mask,
+        out,
+    )
+}
+
+/// Forward pass that keeps what the backward pass needs. batch -> hidden [tokens, hidden].
+pub fn forward(
+    model: &Transformer,
+    batch: &Batch,
+    mask: MaskKind,
+) -> Result<(Vec<f32>, Activations)> {
+    let cfg = &model.config;
+    let (t, h, inter) = (batch.tokens(), cfg.hidden_size, cfg.intermediate_size);
+    let e = &model.embeddings;
+    let mut emb = vec![0.0; t * h];
+    let types: &[u32] = if e.token_type.is_some() {
+        &batch.type_ids
+    } else {
+        &[]
+    };
+    gather_sum(
+        &e.word,
+        Some(&e.position),
+        e.token_type.as_ref(),
+        &batch.ids,
+        &batch.positions,
+        types,
+        &mut emb,
+    )?;
+    let mut x = match &e.norm {
+        Some(n) => ln_fwd(n, &emb),
+        None => emb.clone(),
+    };
+    let pre = cfg.norm == NormPlacement::Pre;
+    let mut blocks = Vec::with_capacity(model.blocks.len());
+    for b in &model.blocks {
+        let a_in = if pre {
+            ln_fwd(&b.ln_attn, &x)
+        } else {
+            Vec::new()
+        };
+        let mut qkv = vec![0.0; t * 3 * h];
+        lin_fwd(
+            &b.qkv,
+            if pre { &a_in } else { &x },
+            t,
+            LinearOut::Write,
+            &mut qkv,
+        )?;
+        let mut ctx = vec![0.0; t * h];
+        attn_fwd(model, &qkv, batch, mask, &mut ctx)?;
+        let mut r1 = x.clone();
+        lin_fwd(&b.attn_out, &ctx, t, LinearOut::Accumulate, &mut r1)?;
+        let f_in = if pre {
+            ln_fwd(&b.ln_ffn, &r1)
+        } else {
+            ln_fwd(&b.ln_attn, &r1)
+        };
+        let mut u = vec![0.0; t * inter];
+        lin_fwd(&b.ffn_in, &f_in, t, LinearOut::Write, &mut u)?;
+        let g: Vec<f32> = u.iter().map(|&v| cfg.activation.apply(v)).collect();
+        let mut r2 = if pre { r1.clone() } else { f_in.clone() };
+        lin_fwd(&b.ffn_out, &g, t, LinearOut::Accumulate, &mut r2)?;
+        let out = if pre {
+            r2.clone()
+        } else {
+            ln_fwd(&b.ln_ffn, &r2)
+        };
+        blocks.push(BlockActs {
+            x_in: std::mem::replace(&mut x, out),
+            a_in,
+            qkv,
+            ctx,
+            r1,
+            f_in,
+            u,
+            r2,
+        });
+    }
+    let pre_final = x.clone();
+    if let Some(n) = &model.final_norm {
+        x = ln_fwd(n, &x);
+    }
+    Ok((
+        x,
+        Activations {
+            emb,
+            blocks,
+            pre_final,
+        },
+    ))
+}
+
+fn add(a: &mut [f32], b: &[f32]) {
+    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+}
+
+fn lin_back(
+    l: &Linear,
+    g: &mut Linear,
+    x: &[f32],
+    dy: &[f32],
+    rows: usize,
+    dx: Option<&mut [f32]>,
+) -> Result<()> {
+    linear_backward(
+        x,
+        &l.weight,
+        dy,
+        rows,
+        dx,
+        Some(g.weight.data_mut()),
+        g.bias.as_mut().map(|b| b.data_mut()),
+    )
+}
+
+fn ln_back(n: &LayerNorm, g: &mut LayerNorm, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0.0; x.len()];
+    layer_norm_backward(
+        x,
+        n.weight.data(),
+        n.eps,
+        dy,
+        &mut dx,
+        g.weight.data_mut(),
+        g.bias.data_mut(),
+    );
+    dx
+}
+
+/// Backward pass from `dhidden` (gradient of the loss w.r.t. the forward's output);
+/// parameter gradients are added into `grads`.
+pub fn backward(
+    model: &Transformer,
+    batch: &Batch,
+    mask: MaskKind,
+    acts: &Activations,
+    mut dx: Vec<f32>,
+    grads: &mut Transformer,
+) -> Result<()> {
+    let cfg = &model.config;
+    let (t, h) = (batch.tokens(), cfg.hidden_size);
+    let pre = cfg.norm == NormPlacement::Pre;
+    if let (Some(n), Some(gn)) = (&model.final_norm, &mut grads.final_norm) {
+        dx = ln_back(n, gn, &acts.pre_final, &dx);
+    }
+    for (l, (b, a)) in model.blocks.iter().zip(&acts.blocks).enumerate().rev() {
+        let gb = &mut grads.blocks[l];
+        // Feed-forward sublayer.
+        let dr2 = if pre {
+            dx
+        } else {
+            ln_back(&b.ln_ffn, &mut gb.ln_ffn, &a.r2, &dx)
+        };
+        let g: Vec<f32> = a.u.iter().map(|&v| cfg.activation.apply(v)).collect();
+        let mut du = vec![0.0; a.u.len()];
+        lin_back(&b.ffn_out, &mut gb.ffn_out, &g, &dr2, t, Some(&mut du))?;
+        activation_backward(cfg.activation, &a.u, &mut du);
+        let mut df_in = vec![0.0; t * h];
+        lin_back(&b.ffn_in, &mut gb.ffn_in, &a.f_in, &du, t, Some(&mut df_in))?;
+        let mut dr1 = if pre {
+            let mut d = dr2;
+            add(&mut d, &ln_back(&b.ln_ffn, &mut gb.ln_ffn, &a.r1, &df_in));
+            d
+        } else {
+            let mut d = dr2;
+            add(&mut d, &df_in);
+            ln_back(&b.ln_attn, &mut gb.ln_attn, &a.r1, &d)
+        };
+        // Attention sublayer.
+        let mut dctx = vec![0.0; t * h];
+        lin_back(
+            &b.attn_out,
+            &mut gb.attn_out,
+            &a.ctx,
+            &dr1,
+            t,
+            Some(&mut dctx),
+        )?;
+        let mut dqkv = vec![0.0; t * 3 * h];
+        attention_backward(
+            &a.qkv,
+            &dctx,
+            &mut dqkv,
+            &batch.seq_lens,
+            cfg.num_heads,
+            cfg.head_dim(),
+            mask,
+            batch.key_mask.as_deref(),
+        )?;
+        let mut da_in = vec![0.0; t * h];
+        lin_back(
+            &b.qkv,
+            &mut gb.qkv,
+            if pre { &a.a_in } else { &a.x_in },
+            &dqkv,
+            t,
+            Some(&mut da_in),
+        )?;
+        if pre {
+            add(
+                &mut dr1,
+                &ln_back(&b.ln_attn, &mut gb.ln_attn, &a.x_in, &da_in),
+            );
+        } else {
+            add(&mut dr1, &da_in);
+        }
+        dx = dr1;
+    }
+    let e = &model.embeddings;
+    let ge = &mut grads.embeddings;
+    let de = match (&e.norm, &mut ge.norm) {
+        (Some(n), Some(gn)) => ln_back(n, gn, &acts.emb, &dx),
+        _ => dx,
+    };
+    embedding_backward(&batch.ids, &de, h, ge.word.data_mut());
+    embedding_backward(&batch.positions, &de, h, ge.position.data_mut());
+    if let Some(gt) = &mut ge.token_type {
+        embedding_backward(&batch.type_ids, &de, h, gt.data_mut());
+    }
+    Ok(())
+}
+
+/// Masked-LM loss at `positions` (rows of the packed batch) with `targets`, and its
+/// gradients (added into `grads`). Only the selected rows go through the vocabulary projection.
+pub fn mlm_loss(
+    p: &Pretrained,
+    batch: &Batch,
+    positions: &[usize],
+    targets: &[i64],
+    grads: &mut Pretrained,
+) -> Result<f32> {
+    let head = p
+        .mlm_head
+        .as_ref()
+        .ok_or_else(|| Error::Input("the model has no masked-LM head".into()))?;
+    if positions.len() != targets.len() {
+        return Err(Error::shape("mlm_loss", "one target per position"));
+    }
+    let mask = p.model.default_mask();
+    let (hidden, acts) = forward(&p.model, batch, mask)?;
+    let (h, v, n) = (
+        p.config().hidden_size,
+        p.config().vocab_size,
+        positions.len(),
+    );
+    let hs: Vec<f32> = positions
+        .iter()
+        .flat_map(|&r| hidden[r * h..(r + 1) * h].to_vec())
+        .collect();
+    let mut u = vec![0.0; n * h];
+    lin_fwd(&head.transform, &hs, n, LinearOut::Write, &mut u)?;
+    let a: Vec<f32> = u.iter().map(|&x| head.activation.apply(x)).collect();
+    let nrm = ln_fwd(&head.norm, &a);
+    let word = &p.model.embeddings.word;
+    let dec = head.decoder.as_ref().unwrap_or(word);
+    let mut logits = vec![0.0; n * v];
+    linear_forward(
+        dec,
+        Some(&head.bias),
+        &nrm,
+        n,
+        &mut logits,
+        LinearOut::Write,
+    )?;
+    let mut dlogits = vec![0.0; n * v];
+    let (loss, _) = cross_entropy(&logits, v, targets, IGNORE, Some(&mut dlogits))?;
+
+    let gh = grads
+        .mlm_head
+        .as_mut()
+        .ok_or_else(|| Error::Input("gradient buffers lack the MLM head".into()))?;
+    let mut dnrm = vec![0.0; n * h];
+    let dw = match &mut gh.decoder {
+        Some(d) => d.data_mut(),
+        None => grads.model.embeddings.word.data_mut(),
+    };
+    linear_backward(
+        &nrm,
+        dec,
+        &dlogits,
+        n,
+        Some(&mut dnrm),
+        Some(dw),
+        Some(gh.bias.data_mut()),
+    )?;
+    let mut du = ln_back(&head.norm, &mut gh.norm, &a, &dnrm);
+    activation_backward(head.activation, &u, &mut du);
+    let mut dhs = vec![0.0; n * h];
+    lin_back(
+        &head.transform,
+        &mut gh.transform,
+        &hs,
+        &du,
+        n,
+        Some(&mut dhs),
+    )?;
+    let mut dhidden = vec![0.0; hidden.len()];
+    for (k, &r) in positions.iter().enumerate() {
+        add(&mut dhidden[r * h..(r + 1) * h], &dhs[k * h..(k + 1) * h]);
+    }
+    backward(&p.model, batch, mask, &acts, dhidden, &mut grads.model)?;
+    Ok(loss)
+}
+
+/// Causal-LM loss (each token predicts the next one within its sequence) and its gradients.
+pub fn clm_loss(p: &Pretrained, batch: &Batch, grads: &mut Pretrained) -> Result<f32> {
+    let head = p
+        .lm_head
+        .as_ref()
+        .ok_or_else(|| Error::Input("the model has no causal-LM head".into()))?;
+    let mask = p.model.default_mask();
+    let (hidden, acts) = forward(&p.model, batch, mask)?;
+    let (t, v) = (batch.tokens(), p.config().vocab_size);
+    let mut targets = vec![IGNORE; t];
+    for (&o, &l) in batch.offsets().iter().zip(&batch.seq_lens) {
+        for i in 0..l.saturating_sub(1) {
+            targets[o + i] = batch.ids[o + i + 1] as i64;
+        }
+    }
+    let word = &p.model.embeddings.word;
+    let w = head.weight.as_ref().unwrap_or(word);
+    let mut logits = vec![0.0; t * v];
+    linear_forward(w, None, &hidden, t, &mut logits, LinearOut::Write)?;
+    let mut dlogits = vec![0.0; t * v];
+    let (loss, _) = cross_entropy(&logits, v, &targets, IGNORE, Some(&mut dlogits))?;
+    let mut dhidden = vec![0.0; hidden.len()];
+    let gw = match grads.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
+        Some(g) => g.data_mut(),
+        None => grads.model.embeddings.word.data_mut(),
+    };
+    linear_backward(&hidden, w, &dlogits, t, Some(&mut dhidden), Some(gw), None)?;
+    backward(&p.model, batch, mask, &acts, dhidden, &mut grads.model)?;
+    Ok(loss)
+}
