@@ -34,6 +34,8 @@ enum Command {
     Tokenizer(commands::tokenizer::Args),
     /// Create a new BERT or GPT-2 model with random weights for a tokenizer.
     Init(commands::init::Args),
+    /// Pre-train a model on raw text (masked LM or next-token), with checkpoints and resume.
+    Pretrain(Box<commands::pretrain::Args>),
     /// Re-save a model directory in transformers' standard layout (and dtype).
     Convert(commands::convert::Args),
     /// Contextual similarity of one word across sentences: heatmap PNG and CSV matrix.
@@ -52,6 +54,7 @@ fn main() {
         Command::Convert(a) => commands::convert::run(a),
         Command::Tokenizer(a) => commands::tokenizer::run(a),
         Command::Init(a) => commands::init::run(a),
+        Command::Pretrain(a) => commands::pretrain::run(*a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -68,9 +68,9 @@ fn case(name: &str) -> Case {
 fn loss_and_grads(p: &Pretrained, c: &Case, mlm: bool) -> (f32, Pretrained) {
     let mut g = zeros_like(p);
     let loss = if mlm {
-        mlm_loss(p, &c.batch, &c.positions, &c.targets, &mut g).unwrap()
+        mlm_loss(p, &c.batch, &c.positions, &c.targets, &mut g, 1.0).unwrap()
     } else {
-        clm_loss(p, &c.batch, &mut g).unwrap()
+        clm_loss(p, &c.batch, &mut g, 1.0).unwrap()
     };
     (loss, g)
 }

@@ -32,7 +32,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Reads and parses a JSON file, naming the file on error.
-pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::Json {
         path: path.to_path_buf(),

@@ -63,6 +63,16 @@ impl Corpus {
         Ok(Box::new(BufReader::with_capacity(1 << 20, r)))
     }
 
+    /// Every non-empty text in file order, pulled one at a time (streamed).
+    pub fn texts(&self) -> Texts<'_> {
+        Texts {
+            corpus: self,
+            file: 0,
+            reader: None,
+            line: 0,
+        }
+    }
+
     /// Calls `f(text, position)` for every non-empty text, in file order; stops at the first
     /// error (from reading, or returned by `f`), which names the file and line.
     pub fn for_each_text(&self, mut f: impl FnMut(&str, Position) -> Result<()>) -> Result<()> {
@@ -111,5 +121,72 @@ impl Corpus {
             }
         }
         Ok(())
+    }
+}
+
+/// A pull iterator over a corpus' texts (see [`Corpus::texts`]).
+pub struct Texts<'a> {
+    corpus: &'a Corpus,
+    file: usize,
+    reader: Option<std::io::Lines<Box<dyn BufRead + Send>>>,
+    line: usize,
+}
+
+impl Iterator for Texts<'_> {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Result<String>> {
+        loop {
+            if self.file >= self.corpus.files.len() {
+                return None;
+            }
+            let path = &self.corpus.files[self.file];
+            if self.reader.is_none() {
+                match Corpus::open(path) {
+                    Ok(r) => self.reader = Some(r.lines()),
+                    Err(e) => {
+                        self.file = self.corpus.files.len();
+                        return Some(Err(e));
+                    }
+                }
+                self.line = 0;
+            }
+            let next = self.reader.as_mut().and_then(|r| r.next());
+            let Some(line) = next else {
+                self.reader = None;
+                self.file += 1;
+                continue;
+            };
+            self.line += 1;
+            let fail = |msg: String| {
+                Some(Err(Error::Input(format!(
+                    "{} line {}: {msg}",
+                    path.display(),
+                    self.line
+                ))))
+            };
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => return fail(format!("cannot read: {e}")),
+            };
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            if !Corpus::is_jsonl(path) {
+                return Some(Ok(line.to_string()));
+            }
+            let v: serde_json::Value = match serde_json::from_str(line) {
+                Ok(v) => v,
+                Err(e) => return fail(format!("invalid JSON: {e}")),
+            };
+            return match v.get(&self.corpus.text_field).and_then(|t| t.as_str()) {
+                Some(t) => Some(Ok(t.to_string())),
+                None => fail(format!(
+                    "no string field \"{}\" (choose it with --text-field)",
+                    self.corpus.text_field
+                )),
+            };
+        }
     }
 }

@@ -384,12 +384,15 @@ pub fn backward(
 
 /// Masked-LM loss at `positions` (rows of the packed batch) with `targets`, and its
 /// gradients (added into `grads`). Only the selected rows go through the vocabulary projection.
+/// `grad_scale` multiplies the gradient (e.g. this micro-batch's share of the targets of an
+/// accumulated step), not the returned loss.
 pub fn mlm_loss(
     p: &Pretrained,
     batch: &Batch,
     positions: &[usize],
     targets: &[i64],
     grads: &mut Pretrained,
+    grad_scale: f32,
 ) -> Result<f32> {
     let head = p
         .mlm_head
@@ -426,6 +429,7 @@ pub fn mlm_loss(
     )?;
     let mut dlogits = vec![0.0; n * v];
     let (loss, _) = cross_entropy(&logits, v, targets, IGNORE, Some(&mut dlogits))?;
+    scale(&mut dlogits, grad_scale);
 
     let gh = grads
         .mlm_head
@@ -464,8 +468,30 @@ pub fn mlm_loss(
     Ok(loss)
 }
 
-/// Causal-LM loss (each token predicts the next one within its sequence) and its gradients.
-pub fn clm_loss(p: &Pretrained, batch: &Batch, grads: &mut Pretrained) -> Result<f32> {
+/// Targets of the causal-LM objective: each token predicts the next one within its sequence.
+pub fn clm_targets(batch: &Batch) -> Vec<i64> {
+    let mut targets = vec![IGNORE; batch.tokens()];
+    for (&o, &l) in batch.offsets().iter().zip(&batch.seq_lens) {
+        for i in 0..l.saturating_sub(1) {
+            targets[o + i] = batch.ids[o + i + 1] as i64;
+        }
+    }
+    targets
+}
+
+fn scale(x: &mut [f32], s: f32) {
+    if s != 1.0 {
+        x.iter_mut().for_each(|v| *v *= s);
+    }
+}
+
+/// Causal-LM loss and its gradients (scaled by `grad_scale`).
+pub fn clm_loss(
+    p: &Pretrained,
+    batch: &Batch,
+    grads: &mut Pretrained,
+    grad_scale: f32,
+) -> Result<f32> {
     let head = p
         .lm_head
         .as_ref()
@@ -473,18 +499,14 @@ pub fn clm_loss(p: &Pretrained, batch: &Batch, grads: &mut Pretrained) -> Result
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask)?;
     let (t, v) = (batch.tokens(), p.config().vocab_size);
-    let mut targets = vec![IGNORE; t];
-    for (&o, &l) in batch.offsets().iter().zip(&batch.seq_lens) {
-        for i in 0..l.saturating_sub(1) {
-            targets[o + i] = batch.ids[o + i + 1] as i64;
-        }
-    }
+    let targets = clm_targets(batch);
     let word = &p.model.embeddings.word;
     let w = head.weight.as_ref().unwrap_or(word);
     let mut logits = vec![0.0; t * v];
     linear_forward(w, None, &hidden, t, &mut logits, LinearOut::Write)?;
     let mut dlogits = vec![0.0; t * v];
     let (loss, _) = cross_entropy(&logits, v, &targets, IGNORE, Some(&mut dlogits))?;
+    scale(&mut dlogits, grad_scale);
     let mut dhidden = vec![0.0; hidden.len()];
     let gw = match grads.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
         Some(g) => g.data_mut(),

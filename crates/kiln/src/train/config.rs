@@ -1,0 +1,137 @@
+//! Settings of a pre-training run, from flags or a TOML file (`--config`); the field names are
+//! the flag names with `_` for `-`.
+
+use super::schedule::ScheduleKind;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The pre-training objective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Masked language modelling (BERT).
+    Mlm,
+    /// Next-token prediction (GPT).
+    Clm,
+}
+
+/// Every setting of `kiln pretrain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// mlm or clm.
+    pub objective: Objective,
+    /// Training corpus files.
+    pub corpus: Vec<PathBuf>,
+    /// Held-out corpus files for evaluation.
+    pub valid: Vec<PathBuf>,
+    /// JSONL field holding the text.
+    pub text_field: String,
+    /// Tokens per training sequence.
+    pub seq_len: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Linear warmup steps.
+    pub warmup_steps: u64,
+    /// linear, cosine or constant.
+    pub schedule: String,
+    /// Final learning rate as a fraction of the peak.
+    pub min_lr_ratio: f32,
+    /// Optimizer steps to take (or derive from `epochs`).
+    pub max_steps: Option<u64>,
+    /// Passes over the corpus (used when `max_steps` is not set).
+    pub epochs: Option<f64>,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Global gradient-norm limit (0: off).
+    pub clip_norm: f32,
+    /// Seed of masking and dropout.
+    pub seed: u64,
+    /// Evaluate every N steps (0: only at the end).
+    pub eval_every: u64,
+    /// Sequences of the held-out set used per evaluation.
+    pub eval_sequences: usize,
+    /// Save a checkpoint every N steps (0: only at the end).
+    pub save_every: u64,
+    /// Checkpoints to keep.
+    pub keep_last: usize,
+    /// Log a metrics line every N steps.
+    pub log_every: u64,
+    /// MLM: fraction of tokens selected.
+    pub mask_prob: f32,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        PretrainConfig {
+            objective: Objective::Mlm,
+            corpus: Vec::new(),
+            valid: Vec::new(),
+            text_field: "text".into(),
+            seq_len: 128,
+            batch_size: 16,
+            grad_accum: 1,
+            lr: 5e-4,
+            warmup_steps: 0,
+            schedule: "linear".into(),
+            min_lr_ratio: 0.0,
+            max_steps: None,
+            epochs: None,
+            weight_decay: 0.01,
+            clip_norm: 1.0,
+            seed: 42,
+            eval_every: 0,
+            eval_sequences: 64,
+            save_every: 0,
+            keep_last: 2,
+            log_every: 10,
+            mask_prob: 0.15,
+        }
+    }
+}
+
+impl PretrainConfig {
+    /// Reads a TOML file.
+    pub fn from_toml(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            field: e
+                .span()
+                .map_or("?".into(), |s| format!("bytes {}..{}", s.start, s.end)),
+            msg: e.message().to_string(),
+        })
+    }
+
+    /// Checks values once, naming the flag at fault.
+    pub fn validate(&self) -> Result<ScheduleKind> {
+        let bad = |flag: &str, msg: &str| Err(Error::Input(format!("--{flag}: {msg}")));
+        if self.corpus.is_empty() {
+            return bad("corpus", "give at least one file");
+        }
+        if self.seq_len < 4 {
+            return bad("seq-len", "must be at least 4");
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("batch-size", "batch size and --grad-accum must be positive");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", "must be positive");
+        }
+        if !(self.mask_prob > 0.0 && self.mask_prob < 1.0) {
+            return bad("mask-prob", "must be in (0, 1)");
+        }
+        if self.max_steps.is_none() && self.epochs.is_none() {
+            return bad("max-steps", "give --max-steps or --epochs");
+        }
+        if self.keep_last == 0 {
+            return bad("keep-last", "must keep at least one checkpoint");
+        }
+        self.schedule.parse()
+    }
+}

@@ -1,0 +1,128 @@
+//! Training checkpoints, laid out as transformers' Trainer does: `OUT/checkpoint-STEP/` holds a
+//! loadable model directory plus `optimizer.safetensors` (AdamW moments) and
+//! `trainer_state.json` (step, data position, epoch, settings). A checkpoint is written into a
+//! temporary directory and renamed into place, so a crash never leaves a half-written one
+//! under a final name; only the last `keep_last` are kept.
+
+use super::backprop::parameters;
+use super::config::PretrainConfig;
+use super::optim::AdamW;
+use crate::checkpoint::weights::write_safetensors;
+use crate::checkpoint::{self, Pretrained, SaveDtype, WeightStore};
+use crate::engine::Tensor;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where a run stands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Training sequences consumed (the data position).
+    pub sequences: u64,
+    /// Completed passes over the corpus.
+    pub epoch: u64,
+    /// Planned optimizer steps.
+    pub total_steps: u64,
+    /// Latest held-out loss, if evaluated.
+    pub valid_loss: Option<f32>,
+    /// The settings of the run.
+    pub config: PretrainConfig,
+}
+
+fn step_of(dir: &Path) -> Option<u64> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix("checkpoint-")?
+        .parse()
+        .ok()
+}
+
+/// Complete checkpoints in `out`, oldest first.
+pub fn checkpoints(out: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(out)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter_map(|p| step_of(&p).map(|s| (s, p)))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Writes a checkpoint for `state.step` and removes the oldest beyond `keep_last`.
+pub fn save_checkpoint(
+    out: &Path,
+    p: &mut Pretrained,
+    opt: &AdamW,
+    state: &TrainerState,
+    keep_last: usize,
+) -> Result<PathBuf> {
+    let final_dir = out.join(format!("checkpoint-{}", state.step));
+    let tmp = out.join(format!(
+        ".tmp-checkpoint-{}-{}",
+        state.step,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    checkpoint::save(p, &tmp, SaveDtype::F32)?;
+    let mut moments = BTreeMap::new();
+    let names: Vec<String> = parameters(p).into_iter().map(|(n, _, _)| n).collect();
+    if !opt.moments.is_empty() {
+        for (name, (m, v)) in names.iter().zip(&opt.moments) {
+            moments.insert(format!("m.{name}"), Tensor::new(vec![m.len()], m.clone())?);
+            moments.insert(format!("v.{name}"), Tensor::new(vec![v.len()], v.clone())?);
+        }
+    }
+    write_safetensors(&tmp.join("optimizer.safetensors"), &moments, SaveDtype::F32)?;
+    let mut st = serde_json::to_value(state).map_err(|e| Error::Input(e.to_string()))?;
+    st["optimizer_step"] = opt.step.into();
+    let text = serde_json::to_string_pretty(&st).map_err(|e| Error::Input(e.to_string()))?;
+    checkpoint::atomic_write(&tmp.join("trainer_state.json"), text.as_bytes())?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io("remove", &final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io("rename", &final_dir, e))?;
+    let all = checkpoints(out);
+    for old in all.iter().take(all.len().saturating_sub(keep_last)) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(final_dir)
+}
+
+/// Loads the model, optimizer and state of a checkpoint directory.
+pub fn load_checkpoint(dir: &Path) -> Result<(Pretrained, AdamW, TrainerState)> {
+    let mut p = checkpoint::load(dir)?;
+    let path = dir.join("trainer_state.json");
+    let raw = checkpoint::read_json(&path)?;
+    let state: TrainerState = serde_json::from_value(raw.clone()).map_err(|e| Error::Json {
+        path: path.clone(),
+        msg: e.to_string(),
+    })?;
+    let mut opt = AdamW::new(state.config.weight_decay);
+    opt.step = raw
+        .get("optimizer_step")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(state.step);
+    let store = WeightStore::open_files(&[dir.join("optimizer.safetensors")])?;
+    if opt.step > 0 {
+        for (name, t, _) in parameters(&mut p) {
+            let m = store.get(&format!("m.{name}"))?;
+            let v = store.get(&format!("v.{name}"))?;
+            if m.numel() != t.numel() || v.numel() != t.numel() {
+                return Err(Error::TensorShape {
+                    path: dir.join("optimizer.safetensors"),
+                    name: format!("m.{name}"),
+                    found: m.shape().to_vec(),
+                    expected: vec![t.numel()],
+                });
+            }
+            opt.moments.push((m.into_data(), v.into_data()));
+        }
+    }
+    Ok((p, opt, state))
+}

@@ -1,0 +1,274 @@
+//! The pre-training loop on tiny models: it learns, accumulation averages, and a run that is
+//! interrupted after a checkpoint and resumed ends with bit-identical weights.
+
+mod common;
+
+use common::*;
+use kiln::checkpoint;
+use kiln::train::{pretrain, Objective, PretrainConfig};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-pt-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn config(objective: Objective, steps: u64) -> PretrainConfig {
+    PretrainConfig {
+        objective,
+        corpus: vec![fixture("apple_sentences.txt")],
+        valid: vec![fixture("apple_sentences.txt")],
+        seq_len: 16,
+        batch_size: 4,
+        max_steps: Some(steps),
+        lr: 3e-3,
+        warmup_steps: 2,
+        log_every: 1,
+        eval_every: 0,
+        eval_sequences: 8,
+        seed: 5,
+        ..PretrainConfig::default()
+    }
+}
+
+fn losses(out: &std::path::Path) -> Vec<f32> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap() as f32
+        })
+        .collect()
+}
+
+#[test]
+fn mlm_and_clm_pretraining_learn() {
+    for (model, objective) in [("tiny-bert", Objective::Mlm), ("tiny-gpt2", Objective::Clm)] {
+        let out = scratch(&format!("learn-{model}"));
+        let never = AtomicBool::new(false);
+        let s = pretrain(
+            &fixture(model),
+            &out,
+            &config(objective, 25),
+            false,
+            &never,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(s.step, 25);
+        let l = losses(&out);
+        let (first, last) = (
+            l[..3].iter().sum::<f32>() / 3.0,
+            l[l.len() - 3..].iter().sum::<f32>() / 3.0,
+        );
+        assert!(last < 0.8 * first, "{model}: loss {first} -> {last}");
+        assert!(s.valid_loss.is_some());
+        // The output directory is a loadable model, and checkpoints hold the trainer state.
+        let p = checkpoint::load(&out).unwrap();
+        assert_eq!(
+            p.config().arch,
+            checkpoint::load(&fixture(model)).unwrap().config().arch
+        );
+        assert!(out.join("checkpoint-25/trainer_state.json").exists());
+        assert!(out.join("checkpoint-25/optimizer.safetensors").exists());
+        std::fs::remove_dir_all(out).unwrap();
+    }
+}
+
+#[test]
+fn resumed_run_is_bit_identical_to_uninterrupted() {
+    for (model, objective) in [("tiny-bert", Objective::Mlm), ("tiny-gpt2", Objective::Clm)] {
+        let cfg = PretrainConfig {
+            save_every: 3,
+            grad_accum: 2,
+            ..config(objective, 7)
+        };
+        let full = scratch(&format!("full-{model}"));
+        pretrain(
+            &fixture(model),
+            &full,
+            &cfg,
+            false,
+            &AtomicBool::new(false),
+            |_| {},
+        )
+        .unwrap();
+
+        let part = scratch(&format!("part-{model}"));
+        let stop = AtomicBool::new(false);
+        let s = pretrain(&fixture(model), &part, &cfg, false, &stop, |line| {
+            if line["step"].as_u64() == Some(4) {
+                stop.store(true, Ordering::SeqCst); // as Ctrl-C would
+            }
+        })
+        .unwrap();
+        assert!(s.interrupted && s.step == 4);
+        let s = pretrain(
+            &fixture(model),
+            &part,
+            &cfg,
+            true,
+            &AtomicBool::new(false),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(s.step, 7);
+        let a = checkpoint::save::named_tensors(&checkpoint::load(&full).unwrap()).unwrap();
+        let b = checkpoint::save::named_tensors(&checkpoint::load(&part).unwrap()).unwrap();
+        assert_eq!(
+            a, b,
+            "{model}: resumed weights differ from the uninterrupted run"
+        );
+        assert_eq!(losses(&full), losses(&part), "{model}: metrics differ");
+        // keep_last = 2
+        assert_eq!(kiln::train::state::checkpoints(&full).len(), 2);
+        std::fs::remove_dir_all(full).unwrap();
+        std::fs::remove_dir_all(part).unwrap();
+    }
+}
+
+#[test]
+fn accumulation_averages_like_one_big_batch() {
+    // Two micro-batches, each weighted by its share of the targets (as the trainer does), give
+    // the gradient of one batch holding all their sequences. (The 1e-6 floor covers the
+    // attention key bias, whose gradient is exactly zero up to rounding.)
+    use kiln::model::Batch;
+    use kiln::train::backprop::{clm_loss, mlm_loss, zeros_like};
+    let p = checkpoint::load(&fixture("tiny-gpt2")).unwrap();
+    let seqs: Vec<Vec<u32>> = (0..4)
+        .map(|k| {
+            (0..9 + 2 * k)
+                .map(|i| ((i * 37 + k * 11) % 399) as u32 + 1)
+                .collect()
+        })
+        .collect();
+    let refs: Vec<(&[u32], Option<&[u32]>)> = seqs.iter().map(|s| (&s[..], None)).collect();
+    let mut whole = zeros_like(&p);
+    let loss = clm_loss(&p, &Batch::packed(&refs).unwrap(), &mut whole, 1.0).unwrap();
+    let counts = [
+        seqs[0].len() + seqs[1].len() - 2,
+        seqs[2].len() + seqs[3].len() - 2,
+    ];
+    let total = (counts[0] + counts[1]) as f32;
+    let mut acc = zeros_like(&p);
+    let mut acc_loss = 0.0;
+    for (k, part) in refs.chunks(2).enumerate() {
+        let share = counts[k] as f32 / total;
+        acc_loss += share * clm_loss(&p, &Batch::packed(part).unwrap(), &mut acc, share).unwrap();
+    }
+    assert!((loss - acc_loss).abs() < 1e-5, "{loss} vs {acc_loss}");
+    let (a, b) = (
+        checkpoint::save::named_tensors(&whole).unwrap(),
+        checkpoint::save::named_tensors(&acc).unwrap(),
+    );
+    for (n, t) in &a {
+        let scale = t.data().iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        assert!(
+            max_diff(t.data(), b[n].data()) <= (1e-4 * scale).max(1e-6),
+            "{n}"
+        );
+    }
+    // MLM: the same with masked positions.
+    let p = checkpoint::load(&fixture("tiny-bert")).unwrap();
+    let seqs: Vec<Vec<u32>> = (0..4)
+        .map(|k| {
+            (0..12)
+                .map(|i| ((i * 31 + k * 7) % 240) as u32 + 5)
+                .collect()
+        })
+        .collect();
+    let refs: Vec<(&[u32], Option<&[u32]>)> = seqs.iter().map(|s| (&s[..], None)).collect();
+    let pos = [1usize, 5, 14, 20, 30, 33, 40, 47];
+    let tg: Vec<i64> = pos.iter().map(|&r| ((r * 13) % 200) as i64 + 5).collect();
+    let mut whole = zeros_like(&p);
+    let loss = mlm_loss(
+        &p,
+        &Batch::packed(&refs).unwrap(),
+        &pos,
+        &tg,
+        &mut whole,
+        1.0,
+    )
+    .unwrap();
+    let mut acc = zeros_like(&p);
+    let first: Vec<usize> = pos.iter().cloned().filter(|&r| r < 24).collect();
+    let second: Vec<usize> = pos.iter().filter(|&&r| r >= 24).map(|r| r - 24).collect();
+    let share = first.len() as f32 / pos.len() as f32;
+    let l1 = mlm_loss(
+        &p,
+        &Batch::packed(&refs[..2]).unwrap(),
+        &first,
+        &tg[..first.len()],
+        &mut acc,
+        share,
+    )
+    .unwrap();
+    let l2 = mlm_loss(
+        &p,
+        &Batch::packed(&refs[2..]).unwrap(),
+        &second,
+        &tg[first.len()..],
+        &mut acc,
+        1.0 - share,
+    )
+    .unwrap();
+    assert!((loss - (share * l1 + (1.0 - share) * l2)).abs() < 1e-5);
+    let (a, b) = (
+        checkpoint::save::named_tensors(&whole).unwrap(),
+        checkpoint::save::named_tensors(&acc).unwrap(),
+    );
+    for (n, t) in &a {
+        let scale = t.data().iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        assert!(
+            max_diff(t.data(), b[n].data()) <= (1e-4 * scale).max(1e-6),
+            "{n}"
+        );
+    }
+}
+
+#[test]
+fn bad_settings_name_the_flag() {
+    let never = AtomicBool::new(false);
+    let out = scratch("bad");
+    let err = pretrain(
+        &fixture("tiny-gpt2"),
+        &out,
+        &PretrainConfig {
+            max_steps: None,
+            ..config(Objective::Clm, 1)
+        },
+        false,
+        &never,
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--max-steps"), "{err}");
+    let err = pretrain(
+        &fixture("tiny-gpt2"),
+        &out,
+        &config(Objective::Mlm, 1),
+        false,
+        &never,
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("MLM head"), "{err}");
+    let err = pretrain(
+        &fixture("tiny-gpt2"),
+        &out,
+        &config(Objective::Clm, 1),
+        true,
+        &never,
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--resume"), "{err}");
+    let _ = std::fs::remove_dir_all(out);
+}
