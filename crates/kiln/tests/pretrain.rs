@@ -148,7 +148,7 @@ fn accumulation_averages_like_one_big_batch() {
         .collect();
     let refs: Vec<(&[u32], Option<&[u32]>)> = seqs.iter().map(|s| (&s[..], None)).collect();
     let mut whole = zeros_like(&p);
-    let loss = clm_loss(&p, &Batch::packed(&refs).unwrap(), &mut whole, 1.0).unwrap();
+    let loss = clm_loss(&p, &Batch::packed(&refs).unwrap(), &mut whole, 1.0, None).unwrap();
     let counts = [
         seqs[0].len() + seqs[1].len() - 2,
         seqs[2].len() + seqs[3].len() - 2,
@@ -158,7 +158,8 @@ fn accumulation_averages_like_one_big_batch() {
     let mut acc_loss = 0.0;
     for (k, part) in refs.chunks(2).enumerate() {
         let share = counts[k] as f32 / total;
-        acc_loss += share * clm_loss(&p, &Batch::packed(part).unwrap(), &mut acc, share).unwrap();
+        acc_loss +=
+            share * clm_loss(&p, &Batch::packed(part).unwrap(), &mut acc, share, None).unwrap();
     }
     assert!((loss - acc_loss).abs() < 1e-5, "{loss} vs {acc_loss}");
     let (a, b) = (
@@ -192,6 +193,7 @@ fn accumulation_averages_like_one_big_batch() {
         &tg,
         &mut whole,
         1.0,
+        None,
     )
     .unwrap();
     let mut acc = zeros_like(&p);
@@ -205,6 +207,7 @@ fn accumulation_averages_like_one_big_batch() {
         &tg[..first.len()],
         &mut acc,
         share,
+        None,
     )
     .unwrap();
     let l2 = mlm_loss(
@@ -214,6 +217,7 @@ fn accumulation_averages_like_one_big_batch() {
         &tg[first.len()..],
         &mut acc,
         1.0 - share,
+        None,
     )
     .unwrap();
     assert!((loss - (share * l1 + (1.0 - share) * l2)).abs() < 1e-5);

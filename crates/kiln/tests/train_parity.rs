@@ -68,9 +68,9 @@ fn case(name: &str) -> Case {
 fn loss_and_grads(p: &Pretrained, c: &Case, mlm: bool) -> (f32, Pretrained) {
     let mut g = zeros_like(p);
     let loss = if mlm {
-        mlm_loss(p, &c.batch, &c.positions, &c.targets, &mut g, 1.0).unwrap()
+        mlm_loss(p, &c.batch, &c.positions, &c.targets, &mut g, 1.0, None).unwrap()
     } else {
-        clm_loss(p, &c.batch, &mut g, 1.0).unwrap()
+        clm_loss(p, &c.batch, &mut g, 1.0, None).unwrap()
     };
     (loss, g)
 }
@@ -136,4 +136,23 @@ fn bert_mlm_gradients_and_adamw_match_pytorch() {
 #[test]
 fn gpt2_clm_gradients_and_adamw_match_pytorch() {
     check("tiny-gpt2", "gpt2", false);
+}
+
+/// Training mode draws dropout masks from the seed (same seed, same loss); without a seed
+/// dropout is off and the loss is transformers' eval-mode loss.
+#[test]
+fn dropout_is_seeded_in_training_and_off_otherwise() {
+    let p = checkpoint::load(&fixture("tiny-bert")).unwrap();
+    assert!(p.config().hidden_dropout > 0.0 && p.config().attention_dropout > 0.0);
+    let c = case("bert");
+    let run = |seed: Option<u64>| {
+        let mut g = zeros_like(&p);
+        mlm_loss(&p, &c.batch, &c.positions, &c.targets, &mut g, 1.0, seed).unwrap()
+    };
+    let eval = run(None);
+    assert!((eval - c.exp["loss"].as_f64().unwrap() as f32).abs() < 1e-4);
+    let (a, b, other) = (run(Some(1)), run(Some(1)), run(Some(2)));
+    assert_eq!(a, b);
+    assert_ne!(a, eval);
+    assert_ne!(a, other);
 }

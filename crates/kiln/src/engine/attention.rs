@@ -3,6 +3,7 @@
 //! nothing is transposed or copied per head, and the score matrix lives in a per-thread buffer
 //! that is reused across calls.
 
+use super::dropout::Dropout;
 use super::matmul::{gemm_raw, Par};
 use super::par::SendPtr;
 use crate::error::{Error, Result};
@@ -74,6 +75,18 @@ pub fn attention(
     mask: MaskKind,
     out: &mut [f32],
 ) -> Result<()> {
+    attention_dropout(seqs, heads, head_dim, mask, out, None)
+}
+
+/// [`attention`] with dropout on the attention probabilities (training).
+pub fn attention_dropout(
+    seqs: &[AttnSeq<'_>],
+    heads: usize,
+    head_dim: usize,
+    mask: MaskKind,
+    out: &mut [f32],
+    dropout: Option<Dropout>,
+) -> Result<()> {
     let width = heads * head_dim;
     for (i, s) in seqs.iter().enumerate() {
         let need = |rows: usize, rs: usize| {
@@ -135,6 +148,9 @@ pub fn attention(
             for (i, row) in scores.chunks_mut(s.lk.max(1)).enumerate().take(s.lq) {
                 masked_softmax(row, s.q_pos0 + i, mask, s.key_mask);
             }
+            if let Some(d) = dropout {
+                apply_prob_dropout(scores, d, prob_dropout_base(item / heads, h, heads, s.lk));
+            }
             unsafe {
                 // out_h[lq, d] = P · V_h
                 gemm_raw(
@@ -192,6 +208,23 @@ fn masked_softmax(row: &mut [f32], q_pos: usize, mask: MaskKind, key_mask: Optio
     super::softmax::softmax_inplace(live);
 }
 
+/// Index of the first attention probability of (sequence, head) in the dropout stream.
+fn prob_dropout_base(seq: usize, head: usize, heads: usize, l: usize) -> u64 {
+    ((seq * heads + head) as u64) << 32 | (l as u64 & 0xFFFF_FFFF)
+}
+
+/// Dropout on a `[l, l]` probability block (counter-based, recomputable).
+fn apply_prob_dropout(p: &mut [f32], d: Dropout, base: u64) {
+    let scale = 1.0 / (1.0 - d.p);
+    let sub = Dropout {
+        p: d.p,
+        seed: Dropout::derive(d.seed, base),
+    };
+    for (i, v) in p.iter_mut().enumerate() {
+        *v = if sub.keep(i as u64) { *v * scale } else { 0.0 };
+    }
+}
+
 thread_local! {
     static GRAD_SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -210,6 +243,7 @@ pub fn attention_backward(
     head_dim: usize,
     mask: MaskKind,
     key_mask: Option<&[u8]>,
+    dropout: Option<Dropout>,
 ) -> Result<()> {
     let width = heads * head_dim;
     let tokens: usize = seq_lens.iter().sum();
@@ -277,7 +311,18 @@ pub fn attention_backward(
                 for (i, row) in p.chunks_mut(l).enumerate() {
                     masked_softmax(row, i, mask, km);
                 }
-                // dV = Pᵀ dO
+                // With dropout the forward used P' = P ⊙ M / (1 − p): p holds P' for dV,
+                // and P is kept for the softmax backward.
+                let drop = dropout.map(|d| (d, prob_dropout_base(s, h, heads, l)));
+                let p_orig: Vec<f32> = match drop {
+                    Some((d, base)) => {
+                        let orig = p.clone();
+                        apply_prob_dropout(p, d, base);
+                        orig
+                    }
+                    None => Vec::new(),
+                };
+                // dV = P'ᵀ dO
                 gemm_raw(
                     d.0.add(base + vc),
                     rs,
@@ -295,7 +340,7 @@ pub fn attention_backward(
                     false,
                     Par::Single,
                 );
-                // dP = dO Vᵀ
+                // dP' = dO Vᵀ, then dP = dP' ⊙ M / (1 − p)
                 gemm_raw(
                     dp.as_mut_ptr(),
                     l,
@@ -313,6 +358,10 @@ pub fn attention_backward(
                     false,
                     Par::Single,
                 );
+                if let Some((d, base)) = drop {
+                    apply_prob_dropout(dp, d, base);
+                    p.copy_from_slice(&p_orig);
+                }
                 // dS = P ⊙ (dP − rowsum(P ⊙ dP)), kept in dp
                 for (pr, dr) in p.chunks(l).zip(dp.chunks_mut(l)) {
                     let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
@@ -532,10 +581,12 @@ mod tests {
         let w = heads * d;
         let lens = [3usize, 5];
         let t: usize = lens.iter().sum();
-        for mask in [
-            MaskKind::Bidirectional,
-            MaskKind::Causal,
-            MaskKind::Prefix(2),
+        for (mask, drop) in [
+            (MaskKind::Bidirectional, None),
+            (MaskKind::Causal, None),
+            (MaskKind::Prefix(2), None),
+            (MaskKind::Bidirectional, Some(Dropout { p: 0.3, seed: 11 })),
+            (MaskKind::Causal, Some(Dropout { p: 0.3, seed: 12 })),
         ] {
             let key_mask: Vec<u8> = (0..t).map(|i| u8::from(i != 4)).collect();
             for km in [None, Some(&key_mask[..])] {
@@ -561,11 +612,11 @@ mod tests {
                         row += l;
                     }
                     let mut out = vec![0.0; t * w];
-                    attention(&seqs, heads, d, mask, &mut out).unwrap();
+                    attention_dropout(&seqs, heads, d, mask, &mut out, drop).unwrap();
                     out.iter().zip(&r).map(|(a, b)| a * b).sum()
                 };
                 let mut grad = vec![0.0; qkv.len()];
-                attention_backward(&qkv, &r, &mut grad, &lens, heads, d, mask, km).unwrap();
+                attention_backward(&qkv, &r, &mut grad, &lens, heads, d, mask, km, drop).unwrap();
                 let scale = grad.iter().fold(1e-3f32, |m, g| m.max(g.abs()));
                 for i in 0..qkv.len() {
                     let orig = qkv[i];

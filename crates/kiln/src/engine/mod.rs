@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod dropout;
 pub mod embedding;
 pub mod grad;
 pub mod linear;

@@ -5,7 +5,8 @@
 //! they have the model's Hugging Face names too.
 
 use crate::checkpoint::Pretrained;
-use crate::engine::attention::{attention, attention_backward, AttnSeq};
+use crate::engine::attention::{attention_backward, attention_dropout, AttnSeq};
+use crate::engine::dropout::Dropout;
 use crate::engine::embedding::gather_sum;
 use crate::engine::grad::{
     activation_backward, cross_entropy, embedding_backward, layer_norm_backward, linear_backward,
@@ -135,6 +136,7 @@ fn attn_fwd(
     batch: &Batch,
     mask: MaskKind,
     out: &mut [f32],
+    drop: Option<Dropout>,
 ) -> Result<()> {
     let h = model.config.hidden_size;
     let offsets = batch.offsets();
@@ -155,21 +157,71 @@ fn attn_fwd(
             out_row0: o,
         })
         .collect();
-    attention(
+    attention_dropout(
         &seqs,
         model.config.num_heads,
         model.config.head_dim(),
         mask,
         out,
+        drop,
     )
 }
 
+/// The dropout sites of a training pass: embeddings, and per block the attention
+/// probabilities, the attention output and the feed-forward output (where transformers'
+/// BERT and GPT-2 apply `hidden_dropout_prob` / `resid_pdrop` and the attention dropout).
+#[derive(Clone, Copy)]
+struct Drops {
+    seed: u64,
+    hidden: f32,
+    attn: f32,
+}
+
+impl Drops {
+    fn new(model: &Transformer, seed: Option<u64>) -> Option<Self> {
+        let c = &model.config;
+        seed.filter(|_| c.hidden_dropout > 0.0 || c.attention_dropout > 0.0)
+            .map(|seed| Drops {
+                seed,
+                hidden: c.hidden_dropout as f32,
+                attn: c.attention_dropout as f32,
+            })
+    }
+    fn site(&self, p: f32, stream: u64) -> Option<Dropout> {
+        (p > 0.0).then(|| Dropout {
+            p,
+            seed: Dropout::derive(self.seed, stream),
+        })
+    }
+    fn embeddings(&self) -> Option<Dropout> {
+        self.site(self.hidden, 0)
+    }
+    fn probs(&self, layer: usize) -> Option<Dropout> {
+        self.site(self.attn, 1 + 3 * layer as u64)
+    }
+    fn attn_out(&self, layer: usize) -> Option<Dropout> {
+        self.site(self.hidden, 2 + 3 * layer as u64)
+    }
+    fn ffn_out(&self, layer: usize) -> Option<Dropout> {
+        self.site(self.hidden, 3 + 3 * layer as u64)
+    }
+}
+
+fn drop_inplace(d: Option<Dropout>, x: &mut [f32]) {
+    if let Some(d) = d {
+        d.apply(x);
+    }
+}
+
 /// Forward pass that keeps what the backward pass needs. batch -> hidden [tokens, hidden].
+/// With `dropout_seed`, dropout is on (training mode) with the config's probabilities.
 pub fn forward(
     model: &Transformer,
     batch: &Batch,
     mask: MaskKind,
+    dropout_seed: Option<u64>,
 ) -> Result<(Vec<f32>, Activations)> {
+    let drops = Drops::new(model, dropout_seed);
     let cfg = &model.config;
     let (t, h, inter) = (batch.tokens(), cfg.hidden_size, cfg.intermediate_size);
     let e = &model.embeddings;
@@ -192,9 +244,10 @@ pub fn forward(
         Some(n) => ln_fwd(n, &emb),
         None => emb.clone(),
     };
+    drop_inplace(drops.and_then(|d| d.embeddings()), &mut x);
     let pre = cfg.norm == NormPlacement::Pre;
     let mut blocks = Vec::with_capacity(model.blocks.len());
-    for b in &model.blocks {
+    for (l, b) in model.blocks.iter().enumerate() {
         let a_in = if pre {
             ln_fwd(&b.ln_attn, &x)
         } else {
@@ -209,9 +262,19 @@ pub fn forward(
             &mut qkv,
         )?;
         let mut ctx = vec![0.0; t * h];
-        attn_fwd(model, &qkv, batch, mask, &mut ctx)?;
+        attn_fwd(
+            model,
+            &qkv,
+            batch,
+            mask,
+            &mut ctx,
+            drops.and_then(|d| d.probs(l)),
+        )?;
+        let mut o = vec![0.0; t * h];
+        lin_fwd(&b.attn_out, &ctx, t, LinearOut::Write, &mut o)?;
+        drop_inplace(drops.and_then(|d| d.attn_out(l)), &mut o);
         let mut r1 = x.clone();
-        lin_fwd(&b.attn_out, &ctx, t, LinearOut::Accumulate, &mut r1)?;
+        add(&mut r1, &o);
         let f_in = if pre {
             ln_fwd(&b.ln_ffn, &r1)
         } else {
@@ -220,8 +283,11 @@ pub fn forward(
         let mut u = vec![0.0; t * inter];
         lin_fwd(&b.ffn_in, &f_in, t, LinearOut::Write, &mut u)?;
         let g: Vec<f32> = u.iter().map(|&v| cfg.activation.apply(v)).collect();
+        let mut o2 = vec![0.0; t * h];
+        lin_fwd(&b.ffn_out, &g, t, LinearOut::Write, &mut o2)?;
+        drop_inplace(drops.and_then(|d| d.ffn_out(l)), &mut o2);
         let mut r2 = if pre { r1.clone() } else { f_in.clone() };
-        lin_fwd(&b.ffn_out, &g, t, LinearOut::Accumulate, &mut r2)?;
+        add(&mut r2, &o2);
         let out = if pre {
             r2.clone()
         } else {
@@ -298,7 +364,9 @@ pub fn backward(
     acts: &Activations,
     mut dx: Vec<f32>,
     grads: &mut Transformer,
+    dropout_seed: Option<u64>,
 ) -> Result<()> {
+    let drops = Drops::new(model, dropout_seed);
     let cfg = &model.config;
     let (t, h) = (batch.tokens(), cfg.hidden_size);
     let pre = cfg.norm == NormPlacement::Pre;
@@ -315,7 +383,9 @@ pub fn backward(
         };
         let g: Vec<f32> = a.u.iter().map(|&v| cfg.activation.apply(v)).collect();
         let mut du = vec![0.0; a.u.len()];
-        lin_back(&b.ffn_out, &mut gb.ffn_out, &g, &dr2, t, Some(&mut du))?;
+        let mut do2 = dr2.clone();
+        drop_inplace(drops.and_then(|d| d.ffn_out(l)), &mut do2);
+        lin_back(&b.ffn_out, &mut gb.ffn_out, &g, &do2, t, Some(&mut du))?;
         activation_backward(cfg.activation, &a.u, &mut du);
         let mut df_in = vec![0.0; t * h];
         lin_back(&b.ffn_in, &mut gb.ffn_in, &a.f_in, &du, t, Some(&mut df_in))?;
@@ -348,6 +418,7 @@ pub fn backward(
             cfg.head_dim(),
             mask,
             batch.key_mask.as_deref(),
+            drops.and_then(|d| d.probs(l)),
         )?;
         let mut da_in = vec![0.0; t * h];
         lin_back(
@@ -368,6 +439,7 @@ pub fn backward(
         }
         dx = dr1;
     }
+    drop_inplace(drops.and_then(|d| d.embeddings()), &mut dx);
     let e = &model.embeddings;
     let ge = &mut grads.embeddings;
     let de = match (&e.norm, &mut ge.norm) {
@@ -385,7 +457,8 @@ pub fn backward(
 /// Masked-LM loss at `positions` (rows of the packed batch) with `targets`, and its
 /// gradients (added into `grads`). Only the selected rows go through the vocabulary projection.
 /// `grad_scale` multiplies the gradient (e.g. this micro-batch's share of the targets of an
-/// accumulated step), not the returned loss.
+/// accumulated step), not the returned loss. With `dropout_seed` the model is in training mode
+/// (dropout on); without, dropout is off (evaluation, parity tests).
 pub fn mlm_loss(
     p: &Pretrained,
     batch: &Batch,
@@ -393,6 +466,7 @@ pub fn mlm_loss(
     targets: &[i64],
     grads: &mut Pretrained,
     grad_scale: f32,
+    dropout_seed: Option<u64>,
 ) -> Result<f32> {
     let head = p
         .mlm_head
@@ -402,7 +476,7 @@ pub fn mlm_loss(
         return Err(Error::shape("mlm_loss", "one target per position"));
     }
     let mask = p.model.default_mask();
-    let (hidden, acts) = forward(&p.model, batch, mask)?;
+    let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
     let (h, v, n) = (
         p.config().hidden_size,
         p.config().vocab_size,
@@ -464,7 +538,15 @@ pub fn mlm_loss(
     for (k, &r) in positions.iter().enumerate() {
         add(&mut dhidden[r * h..(r + 1) * h], &dhs[k * h..(k + 1) * h]);
     }
-    backward(&p.model, batch, mask, &acts, dhidden, &mut grads.model)?;
+    backward(
+        &p.model,
+        batch,
+        mask,
+        &acts,
+        dhidden,
+        &mut grads.model,
+        dropout_seed,
+    )?;
     Ok(loss)
 }
 
@@ -491,13 +573,14 @@ pub fn clm_loss(
     batch: &Batch,
     grads: &mut Pretrained,
     grad_scale: f32,
+    dropout_seed: Option<u64>,
 ) -> Result<f32> {
     let head = p
         .lm_head
         .as_ref()
         .ok_or_else(|| Error::Input("the model has no causal-LM head".into()))?;
     let mask = p.model.default_mask();
-    let (hidden, acts) = forward(&p.model, batch, mask)?;
+    let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
     let (t, v) = (batch.tokens(), p.config().vocab_size);
     let targets = clm_targets(batch);
     let word = &p.model.embeddings.word;
@@ -513,6 +596,14 @@ pub fn clm_loss(
         None => grads.model.embeddings.word.data_mut(),
     };
     linear_backward(&hidden, w, &dlogits, t, Some(&mut dhidden), Some(gw), None)?;
-    backward(&p.model, batch, mask, &acts, dhidden, &mut grads.model)?;
+    backward(
+        &p.model,
+        batch,
+        mask,
+        &acts,
+        dhidden,
+        &mut grads.model,
+        dropout_seed,
+    )?;
     Ok(loss)
 }

@@ -9,6 +9,7 @@ use super::state::{checkpoints, load_checkpoint, save_checkpoint, TrainerState};
 use crate::checkpoint::{self, Pretrained, SaveDtype};
 use crate::data::mlm::{mask_tokens, MaskConfig};
 use crate::data::{Corpus, Framing, Packer};
+use crate::engine::dropout::mix;
 use crate::engine::grad::cross_entropy;
 use crate::error::{Error, Result};
 use crate::model::Batch;
@@ -386,13 +387,21 @@ pub fn pretrain(
             t.data_mut().fill(0.0);
         }
         let mut loss = 0.0f32;
-        for m in &micros {
+        for (k, m) in micros.iter().enumerate() {
             let share = m.count as f32 / total_targets as f32;
+            // Dropout masks are a function of (seed, step, micro-batch): exact on resume.
+            let drop_seed = Some(mix(cfg.seed ^ mix(step * 1024 + k as u64)));
             let l = match obj.objective {
-                Objective::Mlm => {
-                    mlm_loss(&p, &m.batch, &m.positions, &m.targets, &mut grads, share)?
-                }
-                Objective::Clm => clm_loss(&p, &m.batch, &mut grads, share)?,
+                Objective::Mlm => mlm_loss(
+                    &p,
+                    &m.batch,
+                    &m.positions,
+                    &m.targets,
+                    &mut grads,
+                    share,
+                    drop_seed,
+                )?,
+                Objective::Clm => clm_loss(&p, &m.batch, &mut grads, share, drop_seed)?,
             };
             loss += l * share;
             tokens_since += m.batch.tokens();
