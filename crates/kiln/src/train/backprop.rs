@@ -282,7 +282,7 @@ pub fn forward(
         };
         let mut u = vec![0.0; t * inter];
         lin_fwd(&b.ffn_in, &f_in, t, LinearOut::Write, &mut u)?;
-        let g: Vec<f32> = u.iter().map(|&v| cfg.activation.apply(v)).collect();
+        let g = activated(&u, cfg.activation);
         let mut o2 = vec![0.0; t * h];
         lin_fwd(&b.ffn_out, &g, t, LinearOut::Write, &mut o2)?;
         drop_inplace(drops.and_then(|d| d.ffn_out(l)), &mut o2);
@@ -319,7 +319,14 @@ pub fn forward(
 }
 
 fn add(a: &mut [f32], b: &[f32]) {
-    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+    crate::engine::activation::add_inplace(a, b);
+}
+
+/// `act(x)` as a new buffer, with the vectorized, parallel kernel.
+fn activated(x: &[f32], act: crate::engine::Activation) -> Vec<f32> {
+    let mut y = x.to_vec();
+    crate::engine::activation::bias_act_inplace(&mut y, None, Some(act));
+    y
 }
 
 fn lin_back(
@@ -381,7 +388,7 @@ pub fn backward(
         } else {
             ln_back(&b.ln_ffn, &mut gb.ln_ffn, &a.r2, &dx)
         };
-        let g: Vec<f32> = a.u.iter().map(|&v| cfg.activation.apply(v)).collect();
+        let g = activated(&a.u, cfg.activation);
         let mut du = vec![0.0; a.u.len()];
         let mut do2 = dr2.clone();
         drop_inplace(drops.and_then(|d| d.ffn_out(l)), &mut do2);
@@ -488,7 +495,7 @@ pub fn mlm_loss(
         .collect();
     let mut u = vec![0.0; n * h];
     lin_fwd(&head.transform, &hs, n, LinearOut::Write, &mut u)?;
-    let a: Vec<f32> = u.iter().map(|&x| head.activation.apply(x)).collect();
+    let a = activated(&u, head.activation);
     let nrm = ln_fwd(&head.norm, &a);
     let word = &p.model.embeddings.word;
     let dec = head.decoder.as_ref().unwrap_or(word);
