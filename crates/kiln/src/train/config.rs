@@ -101,9 +101,9 @@ impl PretrainConfig {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
         toml::from_str(&text).map_err(|e| Error::Config {
             path: path.to_path_buf(),
-            field: e
-                .span()
-                .map_or("?".into(), |s| format!("bytes {}..{}", s.start, s.end)),
+            field: e.span().map_or("?".into(), |s| {
+                format!("line {}", text[..s.start].matches('\n').count() + 1)
+            }),
             msg: e.message().to_string(),
         })
     }
