@@ -7,11 +7,12 @@ Two workloads, each a full optimizer step on CPU with 2 threads on both sides:
   (b) gpt2 - GPT-2 L6/H384 (6 heads, FFN 1536, 128 positions) causal LM, byte-level BPE vocab
              50257 (32000 if training that tokenizer takes too long; the header prints the size
              used), batch 8 x 128 tokens.
-Both sides start every run from the SAME initial model directory (`kiln init`), read the same text
-(the Gutenberg validation books, packed into 128-token sequences the same way) and take the same
-optimizer step: AdamW lr 1e-4 (constant), weight decay 0.01 (not on biases and LayerNorm
-weights), gradient clipping at norm 1.0. Dropout is 0 on both sides (Kiln has none; PyTorch's
-model configs are overridden to 0.0).
+Both sides start every run from the SAME initial model directory (`kiln init`, with the dropout
+rates in its config.json set to --dropout, default 0.0), read the same text (the Gutenberg
+validation books, packed into 128-token sequences the same way) and take the same optimizer step:
+AdamW lr 1e-4 (constant), weight decay 0.01 (not on biases and LayerNorm weights), gradient
+clipping at norm 1.0. Both sides take their dropout rates from that config.json (`kiln pretrain`
+applies them in training; the PyTorch models are loaded in train mode with the same values).
 
 Runs alternate (kiln, pytorch, kiln, ...) for --rounds rounds in one invocation; each run is
 --steps optimizer steps from the initial model, the first 2 of which are warm-up and ignored. A
@@ -32,13 +33,14 @@ What each side's step time covers:
            outside the timed region; model loaded once per run, untimed.
 
 Setup (cached in ~/.cache/kiln-bench/train/, reused when present): tokenizers trained with
-`kiln tokenizer train` on the Gutenberg training books, models created with `kiln init`.
+`kiln tokenizer train` on the Gutenberg training books, models created with `kiln init`, and a
+copy of each model whose config.json carries the --dropout rate.
 
 Usage (from the repository root, after `cargo build --release` and ../shared/reference/setup-python.sh):
     ~/.cache/kiln-ref-venv/bin/python bench/train_bench.py [--rounds 3] [--steps 12]
-        [--workloads a,b] [--kiln target/release/kiln] [--json results.json]
+        [--workloads a,b] [--kiln target/release/kiln] [--dropout 0.0] [--json results.json]
 Exit status: 0 all runs succeeded and the checks passed; 1 a Kiln run failed, a loss was not
-finite, or the two sides' first-step causal-LM losses disagree; 2 setup error (wrong package
+finite, or (dropout 0 only) the two sides' first-step causal-LM losses disagree; 2 setup error (wrong package
 versions, no kiln binary, missing data, a setup command failed).
 """
 
@@ -111,6 +113,7 @@ class Workload:
     lowercase: bool
     init_flags: list   # kiln init flags besides --arch/--tokenizer/--out
     model_name: str    # cache folder stem
+    dropout_keys: list  # config.json fields holding this architecture's dropout rates
     model_dir: Path = None
     tokenizer_dir: Path = None
 
@@ -119,11 +122,13 @@ def workload_specs(bpe_vocab):
     return {
         "a": Workload(
             "a", "(a) BERT-mini MLM, 16 x 128", "bert", "mlm", 16, "wordpiece", 30522, True,
-            ["--size", "mini"], "bert-mini"),
+            ["--size", "mini"], "bert-mini",
+            ["hidden_dropout_prob", "attention_probs_dropout_prob"]),
         "b": Workload(
             "b", "(b) GPT-2 L6/H384 CLM, 8 x 128", "gpt2", "clm", 8, "bpe", bpe_vocab, False,
             ["--size", "small", "--layers", "6", "--hidden", "384", "--heads", "6",
-             "--intermediate", "1536", "--max-positions", str(SEQ_LEN)], "gpt2-L6-H384"),
+             "--intermediate", "1536", "--max-positions", str(SEQ_LEN)], "gpt2-L6-H384",
+            ["resid_pdrop", "embd_pdrop", "attn_pdrop"]),
     }
 
 
@@ -158,6 +163,9 @@ def parse_args():
     p.add_argument("--steps", type=int, default=12,
                    help=f"optimizer steps per run, the first {WARMUP_STEPS} of them warm-up")
     p.add_argument("--workloads", default="a,b", help="comma-separated subset of a,b")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout rate written into the models' config.json, used by both sides "
+                        "(default 0.0; kiln init writes 0.1)")
     p.add_argument("--bpe-vocab", type=int, default=50257,
                    help="vocabulary of workload (b)'s byte-level BPE tokenizer")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "kiln-bench" / "train",
@@ -169,6 +177,8 @@ def parse_args():
         p.error("--workloads takes a comma-separated subset of a,b")
     if args.rounds < 1:
         p.error("--rounds must be positive")
+    if not 0.0 <= args.dropout < 1.0:
+        p.error("--dropout must be in [0, 1)")
     if args.steps <= WARMUP_STEPS:
         p.error(f"--steps must be more than the {WARMUP_STEPS} warm-up steps")
     return args
@@ -238,6 +248,34 @@ def ensure_model(kiln, cache, w):
     return path
 
 
+def with_dropout(base, w, rate):
+    """A copy of the model directory `base` whose config.json sets every dropout rate of the
+    architecture to `rate` (the other files hard-linked), so both sides read the same rates."""
+    path = base.with_name(f"{base.name}-dropout{rate:g}")
+    config = json.loads((base / "config.json").read_text())
+    for key in w.dropout_keys:
+        if key not in config:
+            raise SetupError(f"{base / 'config.json'} has no {key}")
+        config[key] = rate
+    want = json.dumps(config, indent=2) + "\n"
+    if (path / "config.json").exists() and (path / "config.json").read_text() == want and all(
+            (path / f.name).exists() for f in base.iterdir()):
+        return path
+    partial = fresh(path)
+    partial.mkdir(parents=True)
+    for f in base.iterdir():
+        if f.name == "config.json" or not f.is_file():
+            continue
+        try:
+            os.link(f, partial / f.name)
+        except OSError:
+            shutil.copy2(f, partial / f.name)
+    (partial / "config.json").write_text(want)
+    shutil.rmtree(path, ignore_errors=True)
+    partial.rename(path)
+    return path
+
+
 def setup_workloads(args, kiln):
     gutenberg = args.data / "corpora" / "en_gutenberg"
     train, valid = gutenberg / "train.jsonl.gz", gutenberg / "validation.jsonl.gz"
@@ -263,7 +301,7 @@ def setup_workloads(args, kiln):
             tok = ensure_tokenizer(kiln, args.cache, train, w.tokenizer_kind, w.vocab_size,
                                    w.lowercase)
         w.tokenizer_dir = tok
-        w.model_dir = ensure_model(kiln, args.cache, w)
+        w.model_dir = with_dropout(ensure_model(kiln, args.cache, w), w, args.dropout)
         out.append(w)
     return out, valid
 
@@ -329,10 +367,11 @@ class Kiln:
 class PyTorchTrainer:
     name = "pytorch"
 
-    def __init__(self):
+    def __init__(self, dropout):
         import torch
         import transformers
 
+        self.dropout = dropout
         torch.set_num_threads(THREADS)
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
@@ -389,12 +428,11 @@ class PyTorchTrainer:
     def load(self, w):
         from transformers import BertForMaskedLM, GPT2LMHeadModel
 
-        if w.objective == "mlm":
-            model = BertForMaskedLM.from_pretrained(
-                str(w.model_dir), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        else:
-            model = GPT2LMHeadModel.from_pretrained(
-                str(w.model_dir), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        cls = BertForMaskedLM if w.objective == "mlm" else GPT2LMHeadModel
+        # The directory's config.json already holds these rates; passing them makes it explicit.
+        model = cls.from_pretrained(str(w.model_dir), **{k: self.dropout for k in w.dropout_keys})
+        for k in w.dropout_keys:
+            assert getattr(model.config, k) == self.dropout, (k, getattr(model.config, k))
         self.attention[w.key] = model.config._attn_implementation
         return model
 
@@ -510,7 +548,7 @@ def main():
     tmp = Path(tmp_dir.name)
     kiln = Kiln(args.kiln, tmp)
     workloads, corpus = setup_workloads(args, args.kiln)
-    pytorch = PyTorchTrainer()
+    pytorch = PyTorchTrainer(args.dropout)
     for w in workloads:
         pytorch.prepare(w, corpus, args.steps)
         pytorch.load(w)  # reads the weights once (page cache) and records the attention kind
@@ -528,8 +566,10 @@ def main():
     print(f"corpus: {corpus}; {args.rounds} rounds x {args.steps} steps per side, the first "
           f"{WARMUP_STEPS} steps of every run ignored")
     print(f"optimizer: AdamW lr {LR:g} constant, weight decay {WEIGHT_DECAY} (not on biases and "
-          f"LayerNorm weights), clip norm {CLIP_NORM}; dropout 0.0 on both sides (Kiln has none; "
-          "PyTorch's config overridden: hidden/attention_probs_dropout_prob, resid/embd/attn_pdrop)")
+          f"LayerNorm weights), clip norm {CLIP_NORM}")
+    print(f"dropout {args.dropout:g} on both sides: written into each model directory's config.json "
+          "(BERT hidden_dropout_prob, attention_probs_dropout_prob; GPT-2 resid_pdrop, embd_pdrop, "
+          "attn_pdrop), which kiln pretrain applies and PyTorch loads in train mode")
     for w in workloads:
         tok_size = len(pytorch.tokenizers[w.key])
         print(f"workload {w.title}: model {w.model_dir} | tokenizer {w.tokenizer_dir} "
@@ -540,7 +580,7 @@ def main():
 
     results = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "load_average_before": load,
                "versions": {n: version(n) for n in PINNED}, "kiln_version": kiln.version,
-               "threads": THREADS, "seq_len": SEQ_LEN, "steps": args.steps,
+               "threads": THREADS, "seq_len": SEQ_LEN, "dropout": args.dropout, "steps": args.steps,
                "warmup_steps": WARMUP_STEPS, "rounds": args.rounds, "workloads": {}}
     failures = []
     noisy = []
@@ -616,6 +656,8 @@ def main():
         line += f" | step {args.steps}: " + "  ".join(f"{n} {v:.4f}" for n, v in last.items())
         if w.objective == "mlm":
             line += " (MLM: different random masks, so only roughly equal)"
+        elif args.dropout > 0:
+            line += " (dropout on: different random dropout masks, so only roughly equal)"
         elif len(first_loss) == 2:
             diff = abs(first_loss["kiln"] - first_loss["pytorch"])
             ok = diff <= CLM_FIRST_LOSS_TOLERANCE
