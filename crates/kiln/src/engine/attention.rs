@@ -61,6 +61,37 @@ pub struct AttnSeq<'a> {
     pub out_row0: usize,
 }
 
+/// The views of packed sequences that attend only to themselves, read from a fused
+/// `[tokens, 3·width]` QKV buffer (q | k | v per row). `key_mask` has one flag per token.
+pub fn packed_self_attention<'a>(
+    qkv: &'a [f32],
+    width: usize,
+    seq_lens: &[usize],
+    key_mask: Option<&'a [u8]>,
+) -> Vec<AttnSeq<'a>> {
+    let mut o = 0;
+    seq_lens
+        .iter()
+        .map(|&l| {
+            let s = AttnSeq {
+                q: &qkv[o * 3 * width..],
+                q_rs: 3 * width,
+                lq: l,
+                k: &qkv[o * 3 * width + width..],
+                k_rs: 3 * width,
+                v: &qkv[o * 3 * width + 2 * width..],
+                v_rs: 3 * width,
+                lk: l,
+                q_pos0: 0,
+                key_mask: key_mask.map(|m| &m[o..o + l]),
+                out_row0: o,
+            };
+            o += l;
+            s
+        })
+        .collect()
+}
+
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -593,24 +624,7 @@ mod tests {
                 let mut qkv: Vec<f32> = (0..t * 3 * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
                 let r: Vec<f32> = (0..t * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
                 let loss = |qkv: &[f32]| -> f32 {
-                    let mut seqs = Vec::new();
-                    let mut row = 0;
-                    for &l in &lens {
-                        seqs.push(AttnSeq {
-                            q: &qkv[row * 3 * w..],
-                            q_rs: 3 * w,
-                            lq: l,
-                            k: &qkv[row * 3 * w + w..],
-                            k_rs: 3 * w,
-                            v: &qkv[row * 3 * w + 2 * w..],
-                            v_rs: 3 * w,
-                            lk: l,
-                            q_pos0: 0,
-                            key_mask: km.map(|m| &m[row..row + l]),
-                            out_row0: row,
-                        });
-                        row += l;
-                    }
+                    let seqs = packed_self_attention(qkv, w, &lens, km);
                     let mut out = vec![0.0; t * w];
                     attention_dropout(&seqs, heads, d, mask, &mut out, drop).unwrap();
                     out.iter().zip(&r).map(|(a, b)| a * b).sum()

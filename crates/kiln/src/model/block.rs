@@ -4,7 +4,7 @@
 use super::batch::Batch;
 use super::config::{ModelConfig, NormPlacement};
 use super::kv_cache::KvCache;
-use crate::engine::attention::{attention, AttnSeq};
+use crate::engine::attention::{attention, packed_self_attention, AttnSeq};
 use crate::engine::{LayerNorm, Linear, LinearOut, MaskKind};
 use crate::error::{Error, Result};
 
@@ -109,24 +109,8 @@ impl Block {
                 attention(&seqs, cfg.num_heads, cfg.head_dim(), mask, &mut ws.ctx)?;
             }
             None => {
-                let seqs: Vec<AttnSeq> = (0..batch.seq_lens.len())
-                    .map(|s| {
-                        let (o, l) = (offsets[s], batch.seq_lens[s]);
-                        AttnSeq {
-                            q: &qkv[o * 3 * h..],
-                            q_rs: 3 * h,
-                            lq: l,
-                            k: &qkv[o * 3 * h + h..],
-                            k_rs: 3 * h,
-                            v: &qkv[o * 3 * h + 2 * h..],
-                            v_rs: 3 * h,
-                            lk: l,
-                            q_pos0: 0,
-                            key_mask: batch.key_mask.as_ref().map(|m| &m[o..o + l]),
-                            out_row0: o,
-                        }
-                    })
-                    .collect();
+                let seqs =
+                    packed_self_attention(qkv, h, &batch.seq_lens, batch.key_mask.as_deref());
                 attention(&seqs, cfg.num_heads, cfg.head_dim(), mask, &mut ws.ctx)?;
             }
         }

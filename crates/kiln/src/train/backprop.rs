@@ -5,7 +5,7 @@
 //! they have the model's Hugging Face names too.
 
 use crate::checkpoint::Pretrained;
-use crate::engine::attention::{attention_backward, attention_dropout, AttnSeq};
+use crate::engine::attention::{attention_backward, attention_dropout, packed_self_attention};
 use crate::engine::dropout::Dropout;
 use crate::engine::embedding::gather_sum;
 use crate::engine::grad::{
@@ -138,25 +138,12 @@ fn attn_fwd(
     out: &mut [f32],
     drop: Option<Dropout>,
 ) -> Result<()> {
-    let h = model.config.hidden_size;
-    let offsets = batch.offsets();
-    let seqs: Vec<AttnSeq> = offsets
-        .iter()
-        .zip(&batch.seq_lens)
-        .map(|(&o, &l)| AttnSeq {
-            q: &qkv[o * 3 * h..],
-            q_rs: 3 * h,
-            lq: l,
-            k: &qkv[o * 3 * h + h..],
-            k_rs: 3 * h,
-            v: &qkv[o * 3 * h + 2 * h..],
-            v_rs: 3 * h,
-            lk: l,
-            q_pos0: 0,
-            key_mask: batch.key_mask.as_ref().map(|m| &m[o..o + l]),
-            out_row0: o,
-        })
-        .collect();
+    let seqs = packed_self_attention(
+        qkv,
+        model.config.hidden_size,
+        &batch.seq_lens,
+        batch.key_mask.as_deref(),
+    );
     attention_dropout(
         &seqs,
         model.config.num_heads,
