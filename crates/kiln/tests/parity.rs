@@ -344,3 +344,41 @@ fn half_precision_checkpoints_load() {
         std::fs::remove_dir_all(&out).unwrap();
     }
 }
+
+/// Pair truncation strategies, as the `tokenizers` library (and so transformers) applies them.
+#[test]
+fn pair_truncation_strategies() {
+    use kiln::tokenize::Truncation;
+    let p = checkpoint::load(&fixture("tiny-bert")).unwrap();
+    let mut tok = p.tokenizer().unwrap().clone();
+    let (a, b) = ("the quick brown fox jumps over the lazy dog", "how are you");
+    let full = tok.encode(a, Some(b)).unwrap();
+    let count = |e: &kiln::tokenize::Encoding, s: usize| {
+        e.sequence_ids.iter().filter(|x| **x == Some(s)).count()
+    };
+    let (na, nb) = (count(&full, 0), count(&full, 1));
+    assert!(na > nb + 2);
+    let max = full.ids.len() - 3;
+    for (strategy, want_a, want_b) in [
+        (Truncation::LongestFirst, na - 3, nb),
+        (Truncation::OnlyFirst, na - 3, nb),
+        (Truncation::OnlySecond, na, nb - 3),
+    ] {
+        tok.set_truncation(Some(max), strategy).unwrap();
+        let e = tok.encode(a, Some(b)).unwrap();
+        assert_eq!(e.ids.len(), max, "{strategy:?}");
+        assert_eq!(
+            (count(&e, 0), count(&e, 1)),
+            (want_a, want_b),
+            "{strategy:?}"
+        );
+        assert_eq!(e.ids[0], full.ids[0], "[CLS] kept");
+        assert_eq!(e.ids.last(), full.ids.last(), "[SEP] kept");
+    }
+    // Single sentences are cut at the end, special tokens kept.
+    tok.set_truncation(Some(5), Truncation::LongestFirst)
+        .unwrap();
+    let e = tok.encode(a, None).unwrap();
+    assert_eq!(e.ids.len(), 5);
+    assert!(e.special[0] && e.special[4]);
+}
