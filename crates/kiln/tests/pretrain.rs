@@ -80,6 +80,27 @@ fn mlm_and_clm_pretraining_learn() {
 }
 
 #[test]
+fn whole_word_masking_trains() {
+    let out = scratch("wwm");
+    let cfg = PretrainConfig {
+        whole_word_mask: true,
+        ..config(Objective::Mlm, 4)
+    };
+    let s = pretrain(
+        &fixture("tiny-bert"),
+        &out,
+        &cfg,
+        false,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(s.step, 4);
+    assert!(s.loss.is_finite());
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
 fn resumed_run_is_bit_identical_to_uninterrupted() {
     for (model, objective) in [("tiny-bert", Objective::Mlm), ("tiny-gpt2", Objective::Clm)] {
         let cfg = PretrainConfig {

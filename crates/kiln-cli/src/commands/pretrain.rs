@@ -84,6 +84,9 @@ pub struct Args {
     /// MLM: fraction of tokens to mask [default: 0.15].
     #[arg(long)]
     mask_prob: Option<f32>,
+    /// MLM: mask whole words (every piece of a selected word) instead of single tokens.
+    #[arg(long)]
+    whole_word_mask: bool,
     /// Continue from the latest checkpoint in --out.
     #[arg(long)]
     resume: bool,
@@ -121,6 +124,9 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             Objective::Mlm
         };
+    }
+    if a.whole_word_mask {
+        c.whole_word_mask = true;
     }
     if a.max_steps.is_some() {
         c.max_steps = a.max_steps;

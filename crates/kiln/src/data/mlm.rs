@@ -52,10 +52,92 @@ pub fn mask_tokens(
     (positions, targets)
 }
 
+/// Whole-word masking (transformers `DataCollatorForWholeWordMask`): words — a token and the
+/// continuation pieces after it (`continuation[i]`) — are selected in random order until
+/// `round(mask_prob · tokens)` tokens are covered, never splitting a word; each selected token
+/// then gets the 80/10/10 treatment.
+pub fn mask_whole_words(
+    ids: &mut [u32],
+    special: &[bool],
+    continuation: &[bool],
+    cfg: &MaskConfig,
+    rng: &mut impl Rng,
+) -> (Vec<usize>, Vec<i64>) {
+    let mut words: Vec<Vec<usize>> = Vec::new();
+    for i in 0..ids.len() {
+        if special[i] {
+            continue;
+        }
+        match words.last_mut() {
+            Some(w) if continuation[i] && w.last() == Some(&(i - 1)) => w.push(i),
+            _ => words.push(vec![i]),
+        }
+    }
+    let n: usize = words.iter().map(Vec::len).sum();
+    if n == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let budget = ((n as f32 * cfg.mask_prob).round() as usize).max(1);
+    // Fisher–Yates shuffle of the word order.
+    for i in (1..words.len()).rev() {
+        words.swap(i, rng.gen_range(0..=i));
+    }
+    let mut positions = Vec::new();
+    for w in &words {
+        if positions.len() >= budget {
+            break;
+        }
+        if positions.len() + w.len() > budget {
+            continue;
+        }
+        positions.extend_from_slice(w);
+    }
+    positions.sort_unstable();
+    let targets: Vec<i64> = positions.iter().map(|&i| ids[i] as i64).collect();
+    for &i in &positions {
+        let r: f32 = rng.gen();
+        if r < 0.8 {
+            ids[i] = cfg.mask_id;
+        } else if r < 0.9 {
+            ids[i] = rng.gen_range(0..cfg.vocab_size);
+        }
+    }
+    (positions, targets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn whole_words_are_masked_together() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let cfg = MaskConfig {
+            mask_prob: 0.15,
+            mask_id: 4,
+            vocab_size: 1000,
+        };
+        let n = 20_000;
+        // Words of 1–3 pieces; token 0 of each sequence of 100 is special.
+        let continuation: Vec<bool> = (0..n)
+            .map(|i| i % 7 == 2 || i % 7 == 3 || i % 7 == 5)
+            .collect();
+        let special: Vec<bool> = (0..n).map(|i| i % 100 == 0).collect();
+        let mut ids: Vec<u32> = (0..n).map(|i| 10 + (i % 900) as u32).collect();
+        let (pos, _) = mask_whole_words(&mut ids, &special, &continuation, &cfg, &mut rng);
+        let frac = pos.len() as f32 / special.iter().filter(|s| !**s).count() as f32;
+        assert!((frac - 0.15).abs() < 0.01, "{frac}");
+        let mut selected = vec![false; n];
+        pos.iter().for_each(|&p| selected[p] = true);
+        for i in 1..n {
+            // A continuation piece is selected exactly when the piece before it is (within a word).
+            if continuation[i] && !special[i] && !special[i - 1] {
+                assert_eq!(selected[i], selected[i - 1], "word split at {i}");
+            }
+        }
+        assert!(pos.iter().all(|&p| !special[p]));
+    }
 
     #[test]
     fn masking_proportions_and_specials() {

@@ -64,6 +64,8 @@ pub struct PretrainConfig {
     pub log_every: u64,
     /// MLM: fraction of tokens selected.
     pub mask_prob: f32,
+    /// MLM: select whole words (all their word pieces) rather than single tokens.
+    pub whole_word_mask: bool,
 }
 
 impl Default for PretrainConfig {
@@ -91,6 +93,7 @@ impl Default for PretrainConfig {
             keep_last: 2,
             log_every: 10,
             mask_prob: 0.15,
+            whole_word_mask: false,
         }
     }
 }

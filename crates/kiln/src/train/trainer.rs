@@ -7,7 +7,7 @@ use super::optim::{clip_grad_norm, AdamW, Param};
 use super::schedule::Schedule;
 use super::state::{checkpoints, load_checkpoint, save_checkpoint, TrainerState};
 use crate::checkpoint::{self, Pretrained, SaveDtype};
-use crate::data::mlm::{mask_tokens, MaskConfig};
+use crate::data::mlm::{mask_tokens, mask_whole_words, MaskConfig};
 use crate::data::{Corpus, Framing, Packer};
 use crate::engine::dropout::mix;
 use crate::engine::grad::cross_entropy;
@@ -56,6 +56,8 @@ fn rng_for(seed: u64, step: u64, micro: u64) -> rand::rngs::StdRng {
 struct Objectives {
     objective: Objective,
     mask: Option<MaskConfig>,
+    /// Whole-word masking: whether each vocabulary id continues the previous token's word.
+    continuation: Option<Vec<bool>>,
     special: Vec<u32>,
     framing: Framing,
 }
@@ -83,8 +85,22 @@ impl Objectives {
                 );
                 let mut special = vec![cls, sep, mask];
                 special.extend(tok.pad_id());
+                let continuation = cfg.whole_word_mask.then(|| {
+                    (0..p.config().vocab_size as u32)
+                        .map(|id| {
+                            let t = tok.id_to_token(id).unwrap_or_default();
+                            // WordPiece marks continuations with ##; byte-level BPE and
+                            // SentencePiece mark word starts with Ġ / ▁ instead.
+                            match tok.kind() {
+                                crate::tokenize::TokenizerKind::WordPiece => t.starts_with("##"),
+                                _ => !(t.starts_with('Ġ') || t.starts_with('▁')),
+                            }
+                        })
+                        .collect()
+                });
                 Ok(Objectives {
                     objective: Objective::Mlm,
+                    continuation,
                     mask: Some(MaskConfig {
                         mask_prob: cfg.mask_prob,
                         mask_id: mask,
@@ -109,6 +125,7 @@ impl Objectives {
                 Ok(Objectives {
                     objective: Objective::Clm,
                     mask: None,
+                    continuation: None,
                     special: vec![eos],
                     framing: Framing::Gpt { eos },
                 })
@@ -125,7 +142,16 @@ impl Objectives {
                 let mut off = 0;
                 for mut s in seqs {
                     let special: Vec<bool> = s.iter().map(|t| self.special.contains(t)).collect();
-                    let (pos, tg) = mask_tokens(&mut s, &special, mc, rng);
+                    let (pos, tg) = match &self.continuation {
+                        Some(cont) => {
+                            let c: Vec<bool> = s
+                                .iter()
+                                .map(|&t| cont.get(t as usize).copied().unwrap_or(false))
+                                .collect();
+                            mask_whole_words(&mut s, &special, &c, mc, rng)
+                        }
+                        None => mask_tokens(&mut s, &special, mc, rng),
+                    };
                     positions.extend(pos.iter().map(|p| p + off));
                     targets.extend(tg);
                     off += s.len();
