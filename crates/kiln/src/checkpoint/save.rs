@@ -6,6 +6,7 @@ use super::load::Pretrained;
 use super::weights::{write_safetensors, SaveDtype};
 use crate::engine::{LayerNorm, Linear, Tensor};
 use crate::error::{Error, Result};
+use crate::heads::LmHead;
 use crate::model::arch::QkvNames;
 use crate::model::{Arch, Transformer};
 use std::collections::BTreeMap;
@@ -60,8 +61,6 @@ pub fn named_tensors(p: &Pretrained) -> Result<BTreeMap<String, Tensor>> {
     }
     Ok(out)
 }
-
-use crate::heads::LmHead;
 
 fn base_tensors(m: &Transformer, prefix: &str, out: &mut BTreeMap<String, Tensor>) -> Result<()> {
     let n = m.config.arch.names();

@@ -41,7 +41,13 @@ pub fn mask_tokens(
         positions.push(i);
         targets.push(ids[i] as i64);
     }
-    for &i in &positions {
+    corrupt(ids, &positions, cfg, rng);
+    (positions, targets)
+}
+
+/// The 80/10/10 rule on the selected positions: `[MASK]`, a random token, or unchanged.
+fn corrupt(ids: &mut [u32], positions: &[usize], cfg: &MaskConfig, rng: &mut impl Rng) {
+    for &i in positions {
         let r: f32 = rng.gen();
         if r < 0.8 {
             ids[i] = cfg.mask_id;
@@ -49,7 +55,6 @@ pub fn mask_tokens(
             ids[i] = rng.gen_range(0..cfg.vocab_size);
         }
     }
-    (positions, targets)
 }
 
 /// Whole-word masking (transformers `DataCollatorForWholeWordMask`): words — a token and the
@@ -94,14 +99,7 @@ pub fn mask_whole_words(
     }
     positions.sort_unstable();
     let targets: Vec<i64> = positions.iter().map(|&i| ids[i] as i64).collect();
-    for &i in &positions {
-        let r: f32 = rng.gen();
-        if r < 0.8 {
-            ids[i] = cfg.mask_id;
-        } else if r < 0.9 {
-            ids[i] = rng.gen_range(0..cfg.vocab_size);
-        }
-    }
+    corrupt(ids, &positions, cfg, rng);
     (positions, targets)
 }
 

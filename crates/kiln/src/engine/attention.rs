@@ -257,7 +257,8 @@ fn apply_prob_dropout(p: &mut [f32], d: Dropout, base: u64) {
 }
 
 thread_local! {
-    static GRAD_SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static GRAD_SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Backward of [`attention`] over packed sequences that attend only to themselves (training:
@@ -310,7 +311,7 @@ pub fn attention_backward(
         let (qc, kc, vc) = (h * head_dim, width + h * head_dim, 2 * width + h * head_dim);
         GRAD_SCRATCH.with(|cell| {
             let mut cell = cell.borrow_mut();
-            let (p, dp) = &mut *cell;
+            let (p, dp, p_orig) = &mut *cell;
             p.resize(l * l, 0.0);
             dp.resize(l * l, 0.0);
             let d = dst;
@@ -345,14 +346,11 @@ pub fn attention_backward(
                 // With dropout the forward used P' = P ⊙ M / (1 − p): p holds P' for dV,
                 // and P is kept for the softmax backward.
                 let drop = dropout.map(|d| (d, prob_dropout_base(s, h, heads, l)));
-                let p_orig: Vec<f32> = match drop {
-                    Some((d, base)) => {
-                        let orig = p.clone();
-                        apply_prob_dropout(p, d, base);
-                        orig
-                    }
-                    None => Vec::new(),
-                };
+                if let Some((d, base)) = drop {
+                    p_orig.clear();
+                    p_orig.extend_from_slice(p);
+                    apply_prob_dropout(p, d, base);
+                }
                 // dV = P'ᵀ dO
                 gemm_raw(
                     d.0.add(base + vc),
@@ -391,7 +389,7 @@ pub fn attention_backward(
                 );
                 if let Some((d, base)) = drop {
                     apply_prob_dropout(dp, d, base);
-                    p.copy_from_slice(&p_orig);
+                    p.copy_from_slice(p_orig);
                 }
                 // dS = P ⊙ (dP − rowsum(P ⊙ dP)), kept in dp
                 for (pr, dr) in p.chunks(l).zip(dp.chunks_mut(l)) {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::Batch;
 use rand::SeedableRng;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -507,9 +507,4 @@ pub fn pretrain(
         valid_loss: state.valid_loss,
         interrupted,
     })
-}
-
-/// The newest complete checkpoint in `out`, if any.
-pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
-    checkpoints(out).pop()
 }
