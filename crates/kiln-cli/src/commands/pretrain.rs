@@ -1,5 +1,6 @@
 //! `kiln pretrain`.
 
+use crate::progress::Reporter;
 use anyhow::{Context, Result};
 use kiln::train::{pretrain, Objective, PretrainConfig};
 use std::path::PathBuf;
@@ -30,6 +31,12 @@ pub struct Args {
     /// Held-out text for evaluation.
     #[arg(long, num_args = 1..)]
     valid: Vec<PathBuf>,
+    /// Hold out this fraction of the corpus' texts (lines) for evaluation instead of --valid.
+    #[arg(long)]
+    valid_fraction: Option<f64>,
+    /// Held-out sequences scored at each evaluation [default: 64].
+    #[arg(long)]
+    eval_sequences: Option<usize>,
     /// JSONL field holding the text [default: text].
     #[arg(long)]
     text_field: Option<String>,
@@ -116,8 +123,12 @@ pub fn run(a: Args) -> Result<()> {
         save_every,
         keep_last,
         log_every,
-        mask_prob
+        mask_prob,
+        eval_sequences
     );
+    if a.valid_fraction.is_some() {
+        c.valid_fraction = a.valid_fraction;
+    }
     if let Some(o) = &a.objective {
         c.objective = if o == "clm" {
             Objective::Clm
@@ -151,25 +162,12 @@ pub fn run(a: Args) -> Result<()> {
             eprintln!("\ninterrupted: writing a checkpoint (Ctrl-C again to quit now)");
         });
     }
-    let summary = pretrain(&a.model, &a.out, &c, a.resume, &stop, |line| {
-        eprintln!("{line}")
-    })
-    .with_context(|| format!("pre-training into {}", a.out.display()))?;
+    let mut progress = Reporter::new();
+    let summary = pretrain(&a.model, &a.out, &c, a.resume, &stop, |p| progress.step(p))
+        .with_context(|| format!("pre-training into {}", a.out.display()))?;
+    progress.finish(&summary, &a.out);
     if summary.interrupted {
-        eprintln!(
-            "stopped at step {}/{}; continue with --resume",
-            summary.step, summary.total_steps
-        );
         std::process::exit(130);
     }
-    eprintln!(
-        "done: {} steps, final loss {:.4}{}; model in {}",
-        summary.step,
-        summary.loss,
-        summary
-            .valid_loss
-            .map_or(String::new(), |v| format!(", valid loss {v:.4}")),
-        a.out.display()
-    );
     Ok(())
 }

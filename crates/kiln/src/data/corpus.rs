@@ -1,6 +1,7 @@
 //! A text corpus spread over files: plain text (one text per line) or JSON Lines (a text field
 //! per line), either of them gzip-compressed (`.gz`). Streamed line by line, never loaded whole.
 
+use crate::engine::dropout::mix;
 use crate::error::{Error, Result};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 pub struct Corpus {
     files: Vec<PathBuf>,
     text_field: String,
+    holdout: Option<Holdout>,
 }
 
 /// Where a text came from (for error messages and data positions).
@@ -39,6 +41,7 @@ impl Corpus {
         Ok(Corpus {
             files,
             text_field: text_field.to_string(),
+            holdout: None,
         })
     }
 
@@ -76,51 +79,49 @@ impl Corpus {
     /// Calls `f(text, position)` for every non-empty text, in file order; stops at the first
     /// error (from reading, or returned by `f`), which names the file and line.
     pub fn for_each_text(&self, mut f: impl FnMut(&str, Position) -> Result<()>) -> Result<()> {
-        for (fi, path) in self.files.iter().enumerate() {
-            let jsonl = Self::is_jsonl(path);
-            let reader = Self::open(path)?;
-            for (li, line) in reader.lines().enumerate() {
-                let pos = Position {
-                    file: fi,
-                    line: li + 1,
-                };
-                let line = line.map_err(|e| {
-                    Error::Input(format!(
-                        "{} line {}: cannot read: {e}",
-                        path.display(),
-                        li + 1
-                    ))
-                })?;
-                let line = line.trim_end_matches('\r');
-                if line.trim().is_empty() {
-                    continue;
-                }
-                if jsonl {
-                    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-                        Error::Input(format!(
-                            "{} line {}: invalid JSON: {e}",
-                            path.display(),
-                            li + 1
-                        ))
-                    })?;
-                    let text = v
-                        .get(&self.text_field)
-                        .and_then(|t| t.as_str())
-                        .ok_or_else(|| {
-                            Error::Input(format!(
-                                "{} line {}: no string field \"{}\" (choose it with --text-field)",
-                                path.display(),
-                                li + 1,
-                                self.text_field
-                            ))
-                        })?;
-                    f(text, pos)?;
-                } else {
-                    f(line, pos)?;
-                }
-            }
+        let mut texts = self.texts();
+        while let Some(t) = texts.next() {
+            let t = t?;
+            f(&t, texts.location())?;
         }
         Ok(())
+    }
+
+    /// Splits off a held-out part: each text (a line) goes to the held-out side with
+    /// probability `fraction`, decided by a hash of its file, line and `seed`, so the two sides
+    /// are disjoint, cover the corpus, and stay the same on every pass and every resume.
+    /// Returns (training part, held-out part).
+    pub fn split(&self, fraction: f64, seed: u64) -> Result<(Corpus, Corpus)> {
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(Error::Input(format!(
+                "--valid-fraction: {fraction} is not in (0, 1)"
+            )));
+        }
+        let side = |held_out| Corpus {
+            holdout: Some(Holdout {
+                fraction,
+                seed,
+                held_out,
+            }),
+            ..self.clone()
+        };
+        Ok((side(false), side(true)))
+    }
+}
+
+/// A deterministic split of a corpus' texts (see [`Corpus::split`]).
+#[derive(Clone, Copy, Debug)]
+struct Holdout {
+    fraction: f64,
+    seed: u64,
+    held_out: bool,
+}
+
+impl Holdout {
+    fn keeps(&self, pos: Position) -> bool {
+        let h = mix(self.seed ^ mix(((pos.file as u64) << 40) ^ pos.line as u64));
+        let u = (h >> 11) as f64 / (1u64 << 53) as f64;
+        (u < self.fraction) == self.held_out
     }
 }
 
@@ -130,6 +131,16 @@ pub struct Texts<'a> {
     file: usize,
     reader: Option<std::io::Lines<Box<dyn BufRead + Send>>>,
     line: usize,
+}
+
+impl Texts<'_> {
+    /// Where the text returned last came from.
+    pub fn location(&self) -> Position {
+        Position {
+            file: self.file,
+            line: self.line,
+        }
+    }
 }
 
 impl Iterator for Texts<'_> {
@@ -170,7 +181,12 @@ impl Iterator for Texts<'_> {
                 Err(e) => return fail(format!("cannot read: {e}")),
             };
             let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() {
+            if line.trim().is_empty()
+                || self
+                    .corpus
+                    .holdout
+                    .is_some_and(|h| !h.keeps(self.location()))
+            {
                 continue;
             }
             if !Corpus::is_jsonl(path) {

@@ -127,8 +127,6 @@ pub fn write_csv(path: &Path, occ: &[Occurrence], m: &[f32]) -> Result<()> {
     crate::checkpoint::atomic_write(path, text.as_bytes())
 }
 
-static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
-
 fn short(s: &str, n: usize) -> String {
     let mut out: String = s.chars().take(n).collect();
     if s.chars().count() > n {
@@ -143,9 +141,7 @@ pub fn write_heatmap(path: &Path, word: &str, occ: &[Occurrence], m: &[f32]) -> 
         path: path.to_path_buf(),
         msg: e.to_string(),
     };
-    // The font is embedded so the picture renders the same on any machine (DejaVu Sans, see
-    // assets/DejaVuSans-LICENSE.txt).
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    crate::plot::register_font();
     let n = occ.len().max(1);
     let cell = 44u32;
     let label_w = 380u32;

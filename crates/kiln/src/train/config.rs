@@ -26,6 +26,9 @@ pub struct PretrainConfig {
     pub corpus: Vec<PathBuf>,
     /// Held-out corpus files for evaluation.
     pub valid: Vec<PathBuf>,
+    /// Instead of `valid`: hold out this fraction of the corpus' texts (chosen by a hash of
+    /// file, line and seed).
+    pub valid_fraction: Option<f64>,
     /// JSONL field holding the text.
     pub text_field: String,
     /// Tokens per training sequence.
@@ -74,6 +77,7 @@ impl Default for PretrainConfig {
             objective: Objective::Mlm,
             corpus: Vec::new(),
             valid: Vec::new(),
+            valid_fraction: None,
             text_field: "text".into(),
             seq_len: 128,
             batch_size: 16,
@@ -131,6 +135,20 @@ impl PretrainConfig {
         }
         if self.max_steps.is_none() && self.epochs.is_none() {
             return bad("max-steps", "give --max-steps or --epochs");
+        }
+        if let Some(f) = self.valid_fraction {
+            if !self.valid.is_empty() {
+                return bad(
+                    "valid-fraction",
+                    "give either --valid or --valid-fraction, not both",
+                );
+            }
+            if !(f > 0.0 && f < 1.0) {
+                return bad("valid-fraction", "must be in (0, 1)");
+            }
+        }
+        if self.eval_sequences == 0 {
+            return bad("eval-sequences", "must be positive");
         }
         if self.keep_last == 0 {
             return bad("keep-last", "must keep at least one checkpoint");

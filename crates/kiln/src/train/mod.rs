@@ -11,4 +11,4 @@ pub mod trainer;
 pub use config::{Objective, PretrainConfig};
 pub use optim::{clip_grad_norm, AdamW, Param};
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{pretrain, Summary};
+pub use trainer::{pretrain, Progress, Summary};

@@ -34,6 +34,23 @@ pub struct Summary {
     pub interrupted: bool,
 }
 
+/// What the trainer reports after every optimizer step (for progress bars and logs).
+#[derive(Clone, Copy, Debug)]
+pub struct Progress<'a> {
+    /// Steps completed.
+    pub step: u64,
+    /// Planned steps.
+    pub total_steps: u64,
+    /// Training loss of this step.
+    pub loss: f32,
+    /// Learning rate used in this step.
+    pub lr: f32,
+    /// Tokens processed in this step.
+    pub tokens: usize,
+    /// The line appended to `metrics.jsonl` at this step, if any (log or evaluation step).
+    pub metrics: Option<&'a serde_json::Value>,
+}
+
 /// One micro-batch ready for the loss: packed sequences and, for MLM, the selected positions.
 struct Micro {
     batch: Batch,
@@ -279,14 +296,14 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 
 /// Runs (or, with `resume`, continues) pre-training of the model in `model_dir`, writing
 /// checkpoints, `metrics.jsonl` and the final model into `out`. `stop` requests a checkpoint
-/// and a clean exit (Ctrl-C); `report` sees every metrics line.
+/// and a clean exit (Ctrl-C); `report` sees every step and every metrics line.
 pub fn pretrain(
     model_dir: &Path,
     out: &Path,
     cfg: &PretrainConfig,
     resume: bool,
     stop: &AtomicBool,
-    mut report: impl FnMut(&serde_json::Value),
+    mut report: impl FnMut(&Progress),
 ) -> Result<Summary> {
     let kind = cfg.validate()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io("create directory", out, e))?;
@@ -331,7 +348,17 @@ pub fn pretrain(
     p.dir = out.to_path_buf();
     let obj = Objectives::new(&p, cfg)?;
     let tok = p.tokenizer()?.clone();
-    let corpus = Corpus::new(cfg.corpus.clone(), &cfg.text_field)?;
+    let (corpus, held_out) = {
+        let all = Corpus::new(cfg.corpus.clone(), &cfg.text_field)?;
+        match cfg.valid_fraction {
+            Some(f) => {
+                let (train, valid) = all.split(f, cfg.seed)?;
+                (train, Some(valid))
+            }
+            None if cfg.valid.is_empty() => (all, None),
+            None => (all, Some(Corpus::new(cfg.valid.clone(), &cfg.text_field)?)),
+        }
+    };
     let total = match cfg.max_steps {
         Some(s) => s,
         None => {
@@ -353,10 +380,7 @@ pub fn pretrain(
 
     let mut packer = Packer::new(&corpus, &tok, obj.framing, cfg.seq_len);
     packer.skip(state.sequences)?;
-    let eval_set: Vec<Micro> = if cfg.valid.is_empty() {
-        Vec::new()
-    } else {
-        let vc = Corpus::new(cfg.valid.clone(), &cfg.text_field)?;
+    let eval_set: Vec<Micro> = if let Some(vc) = held_out {
         let mut vp = Packer::new(&vc, &tok, obj.framing, cfg.seq_len);
         let mut set = Vec::new();
         let mut rng = rng_for(cfg.seed, u64::MAX, 0);
@@ -376,6 +400,8 @@ pub fn pretrain(
             set.push(obj.micro(seqs, &mut rng)?);
         }
         set
+    } else {
+        Vec::new()
     };
     let metrics = out.join("metrics.jsonl");
     if resume {
@@ -413,6 +439,7 @@ pub fn pretrain(
             t.data_mut().fill(0.0);
         }
         let mut loss = 0.0f32;
+        let step_tokens: usize = micros.iter().map(|m| m.batch.tokens()).sum();
         for (k, m) in micros.iter().enumerate() {
             let share = m.count as f32 / total_targets as f32;
             // Dropout masks are a function of (seed, step, micro-batch): exact on resume.
@@ -431,6 +458,17 @@ pub fn pretrain(
             };
             loss += l * share;
             tokens_since += m.batch.tokens();
+        }
+        // Checked before the update, so the weights (and every checkpoint on disk) stay those of
+        // the last good step.
+        if !loss.is_finite() {
+            let last = checkpoints(out)
+                .pop()
+                .map_or("none saved yet".into(), |d| d.display().to_string());
+            return Err(Error::Input(format!(
+                "step {}: the loss is {loss}; stopped (last good checkpoint: {last}); lower --lr or raise --warmup-steps, then --resume",
+                step + 1
+            )));
         }
         let mut gparams = parameters(&mut grads);
         let grad_norm = {
@@ -455,12 +493,6 @@ pub fn pretrain(
             opt.update(&mut params, lr)?;
         }
         drop(gparams);
-        if !loss.is_finite() {
-            return Err(Error::Input(format!(
-                "step {}: the loss is {loss}; lower --lr or raise --warmup-steps",
-                step + 1
-            )));
-        }
         last_loss = loss;
         state.step += 1;
         state.sequences = packer.produced;
@@ -488,10 +520,17 @@ pub fn pretrain(
                 o.extend(e.clone());
             }
         }
-        if let Some(l) = line {
-            append_metrics(&metrics, &l)?;
-            report(&l);
+        if let Some(l) = &line {
+            append_metrics(&metrics, l)?;
         }
+        report(&Progress {
+            step: state.step,
+            total_steps: total,
+            loss,
+            lr,
+            tokens: step_tokens,
+            metrics: line.as_ref(),
+        });
         if cfg.save_every > 0 && state.step % cfg.save_every == 0 && !last {
             save_checkpoint(out, &mut p, &opt, &state, cfg.keep_last)?;
         }
