@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use kiln::checkpoint;
-use kiln::train::{pretrain, Objective, PretrainConfig};
+use kiln::train::{pretrain, Objective, PretrainConfig, TrainConfig};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,14 +21,17 @@ fn config(objective: Objective, steps: u64) -> PretrainConfig {
         corpus: vec![fixture("apple_sentences.txt")],
         valid: vec![fixture("apple_sentences.txt")],
         seq_len: 16,
-        batch_size: 4,
-        max_steps: Some(steps),
-        lr: 3e-3,
-        warmup_steps: 2,
-        log_every: 1,
-        eval_every: 0,
         eval_sequences: 8,
-        seed: 5,
+        train: TrainConfig {
+            batch_size: 4,
+            max_steps: Some(steps),
+            lr: 3e-3,
+            warmup_steps: 2,
+            log_every: 1,
+            eval_every: 0,
+            seed: 5,
+            ..TrainConfig::default()
+        },
         ..PretrainConfig::default()
     }
 }
@@ -103,11 +106,9 @@ fn whole_word_masking_trains() {
 #[test]
 fn resumed_run_is_bit_identical_to_uninterrupted() {
     for (model, objective) in [("tiny-bert", Objective::Mlm), ("tiny-gpt2", Objective::Clm)] {
-        let cfg = PretrainConfig {
-            save_every: 3,
-            grad_accum: 2,
-            ..config(objective, 7)
-        };
+        let mut cfg = config(objective, 7);
+        cfg.train.save_every = 3;
+        cfg.train.grad_accum = 2;
         let full = scratch(&format!("full-{model}"));
         pretrain(
             &fixture(model),
@@ -262,9 +263,10 @@ fn bad_settings_name_the_flag() {
     let err = pretrain(
         &fixture("tiny-gpt2"),
         &out,
-        &PretrainConfig {
-            max_steps: None,
-            ..config(Objective::Clm, 1)
+        &{
+            let mut c = config(Objective::Clm, 1);
+            c.train.max_steps = None;
+            c
         },
         false,
         &never,
@@ -321,12 +323,12 @@ fn valid_fraction_conflicts_with_valid() {
 #[test]
 fn valid_fraction_evaluates_on_held_out_texts() {
     let out = scratch("vf-ok");
-    let cfg = PretrainConfig {
+    let mut cfg = PretrainConfig {
         valid: Vec::new(),
         valid_fraction: Some(0.25),
-        eval_every: 2,
         ..config(Objective::Clm, 4)
     };
+    cfg.train.eval_every = 2;
     let s = pretrain(
         &fixture("tiny-gpt2"),
         &out,
@@ -344,13 +346,14 @@ fn valid_fraction_evaluates_on_held_out_texts() {
 fn non_finite_loss_stops_with_the_last_good_checkpoint() {
     let out = scratch("nan");
     // An absurd learning rate blows the weights up within a few steps.
-    let cfg = PretrainConfig {
+    let mut cfg = config(Objective::Clm, 40);
+    cfg.train = TrainConfig {
         lr: 1e12,
         warmup_steps: 0,
         clip_norm: 0.0,
         save_every: 1,
         keep_last: 50,
-        ..config(Objective::Clm, 40)
+        ..cfg.train
     };
     let mut seen = Vec::new();
     let err = pretrain(
@@ -374,4 +377,33 @@ fn non_finite_loss_stops_with_the_last_good_checkpoint() {
     let _ = p;
     assert!(err.contains(&format!("checkpoint-{last}")), "{err}");
     let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn toml_settings_fill_both_levels_and_unknown_keys_are_named() {
+    let dir = scratch("toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("run.toml");
+    std::fs::write(
+        &f,
+        "objective = \"clm\"\ncorpus = [\"a.txt\"]\nlr = 0.001\nmax_steps = 9\nseq_len = 32\n",
+    )
+    .unwrap();
+    let c = PretrainConfig::from_toml(&f).unwrap();
+    assert_eq!(c.objective, Objective::Clm);
+    assert_eq!(
+        (c.train.lr, c.train.max_steps, c.seq_len),
+        (1e-3, Some(9), 32)
+    );
+    assert_eq!(c.train.batch_size, TrainConfig::default().batch_size);
+    std::fs::write(&f, "lr = 0.001\n\nlearning_rate = 0.1\n").unwrap();
+    let err = PretrainConfig::from_toml(&f).unwrap_err().to_string();
+    assert!(
+        err.contains("run.toml") && err.contains("line 3") && err.contains("learning_rate"),
+        "{err}"
+    );
+    std::fs::write(&f, "lr = \"fast\"\n").unwrap();
+    let err = PretrainConfig::from_toml(&f).unwrap_err().to_string();
+    assert!(err.contains("run.toml"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -10,6 +10,7 @@ pub mod plot;
 pub mod pretrain;
 pub mod similarity;
 pub mod tokenizer;
+pub mod train_args;
 
 use anyhow::{Context, Result};
 use std::path::Path;

@@ -1,8 +1,11 @@
-//! Settings of a pre-training run, from flags or a TOML file (`--config`); the field names are
-//! the flag names with `_` for `-`.
+//! Settings of a training run, from flags or a TOML file (`--config`); the field names are the
+//! flag names with `_` for `-`. [`TrainConfig`] holds what every run shares (optimizer,
+//! schedule, batching, evaluation and checkpoint cadence); [`PretrainConfig`] adds the
+//! pre-training data and objective.
 
 use super::schedule::ScheduleKind;
 use crate::error::{Error, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -16,24 +19,11 @@ pub enum Objective {
     Clm,
 }
 
-/// Every setting of `kiln pretrain`.
+/// The settings of the training loop shared by pre-training and fine-tuning.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PretrainConfig {
-    /// mlm or clm.
-    pub objective: Objective,
-    /// Training corpus files.
-    pub corpus: Vec<PathBuf>,
-    /// Held-out corpus files for evaluation.
-    pub valid: Vec<PathBuf>,
-    /// Instead of `valid`: hold out this fraction of the corpus' texts (chosen by a hash of
-    /// file, line and seed).
-    pub valid_fraction: Option<f64>,
-    /// JSONL field holding the text.
-    pub text_field: String,
-    /// Tokens per training sequence.
-    pub seq_len: usize,
-    /// Sequences per micro-batch.
+#[serde(default)]
+pub struct TrainConfig {
+    /// Sequences (examples) per micro-batch.
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
@@ -47,39 +37,27 @@ pub struct PretrainConfig {
     pub min_lr_ratio: f32,
     /// Optimizer steps to take (or derive from `epochs`).
     pub max_steps: Option<u64>,
-    /// Passes over the corpus (used when `max_steps` is not set).
+    /// Passes over the data (used when `max_steps` is not set).
     pub epochs: Option<f64>,
     /// Decoupled weight decay.
     pub weight_decay: f32,
     /// Global gradient-norm limit (0: off).
     pub clip_norm: f32,
-    /// Seed of masking and dropout.
+    /// Seed of data order, masking, dropout and new weights.
     pub seed: u64,
     /// Evaluate every N steps (0: only at the end).
     pub eval_every: u64,
-    /// Sequences of the held-out set used per evaluation.
-    pub eval_sequences: usize,
     /// Save a checkpoint every N steps (0: only at the end).
     pub save_every: u64,
     /// Checkpoints to keep.
     pub keep_last: usize,
     /// Log a metrics line every N steps.
     pub log_every: u64,
-    /// MLM: fraction of tokens selected.
-    pub mask_prob: f32,
-    /// MLM: select whole words (all their word pieces) rather than single tokens.
-    pub whole_word_mask: bool,
 }
 
-impl Default for PretrainConfig {
+impl Default for TrainConfig {
     fn default() -> Self {
-        PretrainConfig {
-            objective: Objective::Mlm,
-            corpus: Vec::new(),
-            valid: Vec::new(),
-            valid_fraction: None,
-            text_field: "text".into(),
-            seq_len: 128,
+        TrainConfig {
             batch_size: 16,
             grad_accum: 1,
             lr: 5e-4,
@@ -92,10 +70,110 @@ impl Default for PretrainConfig {
             clip_norm: 1.0,
             seed: 42,
             eval_every: 0,
-            eval_sequences: 64,
             save_every: 0,
             keep_last: 2,
             log_every: 10,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks values once, naming the flag at fault.
+    pub fn validate(&self) -> Result<ScheduleKind> {
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("batch-size", "batch size and --grad-accum must be positive");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", "must be positive");
+        }
+        if self.max_steps.is_none() && self.epochs.is_none() {
+            return bad("max-steps", "give --max-steps or --epochs");
+        }
+        if self.epochs.is_some_and(|e| !(e > 0.0 && e.is_finite())) {
+            return bad("epochs", "must be positive");
+        }
+        if self.keep_last == 0 {
+            return bad("keep-last", "must keep at least one checkpoint");
+        }
+        self.schedule.parse()
+    }
+}
+
+/// An error naming a flag.
+pub(crate) fn bad<T>(flag: &str, msg: &str) -> Result<T> {
+    Err(Error::Input(format!("--{flag}: {msg}")))
+}
+
+/// Reads a flat TOML file into a settings struct; a key no field takes is an error naming the
+/// file and line (serde's `deny_unknown_fields` cannot see through the flattened loop settings,
+/// so the known keys are those of the serialized defaults).
+pub fn read_toml<T: DeserializeOwned + Serialize + Default>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let line_of = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| Error::Config {
+        path: path.to_path_buf(),
+        field: e
+            .span()
+            .map_or("?".into(), |s| format!("line {}", line_of(s.start))),
+        msg: e.message().to_string(),
+    })?;
+    let known = serde_json::to_value(T::default()).map_err(|e| Error::Input(e.to_string()))?;
+    for key in table.keys() {
+        if known.get(key).is_none() {
+            let at = text.find(key.as_str()).unwrap_or(0);
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                field: format!("line {}", line_of(at)),
+                msg: format!("unknown setting `{key}`"),
+            });
+        }
+    }
+    T::deserialize(toml::Value::Table(table)).map_err(|e| Error::Config {
+        path: path.to_path_buf(),
+        field: "?".into(),
+        msg: e.to_string(),
+    })
+}
+
+/// Every setting of `kiln pretrain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PretrainConfig {
+    /// The loop settings.
+    #[serde(flatten)]
+    pub train: TrainConfig,
+    /// mlm or clm.
+    pub objective: Objective,
+    /// Training corpus files.
+    pub corpus: Vec<PathBuf>,
+    /// Held-out corpus files for evaluation.
+    pub valid: Vec<PathBuf>,
+    /// Instead of `valid`: hold out this fraction of the corpus' texts (chosen by a hash of
+    /// file, line and seed).
+    pub valid_fraction: Option<f64>,
+    /// JSONL field holding the text.
+    pub text_field: String,
+    /// Tokens per training sequence.
+    pub seq_len: usize,
+    /// Sequences of the held-out set used per evaluation.
+    pub eval_sequences: usize,
+    /// MLM: fraction of tokens selected.
+    pub mask_prob: f32,
+    /// MLM: select whole words (all their word pieces) rather than single tokens.
+    pub whole_word_mask: bool,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        PretrainConfig {
+            train: TrainConfig::default(),
+            objective: Objective::Mlm,
+            corpus: Vec::new(),
+            valid: Vec::new(),
+            valid_fraction: None,
+            text_field: "text".into(),
+            seq_len: 128,
+            eval_sequences: 64,
             mask_prob: 0.15,
             whole_word_mask: false,
         }
@@ -105,36 +183,19 @@ impl Default for PretrainConfig {
 impl PretrainConfig {
     /// Reads a TOML file.
     pub fn from_toml(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            field: e.span().map_or("?".into(), |s| {
-                format!("line {}", text[..s.start].matches('\n').count() + 1)
-            }),
-            msg: e.message().to_string(),
-        })
+        read_toml(path)
     }
 
     /// Checks values once, naming the flag at fault.
     pub fn validate(&self) -> Result<ScheduleKind> {
-        let bad = |flag: &str, msg: &str| Err(Error::Input(format!("--{flag}: {msg}")));
         if self.corpus.is_empty() {
             return bad("corpus", "give at least one file");
         }
         if self.seq_len < 4 {
             return bad("seq-len", "must be at least 4");
         }
-        if self.batch_size == 0 || self.grad_accum == 0 {
-            return bad("batch-size", "batch size and --grad-accum must be positive");
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad("lr", "must be positive");
-        }
         if !(self.mask_prob > 0.0 && self.mask_prob < 1.0) {
             return bad("mask-prob", "must be in (0, 1)");
-        }
-        if self.max_steps.is_none() && self.epochs.is_none() {
-            return bad("max-steps", "give --max-steps or --epochs");
         }
         if let Some(f) = self.valid_fraction {
             if !self.valid.is_empty() {
@@ -150,9 +211,6 @@ impl PretrainConfig {
         if self.eval_sequences == 0 {
             return bad("eval-sequences", "must be positive");
         }
-        if self.keep_last == 0 {
-            return bad("keep-last", "must keep at least one checkpoint");
-        }
-        self.schedule.parse()
+        self.train.validate()
     }
 }

@@ -1,14 +1,16 @@
 //! Training: backward passes of the whole model, optimizer, learning-rate schedule, gradient
-//! clipping, checkpoints and the pre-training loop.
+//! clipping, checkpoints, the shared training loop and the tasks it runs (pre-training).
 
 pub mod backprop;
 pub mod config;
 pub mod optim;
+pub mod pretrain;
 pub mod schedule;
 pub mod state;
 pub mod trainer;
 
-pub use config::{Objective, PretrainConfig};
+pub use config::{Objective, PretrainConfig, TrainConfig};
 pub use optim::{clip_grad_norm, AdamW, Param};
+pub use pretrain::pretrain;
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{pretrain, Progress, Summary};
+pub use trainer::{Progress, Summary, Task};

@@ -5,7 +5,6 @@
 //! under a final name; only the last `keep_last` are kept.
 
 use super::backprop::parameters;
-use super::config::PretrainConfig;
 use super::optim::AdamW;
 use crate::checkpoint::weights::write_safetensors;
 use crate::checkpoint::{self, Pretrained, SaveDtype, WeightStore};
@@ -28,8 +27,30 @@ pub struct TrainerState {
     pub total_steps: u64,
     /// Latest held-out loss, if evaluated.
     pub valid_loss: Option<f32>,
-    /// The settings of the run.
-    pub config: PretrainConfig,
+    /// Step and value of the best selection metric so far (fine-tuning).
+    #[serde(default)]
+    pub best: Option<(u64, f64)>,
+    /// Evaluations since the best one (for early stopping).
+    #[serde(default)]
+    pub evals_since_best: u64,
+    /// The settings of the run (the task's config struct as JSON).
+    pub config: serde_json::Value,
+}
+
+impl TrainerState {
+    /// The state before the first step.
+    pub fn new(config: serde_json::Value) -> Self {
+        TrainerState {
+            step: 0,
+            sequences: 0,
+            epoch: 0,
+            total_steps: 0,
+            valid_loss: None,
+            best: None,
+            evals_since_best: 0,
+            config,
+        }
+    }
 }
 
 fn step_of(dir: &Path) -> Option<u64> {
@@ -103,7 +124,8 @@ pub fn load_checkpoint(dir: &Path) -> Result<(Pretrained, AdamW, TrainerState)> 
         path: path.clone(),
         msg: e.to_string(),
     })?;
-    let mut opt = AdamW::new(state.config.weight_decay);
+    let wd = state.config["weight_decay"].as_f64().unwrap_or(0.0) as f32;
+    let mut opt = AdamW::new(wd);
     opt.step = raw
         .get("optimizer_step")
         .and_then(|v| v.as_u64())

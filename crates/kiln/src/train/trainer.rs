@@ -1,18 +1,16 @@
-//! The pre-training loop: stream packed sequences, mask (MLM) or shift (CLM), accumulate
-//! micro-batches, clip, step AdamW on the schedule, evaluate, checkpoint, resume.
+//! The training loop every task shares: gather micro-batches, accumulate their gradients
+//! (weighted by their share of the step's targets), stop on a non-finite loss, clip, step AdamW
+//! on the schedule, log, evaluate, keep the best model, checkpoint, stop on request, resume.
+//! What differs between tasks (data, loss, evaluation) is behind [`Task`].
 
-use super::backprop::{clm_loss, clm_targets, mlm_loss, parameters, zeros_like, IGNORE};
-use super::config::{Objective, PretrainConfig};
+use super::backprop::{parameters, zeros_like};
+use super::config::TrainConfig;
 use super::optim::{clip_grad_norm, AdamW, Param};
 use super::schedule::Schedule;
 use super::state::{checkpoints, load_checkpoint, save_checkpoint, TrainerState};
 use crate::checkpoint::{self, Pretrained, SaveDtype};
-use crate::data::mlm::{mask_tokens, mask_whole_words, MaskConfig};
-use crate::data::{Corpus, Framing, Packer};
 use crate::engine::dropout::mix;
-use crate::engine::grad::cross_entropy;
 use crate::error::{Error, Result};
-use crate::model::Batch;
 use rand::SeedableRng;
 use std::io::Write;
 use std::path::Path;
@@ -30,8 +28,12 @@ pub struct Summary {
     pub loss: f32,
     /// Last held-out loss.
     pub valid_loss: Option<f32>,
+    /// The best value of the selection metric and its step, when the task has one.
+    pub best: Option<(u64, f64)>,
     /// Whether the run stopped early on request (a checkpoint was written).
     pub interrupted: bool,
+    /// Whether early stopping (`patience`) ended the run.
+    pub early_stopped: bool,
 }
 
 /// What the trainer reports after every optimizer step (for progress bars and logs).
@@ -51,220 +53,50 @@ pub struct Progress<'a> {
     pub metrics: Option<&'a serde_json::Value>,
 }
 
-/// One micro-batch ready for the loss: packed sequences and, for MLM, the selected positions.
-struct Micro {
-    batch: Batch,
-    positions: Vec<usize>,
-    targets: Vec<i64>,
-    count: usize,
+/// One kind of training: where the examples come from, the loss, and the evaluation.
+pub trait Task {
+    /// A micro-batch ready for the loss.
+    type Micro;
+    /// Examples in one pass over the training data (for `--epochs`).
+    fn examples_per_epoch(&mut self) -> Result<u64>;
+    /// Moves the data position past `consumed` examples (resume).
+    fn seek(&mut self, consumed: u64) -> Result<()>;
+    /// The next micro-batch of up to `n` examples; `rng` is a fixed stream per (step, micro).
+    fn next_micro(&mut self, n: usize, rng: &mut rand::rngs::StdRng) -> Result<Self::Micro>;
+    /// Targets in a micro-batch (its weight in the accumulated step).
+    fn targets(&self, m: &Self::Micro) -> usize;
+    /// Tokens in a micro-batch (for tokens/s).
+    fn tokens(&self, m: &Self::Micro) -> usize;
+    /// The mean loss over the micro-batch's targets; adds `grad_scale` × its gradients into
+    /// `grads`. Dropout is on (seeded) when `dropout_seed` is given.
+    fn loss(
+        &self,
+        p: &Pretrained,
+        m: &Self::Micro,
+        grads: &mut Pretrained,
+        grad_scale: f32,
+        dropout_seed: Option<u64>,
+    ) -> Result<f32>;
+    /// Examples consumed so far and completed passes.
+    fn position(&self) -> (u64, u64);
+    /// Held-out metrics (`valid_loss` and the task's own), or `None` without held-out data.
+    fn evaluate(&mut self, p: &Pretrained) -> Result<Option<serde_json::Value>>;
+    /// The metric that picks the best model and whether higher is better; `None` keeps the
+    /// last model (pre-training).
+    fn selection(&self) -> Option<(&str, bool)> {
+        None
+    }
 }
 
 /// A random stream for one (step, micro-batch): reproducible without saving RNG state, so a
 /// resumed run draws exactly what the uninterrupted one did.
-fn rng_for(seed: u64, step: u64, micro: u64) -> rand::rngs::StdRng {
+pub(crate) fn rng_for(seed: u64, step: u64, micro: u64) -> rand::rngs::StdRng {
     // splitmix64 of the three numbers
     let mut z =
         seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     rand::rngs::StdRng::seed_from_u64(z ^ (z >> 31))
-}
-
-struct Objectives {
-    objective: Objective,
-    mask: Option<MaskConfig>,
-    /// Whole-word masking: whether each vocabulary id continues the previous token's word.
-    continuation: Option<Vec<bool>>,
-    special: Vec<u32>,
-    framing: Framing,
-}
-
-impl Objectives {
-    fn new(p: &Pretrained, cfg: &PretrainConfig) -> Result<Self> {
-        let tok = p.tokenizer()?;
-        match cfg.objective {
-            Objective::Mlm => {
-                if p.mlm_head.is_none() {
-                    return Err(Error::Input(format!(
-                        "--objective mlm needs a masked-LM model; {} has no MLM head",
-                        p.dir.display()
-                    )));
-                }
-                let id = |t: &str| {
-                    tok.token_to_id(t)
-                        .ok_or_else(|| Error::Input(format!("the tokenizer has no {t} token")))
-                };
-                let (cls, sep, mask) = (
-                    id("[CLS]")?,
-                    id("[SEP]")?,
-                    tok.mask_id()
-                        .ok_or_else(|| Error::Input("the tokenizer has no [MASK] token".into()))?,
-                );
-                let mut special = vec![cls, sep, mask];
-                special.extend(tok.pad_id());
-                let continuation = cfg.whole_word_mask.then(|| {
-                    (0..p.config().vocab_size as u32)
-                        .map(|id| {
-                            let t = tok.id_to_token(id).unwrap_or_default();
-                            // WordPiece marks continuations with ##; byte-level BPE and
-                            // SentencePiece mark word starts with Ġ / ▁ instead.
-                            match tok.kind() {
-                                crate::tokenize::TokenizerKind::WordPiece => t.starts_with("##"),
-                                _ => !(t.starts_with('Ġ') || t.starts_with('▁')),
-                            }
-                        })
-                        .collect()
-                });
-                Ok(Objectives {
-                    objective: Objective::Mlm,
-                    continuation,
-                    mask: Some(MaskConfig {
-                        mask_prob: cfg.mask_prob,
-                        mask_id: mask,
-                        vocab_size: p.config().vocab_size as u32,
-                    }),
-                    special,
-                    framing: Framing::Bert { cls, sep },
-                })
-            }
-            Objective::Clm => {
-                if p.lm_head.is_none() {
-                    return Err(Error::Input(format!(
-                        "--objective clm needs a causal-LM model; {} has none",
-                        p.dir.display()
-                    )));
-                }
-                let eos = p
-                    .config()
-                    .eos_token_id
-                    .or_else(|| tok.eos_id())
-                    .ok_or_else(|| Error::Input("the tokenizer has no end-of-text token".into()))?;
-                Ok(Objectives {
-                    objective: Objective::Clm,
-                    mask: None,
-                    continuation: None,
-                    special: vec![eos],
-                    framing: Framing::Gpt { eos },
-                })
-            }
-        }
-    }
-
-    fn micro(&self, seqs: Vec<Vec<u32>>, rng: &mut rand::rngs::StdRng) -> Result<Micro> {
-        match &self.mask {
-            Some(mc) => {
-                let mut ids_all = Vec::new();
-                let mut positions = Vec::new();
-                let mut targets = Vec::new();
-                let mut off = 0;
-                for mut s in seqs {
-                    let special: Vec<bool> = s.iter().map(|t| self.special.contains(t)).collect();
-                    let (pos, tg) = match &self.continuation {
-                        Some(cont) => {
-                            let c: Vec<bool> = s
-                                .iter()
-                                .map(|&t| cont.get(t as usize).copied().unwrap_or(false))
-                                .collect();
-                            mask_whole_words(&mut s, &special, &c, mc, rng)
-                        }
-                        None => mask_tokens(&mut s, &special, mc, rng),
-                    };
-                    positions.extend(pos.iter().map(|p| p + off));
-                    targets.extend(tg);
-                    off += s.len();
-                    ids_all.push(s);
-                }
-                let refs: Vec<(&[u32], Option<&[u32]>)> =
-                    ids_all.iter().map(|s| (&s[..], None)).collect();
-                let count = targets.len();
-                Ok(Micro {
-                    batch: Batch::packed(&refs)?,
-                    positions,
-                    targets,
-                    count,
-                })
-            }
-            None => {
-                let refs: Vec<(&[u32], Option<&[u32]>)> =
-                    seqs.iter().map(|s| (&s[..], None)).collect();
-                let batch = Batch::packed(&refs)?;
-                let count = clm_targets(&batch).iter().filter(|&&t| t != IGNORE).count();
-                Ok(Micro {
-                    batch,
-                    positions: Vec::new(),
-                    targets: Vec::new(),
-                    count,
-                })
-            }
-        }
-    }
-}
-
-/// Held-out loss, perplexity and (MLM) accuracy over fixed, pre-masked sequences.
-fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_json::Value> {
-    let (mut loss_sum, mut count, mut correct) = (0.0f64, 0usize, 0usize);
-    let v = p.config().vocab_size;
-    for m in set {
-        let hidden = p.model.forward(&m.batch, p.model.default_mask(), None)?;
-        let (logits, targets) = match obj.objective {
-            Objective::Mlm => {
-                let rows: Vec<f32> = m
-                    .positions
-                    .iter()
-                    .flat_map(|&r| hidden.row(r).to_vec())
-                    .collect();
-                let head = p
-                    .mlm_head
-                    .as_ref()
-                    .ok_or_else(|| Error::Input("no MLM head".into()))?;
-                (
-                    head.forward(&rows, m.positions.len(), &p.model.embeddings.word)?,
-                    m.targets.clone(),
-                )
-            }
-            Objective::Clm => {
-                let head = p
-                    .lm_head
-                    .as_ref()
-                    .ok_or_else(|| Error::Input("no LM head".into()))?;
-                (
-                    head.forward(hidden.data(), hidden.rows(), &p.model.embeddings.word)?,
-                    clm_targets(&m.batch),
-                )
-            }
-        };
-        let (loss, n) = cross_entropy(&logits, v, &targets, IGNORE, None)?;
-        loss_sum += loss as f64 * n as f64;
-        count += n;
-        for (row, &t) in logits.chunks(v).zip(&targets) {
-            if t != IGNORE && crate::engine::topk::top_k(row, 1)[0].0 as i64 == t {
-                correct += 1;
-            }
-        }
-    }
-    let loss = (loss_sum / count.max(1) as f64) as f32;
-    let mut out = serde_json::json!({ "valid_loss": loss, "perplexity": (loss as f64).exp() });
-    if obj.objective == Objective::Mlm {
-        out["mlm_accuracy"] = (correct as f64 / count.max(1) as f64).into();
-    }
-    Ok(out)
-}
-
-/// Counts the training sequences of one pass over the corpus (for `--epochs`).
-fn count_sequences(
-    corpus: &Corpus,
-    p: &Pretrained,
-    framing: Framing,
-    seq_len: usize,
-) -> Result<u64> {
-    let tok = p.tokenizer()?;
-    let mut packer = Packer::new(corpus, tok, framing, seq_len);
-    while packer.epoch == 0 {
-        if packer.next_sequence()?.is_none() {
-            break;
-        }
-    }
-    Ok(packer.produced.saturating_sub(1).max(1))
 }
 
 fn append_metrics(path: &Path, line: &serde_json::Value) -> Result<()> {
@@ -294,75 +126,70 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     checkpoint::atomic_write(path, kept.as_bytes())
 }
 
-/// Runs (or, with `resume`, continues) pre-training of the model in `model_dir`, writing
-/// checkpoints, `metrics.jsonl` and the final model into `out`. `stop` requests a checkpoint
-/// and a clean exit (Ctrl-C); `report` sees every step and every metrics line.
-pub fn pretrain(
+/// The model, optimizer and state a run starts from: `model_dir` for a new run, or with
+/// `resume` the latest complete checkpoint in `out`, whose saved settings must agree with
+/// `config` on the keys in `must_match` (settings that change the data stream).
+pub fn start(
     model_dir: &Path,
     out: &Path,
-    cfg: &PretrainConfig,
+    config: serde_json::Value,
+    must_match: &[&str],
+    weight_decay: f32,
     resume: bool,
+) -> Result<(Pretrained, AdamW, TrainerState)> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io("create directory", out, e))?;
+    match (resume, checkpoints(out).pop()) {
+        (true, Some(dir)) => {
+            let (p, mut opt, mut st) = load_checkpoint(&dir)?;
+            for key in must_match {
+                if st.config.get(*key) != config.get(*key) {
+                    return Err(Error::Input(format!(
+                        "{} was made with another --{}; resume with the same settings",
+                        dir.display(),
+                        key.replace('_', "-")
+                    )));
+                }
+            }
+            st.config = config;
+            opt.weight_decay = weight_decay;
+            Ok((p, opt, st))
+        }
+        (true, None) => Err(Error::Input(format!(
+            "--resume: no checkpoint-* directory in {}",
+            out.display()
+        ))),
+        (false, _) => {
+            let p = checkpoint::load(model_dir)?;
+            Ok((p, AdamW::new(weight_decay), TrainerState::new(config)))
+        }
+    }
+}
+
+/// Runs the loop from `state` to the planned number of steps (or an early stop), writing
+/// checkpoints, `metrics.jsonl` and the final (or best) model into `out`. `stop` requests a
+/// checkpoint and a clean exit (Ctrl-C); `report` sees every step. `patience`: stop after this
+/// many evaluations without a better selection metric.
+#[allow(clippy::too_many_arguments)]
+pub fn run<T: Task>(
+    mut p: Pretrained,
+    mut opt: AdamW,
+    mut state: TrainerState,
+    task: &mut T,
+    cfg: &TrainConfig,
+    patience: Option<u64>,
+    out: &Path,
     stop: &AtomicBool,
     mut report: impl FnMut(&Progress),
 ) -> Result<Summary> {
     let kind = cfg.validate()?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io("create directory", out, e))?;
-    let latest = checkpoints(out).pop();
-    let (mut p, mut opt, mut state) = match (resume, latest) {
-        (true, Some(dir)) => {
-            let (p, opt, mut st) = load_checkpoint(&dir)?;
-            if st.config.objective != cfg.objective
-                || st.config.seq_len != cfg.seq_len
-                || st.config.batch_size != cfg.batch_size
-            {
-                return Err(Error::Input(format!(
-                    "{} was made with other settings (objective, --seq-len or --batch-size differ); resume with the same flags",
-                    dir.display()
-                )));
-            }
-            st.config = cfg.clone();
-            (p, opt, st)
-        }
-        (true, None) => {
-            return Err(Error::Input(format!(
-                "--resume: no checkpoint-* directory in {}",
-                out.display()
-            )))
-        }
-        (false, _) => {
-            let p = checkpoint::load(model_dir)?;
-            let st = TrainerState {
-                step: 0,
-                sequences: 0,
-                epoch: 0,
-                total_steps: 0,
-                valid_loss: None,
-                config: cfg.clone(),
-            };
-            (p, AdamW::new(cfg.weight_decay), st)
-        }
-    };
-    opt.weight_decay = cfg.weight_decay;
-    // The output directory is the final model: keep its tokenizer files there from the start.
+    let resumed = state.step > 0;
+    // The output directory is the final model: its tokenizer files are there from the start.
     checkpoint::save(&p, out, SaveDtype::F32)?;
     p.dir = out.to_path_buf();
-    let obj = Objectives::new(&p, cfg)?;
-    let tok = p.tokenizer()?.clone();
-    let (corpus, held_out) = {
-        let all = Corpus::new(cfg.corpus.clone(), &cfg.text_field)?;
-        match cfg.valid_fraction {
-            Some(f) => {
-                let (train, valid) = all.split(f, cfg.seed)?;
-                (train, Some(valid))
-            }
-            None if cfg.valid.is_empty() => (all, None),
-            None => (all, Some(Corpus::new(cfg.valid.clone(), &cfg.text_field)?)),
-        }
-    };
     let total = match cfg.max_steps {
         Some(s) => s,
         None => {
-            let n = count_sequences(&corpus, &p, obj.framing, cfg.seq_len)?;
+            let n = task.examples_per_epoch()?;
             let per_step = (cfg.batch_size * cfg.grad_accum) as f64;
             ((cfg.epochs.unwrap_or(1.0) * n as f64) / per_step)
                 .ceil()
@@ -377,43 +204,19 @@ pub fn pretrain(
         kind,
         floor_ratio: cfg.min_lr_ratio,
     };
-
-    let mut packer = Packer::new(&corpus, &tok, obj.framing, cfg.seq_len);
-    packer.skip(state.sequences)?;
-    let eval_set: Vec<Micro> = if let Some(vc) = held_out {
-        let mut vp = Packer::new(&vc, &tok, obj.framing, cfg.seq_len);
-        let mut set = Vec::new();
-        let mut rng = rng_for(cfg.seed, u64::MAX, 0);
-        let mut left = cfg.eval_sequences;
-        while left > 0 && vp.epoch == 0 {
-            let mut seqs = Vec::new();
-            while seqs.len() < cfg.batch_size.min(left) {
-                match vp.next_sequence()? {
-                    Some(s) if vp.epoch == 0 => seqs.push(s),
-                    _ => break,
-                }
-            }
-            if seqs.is_empty() {
-                break;
-            }
-            left -= seqs.len();
-            set.push(obj.micro(seqs, &mut rng)?);
-        }
-        set
-    } else {
-        Vec::new()
-    };
+    task.seek(state.sequences)?;
     let metrics = out.join("metrics.jsonl");
-    if resume {
+    if resumed {
         truncate_metrics(&metrics, state.step)?;
     } else {
         let _ = std::fs::remove_file(&metrics);
     }
+    let selection = task.selection().map(|(n, hi)| (n.to_string(), hi));
 
     let mut grads = zeros_like(&p);
     let mut last_loss = f32::NAN;
     let (mut tokens_since, mut since) = (0usize, Instant::now());
-    let mut interrupted = false;
+    let (mut interrupted, mut early_stopped) = (false, false);
     while state.step < total {
         if stop.load(Ordering::SeqCst) {
             interrupted = true;
@@ -425,40 +228,22 @@ pub fn pretrain(
         // micro-batches of b equal one batch of N·b.
         let mut micros = Vec::with_capacity(cfg.grad_accum);
         for k in 0..cfg.grad_accum {
-            let mut seqs = Vec::with_capacity(cfg.batch_size);
-            for _ in 0..cfg.batch_size {
-                match packer.next_sequence()? {
-                    Some(s) => seqs.push(s),
-                    None => return Err(Error::Input("the corpus holds no text".into())),
-                }
-            }
-            micros.push(obj.micro(seqs, &mut rng_for(cfg.seed, step, k as u64))?);
+            let mut rng = rng_for(cfg.seed, step, k as u64);
+            micros.push(task.next_micro(cfg.batch_size, &mut rng)?);
         }
-        let total_targets: usize = micros.iter().map(|m| m.count).sum::<usize>().max(1);
+        let total_targets: usize = micros.iter().map(|m| task.targets(m)).sum::<usize>().max(1);
         for (_, t, _) in parameters(&mut grads) {
             t.data_mut().fill(0.0);
         }
         let mut loss = 0.0f32;
-        let step_tokens: usize = micros.iter().map(|m| m.batch.tokens()).sum();
+        let step_tokens: usize = micros.iter().map(|m| task.tokens(m)).sum();
         for (k, m) in micros.iter().enumerate() {
-            let share = m.count as f32 / total_targets as f32;
+            let share = task.targets(m) as f32 / total_targets as f32;
             // Dropout masks are a function of (seed, step, micro-batch): exact on resume.
             let drop_seed = Some(mix(cfg.seed ^ mix(step * 1024 + k as u64)));
-            let l = match obj.objective {
-                Objective::Mlm => mlm_loss(
-                    &p,
-                    &m.batch,
-                    &m.positions,
-                    &m.targets,
-                    &mut grads,
-                    share,
-                    drop_seed,
-                )?,
-                Objective::Clm => clm_loss(&p, &m.batch, &mut grads, share, drop_seed)?,
-            };
-            loss += l * share;
-            tokens_since += m.batch.tokens();
+            loss += task.loss(&p, m, &mut grads, share, drop_seed)? * share;
         }
+        tokens_since += step_tokens;
         // Checked before the update, so the weights (and every checkpoint on disk) stay those of
         // the last good step.
         if !loss.is_finite() {
@@ -474,11 +259,12 @@ pub fn pretrain(
         let grad_norm = {
             let mut slices: Vec<&mut [f32]> =
                 gparams.iter_mut().map(|(_, t, _)| t.data_mut()).collect();
-            if cfg.clip_norm > 0.0 {
-                clip_grad_norm(&mut slices, cfg.clip_norm)
+            let limit = if cfg.clip_norm > 0.0 {
+                cfg.clip_norm
             } else {
-                clip_grad_norm(&mut slices, f32::INFINITY)
-            }
+                f32::INFINITY
+            };
+            clip_grad_norm(&mut slices, limit)
         };
         {
             let mut params: Vec<Param> = parameters(&mut p)
@@ -495,11 +281,10 @@ pub fn pretrain(
         drop(gparams);
         last_loss = loss;
         state.step += 1;
-        state.sequences = packer.produced;
-        state.epoch = packer.epoch;
+        (state.sequences, state.epoch) = task.position();
         let last = state.step == total;
         let mut line = None;
-        if state.step % cfg.log_every.max(1) == 0 || last {
+        if state.step.is_multiple_of(cfg.log_every.max(1)) || last {
             let secs = since.elapsed().as_secs_f64().max(1e-9);
             line = Some(serde_json::json!({
                 "step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
@@ -508,20 +293,39 @@ pub fn pretrain(
             tokens_since = 0;
             since = Instant::now();
         }
-        if !eval_set.is_empty()
-            && ((cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last)
-        {
-            let ev = evaluate(&p, &obj, &eval_set)?;
-            state.valid_loss = ev["valid_loss"].as_f64().map(|v| v as f32);
-            let l = line.get_or_insert_with(
-                || serde_json::json!({ "step": state.step, "loss": loss, "lr": lr }),
-            );
-            if let (Some(o), Some(e)) = (l.as_object_mut(), ev.as_object()) {
-                o.extend(e.clone());
+        let mut improved = false;
+        if (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last {
+            if let Some(ev) = task.evaluate(&p)? {
+                state.valid_loss = ev["valid_loss"].as_f64().map(|v| v as f32);
+                if let Some((name, higher)) = &selection {
+                    if let Some(v) = ev[name.as_str()].as_f64() {
+                        let better = match state.best {
+                            None => true,
+                            Some((_, b)) => (*higher && v > b) || (!*higher && v < b),
+                        };
+                        if better {
+                            state.best = Some((state.step, v));
+                            state.evals_since_best = 0;
+                            improved = true;
+                        } else {
+                            state.evals_since_best += 1;
+                        }
+                    }
+                }
+                let l = line.get_or_insert_with(
+                    || serde_json::json!({ "step": state.step, "loss": loss, "lr": lr }),
+                );
+                if let (Some(o), Some(e)) = (l.as_object_mut(), ev.as_object()) {
+                    o.extend(e.clone());
+                }
             }
         }
         if let Some(l) = &line {
             append_metrics(&metrics, l)?;
+        }
+        if improved {
+            // The best model so far is the output directory's model.
+            checkpoint::save(&p, out, SaveDtype::F32)?;
         }
         report(&Progress {
             step: state.step,
@@ -531,12 +335,16 @@ pub fn pretrain(
             tokens: step_tokens,
             metrics: line.as_ref(),
         });
-        if cfg.save_every > 0 && state.step % cfg.save_every == 0 && !last {
+        if patience.is_some_and(|n| state.evals_since_best >= n) && !last {
+            early_stopped = true;
+            break;
+        }
+        if cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && !last {
             save_checkpoint(out, &mut p, &opt, &state, cfg.keep_last)?;
         }
     }
     save_checkpoint(out, &mut p, &opt, &state, cfg.keep_last)?;
-    if !interrupted {
+    if !interrupted && state.best.is_none() {
         checkpoint::save(&p, out, SaveDtype::F32)?;
     }
     Ok(Summary {
@@ -544,6 +352,8 @@ pub fn pretrain(
         total_steps: total,
         loss: last_loss,
         valid_loss: state.valid_loss,
+        best: state.best,
         interrupted,
+        early_stopped,
     })
 }

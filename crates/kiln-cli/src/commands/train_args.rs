@@ -1,0 +1,99 @@
+//! The training-loop flags shared by `kiln pretrain` and `kiln finetune`, and Ctrl-C handling.
+
+use kiln::train::TrainConfig;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Optimizer, schedule, batching, evaluation and checkpoint flags (each overrides `--config`).
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Sequences (examples) per micro-batch [default: 16].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step [default: 1].
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Peak learning rate [default: 5e-4].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Linear warmup steps [default: 0].
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// linear, cosine or constant [default: linear].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Final learning rate as a fraction of the peak [default: 0].
+    #[arg(long)]
+    pub min_lr_ratio: Option<f32>,
+    /// Optimizer steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Passes over the corpus (when --max-steps is not given).
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// AdamW weight decay (not on biases and LayerNorm weights) [default: 0.01].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Global gradient-norm clipping, 0 to disable [default: 1.0].
+    #[arg(long)]
+    pub clip_norm: Option<f32>,
+    /// Random seed [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Evaluate every N steps (0: at the end only) [default: 0].
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Save a checkpoint every N steps (0: at the end only) [default: 0].
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// Checkpoints to keep [default: 2].
+    #[arg(long)]
+    pub keep_last: Option<usize>,
+    /// Log a metrics line every N steps [default: 10].
+    #[arg(long)]
+    pub log_every: Option<u64>,
+}
+
+impl TrainArgs {
+    /// Writes the flags given over `c` (a TOML file's or the defaults).
+    pub fn apply(&self, c: &mut TrainConfig) {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(
+            batch_size,
+            grad_accum,
+            lr,
+            warmup_steps,
+            schedule,
+            min_lr_ratio,
+            weight_decay,
+            clip_norm,
+            seed,
+            eval_every,
+            save_every,
+            keep_last,
+            log_every
+        );
+        if self.max_steps.is_some() {
+            c.max_steps = self.max_steps;
+        }
+        if self.epochs.is_some() {
+            c.epochs = self.epochs;
+        }
+    }
+}
+
+/// A flag that Ctrl-C raises: the trainer then writes a checkpoint and returns. A second
+/// Ctrl-C ends the process at once.
+pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: writing a checkpoint (Ctrl-C again to quit now)");
+    });
+    stop
+}

@@ -1,0 +1,359 @@
+//! Pre-training as a [`Task`] of the shared loop: stream packed sequences from a corpus, mask
+//! them (MLM) or shift them (CLM), and evaluate held-out loss, perplexity and MLM accuracy.
+
+use super::backprop::{clm_loss, clm_targets, mlm_loss, IGNORE};
+use super::config::{Objective, PretrainConfig};
+use super::trainer::{rng_for, run, start, Progress, Summary, Task};
+use crate::checkpoint::Pretrained;
+use crate::data::mlm::{mask_tokens, mask_whole_words, MaskConfig};
+use crate::data::{Corpus, Framing, Packer};
+use crate::engine::grad::cross_entropy;
+use crate::error::{Error, Result};
+use crate::model::Batch;
+use crate::tokenize::Tokenizer;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+/// One micro-batch ready for the loss: packed sequences and, for MLM, the selected positions.
+struct Micro {
+    batch: Batch,
+    positions: Vec<usize>,
+    targets: Vec<i64>,
+    count: usize,
+}
+
+struct Objectives {
+    objective: Objective,
+    mask: Option<MaskConfig>,
+    /// Whole-word masking: whether each vocabulary id continues the previous token's word.
+    continuation: Option<Vec<bool>>,
+    special: Vec<u32>,
+    framing: Framing,
+}
+
+impl Objectives {
+    fn new(p: &Pretrained, cfg: &PretrainConfig) -> Result<Self> {
+        let tok = p.tokenizer()?;
+        match cfg.objective {
+            Objective::Mlm => {
+                if p.mlm_head.is_none() {
+                    return Err(Error::Input(format!(
+                        "--objective mlm needs a masked-LM model; {} has no MLM head",
+                        p.dir.display()
+                    )));
+                }
+                let id = |t: &str| {
+                    tok.token_to_id(t)
+                        .ok_or_else(|| Error::Input(format!("the tokenizer has no {t} token")))
+                };
+                let (cls, sep, mask) = (
+                    id("[CLS]")?,
+                    id("[SEP]")?,
+                    tok.mask_id()
+                        .ok_or_else(|| Error::Input("the tokenizer has no [MASK] token".into()))?,
+                );
+                let mut special = vec![cls, sep, mask];
+                special.extend(tok.pad_id());
+                let continuation = cfg.whole_word_mask.then(|| {
+                    (0..p.config().vocab_size as u32)
+                        .map(|id| {
+                            let t = tok.id_to_token(id).unwrap_or_default();
+                            // WordPiece marks continuations with ##; byte-level BPE and
+                            // SentencePiece mark word starts with Ġ / ▁ instead.
+                            match tok.kind() {
+                                crate::tokenize::TokenizerKind::WordPiece => t.starts_with("##"),
+                                _ => !(t.starts_with('Ġ') || t.starts_with('▁')),
+                            }
+                        })
+                        .collect()
+                });
+                Ok(Objectives {
+                    objective: Objective::Mlm,
+                    continuation,
+                    mask: Some(MaskConfig {
+                        mask_prob: cfg.mask_prob,
+                        mask_id: mask,
+                        vocab_size: p.config().vocab_size as u32,
+                    }),
+                    special,
+                    framing: Framing::Bert { cls, sep },
+                })
+            }
+            Objective::Clm => {
+                if p.lm_head.is_none() {
+                    return Err(Error::Input(format!(
+                        "--objective clm needs a causal-LM model; {} has none",
+                        p.dir.display()
+                    )));
+                }
+                let eos = p
+                    .config()
+                    .eos_token_id
+                    .or_else(|| tok.eos_id())
+                    .ok_or_else(|| Error::Input("the tokenizer has no end-of-text token".into()))?;
+                Ok(Objectives {
+                    objective: Objective::Clm,
+                    mask: None,
+                    continuation: None,
+                    special: vec![eos],
+                    framing: Framing::Gpt { eos },
+                })
+            }
+        }
+    }
+
+    fn micro(&self, seqs: Vec<Vec<u32>>, rng: &mut rand::rngs::StdRng) -> Result<Micro> {
+        match &self.mask {
+            Some(mc) => {
+                let mut ids_all = Vec::new();
+                let mut positions = Vec::new();
+                let mut targets = Vec::new();
+                let mut off = 0;
+                for mut s in seqs {
+                    let special: Vec<bool> = s.iter().map(|t| self.special.contains(t)).collect();
+                    let (pos, tg) = match &self.continuation {
+                        Some(cont) => {
+                            let c: Vec<bool> = s
+                                .iter()
+                                .map(|&t| cont.get(t as usize).copied().unwrap_or(false))
+                                .collect();
+                            mask_whole_words(&mut s, &special, &c, mc, rng)
+                        }
+                        None => mask_tokens(&mut s, &special, mc, rng),
+                    };
+                    positions.extend(pos.iter().map(|p| p + off));
+                    targets.extend(tg);
+                    off += s.len();
+                    ids_all.push(s);
+                }
+                let refs: Vec<(&[u32], Option<&[u32]>)> =
+                    ids_all.iter().map(|s| (&s[..], None)).collect();
+                let count = targets.len();
+                Ok(Micro {
+                    batch: Batch::packed(&refs)?,
+                    positions,
+                    targets,
+                    count,
+                })
+            }
+            None => {
+                let refs: Vec<(&[u32], Option<&[u32]>)> =
+                    seqs.iter().map(|s| (&s[..], None)).collect();
+                let batch = Batch::packed(&refs)?;
+                let count = clm_targets(&batch).iter().filter(|&&t| t != IGNORE).count();
+                Ok(Micro {
+                    batch,
+                    positions: Vec::new(),
+                    targets: Vec::new(),
+                    count,
+                })
+            }
+        }
+    }
+}
+
+/// Held-out loss, perplexity and (MLM) accuracy over fixed, pre-masked sequences.
+fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_json::Value> {
+    let (mut loss_sum, mut count, mut correct) = (0.0f64, 0usize, 0usize);
+    let v = p.config().vocab_size;
+    for m in set {
+        let hidden = p.model.forward(&m.batch, p.model.default_mask(), None)?;
+        let (logits, targets) = match obj.objective {
+            Objective::Mlm => {
+                let rows: Vec<f32> = m
+                    .positions
+                    .iter()
+                    .flat_map(|&r| hidden.row(r).to_vec())
+                    .collect();
+                let head = p
+                    .mlm_head
+                    .as_ref()
+                    .ok_or_else(|| Error::Input("no MLM head".into()))?;
+                (
+                    head.forward(&rows, m.positions.len(), &p.model.embeddings.word)?,
+                    m.targets.clone(),
+                )
+            }
+            Objective::Clm => {
+                let head = p
+                    .lm_head
+                    .as_ref()
+                    .ok_or_else(|| Error::Input("no LM head".into()))?;
+                (
+                    head.forward(hidden.data(), hidden.rows(), &p.model.embeddings.word)?,
+                    clm_targets(&m.batch),
+                )
+            }
+        };
+        let (loss, n) = cross_entropy(&logits, v, &targets, IGNORE, None)?;
+        loss_sum += loss as f64 * n as f64;
+        count += n;
+        for (row, &t) in logits.chunks(v).zip(&targets) {
+            if t != IGNORE && crate::engine::topk::top_k(row, 1)[0].0 as i64 == t {
+                correct += 1;
+            }
+        }
+    }
+    let loss = (loss_sum / count.max(1) as f64) as f32;
+    let mut out = serde_json::json!({ "valid_loss": loss, "perplexity": (loss as f64).exp() });
+    if obj.objective == Objective::Mlm {
+        out["mlm_accuracy"] = (correct as f64 / count.max(1) as f64).into();
+    }
+    Ok(out)
+}
+
+/// The pre-training task over a corpus.
+struct PretrainTask<'a> {
+    obj: Objectives,
+    corpus: &'a Corpus,
+    tok: &'a Tokenizer,
+    packer: Packer<'a>,
+    seq_len: usize,
+    eval_set: Vec<Micro>,
+}
+
+impl Task for PretrainTask<'_> {
+    type Micro = Micro;
+
+    fn examples_per_epoch(&mut self) -> Result<u64> {
+        let mut packer = Packer::new(self.corpus, self.tok, self.obj.framing, self.seq_len);
+        while packer.epoch == 0 {
+            if packer.next_sequence()?.is_none() {
+                break;
+            }
+        }
+        Ok(packer.produced.saturating_sub(1).max(1))
+    }
+
+    fn seek(&mut self, consumed: u64) -> Result<()> {
+        self.packer.skip(consumed)
+    }
+
+    fn next_micro(&mut self, n: usize, rng: &mut rand::rngs::StdRng) -> Result<Micro> {
+        let mut seqs = Vec::with_capacity(n);
+        for _ in 0..n {
+            match self.packer.next_sequence()? {
+                Some(s) => seqs.push(s),
+                None => return Err(Error::Input("the corpus holds no text".into())),
+            }
+        }
+        self.obj.micro(seqs, rng)
+    }
+
+    fn targets(&self, m: &Micro) -> usize {
+        m.count
+    }
+
+    fn tokens(&self, m: &Micro) -> usize {
+        m.batch.tokens()
+    }
+
+    fn loss(
+        &self,
+        p: &Pretrained,
+        m: &Micro,
+        grads: &mut Pretrained,
+        grad_scale: f32,
+        dropout_seed: Option<u64>,
+    ) -> Result<f32> {
+        match self.obj.objective {
+            Objective::Mlm => mlm_loss(
+                p,
+                &m.batch,
+                &m.positions,
+                &m.targets,
+                grads,
+                grad_scale,
+                dropout_seed,
+            ),
+            Objective::Clm => clm_loss(p, &m.batch, grads, grad_scale, dropout_seed),
+        }
+    }
+
+    fn position(&self) -> (u64, u64) {
+        (self.packer.produced, self.packer.epoch)
+    }
+
+    fn evaluate(&mut self, p: &Pretrained) -> Result<Option<serde_json::Value>> {
+        if self.eval_set.is_empty() {
+            return Ok(None);
+        }
+        evaluate(p, &self.obj, &self.eval_set).map(Some)
+    }
+}
+
+/// Runs (or, with `resume`, continues) pre-training of the model in `model_dir`, writing
+/// checkpoints, `metrics.jsonl` and the final model into `out`. `stop` requests a checkpoint
+/// and a clean exit (Ctrl-C); `report` sees every step and every metrics line.
+pub fn pretrain(
+    model_dir: &Path,
+    out: &Path,
+    cfg: &PretrainConfig,
+    resume: bool,
+    stop: &AtomicBool,
+    report: impl FnMut(&Progress),
+) -> Result<Summary> {
+    cfg.validate()?;
+    let config = serde_json::to_value(cfg).map_err(|e| Error::Input(e.to_string()))?;
+    let (p, opt, state) = start(
+        model_dir,
+        out,
+        config,
+        &[
+            "objective",
+            "seq_len",
+            "batch_size",
+            "corpus",
+            "valid_fraction",
+            "seed",
+        ],
+        cfg.train.weight_decay,
+        resume,
+    )?;
+    let obj = Objectives::new(&p, cfg)?;
+    let tok = p.tokenizer()?.clone();
+    let (corpus, held_out) = {
+        let all = Corpus::new(cfg.corpus.clone(), &cfg.text_field)?;
+        match cfg.valid_fraction {
+            Some(f) => {
+                let (train, valid) = all.split(f, cfg.train.seed)?;
+                (train, Some(valid))
+            }
+            None if cfg.valid.is_empty() => (all, None),
+            None => (all, Some(Corpus::new(cfg.valid.clone(), &cfg.text_field)?)),
+        }
+    };
+    // The held-out set: the first sequences of the held-out text, masked once (fixed seed), so
+    // every evaluation scores the same targets.
+    let mut eval_set = Vec::new();
+    if let Some(vc) = held_out {
+        let mut vp = Packer::new(&vc, &tok, obj.framing, cfg.seq_len);
+        let mut rng = rng_for(cfg.train.seed, u64::MAX, 0);
+        let mut left = cfg.eval_sequences;
+        while left > 0 && vp.epoch == 0 {
+            let mut seqs = Vec::new();
+            while seqs.len() < cfg.train.batch_size.min(left) {
+                match vp.next_sequence()? {
+                    Some(s) if vp.epoch == 0 => seqs.push(s),
+                    _ => break,
+                }
+            }
+            if seqs.is_empty() {
+                break;
+            }
+            left -= seqs.len();
+            eval_set.push(obj.micro(seqs, &mut rng)?);
+        }
+    }
+    let mut task = PretrainTask {
+        packer: Packer::new(&corpus, &tok, obj.framing, cfg.seq_len),
+        obj,
+        corpus: &corpus,
+        tok: &tok,
+        seq_len: cfg.seq_len,
+        eval_set,
+    };
+    run(
+        p, opt, state, &mut task, &cfg.train, None, out, stop, report,
+    )
+}
