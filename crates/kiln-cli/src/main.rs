@@ -37,6 +37,12 @@ enum Command {
     Init(commands::init::Args),
     /// Pre-train a model on raw text (masked LM or next-token), with checkpoints and resume.
     Pretrain(Box<commands::pretrain::Args>),
+    /// Fine-tune a pretrained model on labelled data (classification / regression).
+    Finetune(Box<commands::finetune::Args>),
+    /// Score a fine-tuned model on labelled data with the task's metrics.
+    Eval(commands::finetune::EvalArgs),
+    /// Predict with a fine-tuned model, one JSON line per input line.
+    Predict(commands::finetune::PredictArgs),
     /// Draw training/validation loss curves from metrics.jsonl files into a PNG.
     Plot(commands::plot::Args),
     /// Re-save a model directory in transformers' standard layout (and dtype).
@@ -59,6 +65,9 @@ fn main() {
         Command::Init(a) => commands::init::run(a),
         Command::Pretrain(a) => commands::pretrain::run(*a),
         Command::Plot(a) => commands::plot::run(a),
+        Command::Finetune(a) => commands::finetune::run(*a),
+        Command::Eval(a) => commands::finetune::eval(a),
+        Command::Predict(a) => commands::finetune::predict(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -337,3 +337,122 @@ fn tokenizer_init_pretrain_plot_lifecycle() {
     assert!(!ok && err.contains("m.jsonl line 2"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn finetune_eval_predict_classify() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-ft-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let mut data = String::new();
+    for i in 0..40 {
+        let (text, label) = if i % 2 == 0 {
+            ("open water with rain", 1)
+        } else {
+            ("every small cafe", 0)
+        };
+        data.push_str(&format!("{{\"text\": \"{text}\", \"label\": {label}}}\n"));
+    }
+    std::fs::write(d("train.jsonl"), &data).unwrap();
+    std::fs::write(
+        d("labels.json"),
+        "{\"label\": [\"negative\", \"positive\"]}",
+    )
+    .unwrap();
+    let model = fixture("tiny-bert").to_string_lossy().into_owned();
+    let (ok, _, err) = kiln(
+        &[
+            "finetune",
+            "--model",
+            &model,
+            "--task",
+            "classify",
+            "--train",
+            &d("train.jsonl"),
+            "--valid",
+            &d("train.jsonl"),
+            "--labels",
+            &d("labels.json"),
+            "--max-steps",
+            "12",
+            "--lr",
+            "2e-3",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "6",
+            "--threads",
+            "1",
+            "--out",
+            &d("out"),
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("best accuracy"), "{err}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("out/config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["id2label"]["1"], "positive");
+    let (ok, out, err) = kiln(
+        &[
+            "eval",
+            "--model",
+            &d("out"),
+            "--task",
+            "classify",
+            "--data",
+            &d("train.jsonl"),
+            "--json",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(m["accuracy"].as_f64().unwrap() >= 0.0 && m["macro_f1"].is_number());
+    assert_eq!(m["examples"], 40);
+    let (ok, out, err) = kiln(
+        &[
+            "predict",
+            "--model",
+            &d("out"),
+            "--task",
+            "classify",
+            "--input",
+            &d("train.jsonl"),
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 40);
+    for l in &lines {
+        // The data wrote integer labels: predictions do too, with probabilities in id order.
+        assert!(l["label"].is_u64(), "{l}");
+        let probs = l["probabilities"].as_array().unwrap();
+        assert_eq!(probs.len(), 2);
+        let sum: f64 = probs.iter().map(|p| p.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-5);
+    }
+    let (ok, _, err) = kiln(
+        &[
+            "finetune",
+            "--model",
+            &model,
+            "--task",
+            "tag",
+            "--train",
+            &d("train.jsonl"),
+            "--max-steps",
+            "1",
+            "--out",
+            &d("x"),
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("--task"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod heads;
 pub mod infer;
+pub mod metrics;
 pub mod model;
 pub mod plot;
 pub mod tokenize;

@@ -3,6 +3,7 @@
 pub mod convert;
 pub mod embed;
 pub mod fill_mask;
+pub mod finetune;
 pub mod generate;
 pub mod info;
 pub mod init;

@@ -7,13 +7,13 @@ use std::sync::Arc;
 /// Optimizer, schedule, batching, evaluation and checkpoint flags (each overrides `--config`).
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// Sequences (examples) per micro-batch [default: 16].
+    /// Sequences (examples) per micro-batch [default: 16 pre-training, 32 fine-tuning].
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Micro-batches per optimizer step [default: 1].
     #[arg(long)]
     pub grad_accum: Option<usize>,
-    /// Peak learning rate [default: 5e-4].
+    /// Peak learning rate [default: 5e-4 pre-training, 5e-5 fine-tuning].
     #[arg(long)]
     pub lr: Option<f32>,
     /// Linear warmup steps [default: 0].

@@ -6,7 +6,7 @@ use super::sentence::SentenceConfig;
 use super::weights::WeightStore;
 use crate::engine::{LayerNorm, Linear, Tensor};
 use crate::error::{Error, Result};
-use crate::heads::{LmHead, MlmHead, Pooler};
+use crate::heads::{HeadKind, Labels, LmHead, MlmHead, Pooler, TaskHead};
 use crate::model::arch::{NameTable, QkvNames};
 use crate::model::{Arch, Block, Embeddings, ModelConfig, Transformer};
 use crate::tokenize::Tokenizer;
@@ -25,6 +25,8 @@ pub struct Pretrained {
     pub mlm_head: Option<MlmHead>,
     /// Causal-LM head (GPT-2; tied to the embeddings unless the checkpoint has its own).
     pub lm_head: Option<LmHead>,
+    /// Fine-tuning head (classification, tagging, QA), if the checkpoint has one.
+    pub task: Option<TaskHead>,
     /// The tokenizer, when the directory has one.
     pub tokenizer: Option<Tokenizer>,
     /// sentence-transformers settings (pooling, normalization, max length), if any.
@@ -117,7 +119,8 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
     } else {
         None
     };
-    let lm_head = if config.arch == Arch::Gpt2 {
+    let task = load_task_head(&mut r, &config)?;
+    let lm_head = if config.arch == Arch::Gpt2 && task.is_none() {
         match r.find("lm_head.weight", false) {
             Some(_) => {
                 let w = r.tensor("lm_head.weight", false, &[config.vocab_size, h])?;
@@ -145,10 +148,77 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
         pooler,
         mlm_head,
         lm_head,
+        task,
         tokenizer,
         sentence,
         unused_tensors,
     })
+}
+
+/// The fine-tuning head named by `architectures` in config.json, when its weights are there.
+fn load_task_head(r: &mut Reader<'_>, config: &ModelConfig) -> Result<Option<TaskHead>> {
+    let kind = config.raw["architectures"]
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|n| n.as_str())
+        .and_then(HeadKind::from_architecture);
+    let Some(kind) = kind else {
+        return Ok(None);
+    };
+    let module = kind.module(config.arch);
+    let wname = format!("{module}.weight");
+    let Some(found) = r.find(&wname, false) else {
+        return Ok(None);
+    };
+    let shape = r.store.shape(&found).unwrap_or(&[]).to_vec();
+    let h = config.hidden_size;
+    if shape.len() != 2 || shape[1] != h {
+        return Err(Error::TensorShape {
+            path: r.store.path_of(&found).to_path_buf(),
+            name: found,
+            found: shape,
+            expected: vec![0, h],
+        });
+    }
+    let outputs = shape[0];
+    // Task heads are nn.Linear even in GPT-2 (no Conv1D transpose).
+    let weight = r.tensor(&wname, false, &[outputs, h])?;
+    let bname = format!("{module}.bias");
+    let bias = match r.find(&bname, false) {
+        Some(_) => Some(r.tensor(&bname, false, &[outputs])?),
+        None => None,
+    };
+    let labels = match kind {
+        HeadKind::Span => Labels {
+            names: vec!["start".into(), "end".into()],
+            regression: false,
+            integer: false,
+        },
+        _ => Labels::from_config(&config.raw).unwrap_or(Labels {
+            names: (0..outputs).map(|i| format!("LABEL_{i}")).collect(),
+            regression: false,
+            integer: false,
+        }),
+    };
+    let dropout = config.raw["classifier_dropout"]
+        .as_f64()
+        .unwrap_or(config.hidden_dropout) as f32;
+    let head = TaskHead {
+        kind,
+        linear: Linear::new(weight, bias),
+        labels,
+        dropout: if kind == HeadKind::Sequence && config.arch == Arch::Gpt2 {
+            0.0
+        } else {
+            dropout
+        },
+    };
+    head.check().map_err(|e| Error::Config {
+        path: r.dir.join("config.json"),
+        field: "id2label".into(),
+        msg: e.to_string(),
+    })?;
+    Ok(Some(head))
 }
 
 fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer> {

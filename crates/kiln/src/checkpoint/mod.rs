@@ -8,7 +8,7 @@ pub mod sentence;
 pub mod weights;
 
 pub use load::{load, Pretrained};
-pub use save::save;
+pub use save::{named_tensors, save};
 pub use weights::{SaveDtype, WeightStore};
 
 use crate::error::{Error, Result};

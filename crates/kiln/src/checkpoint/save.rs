@@ -24,6 +24,13 @@ const TOKENIZER_FILES: &[&str] = &[
 
 /// The transformers class a saved directory represents.
 pub fn architecture_name(p: &Pretrained) -> &'static str {
+    if let Some(name) = p
+        .task
+        .as_ref()
+        .and_then(|t| t.kind.architecture(p.config().arch))
+    {
+        return name;
+    }
     match p.config().arch {
         Arch::Bert if p.mlm_head.is_some() => "BertForMaskedLM",
         Arch::Bert => "BertModel",
@@ -36,7 +43,7 @@ pub fn architecture_name(p: &Pretrained) -> &'static str {
 pub fn named_tensors(p: &Pretrained) -> Result<BTreeMap<String, Tensor>> {
     let cfg = p.config();
     let names = cfg.arch.names();
-    let with_head = p.mlm_head.is_some() || p.lm_head.is_some();
+    let with_head = p.mlm_head.is_some() || p.lm_head.is_some() || p.task.is_some();
     let prefix = if with_head { names.base_prefix } else { "" };
     let mut out = BTreeMap::new();
     base_tensors(&p.model, prefix, &mut out)?;
@@ -58,6 +65,10 @@ pub fn named_tensors(p: &Pretrained) -> Result<BTreeMap<String, Tensor>> {
     }
     if let Some(LmHead { weight: Some(w) }) = &p.lm_head {
         out.insert("lm_head.weight".into(), w.clone());
+    }
+    if let Some(t) = &p.task {
+        // Task heads are nn.Linear in every architecture (no Conv1D layout).
+        put_linear(&mut out, t.kind.module(cfg.arch), &t.linear, false)?;
     }
     Ok(out)
 }
@@ -140,6 +151,15 @@ pub fn save(p: &Pretrained, dir: &Path, dtype: SaveDtype) -> Result<()> {
     write_safetensors(&dir.join("model.safetensors"), &tensors, dtype)?;
     let mut cfg = p.config().to_json();
     cfg["architectures"] = serde_json::json!([architecture_name(p)]);
+    if let Some(t) = &p.task {
+        if t.kind != crate::heads::HeadKind::Span {
+            t.labels.write(&mut cfg);
+        }
+        // transformers finds GPT-2's last real token through pad_token_id.
+        if p.config().arch == Arch::Gpt2 && cfg["pad_token_id"].is_null() {
+            cfg["pad_token_id"] = cfg["eos_token_id"].clone();
+        }
+    }
     // transformers 5 reads `dtype`, older versions `torch_dtype`.
     let dtype_name = match dtype {
         SaveDtype::F32 => "float32",

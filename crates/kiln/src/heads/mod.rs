@@ -7,3 +7,6 @@ pub mod pooler;
 pub use lm::LmHead;
 pub use mlm::MlmHead;
 pub use pooler::Pooler;
+pub mod task;
+
+pub use task::{HeadKind, Labels, TaskHead};

@@ -1,6 +1,7 @@
 //! Inference tasks behind the CLI: sentence embeddings, fill-mask, text generation and the
 //! contextual word-similarity picture.
 
+pub mod classify;
 pub mod embed;
 pub mod fill_mask;
 pub mod generate;

@@ -76,13 +76,22 @@ pub fn new_config(
     ModelConfig::from_value(raw, std::path::Path::new("<kiln init>"))
 }
 
-struct Init {
+/// Draws new weights as transformers' `_init_weights` does: normal(0, std) matrices, zero
+/// biases, LayerNorm 1/0.
+pub(crate) struct Init {
     rng: rand::rngs::StdRng,
     std: f32,
 }
 
 impl Init {
-    fn normal(&mut self, shape: &[usize], std: f32) -> Tensor {
+    /// A seeded generator with the config's `initializer_range`.
+    pub(crate) fn new(seed: u64, std: f32) -> Self {
+        Init {
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            std,
+        }
+    }
+    pub(crate) fn normal(&mut self, shape: &[usize], std: f32) -> Tensor {
         let n: usize = shape.iter().product();
         let d =
             Normal::new(0.0f32, std).unwrap_or_else(|_| Normal::new(0.0, 0.02).expect("valid std"));
@@ -92,7 +101,7 @@ impl Init {
         )
         .expect("shape matches")
     }
-    fn linear(&mut self, out: usize, inp: usize, std: f32) -> Linear {
+    pub(crate) fn linear(&mut self, out: usize, inp: usize, std: f32) -> Linear {
         Linear::new(self.normal(&[out, inp], std), Some(Tensor::zeros(&[out])))
     }
     fn norm(h: usize, eps: f64) -> LayerNorm {
@@ -178,6 +187,7 @@ pub fn random_model(
         lm_head,
         tokenizer: Some(tokenizer),
         sentence: None,
+        task: None,
         unused_tensors: Vec::new(),
     })
 }

@@ -27,6 +27,7 @@ pub fn zeros_like(p: &Pretrained) -> Pretrained {
         pooler: p.pooler.clone(),
         mlm_head: p.mlm_head.clone(),
         lm_head: p.lm_head.clone(),
+        task: p.task.clone(),
         tokenizer: None,
         sentence: None,
         unused_tensors: Vec::new(),
@@ -90,6 +91,9 @@ pub fn parameters(p: &mut Pretrained) -> Vec<(String, &mut Tensor, bool)> {
     }
     if let Some(w) = p.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
         out.push(("lm_head".into(), w, true));
+    }
+    if let Some(t) = &mut p.task {
+        lin(&mut out, "task".into(), &mut t.linear);
     }
     out
 }

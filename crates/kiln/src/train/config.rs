@@ -214,3 +214,95 @@ impl PretrainConfig {
         self.train.validate()
     }
 }
+
+/// Every setting of `kiln finetune`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FinetuneConfig {
+    /// The loop settings.
+    #[serde(flatten)]
+    pub train: TrainConfig,
+    /// The task form: classify (tag, qa and seq2seq follow).
+    pub task: String,
+    /// Training data (JSONL, CSV or TSV, optionally .gz).
+    pub train_file: PathBuf,
+    /// Validation data; with it, the output directory holds the best model by `metric`.
+    pub valid_file: Option<PathBuf>,
+    /// Field of the (first) text; default `text`, or `text_a` when the data has that.
+    pub text_field: Option<String>,
+    /// Field of the second text of a pair; default `text_b` when the data has it.
+    pub text_b_field: Option<String>,
+    /// Field of the label.
+    pub label_field: String,
+    /// A JSON file naming the labels in id order (`["neg", "pos"]` or `{"label": [...]}`);
+    /// default: the labels found in the training data, sorted.
+    pub labels: Option<PathBuf>,
+    /// Treat the label as a real value (one output, mean squared error).
+    pub regression: bool,
+    /// Tokens per example (longer inputs are truncated, the longer text of a pair first).
+    pub max_length: usize,
+    /// Validation metric that picks the best model (default: the task's main metric).
+    pub metric: Option<String>,
+    /// Stop after this many evaluations without improvement.
+    pub patience: Option<u64>,
+    /// Count and skip malformed lines instead of stopping at the first.
+    pub skip_invalid: bool,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            train: TrainConfig {
+                lr: 5e-5,
+                batch_size: 32,
+                epochs: None,
+                ..TrainConfig::default()
+            },
+            task: "classify".into(),
+            train_file: PathBuf::new(),
+            valid_file: None,
+            text_field: None,
+            text_b_field: None,
+            label_field: "label".into(),
+            labels: None,
+            regression: false,
+            max_length: 128,
+            metric: None,
+            patience: None,
+            skip_invalid: false,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Reads a TOML file.
+    pub fn from_toml(path: &Path) -> Result<Self> {
+        read_toml(path)
+    }
+
+    /// Checks values once, naming the flag at fault.
+    pub fn validate(&self) -> Result<ScheduleKind> {
+        if self.train_file.as_os_str().is_empty() {
+            return bad("train", "give the training data file");
+        }
+        if self.task != "classify" {
+            return bad(
+                "task",
+                &format!(
+                    "\"{}\" is not available yet (available: classify)",
+                    self.task
+                ),
+            );
+        }
+        if self.max_length < 3 {
+            return bad("max-length", "must be at least 3");
+        }
+        if self.patience.is_some() && self.valid_file.is_none() {
+            return bad("patience", "early stopping needs --valid data");
+        }
+        if self.patience == Some(0) {
+            return bad("patience", "must be at least 1");
+        }
+        self.train.validate()
+    }
+}

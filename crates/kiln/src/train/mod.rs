@@ -2,6 +2,7 @@
 //! clipping, checkpoints, the shared training loop and the tasks it runs (pre-training).
 
 pub mod backprop;
+pub mod classify;
 pub mod config;
 pub mod optim;
 pub mod pretrain;
@@ -9,7 +10,8 @@ pub mod schedule;
 pub mod state;
 pub mod trainer;
 
-pub use config::{Objective, PretrainConfig, TrainConfig};
+pub use classify::finetune;
+pub use config::{FinetuneConfig, Objective, PretrainConfig, TrainConfig};
 pub use optim::{clip_grad_norm, AdamW, Param};
 pub use pretrain::pretrain;
 pub use schedule::{Schedule, ScheduleKind};

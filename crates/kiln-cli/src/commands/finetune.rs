@@ -1,0 +1,259 @@
+//! `kiln finetune`, `kiln eval` and `kiln predict`.
+
+use super::train_args::{stop_on_ctrl_c, TrainArgs};
+use crate::io::Output;
+use crate::progress::Reporter;
+use anyhow::{Context, Result};
+use kiln::train::classify::{encode_examples, evaluate_examples, read_data, Fields};
+use kiln::train::{finetune, FinetuneConfig};
+use std::path::PathBuf;
+
+/// Which fields of the data hold the inputs and the label.
+#[derive(clap::Args, Clone)]
+pub struct DataArgs {
+    /// Field of the text [default: text, or text_a when the data has that].
+    #[arg(long)]
+    text_field: Option<String>,
+    /// Field of the second text of a sentence pair [default: text_b when the data has it].
+    #[arg(long)]
+    text_b_field: Option<String>,
+    /// Field of the label [default: label].
+    #[arg(long)]
+    label_field: Option<String>,
+    /// Tokens per example; longer inputs are truncated [default: 128].
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Count and skip malformed lines instead of stopping at the first.
+    #[arg(long)]
+    skip_invalid: bool,
+}
+
+/// Fine-tune a pretrained model on labelled data. --task classify: one label per text or text
+/// pair (JSONL, CSV or TSV; .gz accepted), cross-entropy, or mean squared error with
+/// --regression. With --valid the output directory holds the best model by --metric;
+/// checkpoints go to OUT/checkpoint-STEP/, metrics to OUT/metrics.jsonl.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The pretrained model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Settings from a TOML file (keys = flag names with `_`; `train_file`, `valid_file`);
+    /// flags given here override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The task form (classify; tag, qa and seq2seq are not available yet).
+    #[arg(long)]
+    task: Option<String>,
+    /// Training data.
+    #[arg(long)]
+    train: Option<PathBuf>,
+    /// Validation data (evaluated every --eval-every steps and at the end).
+    #[arg(long)]
+    valid: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Label names in id order, a JSON list or {"label": [...]} [default: those in the data].
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// The label is a real value (one output, mean squared error).
+    #[arg(long)]
+    regression: bool,
+    /// Validation metric that picks the best model [default: accuracy; pearson for regression].
+    #[arg(long)]
+    metric: Option<String>,
+    /// Stop after this many evaluations without a better metric.
+    #[arg(long)]
+    patience: Option<u64>,
+    #[command(flatten)]
+    train_args: TrainArgs,
+    /// Continue from the latest checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut c = match &a.config {
+        Some(path) => FinetuneConfig::from_toml(path)?,
+        None => FinetuneConfig::default(),
+    };
+    a.train_args.apply(&mut c.train);
+    if let Some(t) = &a.task {
+        c.task = t.clone();
+    }
+    if let Some(t) = &a.train {
+        c.train_file = t.clone();
+    }
+    if a.valid.is_some() {
+        c.valid_file = a.valid.clone();
+    }
+    let d = &a.data;
+    if d.text_field.is_some() {
+        c.text_field = d.text_field.clone();
+    }
+    if d.text_b_field.is_some() {
+        c.text_b_field = d.text_b_field.clone();
+    }
+    if let Some(l) = &d.label_field {
+        c.label_field = l.clone();
+    }
+    if let Some(m) = d.max_length {
+        c.max_length = m;
+    }
+    c.skip_invalid |= d.skip_invalid;
+    if a.labels.is_some() {
+        c.labels = a.labels.clone();
+    }
+    c.regression |= a.regression;
+    if a.metric.is_some() {
+        c.metric = a.metric.clone();
+    }
+    if a.patience.is_some() {
+        c.patience = a.patience;
+    }
+    let stop = stop_on_ctrl_c();
+    let mut progress = Reporter::new();
+    let summary = finetune(&a.model, &a.out, &c, a.resume, &stop, |p| progress.step(p))
+        .with_context(|| format!("fine-tuning into {}", a.out.display()))?;
+    progress.finish(&summary, &a.out);
+    if let Some((step, v)) = summary.best {
+        eprintln!(
+            "best {} {v:.4} at step {step}{}",
+            c.metric
+                .as_deref()
+                .unwrap_or(if c.regression { "pearson" } else { "accuracy" }),
+            if summary.early_stopped {
+                " (stopped early)"
+            } else {
+                ""
+            }
+        );
+    }
+    if summary.interrupted {
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+fn check_task(task: &str) -> Result<()> {
+    anyhow::ensure!(
+        task == "classify",
+        "--task: \"{task}\" is not available yet (available: classify)"
+    );
+    Ok(())
+}
+
+/// Score a fine-tuned model on labelled data with the task's metrics.
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// The fine-tuned model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The task form (classify).
+    #[arg(long, default_value = "classify")]
+    task: String,
+    /// Labelled data (JSONL, CSV or TSV; .gz accepted).
+    #[arg(long)]
+    data: PathBuf,
+    #[command(flatten)]
+    fields: DataArgs,
+    /// Print one JSON object (metric names as keys) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn load_examples(
+    p: &kiln::checkpoint::Pretrained,
+    data: &std::path::Path,
+    d: &DataArgs,
+    with_labels: bool,
+) -> Result<Vec<kiln::train::classify::Example>> {
+    let head = kiln::infer::classify::sequence_head(p)?;
+    let records = read_data(data, d.skip_invalid)?;
+    let fields = Fields::resolve(
+        d.text_field.as_deref(),
+        d.text_b_field.as_deref(),
+        d.label_field.as_deref().unwrap_or("label"),
+        records.first(),
+    );
+    let max_len = d.max_length.unwrap_or(128).min(p.config().max_positions);
+    Ok(encode_examples(
+        p.tokenizer()?,
+        &records,
+        &fields,
+        with_labels.then_some(&head.labels),
+        max_len,
+    )?)
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    check_task(&a.task)?;
+    let p = super::load(&a.model)?;
+    let examples = load_examples(&p, &a.data, &a.fields, true)?;
+    let mut m = evaluate_examples(&p, &examples)?;
+    if let Some(o) = m.as_object_mut() {
+        // On its own data the loss is just the loss.
+        if let Some(l) = o.remove("valid_loss") {
+            o.insert("loss".into(), l);
+        }
+        o.insert("examples".into(), examples.len().into());
+    }
+    if a.json {
+        println!("{m}");
+    } else if let Some(o) = m.as_object() {
+        for (k, v) in o {
+            match v.as_f64() {
+                Some(x) if k != "examples" => println!("{k:>10}  {x:.4}"),
+                _ => println!("{k:>10}  {v}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Predict with a fine-tuned model: one JSON line per input line, in order.
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// The fine-tuned model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The task form (classify).
+    #[arg(long, default_value = "classify")]
+    task: String,
+    /// Input data with the training data's fields (labels not needed).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output file [default: standard output].
+    #[arg(long)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    fields: DataArgs,
+}
+
+pub fn predict(a: PredictArgs) -> Result<()> {
+    check_task(&a.task)?;
+    let p = super::load(&a.model)?;
+    let head = kiln::infer::classify::sequence_head(&p)?;
+    let examples = load_examples(&p, &a.input, &a.fields, false)?;
+    let mut out = Output::open(a.output.as_deref())?;
+    for chunk in examples.chunks(64) {
+        let refs: Vec<&kiln::train::classify::Example> = chunk.iter().collect();
+        let batch = kiln::train::classify::batch_of(&refs)?;
+        let logits = kiln::infer::classify::sequence_logits(&p, &batch)?;
+        for c in kiln::infer::classify::predictions(head, &logits) {
+            let line = if head.labels.regression {
+                serde_json::json!({ "label": c.score, "score": c.score })
+            } else {
+                serde_json::json!({
+                    "label": head.labels.json(c.label),
+                    "score": c.score,
+                    "probabilities": c.probabilities,
+                })
+            };
+            out.line(&line.to_string())?;
+        }
+    }
+    out.finish()
+}

@@ -1,0 +1,147 @@
+//! Labelled task data as records (field name → JSON value), one per example, from JSON Lines,
+//! CSV or TSV with a header row, each optionally gzip-compressed. Every record remembers its
+//! file and line, so a bad value is reported where it is.
+
+use crate::error::{Error, Result};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// One example's fields and where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// The fields (CSV/TSV values are strings).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line number.
+    pub line: usize,
+}
+
+impl Record {
+    /// An input error at this record.
+    pub fn error(&self, msg: impl std::fmt::Display) -> Error {
+        Error::Input(format!("{} line {}: {msg}", self.path.display(), self.line))
+    }
+
+    /// A required string field.
+    pub fn text(&self, field: &str) -> Result<&str> {
+        match self.fields.get(field) {
+            Some(serde_json::Value::String(s)) => Ok(s),
+            Some(_) => Err(self.error(format!("field \"{field}\" is not a string"))),
+            None => Err(self.error(format!("no field \"{field}\""))),
+        }
+    }
+}
+
+/// The data format, from the file name (`.jsonl`/`.json`, `.csv`, `.tsv`, each optionally
+/// `.gz`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// JSON Lines: one object per line.
+    Jsonl,
+    /// Comma-separated with a header row.
+    Csv,
+    /// Tab-separated with a header row.
+    Tsv,
+}
+
+impl Format {
+    /// The format of `path`, or an error naming it.
+    pub fn of(path: &Path) -> Result<Format> {
+        let name = path.to_string_lossy().to_lowercase();
+        let name = name.strip_suffix(".gz").unwrap_or(&name);
+        if name.ends_with(".jsonl") || name.ends_with(".json") {
+            Ok(Format::Jsonl)
+        } else if name.ends_with(".csv") {
+            Ok(Format::Csv)
+        } else if name.ends_with(".tsv") {
+            Ok(Format::Tsv)
+        } else {
+            Err(Error::Input(format!(
+                "{}: unknown data format (expected .jsonl, .csv or .tsv, optionally .gz)",
+                path.display()
+            )))
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let r: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    Ok(Box::new(BufReader::with_capacity(1 << 20, r)))
+}
+
+/// Reads every record of `path`. A malformed line is an error naming the file and line, unless
+/// `skip_invalid`, which counts it instead (the count is returned).
+pub fn read_records(path: &Path, skip_invalid: bool) -> Result<(Vec<Record>, usize)> {
+    let format = Format::of(path)?;
+    let reader = open(path)?;
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    let at =
+        |line: usize, msg: String| Error::Input(format!("{} line {line}: {msg}", path.display()));
+    match format {
+        Format::Jsonl => {
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.map_err(|e| at(i + 1, format!("cannot read: {e}")))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(serde_json::Value::Object(fields)) => out.push(Record {
+                        fields,
+                        path: path.to_path_buf(),
+                        line: i + 1,
+                    }),
+                    Ok(_) if skip_invalid => skipped += 1,
+                    Ok(_) => return Err(at(i + 1, "expected a JSON object".into())),
+                    Err(_) if skip_invalid => skipped += 1,
+                    Err(e) => return Err(at(i + 1, format!("invalid JSON: {e}"))),
+                }
+            }
+        }
+        Format::Csv | Format::Tsv => {
+            let mut r = csv::ReaderBuilder::new()
+                .delimiter(if format == Format::Tsv { b'\t' } else { b',' })
+                // TSV files of NLP datasets quote nothing; a stray quote is text.
+                .quoting(format == Format::Csv)
+                .flexible(false)
+                .from_reader(reader);
+            let header: Vec<String> = r
+                .headers()
+                .map_err(|e| at(1, format!("cannot read the header row: {e}")))?
+                .iter()
+                .map(|h| h.trim().to_string())
+                .collect();
+            for row in r.records() {
+                let row = match row {
+                    Ok(row) => row,
+                    Err(_) if skip_invalid => {
+                        skipped += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        let line = e.position().map_or(0, |p| p.line() as usize);
+                        return Err(at(line, format!("malformed row: {e}")));
+                    }
+                };
+                let line = row.position().map_or(0, |p| p.line() as usize);
+                let fields = header
+                    .iter()
+                    .zip(row.iter())
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_string())))
+                    .collect();
+                out.push(Record {
+                    fields,
+                    path: path.to_path_buf(),
+                    line,
+                });
+            }
+        }
+    }
+    Ok((out, skipped))
+}

@@ -1,0 +1,93 @@
+//! Sequence classification and regression: the row that represents each sequence ([CLS]
+//! through BERT's pooler; GPT-2's last token), the head's logits, and predictions with
+//! probabilities.
+
+use crate::checkpoint::Pretrained;
+use crate::engine::softmax::softmax_rows;
+use crate::error::{Error, Result};
+use crate::heads::{HeadKind, TaskHead};
+use crate::model::{Arch, Batch};
+
+/// The sequence-level head of `p`, or an error saying the model has none.
+pub fn sequence_head(p: &Pretrained) -> Result<&TaskHead> {
+    match &p.task {
+        Some(t) if t.kind == HeadKind::Sequence => Ok(t),
+        _ => Err(Error::Input(format!(
+            "{} has no sequence-classification head (fine-tune it with `kiln finetune --task classify`)",
+            p.dir.display()
+        ))),
+    }
+}
+
+/// The row of each packed sequence that the head reads: [CLS] (the first token) for BERT,
+/// the last token for GPT-2 (transformers' last non-padding token; packed batches have no
+/// padding).
+pub fn sequence_rows(p: &Pretrained, batch: &Batch) -> Vec<usize> {
+    batch
+        .offsets()
+        .iter()
+        .zip(&batch.seq_lens)
+        .map(|(&o, &l)| match p.config().arch {
+            Arch::Bert => o,
+            Arch::Gpt2 => o + l.saturating_sub(1),
+        })
+        .collect()
+}
+
+/// Logits `[sequences, outputs]` of a packed batch (dropout off).
+pub fn sequence_logits(p: &Pretrained, batch: &Batch) -> Result<Vec<f32>> {
+    let head = sequence_head(p)?;
+    let hidden = p.model.forward(batch, p.model.default_mask(), None)?;
+    let h = p.config().hidden_size;
+    let rows = sequence_rows(p, batch);
+    let x: Vec<f32> = rows.iter().flat_map(|&r| hidden.row(r).to_vec()).collect();
+    let pooled = match &p.pooler {
+        Some(pl) if p.config().arch == Arch::Bert => pl.forward(&x, rows.len())?,
+        _ => x,
+    };
+    debug_assert_eq!(pooled.len(), rows.len() * h);
+    head.linear.forward(&pooled, rows.len())
+}
+
+/// One sequence's prediction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassPrediction {
+    /// Predicted label id (regression: 0).
+    pub label: usize,
+    /// Its probability (regression: the predicted value).
+    pub score: f32,
+    /// Probabilities in label-id order (regression: the value).
+    pub probabilities: Vec<f32>,
+}
+
+/// Predictions from logits `[n, outputs]`.
+pub fn predictions(head: &TaskHead, logits: &[f32]) -> Vec<ClassPrediction> {
+    let k = head.linear.out_features();
+    if head.labels.regression {
+        return logits
+            .iter()
+            .map(|&v| ClassPrediction {
+                label: 0,
+                score: v,
+                probabilities: vec![v],
+            })
+            .collect();
+    }
+    let mut probs = logits.to_vec();
+    softmax_rows(&mut probs, k);
+    probs
+        .chunks(k)
+        .map(|row| {
+            let (label, &score) =
+                row.iter().enumerate().fold(
+                    (0, &f32::NEG_INFINITY),
+                    |b, c| if c.1 > b.1 { c } else { b },
+                );
+            ClassPrediction {
+                label,
+                score,
+                probabilities: row.to_vec(),
+            }
+        })
+        .collect()
+}

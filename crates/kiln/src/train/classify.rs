@@ -1,0 +1,643 @@
+//! Fine-tuning for sequence classification and regression (one sentence or a pair): reading
+//! and encoding labelled examples, the head's loss and its backward pass, evaluation
+//! (accuracy and macro-F1; MSE, Pearson and Spearman for regression), and the task run by the
+//! shared training loop.
+
+use super::backprop::{backward, forward};
+use super::config::FinetuneConfig;
+use super::trainer::{run, start, Progress, Summary, Task};
+use crate::checkpoint::Pretrained;
+use crate::data::records::{read_records, Record};
+use crate::engine::dropout::{mix, Dropout};
+use crate::engine::grad::{cross_entropy, linear_backward};
+use crate::engine::LinearOut;
+use crate::error::{Error, Result};
+use crate::heads::{HeadKind, Labels, Pooler, TaskHead};
+use crate::infer::classify::{predictions, sequence_head, sequence_logits, sequence_rows};
+use crate::metrics::{accuracy, macro_f1, pearson, spearman};
+use crate::model::init::Init;
+use crate::model::{Arch, Batch};
+use crate::tokenize::{Tokenizer, Truncation};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+/// Which record fields hold the texts and the label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fields {
+    /// The (first) text.
+    pub text: String,
+    /// The second text of a pair.
+    pub text_b: Option<String>,
+    /// The label.
+    pub label: String,
+}
+
+impl Fields {
+    /// The fields named by flags, or the defaults the first record suggests: `text`, or
+    /// `text_a` + `text_b` for sentence pairs.
+    pub fn resolve(
+        text: Option<&str>,
+        text_b: Option<&str>,
+        label: &str,
+        first: Option<&Record>,
+    ) -> Fields {
+        let has = |f: &str| first.is_some_and(|r| r.fields.contains_key(f));
+        let text = match text {
+            Some(t) => t.to_string(),
+            None if !has("text") && has("text_a") => "text_a".into(),
+            None => "text".into(),
+        };
+        let text_b = match text_b {
+            Some(b) => Some(b.to_string()),
+            None if text == "text_a" && has("text_b") => Some("text_b".into()),
+            None => None,
+        };
+        Fields {
+            text,
+            text_b,
+            label: label.to_string(),
+        }
+    }
+}
+
+/// One encoded example.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    /// Token ids with special tokens.
+    pub ids: Vec<u32>,
+    /// Segment ids.
+    pub type_ids: Vec<u32>,
+    /// The label id (classification) or value (regression); `None` when the data has none.
+    pub label: Option<f32>,
+}
+
+/// Reads a label file: `["a", "b"]` or `{"label": ["a", "b"]}` (the form of the datasets in
+/// `shared/data/*/labels.json`).
+pub fn read_label_file(path: &Path) -> Result<Vec<String>> {
+    let v = crate::checkpoint::read_json(path)?;
+    let list = match &v {
+        serde_json::Value::Array(a) => Some(a),
+        serde_json::Value::Object(o) if o.len() == 1 => {
+            o.values().next().and_then(|x| x.as_array())
+        }
+        _ => None,
+    }
+    .ok_or_else(|| Error::Json {
+        path: path.to_path_buf(),
+        msg: "expected a list of label names, or an object with one such list".into(),
+    })?;
+    let names: Vec<String> = list
+        .iter()
+        .map(|x| match x {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    if names.is_empty() {
+        return Err(Error::Json {
+            path: path.to_path_buf(),
+            msg: "the label list is empty".into(),
+        });
+    }
+    Ok(names)
+}
+
+/// The label set of a training run: from `names` (a label file) or the labels of the data,
+/// sorted (numerically when they are integers).
+pub fn collect_labels(
+    records: &[Record],
+    field: &str,
+    names: Option<Vec<String>>,
+    regression: bool,
+) -> Result<Labels> {
+    let integer = records.iter().all(|r| {
+        r.fields
+            .get(field)
+            .is_some_and(|v| v.is_i64() || v.is_u64())
+    });
+    if regression {
+        return Ok(Labels {
+            names: vec![field.to_string()],
+            regression: true,
+            integer: false,
+        });
+    }
+    if let Some(names) = names {
+        return Ok(Labels {
+            names,
+            regression: false,
+            integer,
+        });
+    }
+    let mut ints = std::collections::BTreeSet::new();
+    let mut strs = std::collections::BTreeSet::new();
+    for r in records {
+        match r.fields.get(field) {
+            Some(serde_json::Value::String(s)) => {
+                strs.insert(s.clone());
+            }
+            Some(v) if v.is_i64() || v.is_u64() => {
+                ints.insert(v.as_i64().unwrap_or_default());
+            }
+            Some(v) if v.is_f64() => {
+                return Err(r.error(format!(
+                    "label {v} is not a class name or an integer (use --regression for real values)"
+                )))
+            }
+            Some(v) => return Err(r.error(format!("label {v} is not a string or a number"))),
+            None => return Err(r.error(format!("no field \"{field}\""))),
+        }
+    }
+    let names: Vec<String> = if !ints.is_empty() && strs.is_empty() {
+        ints.iter().map(|i| i.to_string()).collect()
+    } else {
+        ints.iter().map(|i| i.to_string()).chain(strs).collect()
+    };
+    if names.len() < 2 {
+        return Err(Error::Input(format!(
+            "the training data has {} distinct label(s) in \"{field}\"; classification needs two or more",
+            names.len()
+        )));
+    }
+    Ok(Labels {
+        names,
+        regression: false,
+        integer,
+    })
+}
+
+/// The label of a record as a class id (or a value, for regression).
+pub fn label_of(r: &Record, field: &str, labels: &Labels) -> Result<f32> {
+    let v = r
+        .fields
+        .get(field)
+        .ok_or_else(|| r.error(format!("no field \"{field}\"")))?;
+    if labels.regression {
+        return match v {
+            serde_json::Value::Number(n) => n.as_f64().map(|x| x as f32),
+            serde_json::Value::String(s) => s.trim().parse::<f32>().ok(),
+            _ => None,
+        }
+        .filter(|x| x.is_finite())
+        .ok_or_else(|| r.error(format!("label {v} is not a number")));
+    }
+    let name = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        other => return Err(r.error(format!("label {other} is not a class name or an integer"))),
+    };
+    if let Some(id) = labels.id(&name) {
+        return Ok(id as f32);
+    }
+    // Integer labels with named classes (a label file): the integer is the id.
+    match v.as_u64() {
+        Some(i)
+            if (i as usize) < labels.names.len()
+                && labels.names.iter().all(|n| n.parse::<i64>().is_err()) =>
+        {
+            Ok(i as f32)
+        }
+        _ => Err(r.error(format!(
+            "label {v} is not one of the {} labels ({})",
+            labels.names.len(),
+            labels.names.join(", ")
+        ))),
+    }
+}
+
+/// Encodes records (truncated to `max_len` tokens, longest text first), with labels when
+/// `labels` is given.
+pub fn encode_examples(
+    tok: &Tokenizer,
+    records: &[Record],
+    fields: &Fields,
+    labels: Option<&Labels>,
+    max_len: usize,
+) -> Result<Vec<Example>> {
+    let mut tok = tok.clone();
+    tok.set_truncation(Some(max_len), Truncation::LongestFirst)?;
+    records
+        .par_iter()
+        .map(|r| {
+            let a = r.text(&fields.text)?;
+            let b = match &fields.text_b {
+                Some(f) => Some(r.text(f)?),
+                None => None,
+            };
+            let enc = tok.encode(a, b).map_err(|e| r.error(e))?;
+            if enc.ids.is_empty() {
+                return Err(r.error("the text encodes to no tokens"));
+            }
+            let label = match labels {
+                Some(l) => Some(label_of(r, &fields.label, l)?),
+                None => None,
+            };
+            Ok(Example {
+                ids: enc.ids,
+                type_ids: enc.type_ids,
+                label,
+            })
+        })
+        .collect()
+}
+
+/// A packed batch of examples.
+pub fn batch_of(examples: &[&Example]) -> Result<Batch> {
+    let seqs: Vec<(&[u32], Option<&[u32]>)> = examples
+        .iter()
+        .map(|e| (&e.ids[..], Some(&e.type_ids[..])))
+        .collect();
+    Batch::packed(&seqs)
+}
+
+/// Gives `p` a new sequence-classification head for `labels` (weights drawn as transformers
+/// does, seeded), adds BERT's pooler when the checkpoint lacks one, and drops pre-training
+/// heads (the fine-tuned model is a `*ForSequenceClassification`).
+pub fn new_sequence_head(p: &mut Pretrained, labels: Labels, seed: u64) -> Result<()> {
+    let cfg = p.config().clone();
+    let h = cfg.hidden_size;
+    let std = cfg.initializer_range as f32;
+    let mut init = Init::new(mix(seed ^ 0x5EC0_C1A5), std);
+    if cfg.arch == Arch::Bert && p.pooler.is_none() {
+        p.pooler = Some(Pooler {
+            dense: init.linear(h, h, std),
+        });
+    }
+    let mut linear = init.linear(labels.outputs(), h, std);
+    if cfg.arch == Arch::Gpt2 {
+        linear.bias = None; // GPT2ForSequenceClassification's score has no bias
+    }
+    let dropout = match cfg.arch {
+        Arch::Gpt2 => 0.0,
+        Arch::Bert => cfg.raw["classifier_dropout"]
+            .as_f64()
+            .unwrap_or(cfg.hidden_dropout) as f32,
+    };
+    p.task = Some(TaskHead {
+        kind: HeadKind::Sequence,
+        linear,
+        labels,
+        dropout,
+    });
+    p.mlm_head = None;
+    p.lm_head = None;
+    Ok(())
+}
+
+/// Mean loss of a packed batch against `labels` (class ids or values), and its gradients
+/// scaled by `grad_scale` added into `grads`: cross-entropy, or mean squared error for
+/// regression, as transformers' sequence-classification models compute them.
+pub fn sequence_loss(
+    p: &Pretrained,
+    batch: &Batch,
+    labels: &[f32],
+    grads: &mut Pretrained,
+    grad_scale: f32,
+    dropout_seed: Option<u64>,
+) -> Result<f32> {
+    let head = sequence_head(p)?;
+    let n = batch.seq_lens.len();
+    if labels.len() != n {
+        return Err(Error::shape("sequence_loss", "one label per sequence"));
+    }
+    let h = p.config().hidden_size;
+    let k = head.linear.out_features();
+    let mask = p.model.default_mask();
+    let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
+    let rows = sequence_rows(p, batch);
+    let x: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| hidden[r * h..(r + 1) * h].to_vec())
+        .collect();
+    let pooler = p.pooler.as_ref().filter(|_| p.config().arch == Arch::Bert);
+    let pooled = match pooler {
+        Some(pl) => pl.forward(&x, n)?,
+        None => x.clone(),
+    };
+    let drop = dropout_seed
+        .filter(|_| head.dropout > 0.0)
+        .map(|s| Dropout {
+            p: head.dropout,
+            seed: Dropout::derive(s, 0xC1A5_51F1),
+        });
+    let mut d = pooled.clone();
+    if let Some(dr) = drop {
+        dr.apply(&mut d);
+    }
+    let mut logits = vec![0.0; n * k];
+    head.linear
+        .forward_into(&d, n, &mut logits, LinearOut::Write)?;
+    let mut dlogits = vec![0.0; n * k];
+    let loss = if head.labels.regression {
+        let mut sum = 0.0f64;
+        for i in 0..n {
+            let diff = logits[i] - labels[i];
+            sum += (diff as f64) * (diff as f64);
+            dlogits[i] = 2.0 * diff / n as f32;
+        }
+        (sum / n as f64) as f32
+    } else {
+        let targets: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+        cross_entropy(&logits, k, &targets, -100, Some(&mut dlogits))?.0
+    };
+    dlogits.iter_mut().for_each(|g| *g *= grad_scale);
+
+    let gt = grads
+        .task
+        .as_mut()
+        .ok_or_else(|| Error::Input("gradient buffers lack the task head".into()))?;
+    let mut dd = vec![0.0; n * h];
+    let (gw, gb) = (&mut gt.linear.weight, gt.linear.bias.as_mut());
+    linear_backward(
+        &d,
+        &head.linear.weight,
+        &dlogits,
+        n,
+        Some(&mut dd),
+        Some(gw.data_mut()),
+        gb.map(|b| b.data_mut()),
+    )?;
+    if let Some(dr) = drop {
+        dr.apply(&mut dd);
+    }
+    let dx = match pooler {
+        Some(pl) => {
+            // tanh' = 1 - tanh²
+            for (g, y) in dd.iter_mut().zip(&pooled) {
+                *g *= 1.0 - y * y;
+            }
+            let gp = grads
+                .pooler
+                .as_mut()
+                .ok_or_else(|| Error::Input("gradient buffers lack the pooler".into()))?;
+            let mut dx = vec![0.0; n * h];
+            linear_backward(
+                &x,
+                &pl.dense.weight,
+                &dd,
+                n,
+                Some(&mut dx),
+                Some(gp.dense.weight.data_mut()),
+                gp.dense.bias.as_mut().map(|b| b.data_mut()),
+            )?;
+            dx
+        }
+        None => dd,
+    };
+    let mut dhidden = vec![0.0; hidden.len()];
+    for (i, &r) in rows.iter().enumerate() {
+        for (a, b) in dhidden[r * h..(r + 1) * h]
+            .iter_mut()
+            .zip(&dx[i * h..(i + 1) * h])
+        {
+            *a += b;
+        }
+    }
+    backward(
+        &p.model,
+        batch,
+        mask,
+        &acts,
+        dhidden,
+        &mut grads.model,
+        dropout_seed,
+    )?;
+    Ok(loss)
+}
+
+/// Metrics of `p` on labelled examples: `valid_loss`, `accuracy` and `macro_f1`
+/// (classification) or `mse`, `pearson` and `spearman` (regression).
+pub fn evaluate_examples(p: &Pretrained, examples: &[Example]) -> Result<serde_json::Value> {
+    let head = sequence_head(p)?;
+    let k = head.linear.out_features();
+    let (mut logits, mut gold) = (Vec::new(), Vec::new());
+    for chunk in examples.chunks(64) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        logits.extend(sequence_logits(p, &batch_of(&refs)?)?);
+        for e in chunk {
+            gold.push(
+                e.label
+                    .ok_or_else(|| Error::Input("evaluation data needs labels".into()))?,
+            );
+        }
+    }
+    if head.labels.regression {
+        let pred: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
+        let g: Vec<f64> = gold.iter().map(|&v| v as f64).collect();
+        let mse = pred
+            .iter()
+            .zip(&g)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            / g.len().max(1) as f64;
+        return Ok(serde_json::json!({
+            "valid_loss": mse, "mse": mse,
+            "pearson": pearson(&pred, &g), "spearman": spearman(&pred, &g),
+        }));
+    }
+    let targets: Vec<i64> = gold.iter().map(|&l| l as i64).collect();
+    let (loss, _) = cross_entropy(&logits, k, &targets, -100, None)?;
+    let pred: Vec<usize> = predictions(head, &logits).iter().map(|c| c.label).collect();
+    let g: Vec<usize> = gold.iter().map(|&l| l as usize).collect();
+    Ok(serde_json::json!({
+        "valid_loss": loss,
+        "accuracy": accuracy(&pred, &g),
+        "macro_f1": macro_f1(&pred, &g, k),
+    }))
+}
+
+/// Sequence classification as a task of the training loop. Examples are visited in a fresh
+/// seeded order every epoch; batches are packed, so no position is padding.
+struct ClassifyTask {
+    train: Vec<Example>,
+    valid: Vec<Example>,
+    seed: u64,
+    consumed: u64,
+    order: Vec<usize>,
+    order_epoch: Option<u64>,
+    metric: (String, bool),
+}
+
+impl ClassifyTask {
+    fn index(&mut self, i: u64) -> usize {
+        let n = self.train.len() as u64;
+        let epoch = i / n;
+        if self.order_epoch != Some(epoch) {
+            self.order = (0..self.train.len()).collect();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(mix(self.seed ^ mix(epoch + 1)));
+            self.order.shuffle(&mut rng);
+            self.order_epoch = Some(epoch);
+        }
+        self.order[(i % n) as usize]
+    }
+}
+
+impl Task for ClassifyTask {
+    type Micro = (Batch, Vec<f32>);
+
+    fn examples_per_epoch(&mut self) -> Result<u64> {
+        Ok(self.train.len() as u64)
+    }
+
+    fn seek(&mut self, consumed: u64) -> Result<()> {
+        self.consumed = consumed;
+        Ok(())
+    }
+
+    fn next_micro(&mut self, n: usize, _rng: &mut rand::rngs::StdRng) -> Result<Self::Micro> {
+        let ids: Vec<usize> = (0..n as u64)
+            .map(|j| self.index(self.consumed + j))
+            .collect();
+        self.consumed += n as u64;
+        let refs: Vec<&Example> = ids.iter().map(|&i| &self.train[i]).collect();
+        let labels = refs.iter().map(|e| e.label.unwrap_or(0.0)).collect();
+        Ok((batch_of(&refs)?, labels))
+    }
+
+    fn targets(&self, m: &Self::Micro) -> usize {
+        m.1.len()
+    }
+
+    fn tokens(&self, m: &Self::Micro) -> usize {
+        m.0.tokens()
+    }
+
+    fn loss(
+        &self,
+        p: &Pretrained,
+        m: &Self::Micro,
+        grads: &mut Pretrained,
+        grad_scale: f32,
+        dropout_seed: Option<u64>,
+    ) -> Result<f32> {
+        sequence_loss(p, &m.0, &m.1, grads, grad_scale, dropout_seed)
+    }
+
+    fn position(&self) -> (u64, u64) {
+        (
+            self.consumed,
+            self.consumed / self.train.len().max(1) as u64,
+        )
+    }
+
+    fn evaluate(&mut self, p: &Pretrained) -> Result<Option<serde_json::Value>> {
+        if self.valid.is_empty() {
+            return Ok(None);
+        }
+        evaluate_examples(p, &self.valid).map(Some)
+    }
+
+    fn selection(&self) -> Option<(&str, bool)> {
+        Some((self.metric.0.as_str(), self.metric.1))
+    }
+}
+
+/// Reads a data file's records, reporting skipped lines on standard error.
+pub fn read_data(path: &Path, skip_invalid: bool) -> Result<Vec<Record>> {
+    let (records, skipped) = read_records(path, skip_invalid)?;
+    if skipped > 0 {
+        eprintln!("{}: skipped {skipped} malformed line(s)", path.display());
+    }
+    if records.is_empty() {
+        return Err(Error::Input(format!(
+            "{} holds no examples",
+            path.display()
+        )));
+    }
+    Ok(records)
+}
+
+/// Fine-tunes (or, with `resume`, continues fine-tuning) the model in `model_dir` for sequence
+/// classification, writing checkpoints, `metrics.jsonl` and the best (with validation data)
+/// or final model into `out`.
+pub fn finetune(
+    model_dir: &Path,
+    out: &Path,
+    cfg: &FinetuneConfig,
+    resume: bool,
+    stop: &AtomicBool,
+    report: impl FnMut(&Progress),
+) -> Result<Summary> {
+    cfg.validate()?;
+    let records = read_data(&cfg.train_file, cfg.skip_invalid)?;
+    let fields = Fields::resolve(
+        cfg.text_field.as_deref(),
+        cfg.text_b_field.as_deref(),
+        &cfg.label_field,
+        records.first(),
+    );
+    let names = cfg.labels.as_deref().map(read_label_file).transpose()?;
+    let labels = collect_labels(&records, &fields.label, names, cfg.regression)?;
+    let config = serde_json::to_value(cfg).map_err(|e| Error::Input(e.to_string()))?;
+    let (mut p, opt, state) = start(
+        model_dir,
+        out,
+        config,
+        &["task", "train_file", "batch_size", "seed", "max_length"],
+        cfg.train.weight_decay,
+        resume,
+    )?;
+    let keep = p
+        .task
+        .as_ref()
+        .is_some_and(|t| t.kind == HeadKind::Sequence && t.labels.names == labels.names);
+    if !keep {
+        if resume {
+            return Err(Error::Input(
+                "the checkpoint's labels differ from the data's; resume with the same data".into(),
+            ));
+        }
+        new_sequence_head(&mut p, labels.clone(), cfg.train.seed)?;
+    }
+    let labels = p.task.as_ref().map(|t| t.labels.clone()).unwrap_or(labels);
+    let tok = p.tokenizer()?.clone();
+    let max_len = cfg.max_length.min(p.config().max_positions);
+    let train = encode_examples(&tok, &records, &fields, Some(&labels), max_len)?;
+    let valid = match &cfg.valid_file {
+        Some(f) => {
+            let recs = read_data(f, cfg.skip_invalid)?;
+            encode_examples(&tok, &recs, &fields, Some(&labels), max_len)?
+        }
+        None => Vec::new(),
+    };
+    let metric = match cfg.metric.as_deref() {
+        Some("valid_loss") | Some("mse") => (cfg.metric.clone().unwrap_or_default(), false),
+        Some(m @ ("accuracy" | "macro_f1")) if !labels.regression => (m.to_string(), true),
+        Some(m @ ("pearson" | "spearman")) if labels.regression => (m.to_string(), true),
+        Some(m) => {
+            return Err(Error::Input(format!(
+                "--metric: \"{m}\" is not a metric of this task ({})",
+                if labels.regression {
+                    "mse, pearson, spearman, valid_loss"
+                } else {
+                    "accuracy, macro_f1, valid_loss"
+                }
+            )))
+        }
+        None if labels.regression => ("pearson".into(), true),
+        None => ("accuracy".into(), true),
+    };
+    let mut task = ClassifyTask {
+        train,
+        valid,
+        seed: cfg.train.seed,
+        consumed: 0,
+        order: Vec::new(),
+        order_epoch: None,
+        metric,
+    };
+    run(
+        p,
+        opt,
+        state,
+        &mut task,
+        &cfg.train,
+        cfg.patience,
+        out,
+        stop,
+        report,
+    )
+}

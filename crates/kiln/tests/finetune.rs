@@ -1,0 +1,291 @@
+//! Fine-tuning end to end on tiny models: a rule the model must generalize to held-out items
+//! (single sentences from JSONL, sentence pairs from TSV), best-model selection, resume, and
+//! malformed data named by file and line.
+
+mod common;
+
+use common::*;
+use kiln::checkpoint;
+use kiln::train::classify::{encode_examples, evaluate_examples, read_data, Fields};
+use kiln::train::{finetune, FinetuneConfig, TrainConfig};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+const WORDS: &[&str] = &[
+    "token", "every", "small", "away", "cafe", "into", "last", "model", "morning", "makes", "open",
+    "read", "sing", "times", "they", "water", "with", "while",
+];
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-ft-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A sentence of 4–7 filler words, with "rain" inserted when `rain`.
+fn sentence(rng: &mut rand::rngs::StdRng, rain: bool) -> String {
+    let n = rng.gen_range(4..8);
+    let mut w: Vec<&str> = (0..n).map(|_| *WORDS.choose(rng).unwrap()).collect();
+    if rain {
+        let at = rng.gen_range(0..=w.len());
+        w.insert(at, "rain");
+    }
+    w.join(" ")
+}
+
+fn config(train: &Path, valid: &Path, steps: u64) -> FinetuneConfig {
+    FinetuneConfig {
+        train_file: train.to_path_buf(),
+        valid_file: Some(valid.to_path_buf()),
+        train: TrainConfig {
+            lr: 2e-3,
+            batch_size: 16,
+            max_steps: Some(steps),
+            warmup_steps: 5,
+            eval_every: 20,
+            log_every: 5,
+            seed: 3,
+            ..TrainConfig::default()
+        },
+        ..FinetuneConfig::default()
+    }
+}
+
+#[test]
+fn single_sentence_classifier_learns_a_rule_it_must_generalize() {
+    let dir = scratch("single");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut write = |name: &str, n: usize| {
+        let path = dir.join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        for i in 0..n {
+            let rain = i % 2 == 0;
+            let label = if rain { "wet" } else { "dry" };
+            let line = serde_json::json!({ "text": sentence(&mut rng, rain), "label": label });
+            writeln!(f, "{line}").unwrap();
+        }
+        path
+    };
+    let (train, valid, test) = (
+        write("train.jsonl", 400),
+        write("valid.jsonl", 60),
+        write("test.jsonl", 100),
+    );
+    let out = dir.join("out");
+    let s = finetune(
+        &fixture("tiny-bert"),
+        &out,
+        &config(&train, &valid, 100),
+        false,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    let (best_step, best) = s.best.unwrap();
+    // The output directory holds the best model: its validation accuracy is the best one.
+    let p = checkpoint::load(&out).unwrap();
+    let labels = &p.task.as_ref().unwrap().labels;
+    assert_eq!(labels.names, ["dry", "wet"]);
+    let fields = Fields::resolve(None, None, "label", None);
+    let enc = |path: &Path| {
+        let recs = read_data(path, false).unwrap();
+        encode_examples(p.tokenizer().unwrap(), &recs, &fields, Some(labels), 64).unwrap()
+    };
+    let on_valid = evaluate_examples(&p, &enc(&valid)).unwrap();
+    assert_eq!(
+        on_valid["accuracy"].as_f64().unwrap(),
+        best,
+        "best at step {best_step}"
+    );
+    // Scored on items it never saw.
+    let on_test = evaluate_examples(&p, &enc(&test)).unwrap();
+    let acc = on_test["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.95, "held-out accuracy {acc}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn pair_classifier_reads_the_second_sentence_from_tsv() {
+    let dir = scratch("pair");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let mut write = |name: &str, n: usize| {
+        let path = dir.join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(f, "premise\thypothesis\tlabel").unwrap();
+        for i in 0..n {
+            // The label is whether the SECOND sentence mentions rain; the first one does at
+            // random, as a distractor.
+            let rain_b = i % 2 == 0;
+            let rain_a = rng.gen_bool(0.5);
+            let a = sentence(&mut rng, rain_a);
+            let b = sentence(&mut rng, rain_b);
+            writeln!(f, "{a}\t{b}\t{}", rain_b as u8).unwrap();
+        }
+        path
+    };
+    let (train, valid, test) = (
+        write("train.tsv", 600),
+        write("valid.tsv", 60),
+        write("test.tsv", 100),
+    );
+    let out = dir.join("out");
+    let cfg = FinetuneConfig {
+        text_field: Some("premise".into()),
+        text_b_field: Some("hypothesis".into()),
+        ..config(&train, &valid, 300)
+    };
+    finetune(
+        &fixture("tiny-bert"),
+        &out,
+        &cfg,
+        false,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    let p = checkpoint::load(&out).unwrap();
+    let labels = &p.task.as_ref().unwrap().labels;
+    assert_eq!(labels.names, ["0", "1"]);
+    let fields = Fields::resolve(Some("premise"), Some("hypothesis"), "label", None);
+    let recs = read_data(&test, false).unwrap();
+    let ex = encode_examples(p.tokenizer().unwrap(), &recs, &fields, Some(labels), 64).unwrap();
+    assert!(ex[0].type_ids.contains(&1), "pairs carry segment ids");
+    let acc = evaluate_examples(&p, &ex).unwrap()["accuracy"]
+        .as_f64()
+        .unwrap();
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(acc >= 0.9, "held-out accuracy {acc}\n{log}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn malformed_data_is_named_by_file_and_line() {
+    let dir = scratch("bad");
+    let check = |name: &str, body: &str, want: &[&str]| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        let valid = dir.join("v.jsonl");
+        std::fs::write(&valid, "{\"text\": \"a\", \"label\": \"x\"}\n").unwrap();
+        let err = finetune(
+            &fixture("tiny-bert"),
+            &dir.join("out"),
+            &config(&path, &valid, 1),
+            false,
+            &AtomicBool::new(false),
+            |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        for w in want {
+            assert!(err.contains(w), "{name}: {err}");
+        }
+    };
+    let ok =
+        "{\"text\": \"open water\", \"label\": \"x\"}\n{\"text\": \"rain\", \"label\": \"y\"}\n";
+    check(
+        "broken.jsonl",
+        &format!("{ok}{{\"text\": \"oops\"\n"),
+        &["broken.jsonl line 3", "invalid JSON"],
+    );
+    check(
+        "nolabel.jsonl",
+        &format!("{ok}{{\"text\": \"cafe\"}}\n"),
+        &["nolabel.jsonl line 3", "\"label\""],
+    );
+    check(
+        "notext.jsonl",
+        &format!("{ok}{{\"txt\": \"cafe\", \"label\": \"x\"}}\n"),
+        &["notext.jsonl line 3", "\"text\""],
+    );
+    check(
+        "ragged.csv",
+        "text,label\nopen water,x\nrain,y,extra\n",
+        &["ragged.csv line 3"],
+    );
+    check(
+        "float.jsonl",
+        &format!("{ok}{{\"text\": \"cafe\", \"label\": 0.5}}\n"),
+        &["float.jsonl line 3", "--regression"],
+    );
+    check("model.txt", "open water\n", &["model.txt", "format"]);
+    // --skip-invalid counts the bad line and trains on the rest.
+    let path = dir.join("skip.jsonl");
+    std::fs::write(&path, format!("{ok}not json\n")).unwrap();
+    let cfg = FinetuneConfig {
+        skip_invalid: true,
+        ..config(&path, &path, 1)
+    };
+    finetune(
+        &fixture("tiny-bert"),
+        &dir.join("out2"),
+        &cfg,
+        false,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn resumed_finetune_is_bit_identical() {
+    let dir = scratch("resume");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let path = dir.join("train.jsonl");
+    let mut f = std::fs::File::create(&path).unwrap();
+    for i in 0..40 {
+        let line = serde_json::json!({ "text": sentence(&mut rng, i % 3 == 0), "label": (i % 3 == 0) as u8 });
+        writeln!(f, "{line}").unwrap();
+    }
+    drop(f);
+    let mut cfg = config(&path, &path, 9);
+    cfg.train.save_every = 4;
+    cfg.train.grad_accum = 2;
+    cfg.train.batch_size = 8;
+    let full = dir.join("full");
+    finetune(
+        &fixture("tiny-gpt2"),
+        &full,
+        &cfg,
+        false,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    let part = dir.join("part");
+    let stop = AtomicBool::new(false);
+    let s = finetune(&fixture("tiny-gpt2"), &part, &cfg, false, &stop, |p| {
+        if p.step == 5 {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert!(s.interrupted && s.step == 5);
+    let s = finetune(
+        &fixture("tiny-gpt2"),
+        &part,
+        &cfg,
+        true,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(s.step, 9);
+    let a =
+        checkpoint::named_tensors(&checkpoint::load(&full.join("checkpoint-9")).unwrap()).unwrap();
+    let b =
+        checkpoint::named_tensors(&checkpoint::load(&part.join("checkpoint-9")).unwrap()).unwrap();
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (n, t) in &a {
+        assert_eq!(t.data(), b[n].data(), "{n}");
+    }
+    assert!(
+        a.contains_key("score.weight"),
+        "GPT-2 classifier head saved as `score`"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
