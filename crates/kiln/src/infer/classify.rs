@@ -19,17 +19,21 @@ pub fn sequence_head(p: &Pretrained) -> Result<&TaskHead> {
     }
 }
 
-/// The row of each packed sequence that the head reads: [CLS] (the first token) for BERT,
-/// the last token for GPT-2 (transformers' last non-padding token; packed batches have no
-/// padding).
+/// The row of each packed sequence that the head reads: [CLS] (the first token) for BERT;
+/// for GPT-2 the last token that is not `pad_token_id`, as transformers picks it (a text
+/// ending in the end-of-text token, often also the pad token, is read before it).
 pub fn sequence_rows(p: &Pretrained, batch: &Batch) -> Vec<usize> {
+    let pad = p.config().pad_token_id;
     batch
         .offsets()
         .iter()
         .zip(&batch.seq_lens)
         .map(|(&o, &l)| match p.config().arch {
             Arch::Bert => o,
-            Arch::Gpt2 => o + l.saturating_sub(1),
+            Arch::Gpt2 => (o..o + l)
+                .rev()
+                .find(|&r| Some(batch.ids[r]) != pad)
+                .unwrap_or(o),
         })
         .collect()
 }

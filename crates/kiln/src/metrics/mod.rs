@@ -1,6 +1,8 @@
 //! The metrics each task is judged by, computed as the reference tools do (scikit-learn and
-//! SciPy for classification and regression).
+//! SciPy for classification and regression, seqeval for tagging).
 
 pub mod classification;
+pub mod sequence_labeling;
 
 pub use classification::{accuracy, macro_f1, pearson, spearman};
+pub use sequence_labeling::{entity_prf, token_accuracy};

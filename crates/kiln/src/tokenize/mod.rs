@@ -150,6 +150,24 @@ impl Tokenizer {
         Ok(encs.iter().map(convert).collect())
     }
 
+    /// Encodes a sentence given as words (pre-tokenized, e.g. CoNLL), with special tokens;
+    /// `word_ids` then index into `words`.
+    pub fn encode_words(&self, words: &[&str]) -> Result<Encoding> {
+        let input = tokenizers::InputSequence::from(words.to_vec());
+        let enc = self
+            .inner
+            .encode(tokenizers::EncodeInput::Single(input), true)
+            .map_err(|e| Error::Tokenizer {
+                context: format!(
+                    "{} encoding words {:?}",
+                    self.source.display(),
+                    truncate_for_msg(&words.join(" "))
+                ),
+                msg: e.to_string(),
+            })?;
+        Ok(convert(&enc))
+    }
+
     /// Encodes text without special tokens (e.g. a generation prompt for GPT-2, a word to find).
     pub fn encode_plain(&self, text: &str) -> Result<Encoding> {
         let enc = self
