@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use kiln::checkpoint;
 use kiln::train::classify::{encode_examples, evaluate_examples, read_data, Fields};
+use kiln::train::tag::{encode_tag_examples, evaluate_tags};
 use kiln::train::{finetune, FinetuneConfig, TrainConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -286,6 +287,134 @@ fn resumed_finetune_is_bit_identical() {
     assert!(
         a.contains_key("score.weight"),
         "GPT-2 classifier head saved as `score`"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn tagger_learns_a_rule_it_must_generalize_from_conll_columns() {
+    let dir = scratch("tag");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut write = |name: &str, n: usize| {
+        let path = dir.join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(f, "-DOCSTART- -X- O\n").unwrap();
+        for _ in 0..n {
+            let wet = rng.gen_bool(0.7);
+            let s = sentence(&mut rng, wet);
+            let words: Vec<&str> = s.split(' ').collect();
+            for (i, w) in words.iter().enumerate() {
+                // "rain" is a WET entity, "water" and the word after it a DRINK entity.
+                let tag = match *w {
+                    "rain" => "B-WET",
+                    "water" => "B-DRINK",
+                    _ if i > 0 && words[i - 1] == "water" => "I-DRINK",
+                    _ => "O",
+                };
+                writeln!(f, "{w} NN {tag}").unwrap();
+            }
+            writeln!(f).unwrap();
+        }
+        path
+    };
+    let (train, valid, test) = (
+        write("train.conll", 300),
+        write("valid.conll", 40),
+        write("test.conll", 80),
+    );
+    let out = dir.join("out");
+    let mut cfg = FinetuneConfig {
+        task: "tag".into(),
+        ..config(&train, &valid, 300)
+    };
+    cfg.train.lr = 1e-3;
+    // A freshly initialized encoder (transformers' init), as `kiln init` makes: the parity
+    // fixture's deliberately odd weights learn per-token rules far more slowly.
+    let init = dir.join("init");
+    let tok_dir = fixture("tiny-bert");
+    let tok = kiln::tokenize::Tokenizer::from_dir(&tok_dir)
+        .unwrap()
+        .unwrap();
+    let shape = kiln::model::init::InitShape {
+        layers: Some(2),
+        max_positions: Some(64),
+        ..Default::default()
+    };
+    let mc = kiln::model::init::new_config(kiln::model::Arch::Bert, "tiny", &shape, &tok).unwrap();
+    let fresh = kiln::model::init::random_model(mc, tok, tok_dir, 7).unwrap();
+    checkpoint::save(&fresh, &init, checkpoint::SaveDtype::F32).unwrap();
+    let s = finetune(&init, &out, &cfg, false, &AtomicBool::new(false), |_| {}).unwrap();
+    assert_eq!(s.metric.as_deref(), Some("f1"));
+    let p = checkpoint::load(&out).unwrap();
+    let labels = &p.task.as_ref().unwrap().labels;
+    assert_eq!(labels.names[0], "O");
+    assert!(labels.names.contains(&"I-DRINK".to_string()));
+    let recs = read_data(&test, false).unwrap();
+    assert_eq!(
+        recs[0].line, 3,
+        "sentences start after -DOCSTART- and its blank line"
+    );
+    let ex = encode_tag_examples(
+        p.tokenizer().unwrap(),
+        &recs,
+        "tokens",
+        "tags",
+        Some(labels),
+        64,
+        false,
+    )
+    .unwrap();
+    let m = evaluate_tags(&p, &ex).unwrap();
+    let f1 = m["f1"].as_f64().unwrap();
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(f1 >= 90.0, "held-out entity F1 {f1}: {m}\n{log}");
+    // The POS column is there too, as col1.
+    assert_eq!(recs[0].fields["col1"][0], "NN");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn tag_data_errors_name_file_and_line() {
+    let dir = scratch("tagbad");
+    let run = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        let cfg = FinetuneConfig {
+            task: "tag".into(),
+            valid_file: None,
+            ..config(&path, &path, 1)
+        };
+        finetune(
+            &fixture("tiny-bert"),
+            &dir.join("out"),
+            &cfg,
+            false,
+            &AtomicBool::new(false),
+            |_| {},
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let err = run("a.conll", "rain NN B-W\nopen NN O\n\nwater NN O\nrain NN\n");
+    assert!(
+        err.contains("a.conll line 5") && err.contains("columns"),
+        "{err}"
+    );
+    let err = run(
+        "b.jsonl",
+        "{\"tokens\": [\"rain\", \"open\"], \"tags\": [\"B-W\", \"O\"]}\n{\"tokens\": [\"rain\"], \"tags\": [\"B-W\", \"O\"]}\n",
+    );
+    assert!(
+        err.contains("b.jsonl line 2") && err.contains("1 words but 2 tags"),
+        "{err}"
+    );
+    let err = run(
+        "c.jsonl",
+        "{\"tokens\": \"rain open\", \"tags\": [\"O\", \"B-W\"]}\n",
+    );
+    assert!(
+        err.contains("c.jsonl line 1") && err.contains("list"),
+        "{err}"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -5,6 +5,7 @@ use crate::io::Output;
 use crate::progress::Reporter;
 use anyhow::{Context, Result};
 use kiln::train::classify::{encode_examples, evaluate_examples, read_data, Fields};
+use kiln::train::tag::{encode_tag_examples, evaluate_tags, predict_tags, TagExample};
 use kiln::train::{finetune, FinetuneConfig};
 use std::path::PathBuf;
 
@@ -20,6 +21,12 @@ pub struct DataArgs {
     /// Field of the label [default: label].
     #[arg(long)]
     label_field: Option<String>,
+    /// Tagging: field holding the list of words [default: tokens].
+    #[arg(long)]
+    tokens_field: Option<String>,
+    /// Tagging: field holding the list of tags, e.g. ner or pos [default: tags].
+    #[arg(long)]
+    tag_field: Option<String>,
     /// Tokens per example; longer inputs are truncated [default: 128].
     #[arg(long)]
     max_length: Option<usize>,
@@ -28,9 +35,11 @@ pub struct DataArgs {
     skip_invalid: bool,
 }
 
-/// Fine-tune a pretrained model on labelled data. --task classify: one label per text or text
-/// pair (JSONL, CSV or TSV; .gz accepted), cross-entropy, or mean squared error with
-/// --regression. With --valid the output directory holds the best model by --metric;
+/// Fine-tune a pretrained model on labelled data (JSONL, CSV, TSV or CoNLL; .gz accepted).
+/// --task classify: one label per text or text pair, cross-entropy, or mean squared error
+/// with --regression. --task tag: a tag per word (--tokens-field / --tag-field lists; CoNLL
+/// files give `tokens`, `tags` = last column, `col1`, `col2`, …), the first piece of each word
+/// carrying its tag. With --valid the output directory holds the best model by --metric;
 /// checkpoints go to OUT/checkpoint-STEP/, metrics to OUT/metrics.jsonl.
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,7 +53,7 @@ pub struct Args {
     /// flags given here override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The task form (classify; tag, qa and seq2seq are not available yet).
+    /// The task form: classify or tag (qa and seq2seq are not available yet).
     #[arg(long)]
     task: Option<String>,
     /// Training data.
@@ -61,6 +70,9 @@ pub struct Args {
     /// The label is a real value (one output, mean squared error).
     #[arg(long)]
     regression: bool,
+    /// Tagging: train every word piece on its word's tag, not only the first.
+    #[arg(long)]
+    label_all_pieces: bool,
     /// Validation metric that picks the best model [default: accuracy; pearson for regression].
     #[arg(long)]
     metric: Option<String>,
@@ -102,6 +114,13 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(m) = d.max_length {
         c.max_length = m;
     }
+    if let Some(f) = &d.tokens_field {
+        c.tokens_field = f.clone();
+    }
+    if let Some(f) = &d.tag_field {
+        c.tag_field = f.clone();
+    }
+    c.label_all_pieces |= a.label_all_pieces;
     c.skip_invalid |= d.skip_invalid;
     if a.labels.is_some() {
         c.labels = a.labels.clone();
@@ -121,9 +140,7 @@ pub fn run(a: Args) -> Result<()> {
     if let Some((step, v)) = summary.best {
         eprintln!(
             "best {} {v:.4} at step {step}{}",
-            c.metric
-                .as_deref()
-                .unwrap_or(if c.regression { "pearson" } else { "accuracy" }),
+            summary.metric.as_deref().unwrap_or("metric"),
             if summary.early_stopped {
                 " (stopped early)"
             } else {
@@ -139,10 +156,30 @@ pub fn run(a: Args) -> Result<()> {
 
 fn check_task(task: &str) -> Result<()> {
     anyhow::ensure!(
-        task == "classify",
-        "--task: \"{task}\" is not available yet (available: classify)"
+        task == "classify" || task == "tag",
+        "--task: \"{task}\" is not available yet (available: classify, tag)"
     );
     Ok(())
+}
+
+fn tag_examples(
+    p: &kiln::checkpoint::Pretrained,
+    data: &std::path::Path,
+    d: &DataArgs,
+    with_tags: bool,
+) -> Result<Vec<TagExample>> {
+    let head = kiln::infer::tag::token_head(p)?;
+    let records = read_data(data, d.skip_invalid)?;
+    let max_len = d.max_length.unwrap_or(128).min(p.config().max_positions);
+    Ok(encode_tag_examples(
+        p.tokenizer()?,
+        &records,
+        d.tokens_field.as_deref().unwrap_or("tokens"),
+        d.tag_field.as_deref().unwrap_or("tags"),
+        with_tags.then_some(&head.labels),
+        max_len,
+        false,
+    )?)
 }
 
 /// Score a fine-tuned model on labelled data with the task's metrics.
@@ -151,7 +188,7 @@ pub struct EvalArgs {
     /// The fine-tuned model directory.
     #[arg(long)]
     model: PathBuf,
-    /// The task form (classify).
+    /// The task form: classify or tag.
     #[arg(long, default_value = "classify")]
     task: String,
     /// Labelled data (JSONL, CSV or TSV; .gz accepted).
@@ -191,14 +228,19 @@ fn load_examples(
 pub fn eval(a: EvalArgs) -> Result<()> {
     check_task(&a.task)?;
     let p = super::load(&a.model)?;
-    let examples = load_examples(&p, &a.data, &a.fields, true)?;
-    let mut m = evaluate_examples(&p, &examples)?;
+    let (mut m, n) = if a.task == "tag" {
+        let ex = tag_examples(&p, &a.data, &a.fields, true)?;
+        (evaluate_tags(&p, &ex)?, ex.len())
+    } else {
+        let ex = load_examples(&p, &a.data, &a.fields, true)?;
+        (evaluate_examples(&p, &ex)?, ex.len())
+    };
     if let Some(o) = m.as_object_mut() {
         // On its own data the loss is just the loss.
         if let Some(l) = o.remove("valid_loss") {
             o.insert("loss".into(), l);
         }
-        o.insert("examples".into(), examples.len().into());
+        o.insert("examples".into(), n.into());
     }
     if a.json {
         println!("{m}");
@@ -219,7 +261,7 @@ pub struct PredictArgs {
     /// The fine-tuned model directory.
     #[arg(long)]
     model: PathBuf,
-    /// The task form (classify).
+    /// The task form: classify or tag.
     #[arg(long, default_value = "classify")]
     task: String,
     /// Input data with the training data's fields (labels not needed).
@@ -235,6 +277,21 @@ pub struct PredictArgs {
 pub fn predict(a: PredictArgs) -> Result<()> {
     check_task(&a.task)?;
     let p = super::load(&a.model)?;
+    if a.task == "tag" {
+        let head = kiln::infer::tag::token_head(&p)?;
+        let examples = tag_examples(&p, &a.input, &a.fields, false)?;
+        let mut out = Output::open(a.output.as_deref())?;
+        for chunk in examples.chunks(256) {
+            for tags in predict_tags(&p, chunk)? {
+                let names: Vec<&str> = tags
+                    .iter()
+                    .map(|&i| head.labels.names[i].as_str())
+                    .collect();
+                out.line(&serde_json::json!({ "tags": names }).to_string())?;
+            }
+        }
+        return out.finish();
+    }
     let head = kiln::infer::classify::sequence_head(&p)?;
     let examples = load_examples(&p, &a.input, &a.fields, false)?;
     let mut out = Output::open(a.output.as_deref())?;

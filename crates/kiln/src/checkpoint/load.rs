@@ -200,18 +200,12 @@ fn load_task_head(r: &mut Reader<'_>, config: &ModelConfig) -> Result<Option<Tas
             integer: false,
         }),
     };
-    let dropout = config.raw["classifier_dropout"]
-        .as_f64()
-        .unwrap_or(config.hidden_dropout) as f32;
+    let dropout = crate::heads::task::head_dropout(config, kind);
     let head = TaskHead {
         kind,
         linear: Linear::new(weight, bias),
         labels,
-        dropout: if kind == HeadKind::Sequence && config.arch == Arch::Gpt2 {
-            0.0
-        } else {
-            dropout
-        },
+        dropout,
     };
     head.check().map_err(|e| Error::Config {
         path: r.dir.join("config.json"),

@@ -1,5 +1,5 @@
 //! Labelled task data as records (field name → JSON value), one per example, from JSON Lines,
-//! CSV or TSV with a header row, each optionally gzip-compressed. Every record remembers its
+//! CSV or TSV with a header row, or CoNLL column files, each optionally gzip-compressed. Every record remembers its
 //! file and line, so a bad value is reported where it is.
 
 use crate::error::{Error, Result};
@@ -43,6 +43,11 @@ pub enum Format {
     Csv,
     /// Tab-separated with a header row.
     Tsv,
+    /// CoNLL columns: a word per line (word first, tags after, separated by spaces or tabs),
+    /// sentences separated by blank lines, `-DOCSTART-` lines skipped. A sentence becomes a
+    /// record with `tokens` (first column), `tags` (last column) and `col1`, `col2`, … (every
+    /// column after the word).
+    Conll,
 }
 
 impl Format {
@@ -56,9 +61,11 @@ impl Format {
             Ok(Format::Csv)
         } else if name.ends_with(".tsv") {
             Ok(Format::Tsv)
+        } else if name.ends_with(".conll") || name.ends_with(".conllu") {
+            Ok(Format::Conll)
         } else {
             Err(Error::Input(format!(
-                "{}: unknown data format (expected .jsonl, .csv or .tsv, optionally .gz)",
+                "{}: unknown data format (expected .jsonl, .csv, .tsv or .conll, optionally .gz)",
                 path.display()
             )))
         }
@@ -103,6 +110,67 @@ pub fn read_records(path: &Path, skip_invalid: bool) -> Result<(Vec<Record>, usi
                     Err(e) => return Err(at(i + 1, format!("invalid JSON: {e}"))),
                 }
             }
+        }
+        Format::Conll => {
+            let mut rows: Vec<Vec<String>> = Vec::new();
+            let mut start = 0;
+            let mut bad = false;
+            let mut flush = |rows: &mut Vec<Vec<String>>, start: usize, bad: &mut bool| {
+                if !rows.is_empty() && !*bad {
+                    let mut fields = serde_json::Map::new();
+                    let col = |i: usize| -> serde_json::Value {
+                        rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>().into()
+                    };
+                    let width = rows[0].len();
+                    fields.insert("tokens".into(), col(0));
+                    fields.insert("tags".into(), col(width - 1));
+                    for i in 1..width {
+                        fields.insert(format!("col{i}"), col(i));
+                    }
+                    out.push(Record {
+                        fields,
+                        path: path.to_path_buf(),
+                        line: start,
+                    });
+                }
+                rows.clear();
+                *bad = false;
+            };
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.map_err(|e| at(i + 1, format!("cannot read: {e}")))?;
+                let cols: Vec<String> = line.split_whitespace().map(String::from).collect();
+                if cols.is_empty() {
+                    flush(&mut rows, start, &mut bad);
+                    continue;
+                }
+                if cols[0] == "-DOCSTART-" {
+                    continue;
+                }
+                if rows.is_empty() {
+                    start = i + 1;
+                }
+                let width = rows.first().map_or(cols.len(), |r| r.len());
+                if cols.len() < 2 || cols.len() != width {
+                    if skip_invalid {
+                        if !bad {
+                            skipped += 1;
+                        }
+                        bad = true;
+                        rows.push(vec![String::new(); width.max(2)]);
+                        continue;
+                    }
+                    return Err(at(
+                        i + 1,
+                        format!(
+                            "expected {} columns (word, then tags), found {}",
+                            width.max(2),
+                            cols.len()
+                        ),
+                    ));
+                }
+                rows.push(cols);
+            }
+            flush(&mut rows, start, &mut bad);
         }
         Format::Csv | Format::Tsv => {
             let mut r = csv::ReaderBuilder::new()

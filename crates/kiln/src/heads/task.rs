@@ -157,6 +157,19 @@ impl Labels {
     }
 }
 
+/// Dropout before a head's output layer, as transformers sets it: BERT heads use
+/// `classifier_dropout`, else the hidden dropout; GPT-2's token classifier
+/// `classifier_dropout`, else 0.1 (never `resid_pdrop`); GPT-2's sequence `score` none.
+pub fn head_dropout(config: &crate::model::ModelConfig, kind: HeadKind) -> f32 {
+    let explicit = config.raw["classifier_dropout"].as_f64();
+    (match (config.arch, kind) {
+        (Arch::Gpt2, HeadKind::Sequence) => 0.0,
+        (Arch::Gpt2, _) => explicit.unwrap_or(0.1),
+        (Arch::Bert, HeadKind::Span) => 0.0,
+        (Arch::Bert, _) => explicit.unwrap_or(config.hidden_dropout),
+    }) as f32
+}
+
 /// A fine-tuning head: its kind, its output layer and its labels.
 #[derive(Clone, Debug)]
 pub struct TaskHead {

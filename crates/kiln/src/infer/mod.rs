@@ -6,6 +6,7 @@ pub mod embed;
 pub mod fill_mask;
 pub mod generate;
 pub mod similarity;
+pub mod tag;
 
 pub use embed::{EmbedOptions, Embedder};
 pub use fill_mask::{fill_mask, MaskPrediction};

@@ -54,12 +54,8 @@ pub fn entities<S: AsRef<str>>(sentences: &[Vec<S>]) -> Vec<Entity> {
         let mut begin = 0usize;
         // A trailing "O" closes the last entity of each sentence.
         let n = sent.len();
-        for i in 0..=n {
-            let (tag, ty) = if i < n {
-                split(sent[i].as_ref())
-            } else {
-                ('O', "")
-            };
+        let closed = sent.iter().map(|t| split(t.as_ref())).chain([('O', "")]);
+        for (i, (tag, ty)) in closed.enumerate() {
             if ends(prev, tag, &prev_type, ty) && prev != 'O' {
                 out.push((prev_type.clone(), pos + begin, pos + i - 1));
             }

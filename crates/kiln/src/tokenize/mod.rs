@@ -152,8 +152,18 @@ impl Tokenizer {
 
     /// Encodes a sentence given as words (pre-tokenized, e.g. CoNLL), with special tokens;
     /// `word_ids` then index into `words`.
+    /// Byte-level BPE words are encoded as if each followed a space (transformers'
+    /// `add_prefix_space=True`, which its tagging recipes require), so a word maps to the same
+    /// pieces wherever it stands.
     pub fn encode_words(&self, words: &[&str]) -> Result<Encoding> {
-        let input = tokenizers::InputSequence::from(words.to_vec());
+        let spaced: Vec<String>;
+        let words: Vec<&str> = if self.byte_level() {
+            spaced = words.iter().map(|w| format!(" {w}")).collect();
+            spaced.iter().map(String::as_str).collect()
+        } else {
+            words.to_vec()
+        };
+        let input = tokenizers::InputSequence::from(words.clone());
         let enc = self
             .inner
             .encode(tokenizers::EncodeInput::Single(input), true)
@@ -166,6 +176,15 @@ impl Tokenizer {
                 msg: e.to_string(),
             })?;
         Ok(convert(&enc))
+    }
+
+    /// Whether the pre-tokenizer works on bytes (GPT-2 style), where a leading space is part
+    /// of a word's first piece.
+    fn byte_level(&self) -> bool {
+        matches!(
+            self.inner.get_pre_tokenizer(),
+            Some(tokenizers::PreTokenizerWrapper::ByteLevel(_))
+        )
     }
 
     /// Encodes text without special tokens (e.g. a generation prompt for GPT-2, a word to find).

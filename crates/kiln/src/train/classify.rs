@@ -5,7 +5,8 @@
 
 use super::backprop::{backward, forward};
 use super::config::FinetuneConfig;
-use super::trainer::{run, start, Progress, Summary, Task};
+use super::finetune::{pick_metric, Order};
+use super::trainer::Task;
 use crate::checkpoint::Pretrained;
 use crate::data::records::{read_records, Record};
 use crate::engine::dropout::{mix, Dropout};
@@ -18,11 +19,8 @@ use crate::metrics::{accuracy, macro_f1, pearson, spearman};
 use crate::model::init::Init;
 use crate::model::{Arch, Batch};
 use crate::tokenize::{Tokenizer, Truncation};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use rayon::prelude::*;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 /// Which record fields hold the texts and the label.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,20 +72,24 @@ pub struct Example {
     pub label: Option<f32>,
 }
 
-/// Reads a label file: `["a", "b"]` or `{"label": ["a", "b"]}` (the form of the datasets in
-/// `shared/data/*/labels.json`).
-pub fn read_label_file(path: &Path) -> Result<Vec<String>> {
+/// Reads a label file: `["a", "b"]`, or an object of such lists keyed by field name
+/// (`{"label": [...]}`, `{"ner": [...], "pos": [...]}`: the form of the datasets in
+/// `shared/data/*/labels.json`), from which the list for `field` (or the only one) is taken.
+pub fn read_label_file(path: &Path, field: &str) -> Result<Vec<String>> {
     let v = crate::checkpoint::read_json(path)?;
     let list = match &v {
         serde_json::Value::Array(a) => Some(a),
         serde_json::Value::Object(o) if o.len() == 1 => {
             o.values().next().and_then(|x| x.as_array())
         }
+        serde_json::Value::Object(o) => o.get(field).and_then(|x| x.as_array()),
         _ => None,
     }
     .ok_or_else(|| Error::Json {
         path: path.to_path_buf(),
-        msg: "expected a list of label names, or an object with one such list".into(),
+        msg: format!(
+            "expected a list of label names, or an object with such a list under \"{field}\""
+        ),
     })?;
     let names: Vec<String> = list
         .iter()
@@ -270,12 +272,7 @@ pub fn new_sequence_head(p: &mut Pretrained, labels: Labels, seed: u64) -> Resul
     if cfg.arch == Arch::Gpt2 {
         linear.bias = None; // GPT2ForSequenceClassification's score has no bias
     }
-    let dropout = match cfg.arch {
-        Arch::Gpt2 => 0.0,
-        Arch::Bert => cfg.raw["classifier_dropout"]
-            .as_f64()
-            .unwrap_or(cfg.hidden_dropout) as f32,
-    };
+    let dropout = crate::heads::task::head_dropout(&cfg, HeadKind::Sequence);
     p.task = Some(TaskHead {
         kind: HeadKind::Sequence,
         linear,
@@ -449,30 +446,13 @@ pub fn evaluate_examples(p: &Pretrained, examples: &[Example]) -> Result<serde_j
     }))
 }
 
-/// Sequence classification as a task of the training loop. Examples are visited in a fresh
-/// seeded order every epoch; batches are packed, so no position is padding.
-struct ClassifyTask {
+/// Sequence classification as a task of the training loop. Batches are packed, so no
+/// position is padding.
+pub(crate) struct ClassifyTask {
     train: Vec<Example>,
     valid: Vec<Example>,
-    seed: u64,
-    consumed: u64,
-    order: Vec<usize>,
-    order_epoch: Option<u64>,
+    order: Order,
     metric: (String, bool),
-}
-
-impl ClassifyTask {
-    fn index(&mut self, i: u64) -> usize {
-        let n = self.train.len() as u64;
-        let epoch = i / n;
-        if self.order_epoch != Some(epoch) {
-            self.order = (0..self.train.len()).collect();
-            let mut rng = rand::rngs::StdRng::seed_from_u64(mix(self.seed ^ mix(epoch + 1)));
-            self.order.shuffle(&mut rng);
-            self.order_epoch = Some(epoch);
-        }
-        self.order[(i % n) as usize]
-    }
 }
 
 impl Task for ClassifyTask {
@@ -483,15 +463,12 @@ impl Task for ClassifyTask {
     }
 
     fn seek(&mut self, consumed: u64) -> Result<()> {
-        self.consumed = consumed;
+        self.order.consumed = consumed;
         Ok(())
     }
 
     fn next_micro(&mut self, n: usize, _rng: &mut rand::rngs::StdRng) -> Result<Self::Micro> {
-        let ids: Vec<usize> = (0..n as u64)
-            .map(|j| self.index(self.consumed + j))
-            .collect();
-        self.consumed += n as u64;
+        let ids = self.order.take(n);
         let refs: Vec<&Example> = ids.iter().map(|&i| &self.train[i]).collect();
         let labels = refs.iter().map(|e| e.label.unwrap_or(0.0)).collect();
         Ok((batch_of(&refs)?, labels))
@@ -517,10 +494,7 @@ impl Task for ClassifyTask {
     }
 
     fn position(&self) -> (u64, u64) {
-        (
-            self.consumed,
-            self.consumed / self.train.len().max(1) as u64,
-        )
+        self.order.position()
     }
 
     fn evaluate(&mut self, p: &Pretrained) -> Result<Option<serde_json::Value>> {
@@ -550,36 +524,26 @@ pub fn read_data(path: &Path, skip_invalid: bool) -> Result<Vec<Record>> {
     Ok(records)
 }
 
-/// Fine-tunes (or, with `resume`, continues fine-tuning) the model in `model_dir` for sequence
-/// classification, writing checkpoints, `metrics.jsonl` and the best (with validation data)
-/// or final model into `out`.
-pub fn finetune(
-    model_dir: &Path,
-    out: &Path,
+/// Prepares sequence classification: the label set (from `--labels` or the data), the head
+/// (new unless the model already has one for the same labels), and the encoded examples.
+pub(crate) fn prepare(
+    p: &mut Pretrained,
     cfg: &FinetuneConfig,
+    records: &[Record],
     resume: bool,
-    stop: &AtomicBool,
-    report: impl FnMut(&Progress),
-) -> Result<Summary> {
-    cfg.validate()?;
-    let records = read_data(&cfg.train_file, cfg.skip_invalid)?;
+) -> Result<ClassifyTask> {
     let fields = Fields::resolve(
         cfg.text_field.as_deref(),
         cfg.text_b_field.as_deref(),
         &cfg.label_field,
         records.first(),
     );
-    let names = cfg.labels.as_deref().map(read_label_file).transpose()?;
-    let labels = collect_labels(&records, &fields.label, names, cfg.regression)?;
-    let config = serde_json::to_value(cfg).map_err(|e| Error::Input(e.to_string()))?;
-    let (mut p, opt, state) = start(
-        model_dir,
-        out,
-        config,
-        &["task", "train_file", "batch_size", "seed", "max_length"],
-        cfg.train.weight_decay,
-        resume,
-    )?;
+    let names = cfg
+        .labels
+        .as_deref()
+        .map(|f| read_label_file(f, &fields.label))
+        .transpose()?;
+    let labels = collect_labels(records, &fields.label, names, cfg.regression)?;
     let keep = p
         .task
         .as_ref()
@@ -590,12 +554,12 @@ pub fn finetune(
                 "the checkpoint's labels differ from the data's; resume with the same data".into(),
             ));
         }
-        new_sequence_head(&mut p, labels.clone(), cfg.train.seed)?;
+        new_sequence_head(p, labels.clone(), cfg.train.seed)?;
     }
     let labels = p.task.as_ref().map(|t| t.labels.clone()).unwrap_or(labels);
     let tok = p.tokenizer()?.clone();
     let max_len = cfg.max_length.min(p.config().max_positions);
-    let train = encode_examples(&tok, &records, &fields, Some(&labels), max_len)?;
+    let train = encode_examples(&tok, records, &fields, Some(&labels), max_len)?;
     let valid = match &cfg.valid_file {
         Some(f) => {
             let recs = read_data(f, cfg.skip_invalid)?;
@@ -603,41 +567,25 @@ pub fn finetune(
         }
         None => Vec::new(),
     };
-    let metric = match cfg.metric.as_deref() {
-        Some("valid_loss") | Some("mse") => (cfg.metric.clone().unwrap_or_default(), false),
-        Some(m @ ("accuracy" | "macro_f1")) if !labels.regression => (m.to_string(), true),
-        Some(m @ ("pearson" | "spearman")) if labels.regression => (m.to_string(), true),
-        Some(m) => {
-            return Err(Error::Input(format!(
-                "--metric: \"{m}\" is not a metric of this task ({})",
-                if labels.regression {
-                    "mse, pearson, spearman, valid_loss"
-                } else {
-                    "accuracy, macro_f1, valid_loss"
-                }
-            )))
-        }
-        None if labels.regression => ("pearson".into(), true),
-        None => ("accuracy".into(), true),
+    let metric = if labels.regression {
+        pick_metric(
+            cfg.metric.as_deref(),
+            &["pearson", "spearman"],
+            &["mse", "valid_loss"],
+            "pearson",
+        )?
+    } else {
+        pick_metric(
+            cfg.metric.as_deref(),
+            &["accuracy", "macro_f1"],
+            &["valid_loss"],
+            "accuracy",
+        )?
     };
-    let mut task = ClassifyTask {
+    Ok(ClassifyTask {
+        order: Order::new(train.len(), cfg.train.seed),
         train,
         valid,
-        seed: cfg.train.seed,
-        consumed: 0,
-        order: Vec::new(),
-        order_epoch: None,
         metric,
-    };
-    run(
-        p,
-        opt,
-        state,
-        &mut task,
-        &cfg.train,
-        cfg.patience,
-        out,
-        stop,
-        report,
-    )
+    })
 }

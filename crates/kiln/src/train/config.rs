@@ -222,7 +222,7 @@ pub struct FinetuneConfig {
     /// The loop settings.
     #[serde(flatten)]
     pub train: TrainConfig,
-    /// The task form: classify (tag, qa and seq2seq follow).
+    /// The task form: classify or tag (qa and seq2seq follow).
     pub task: String,
     /// Training data (JSONL, CSV or TSV, optionally .gz).
     pub train_file: PathBuf,
@@ -234,6 +234,12 @@ pub struct FinetuneConfig {
     pub text_b_field: Option<String>,
     /// Field of the label.
     pub label_field: String,
+    /// Tagging: field holding the list of words.
+    pub tokens_field: String,
+    /// Tagging: field holding the list of tags (e.g. `ner`, `pos`).
+    pub tag_field: String,
+    /// Tagging: label every word piece instead of only the first of each word.
+    pub label_all_pieces: bool,
     /// A JSON file naming the labels in id order (`["neg", "pos"]` or `{"label": [...]}`);
     /// default: the labels found in the training data, sorted.
     pub labels: Option<PathBuf>,
@@ -264,6 +270,9 @@ impl Default for FinetuneConfig {
             text_field: None,
             text_b_field: None,
             label_field: "label".into(),
+            tokens_field: "tokens".into(),
+            tag_field: "tags".into(),
+            label_all_pieces: false,
             labels: None,
             regression: false,
             max_length: 128,
@@ -285,11 +294,11 @@ impl FinetuneConfig {
         if self.train_file.as_os_str().is_empty() {
             return bad("train", "give the training data file");
         }
-        if self.task != "classify" {
+        if !["classify", "tag"].contains(&self.task.as_str()) {
             return bad(
                 "task",
                 &format!(
-                    "\"{}\" is not available yet (available: classify)",
+                    "\"{}\" is not available yet (available: classify, tag)",
                     self.task
                 ),
             );

@@ -4,14 +4,16 @@
 pub mod backprop;
 pub mod classify;
 pub mod config;
+pub mod finetune;
 pub mod optim;
 pub mod pretrain;
 pub mod schedule;
 pub mod state;
+pub mod tag;
 pub mod trainer;
 
-pub use classify::finetune;
 pub use config::{FinetuneConfig, Objective, PretrainConfig, TrainConfig};
+pub use finetune::finetune;
 pub use optim::{clip_grad_norm, AdamW, Param};
 pub use pretrain::pretrain;
 pub use schedule::{Schedule, ScheduleKind};

@@ -30,6 +30,8 @@ pub struct Summary {
     pub valid_loss: Option<f32>,
     /// The best value of the selection metric and its step, when the task has one.
     pub best: Option<(u64, f64)>,
+    /// The name of the selection metric.
+    pub metric: Option<String>,
     /// Whether the run stopped early on request (a checkpoint was written).
     pub interrupted: bool,
     /// Whether early stopping (`patience`) ended the run.
@@ -353,6 +355,7 @@ pub fn run<T: Task>(
         loss: last_loss,
         valid_loss: state.valid_loss,
         best: state.best,
+        metric: selection.map(|(n, _)| n),
         interrupted,
         early_stopped,
     })
