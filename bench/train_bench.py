@@ -1,12 +1,11 @@
 #!/usr/bin/env python3
-"""Training-step throughput: `kiln pretrain` vs PyTorch/transformers, same model, same batch shape.
+"""Training steps, `kiln pretrain` vs PyTorch/transformers: tokens/s and training memory.
 
 Two workloads, each a full optimizer step on CPU with 2 threads on both sides:
   (a) bert - BERT-mini masked LM (L4/H256, 4 heads, FFN 1024), WordPiece vocab 30522 (uncased),
              batch 16 x 128 tokens, 15% masking;
-  (b) gpt2 - GPT-2 L6/H384 (6 heads, FFN 1536, 128 positions) causal LM, byte-level BPE vocab
-             50257 (32000 if training that tokenizer takes too long; the header prints the size
-             used), batch 8 x 128 tokens.
+  (b) gpt2 - GPT-2-style L6/H384 (6 heads, FFN 1536, 128 positions) causal LM, byte-level BPE
+             vocab 30522, batch 8 x 128 tokens.
 Both sides start every run from the SAME initial model directory (`kiln init`, with the dropout
 rates in its config.json set to --dropout, default 0.0), read the same text (the Gutenberg
 validation books, packed into 128-token sequences the same way) and take the same optimizer step:
@@ -14,23 +13,41 @@ AdamW lr 1e-4 (constant), weight decay 0.01 (not on biases and LayerNorm weights
 clipping at norm 1.0. Both sides take their dropout rates from that config.json (`kiln pretrain`
 applies them in training; the PyTorch models are loaded in train mode with the same values).
 
-Runs alternate (kiln, pytorch, kiln, ...) for --rounds rounds in one invocation; each run is
---steps optimizer steps from the initial model, the first 2 of which are warm-up and ignored. A
-run's figure is the median over its remaining steps of tokens/s = batch x 128 / step time; the
-table reports the median over rounds per side and the ratio of the medians. The baseline is
-measured live on every run, never read from a file.
+Every run, on both sides, is a fresh process: one `kiln pretrain` process, or one PyTorch worker
+process (this script with --pytorch-worker). Runs alternate (kiln, pytorch, kiln, ...) for
+--rounds rounds in one invocation; each run is --steps optimizer steps from the initial model, the
+first 2 of which are warm-up and ignored for speed. Goals: Kiln/PyTorch tokens/s >= 1.5 (BERT) and
+>= 1.2 (GPT); Kiln/PyTorch training memory <= 0.7.
 
-What each side's step time covers:
-  kiln     one `kiln pretrain` process per run; its own per-step `tokens_per_s` from
-           metrics.jsonl (--log-every 1): everything between two log lines, i.e. packing and
-           tokenizing text, masking, forward, backward, clipping, the AdamW update, the log line.
-           The whole process's wall time (start, model load, the initial and final saves
-           included) is reported separately.
+Speed: a run's figure is the median over its non-warm-up steps of tokens/s = batch x 128 / step
+time; the table reports the median over rounds per side and the ratio of the medians.
+  kiln     its own per-step `tokens_per_s` from metrics.jsonl (--log-every 1): everything between
+           two log lines, i.e. packing and tokenizing text, masking, forward, backward, clipping,
+           the AdamW update, the log line. The whole process's wall time (start, model load, the
+           initial and final saves included) is reported separately.
   pytorch  BertForMaskedLM / GPT2LMHeadModel.from_pretrained(the same directory) in train mode,
            transformers' default attention (sdpa); per step: build the batch (MLM:
            DataCollatorForLanguageModeling, mlm_probability 0.15), forward with labels, backward,
-           clip_grad_norm_(1.0), AdamW.step(), zero_grad(). Text tokenized and packed once,
-           outside the timed region; model loaded once per run, untimed.
+           clip_grad_norm_(1.0), AdamW.step(), zero_grad(). Text tokenized and packed once by this
+           script, outside the worker's timed region; model loaded untimed.
+
+Training memory = peak RSS up to the end of the last step - RSS just before the first step, of
+the process running the steps (MiB = 2^20 bytes). Both sides' processes are started through a
+small fork/exec launcher, so the kernel's peak-RSS counters see only that process, not this
+script's memory. Gradients, AdamW moments, activations and workspace count as training memory on
+both sides (PyTorch creates its gradients and AdamW state lazily in the first step).
+  pytorch  (measured inside the worker) before = /proc/self/status VmRSS once the model, the
+           optimizer, the collator and the batches are set up (gc.collect() first); peak =
+           /proc/self/status VmHWM read right after the last step (ru_maxrss is recorded too).
+  kiln     (measured from outside, polling every 5 ms until step 1 and during the last step,
+           every 50 ms in between) before = the lowest /proc/PID/statm RSS
+           between the moment `kiln pretrain` starts its initial save of the model into --out
+           (OUT/model.safetensors appears; the model is loaded by then) and the start of step 1
+           (= when the first metrics line appeared minus that step's own time, batch x 128 /
+           tokens_per_s); i.e. the model loaded and the save buffers freed, before the trainer
+           allocates its gradient buffers. peak = /proc/PID/status VmHWM read as soon as the last
+           step's metrics line appears, i.e. before the final checkpoint and model saves. The
+           process's lifetime peak (wait4 ru_maxrss, final saves included) is reported too.
 
 Setup (cached in ~/.cache/kiln-bench/train/, reused when present): tokenizers trained with
 `kiln tokenizer train` on the Gutenberg training books, models created with `kiln init`, and a
@@ -38,10 +55,13 @@ copy of each model whose config.json carries the --dropout rate.
 
 Usage (from the repository root, after `cargo build --release` and ../shared/reference/setup-python.sh):
     ~/.cache/kiln-ref-venv/bin/python bench/train_bench.py [--rounds 3] [--steps 12]
-        [--workloads a,b] [--kiln target/release/kiln] [--dropout 0.0] [--json results.json]
-Exit status: 0 all runs succeeded and the checks passed; 1 a Kiln run failed, a loss was not
-finite, or (dropout 0 only) the two sides' first-step causal-LM losses disagree; 2 setup error (wrong package
-versions, no kiln binary, missing data, a setup command failed).
+        [--quick] [--workloads a,b] [--kiln target/release/kiln] [--dropout 0.0] [--json results.json]
+--quick is a smoke test (1 round of 4 steps, no untimed warm-up runs; about a minute): it proves
+the script works, its numbers are not results.
+Exit status: 0 all runs succeeded and the checks passed; 1 a run failed, a loss was not finite,
+or (dropout 0 only) the two sides' first-step causal-LM losses disagree; 2 setup error (wrong
+package versions, no kiln binary, missing data, a setup command failed). Missing a goal is not a
+failure: the table says which goals are met.
 """
 
 import argparse
@@ -51,6 +71,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -76,13 +97,19 @@ WEIGHT_DECAY = 0.01
 CLIP_NORM = 1.0
 MLM_PROBABILITY = 0.15
 SEED = 42
-# Training the 50257-token BPE tokenizer longer than this falls back to BPE_FALLBACK_VOCAB.
-BPE_TRAIN_TIMEOUT_S = 150
-BPE_FALLBACK_VOCAB = 32000
+VOCAB = 30522  # both workloads
 # Same weights and same first batch: the first causal-LM losses must agree this closely (nats).
 CLM_FIRST_LOSS_TOLERANCE = 0.01
 # A round in which other processes took this share of the CPUs is not a clean measurement.
 BUSY_SHARE = 0.10
+# Goals: Kiln/PyTorch tokens/s per workload, and Kiln/PyTorch training memory.
+SPEED_GOAL = {"a": 1.5, "b": 1.2}
+MEMORY_GOAL = 0.7
+# How often the Kiln process's RSS and metrics.jsonl are polled.
+POLL_S = 0.005
+POLL_SLOW_S = 0.05
+MIB = 1 << 20
+QUICK_ROUNDS, QUICK_STEPS = 1, 4
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -118,14 +145,14 @@ class Workload:
     tokenizer_dir: Path = None
 
 
-def workload_specs(bpe_vocab):
+def workload_specs():
     return {
         "a": Workload(
-            "a", "(a) BERT-mini MLM, 16 x 128", "bert", "mlm", 16, "wordpiece", 30522, True,
+            "a", "(a) BERT-mini MLM, 16 x 128", "bert", "mlm", 16, "wordpiece", VOCAB, True,
             ["--size", "mini"], "bert-mini",
             ["hidden_dropout_prob", "attention_probs_dropout_prob"]),
         "b": Workload(
-            "b", "(b) GPT-2 L6/H384 CLM, 8 x 128", "gpt2", "clm", 8, "bpe", bpe_vocab, False,
+            "b", "(b) GPT-2 L6/H384 CLM, 8 x 128", "gpt2", "clm", 8, "bpe", VOCAB, False,
             ["--size", "small", "--layers", "6", "--hidden", "384", "--heads", "6",
              "--intermediate", "1536", "--max-positions", str(SEQ_LEN)], "gpt2-L6-H384",
             ["resid_pdrop", "embd_pdrop", "attn_pdrop"]),
@@ -136,8 +163,16 @@ class SetupError(Exception):
     """Something to fix before benchmarking (exit status 2)."""
 
 
-class KilnRunError(Exception):
-    """A `kiln pretrain` run failed; the message holds the command and its error output."""
+class RunError(Exception):
+    """A measured run failed; the message holds the command and its error output."""
+
+
+class KilnRunError(RunError):
+    """A `kiln pretrain` run failed."""
+
+
+class PyTorchRunError(RunError):
+    """A PyTorch worker process failed."""
 
 
 def check_versions(pins):
@@ -159,19 +194,25 @@ def parse_args():
                    help="kiln binary (default: target/release/kiln)")
     p.add_argument("--data", type=Path, default=SHARED / "data",
                    help="shared data folder with corpora/en_gutenberg/")
-    p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per workload")
-    p.add_argument("--steps", type=int, default=12,
-                   help=f"optimizer steps per run, the first {WARMUP_STEPS} of them warm-up")
+    p.add_argument("--rounds", type=int, help="alternating timed rounds per workload (default 3)")
+    p.add_argument("--steps", type=int,
+                   help=f"optimizer steps per run, the first {WARMUP_STEPS} of them warm-up "
+                        "(default 12)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: {QUICK_ROUNDS} round of {QUICK_STEPS} steps (unless "
+                        "--rounds/--steps say otherwise), no untimed warm-up runs")
     p.add_argument("--workloads", default="a,b", help="comma-separated subset of a,b")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout rate written into the models' config.json, used by both sides "
                         "(default 0.0; kiln init writes 0.1)")
-    p.add_argument("--bpe-vocab", type=int, default=50257,
-                   help="vocabulary of workload (b)'s byte-level BPE tokenizer")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "kiln-bench" / "train",
                    help="where the tokenizers and initial models are kept between runs")
     p.add_argument("--json", type=Path, help="also write all measurements to this JSON file")
     args = p.parse_args()
+    if args.rounds is None:
+        args.rounds = QUICK_ROUNDS if args.quick else 3
+    if args.steps is None:
+        args.steps = QUICK_STEPS if args.quick else 12
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if not args.workloads or any(w not in ("a", "b") for w in args.workloads):
         p.error("--workloads takes a comma-separated subset of a,b")
@@ -188,12 +229,9 @@ def parse_args():
 # Setup: tokenizers and initial models, made by kiln, cached
 
 
-def run_setup_command(cmd, timeout=None):
+def run_setup_command(cmd):
     start = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=KILN_ENV, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, time.perf_counter() - start
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=KILN_ENV)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SetupError(f"`{' '.join(map(str, cmd))}` exited {proc.returncode}:\n"
@@ -208,28 +246,19 @@ def fresh(path):
     return partial
 
 
-def ensure_tokenizer(kiln, cache, corpus, kind, vocab, lowercase, timeout=None):
-    """The tokenizer directory for (kind, vocab), trained once; None if training timed out."""
+def ensure_tokenizer(kiln, cache, corpus, kind, vocab, lowercase):
+    """The tokenizer directory for (kind, vocab), trained once."""
     name = f"{kind}-{vocab}" + ("-uncased" if lowercase else "")
     path = cache / name
-    too_slow = cache / (name + ".too-slow")
     if (path / "tokenizer.json").exists():
         return path
-    if too_slow.exists() and timeout is not None:
-        return None
     partial = fresh(path)
     cmd = [str(kiln), "tokenizer", "train", "--corpus", str(corpus), "--kind", kind,
            "--vocab-size", str(vocab), "--out", str(partial), "--threads", str(THREADS)]
     if lowercase:
         cmd.append("--lowercase")
     print(f"setup: {' '.join(cmd)}", flush=True)
-    proc, seconds = run_setup_command(cmd, timeout)
-    if proc is None:
-        shutil.rmtree(partial, ignore_errors=True)
-        too_slow.write_text(f"took more than {timeout} s\n")
-        print(f"setup: training the {vocab}-token {kind} tokenizer took more than {timeout} s; "
-              "giving up on it", flush=True)
-        return None
+    _, seconds = run_setup_command(cmd)
     print(f"setup: trained in {seconds:.1f} s", flush=True)
     partial.rename(path)
     return path
@@ -283,31 +312,112 @@ def setup_workloads(args, kiln):
         if not path.exists():
             raise SetupError(f"missing {path}; pass --data with the shared data folder")
     args.cache.mkdir(parents=True, exist_ok=True)
-    specs = workload_specs(args.bpe_vocab)
+    specs = workload_specs()
     out = []
     for key in args.workloads:
         w = specs[key]
-        if w.tokenizer_kind == "bpe":
-            tok = ensure_tokenizer(kiln, args.cache, train, "bpe", w.vocab_size, False,
-                                   timeout=BPE_TRAIN_TIMEOUT_S)
-            if tok is None and w.vocab_size != BPE_FALLBACK_VOCAB:
-                print(f"setup: using a {BPE_FALLBACK_VOCAB}-token BPE vocabulary instead", flush=True)
-                w.vocab_size = BPE_FALLBACK_VOCAB
-                tok = ensure_tokenizer(kiln, args.cache, train, "bpe", w.vocab_size, False)
-            if tok is None:
-                raise SetupError(f"could not train a {w.vocab_size}-token BPE tokenizer in time; "
-                                 f"delete {args.cache}/bpe-*.too-slow to retry")
-        else:
-            tok = ensure_tokenizer(kiln, args.cache, train, w.tokenizer_kind, w.vocab_size,
-                                   w.lowercase)
-        w.tokenizer_dir = tok
+        w.tokenizer_dir = ensure_tokenizer(kiln, args.cache, train, w.tokenizer_kind, w.vocab_size,
+                                           w.lowercase)
         w.model_dir = with_dropout(ensure_model(kiln, args.cache, w), w, args.dropout)
+        vocab = json.loads((w.model_dir / "config.json").read_text()).get("vocab_size")
+        if vocab != w.vocab_size:
+            raise SetupError(f"{w.model_dir / 'config.json'} has vocab_size {vocab}, "
+                             f"expected {w.vocab_size}")
         out.append(w)
     return out, valid
 
 
 # ---------------------------------------------------------------------------------------------
-# The two sides. Each `run` returns a dict with per-step tokens/s and losses.
+# Processes: every measured run is a fresh process started through a small launcher
+
+
+# Forks and execs the command, prints the child's pid, waits for it and prints its exit code,
+# peak RSS (wait4's ru_maxrss, KiB) and wall time as JSON. Peak RSS survives exec: a process
+# started directly from this script (vfork + exec) would report at least this script's own peak,
+# torch and all. A plain fork of this small interpreter (-S: no site packages) starts the child
+# from a few MiB instead.
+LAUNCHER = r"""
+import json, os, sys, time
+out, err, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        os.dup2(os.open(out, flags, 0o644), 1)
+        os.dup2(os.open(err, flags, 0o644), 2)
+        os.execvp(cmd[0], cmd)
+    except BaseException as e:
+        os.write(2, f"cannot start {cmd[0]}: {e}\n".encode())
+    os._exit(127)
+print(pid, flush=True)
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss,
+                  "wall_s": time.perf_counter() - start}), flush=True)
+"""
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class Launched:
+    """One process started through LAUNCHER, its stdout and stderr going to files."""
+
+    def __init__(self, cmd, env, tmp, stem):
+        self.cmd = [str(c) for c in cmd]
+        self.out, self.err = tmp / f"{stem}.stdout", tmp / f"{stem}.stderr"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-S", "-c", LAUNCHER, str(self.out), str(self.err), *self.cmd],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, env=env)
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.proc.wait()
+            raise RunError(f"could not start `{' '.join(self.cmd)}`: launcher said {line!r}")
+        self.pid = int(line)
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def finish(self):
+        """Waits for the process; its exit code, ru_maxrss (bytes), wall time, stdout, stderr."""
+        rest = self.proc.stdout.read()
+        self.proc.wait()
+        try:
+            res = json.loads(rest.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            res = {"exit": None, "maxrss_kib": None, "wall_s": None}
+        read = lambda f: f.read_text(errors="replace") if f.exists() else ""
+        return {"exit": res["exit"], "wall_s": res["wall_s"],
+                "maxrss": None if res["maxrss_kib"] is None else res["maxrss_kib"] * 1024,
+                "stdout": read(self.out), "stderr": read(self.err)}
+
+    def describe(self, res):
+        return (f"`{' '.join(self.cmd)}` exited {res['exit']}:\n"
+                f"{(res['stderr'] or res['stdout'])[-3000:]}")
+
+
+def proc_rss(pid):
+    """Resident set size of `pid` in bytes (/proc/PID/statm), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def proc_status(pid, field):
+    """A /proc/PID/status memory field (VmRSS, VmHWM) in bytes, None if unavailable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The two sides. Each `run` returns a dict with per-step tokens/s and losses, and the memory.
 
 
 class Kiln:
@@ -338,45 +448,90 @@ class Kiln:
     def run(self, w, corpus, steps):
         out = self.tmp / f"kiln-out-{w.key}"
         shutil.rmtree(out, ignore_errors=True)
-        cmd = self.command(w, corpus, out, steps)
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=KILN_ENV)
-        wall = time.perf_counter() - start
+        metrics, initial_save = out / "metrics.jsonl", out / "model.safetensors"
+        child = Launched(self.command(w, corpus, out, steps), KILN_ENV, self.tmp, "kiln")
+        t0 = time.perf_counter()
+        # Until the first metrics line: (time, RSS) every POLL_S and when the initial save of the
+        # model into --out began. Then only metrics.jsonl is watched, for the last step's line:
+        # every POLL_S during the last step, every POLL_SLOW_S before it (less load on the CPUs).
+        samples, t_saved, t_first, first_tps, steps_hwm = [], None, None, None, None
+        size, seen = None, 0
         try:
-            if proc.returncode != 0:
-                raise KilnRunError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n"
-                                   f"{(proc.stderr or proc.stdout)[-3000:]}")
-            metrics = out / "metrics.jsonl"
+            while child.running():
+                now = time.perf_counter() - t0
+                if t_first is None:
+                    rss = proc_rss(child.pid)
+                    if rss is not None:
+                        samples.append((now, rss))
+                    if t_saved is None and initial_save.exists():
+                        t_saved = now
+                try:
+                    st = metrics.stat().st_size
+                except OSError:
+                    st = None
+                if st is not None and st != size:
+                    size = st
+                    text = metrics.read_text()
+                    lines = text[:text.rfind("\n") + 1].splitlines()
+                    seen = len(lines)
+                    if lines and t_first is None:
+                        t_first, first_tps = now, float(json.loads(lines[0])["tokens_per_s"])
+                    if len(lines) >= steps:
+                        # The last step is done and the final saves have not begun yet.
+                        steps_hwm = proc_status(child.pid, "VmHWM")
+                        break
+                time.sleep(POLL_S if t_first is None or seen >= steps - 1 else POLL_SLOW_S)
+        finally:
+            res = child.finish()
+        try:
+            if res["exit"] != 0:
+                raise KilnRunError(child.describe(res))
             if not metrics.exists():
-                raise KilnRunError(f"`{' '.join(cmd)}` wrote no {metrics}")
+                raise KilnRunError(f"`{' '.join(child.cmd)}` wrote no {metrics}")
             lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
             steps_seen = [x.get("step") for x in lines]
             if steps_seen != list(range(1, steps + 1)):
-                raise KilnRunError(f"`{' '.join(cmd)}`: metrics.jsonl holds steps {steps_seen}, "
+                raise KilnRunError(f"`{' '.join(child.cmd)}`: metrics.jsonl holds steps {steps_seen}, "
                                    f"expected 1..{steps}")
-            return {
-                "tokens_per_s": [float(x["tokens_per_s"]) for x in lines],
-                "loss": [float(x["loss"]) for x in lines],
-                "grad_norm": [x.get("grad_norm") for x in lines],
-                "wall_s": wall,
-            }
         finally:
             shutil.rmtree(out, ignore_errors=True)
+        # Step 1 began its own duration (batch x 128 / its tokens_per_s) before its line appeared.
+        before = before_how = None
+        if t_first is not None:
+            t_step1 = t_first - w.batch_size * SEQ_LEN / first_tps
+            window = [r for t, r in samples if t_saved is not None and t_saved <= t <= t_step1]
+            if window:
+                before, before_how = min(window), "lowest RSS from the initial save to step 1"
+            else:
+                earlier = [r for t, r in samples if t <= t_step1]
+                if earlier:
+                    before, before_how = earlier[-1], "RSS at the start of step 1"
+        peak, peak_how = steps_hwm, "VmHWM at the last step's metrics line"
+        if peak is None:
+            peak, peak_how = res["maxrss"], "process peak (final saves included)"
+        return {
+            "tokens_per_s": [float(x["tokens_per_s"]) for x in lines],
+            "loss": [float(x["loss"]) for x in lines],
+            "grad_norm": [x.get("grad_norm") for x in lines],
+            "wall_s": res["wall_s"],
+            "rss_before": before, "rss_before_how": before_how,
+            "peak_rss": peak, "peak_rss_how": peak_how, "process_peak_rss": res["maxrss"],
+            "train_mem": None if before is None or peak is None else peak - before,
+        }
 
 
 class PyTorchTrainer:
+    """Packs the text once here; every run is a fresh worker process (pytorch_worker below)."""
     name = "pytorch"
 
-    def __init__(self, dropout):
-        import torch
+    def __init__(self, dropout, tmp):
         import transformers
 
-        self.dropout = dropout
-        torch.set_num_threads(THREADS)
+        self.dropout, self.tmp = dropout, tmp
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
-        self.torch = torch
         self.sequences = {}
+        self.tokenizers = {}
         self.attention = {}
 
     def prepare(self, w, corpus, steps):
@@ -421,64 +576,99 @@ class PyTorchTrainer:
                 break
         if len(seqs) < need:
             raise SetupError(f"{corpus} holds too little text for {need} sequences")
-        self.sequences[w.key] = seqs
-        self.tokenizers = getattr(self, "tokenizers", {})
+        path = self.tmp / f"sequences-{w.key}.json"
+        path.write_text(json.dumps(seqs))
+        self.sequences[w.key] = path
         self.tokenizers[w.key] = tok
 
-    def load(self, w):
-        from transformers import BertForMaskedLM, GPT2LMHeadModel
-
-        cls = BertForMaskedLM if w.objective == "mlm" else GPT2LMHeadModel
-        # The directory's config.json already holds these rates; passing them makes it explicit.
-        model = cls.from_pretrained(str(w.model_dir), **{k: self.dropout for k in w.dropout_keys})
-        for k in w.dropout_keys:
-            assert getattr(model.config, k) == self.dropout, (k, getattr(model.config, k))
-        self.attention[w.key] = model.config._attn_implementation
-        return model
-
     def run(self, w, corpus, steps):
-        from transformers import DataCollatorForLanguageModeling
+        spec = self.tmp / f"pytorch-{w.key}.json"
+        spec.write_text(json.dumps({
+            "model_dir": str(w.model_dir), "objective": w.objective, "batch_size": w.batch_size,
+            "steps": steps, "dropout": self.dropout, "dropout_keys": w.dropout_keys,
+            "sequences": str(self.sequences[w.key])}))
+        child = Launched([sys.executable, Path(__file__).resolve(), "--pytorch-worker", spec],
+                         dict(os.environ), self.tmp, "pytorch")
+        res = child.finish()
+        if res["exit"] != 0:
+            raise PyTorchRunError(child.describe(res))
+        try:
+            out = json.loads(res["stdout"].strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise PyTorchRunError(f"`{' '.join(child.cmd)}` printed no result:\n"
+                                  f"{(res['stderr'] or res['stdout'])[-3000:]}") from None
+        self.attention[w.key] = out.pop("attention")
+        out["wall_s"] = res["wall_s"]
+        out["process_peak_rss"] = res["maxrss"]
+        out["train_mem"] = out["peak_rss"] - out["rss_before"]
+        return out
 
-        torch = self.torch
-        torch.manual_seed(SEED)
-        model = self.load(w)
-        model.train()
-        # Kiln's (and transformers Trainer's) split: no decay on biases and LayerNorm weights,
-        # which are exactly the 1-D parameters of these two models.
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        opt = torch.optim.AdamW(groups, lr=LR, weight_decay=WEIGHT_DECAY)
-        collator = None
-        if w.objective == "mlm":
-            collator = DataCollatorForLanguageModeling(
-                self.tokenizers[w.key], mlm=True, mlm_probability=MLM_PROBABILITY)
-        seqs = self.sequences[w.key]
-        rates, losses, norms = [], [], []
-        for step in range(steps):
-            batch = seqs[step * w.batch_size:(step + 1) * w.batch_size]
-            start = time.perf_counter()
-            if collator is not None:
-                b = collator([{"input_ids": s} for s in batch])
-                inputs, labels = b["input_ids"], b["labels"]
-            else:
-                inputs = torch.tensor(batch, dtype=torch.long)
-                labels = inputs
-            loss = model(input_ids=inputs, labels=labels).loss
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
-            opt.step()
-            opt.zero_grad()
-            loss = loss.item()
-            seconds = time.perf_counter() - start
-            rates.append(w.batch_size * SEQ_LEN / seconds)
-            losses.append(loss)
-            norms.append(float(norm))
-        del model, opt
-        gc.collect()
-        return {"tokens_per_s": rates, "loss": losses, "grad_norm": norms}
+
+def pytorch_worker(spec_path):
+    """One PyTorch run in this (fresh) process; prints its measurements as one JSON line."""
+    import torch
+    import transformers
+    from transformers import (AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling,
+                              GPT2LMHeadModel)
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(THREADS)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    steps, batch_size = spec["steps"], spec["batch_size"]
+    seqs = json.loads(Path(spec["sequences"]).read_text())[:steps * batch_size]
+
+    torch.manual_seed(SEED)
+    cls = BertForMaskedLM if spec["objective"] == "mlm" else GPT2LMHeadModel
+    # The directory's config.json already holds these rates; passing them makes it explicit.
+    model = cls.from_pretrained(spec["model_dir"], **{k: spec["dropout"] for k in spec["dropout_keys"]})
+    for k in spec["dropout_keys"]:
+        assert getattr(model.config, k) == spec["dropout"], (k, getattr(model.config, k))
+    model.train()
+    # Kiln's (and transformers Trainer's) split: no decay on biases and LayerNorm weights,
+    # which are exactly the 1-D parameters of these two models.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=LR, weight_decay=WEIGHT_DECAY)
+    collator = None
+    if spec["objective"] == "mlm":
+        tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+        collator = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=MLM_PROBABILITY)
+    gc.collect()
+    rss_before = proc_status("self", "VmRSS")
+    setup_hwm = proc_status("self", "VmHWM")  # loading's high-water mark, for reference
+    rates, losses, norms = [], [], []
+    for step in range(steps):
+        batch = seqs[step * batch_size:(step + 1) * batch_size]
+        start = time.perf_counter()
+        if collator is not None:
+            b = collator([{"input_ids": s} for s in batch])
+            inputs, labels = b["input_ids"], b["labels"]
+        else:
+            inputs = torch.tensor(batch, dtype=torch.long)
+            labels = inputs
+        loss = model(input_ids=inputs, labels=labels).loss
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
+        opt.step()
+        opt.zero_grad()
+        loss = loss.item()
+        seconds = time.perf_counter() - start
+        rates.append(batch_size * SEQ_LEN / seconds)
+        losses.append(loss)
+        norms.append(float(norm))
+    peak = proc_status("self", "VmHWM")
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({
+        "tokens_per_s": rates, "loss": losses, "grad_norm": norms,
+        "rss_before": rss_before, "rss_before_how": "VmRSS after setup",
+        "peak_rss": max(peak or 0, maxrss), "peak_rss_how": "VmHWM after the last step",
+        "vmhwm": peak, "ru_maxrss": maxrss, "setup_vmhwm": setup_hwm,
+        "attention": model.config._attn_implementation}), flush=True)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,35 +726,51 @@ def run_figure(result):
     return statistics.median(result["tokens_per_s"][WARMUP_STEPS:])
 
 
+def mib(x, spec=".0f"):
+    return fmt(None if x is None else x / MIB, spec)
+
+
+def median_or_none(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def goal_text(ratio, goal, at_least):
+    if ratio is None:
+        return "—"
+    met = ratio >= goal if at_least else ratio <= goal
+    return f"{ratio:.2f} ({'≥' if at_least else '≤'} {goal}: {'met' if met else 'NOT met'})"
+
+
 def main():
     args = parse_args()
     load = os.getloadavg()  # before this process adds its own
     check_versions(PINNED)
 
-    import torch
     import transformers
 
     tmp_dir = tempfile.TemporaryDirectory(prefix="kiln-train-bench-")
     tmp = Path(tmp_dir.name)
     kiln = Kiln(args.kiln, tmp)
     workloads, corpus = setup_workloads(args, args.kiln)
-    pytorch = PyTorchTrainer(args.dropout)
+    pytorch = PyTorchTrainer(args.dropout, tmp)
     for w in workloads:
         pytorch.prepare(w, corpus, args.steps)
-        pytorch.load(w)  # reads the weights once (page cache) and records the attention kind
-        gc.collect()
+    gc.collect()
 
     print("== environment")
     print(f"cpu: {cpu_model()} ({os.cpu_count()} logical CPUs, "
           f"{len(os.sched_getaffinity(0))} usable by this process)")
     print(f"load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"python {platform.python_version()} | torch {torch.__version__} | transformers "
+    print(f"python {platform.python_version()} | torch {version('torch')} | transformers "
           f"{transformers.__version__}")
     print(f"kiln: {kiln.binary} ({kiln.version})")
-    print(f"threads: kiln --threads {THREADS} | torch intra-op {torch.get_num_threads()} | "
+    print(f"threads: kiln --threads {THREADS} | torch.set_num_threads({THREADS}) | "
+          f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} | "
           f"tokenizers RAYON_NUM_THREADS={os.environ['RAYON_NUM_THREADS']}")
     print(f"corpus: {corpus}; {args.rounds} rounds x {args.steps} steps per side, the first "
-          f"{WARMUP_STEPS} steps of every run ignored")
+          f"{WARMUP_STEPS} steps of every run left out of tokens/s"
+          + ("; QUICK smoke test: no warm-up runs, the numbers are not results" if args.quick else ""))
     print(f"optimizer: AdamW lr {LR:g} constant, weight decay {WEIGHT_DECAY} (not on biases and "
           f"LayerNorm weights), clip norm {CLIP_NORM}")
     print(f"dropout {args.dropout:g} on both sides: written into each model directory's config.json "
@@ -573,56 +779,63 @@ def main():
     for w in workloads:
         tok_size = len(pytorch.tokenizers[w.key])
         print(f"workload {w.title}: model {w.model_dir} | tokenizer {w.tokenizer_dir} "
-              f"({w.tokenizer_kind}, vocab {tok_size}) | pytorch attention: {pytorch.attention[w.key]}")
-    print("kiln's step time is its own tokens_per_s (data packing and masking included); "
-          "pytorch's is the batch + forward + backward + clip + AdamW step, model loaded untimed.",
+              f"({w.tokenizer_kind}, vocab {tok_size})")
+    print("every run is a fresh process on each side. speed: kiln's step time is its own "
+          "tokens_per_s (data packing and masking included); pytorch's is the batch + forward + "
+          "backward + clip + AdamW step, model loaded untimed. training memory: peak RSS up to "
+          "the end of the last step minus RSS just before step 1 (MiB; see the script's docstring).",
           flush=True)
 
     results = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "load_average_before": load,
                "versions": {n: version(n) for n in PINNED}, "kiln_version": kiln.version,
                "threads": THREADS, "seq_len": SEQ_LEN, "dropout": args.dropout, "steps": args.steps,
-               "warmup_steps": WARMUP_STEPS, "rounds": args.rounds, "workloads": {}}
+               "warmup_steps": WARMUP_STEPS, "rounds": args.rounds, "quick": args.quick,
+               "speed_goals": SPEED_GOAL, "memory_goal": MEMORY_GOAL, "workloads": {}}
     failures = []
     noisy = []
     contention = OtherLoad()
+    sides = (kiln, pytorch)
 
     for w in workloads:
         print(f"\n== {w.title}")
         print(f"kiln command: {' '.join(kiln.command(w, corpus, 'OUT', args.steps))}")
-        # Warm-up: one 1-step run per side (page cache, allocator, kernels), untimed.
-        kiln_ok = True
-        try:
-            kiln.run(w, corpus, 1)
-        except KilnRunError as e:
-            print(f"kiln FAILED:\n{e}", flush=True)
-            failures.append(f"{w.title}: {str(e).splitlines()[0]}")
-            kiln_ok = False
-        pytorch.run(w, corpus, 1)
+        ok = {s.name: True for s in sides}
 
-        per_run = {"kiln": [], "pytorch": []}
-        figures = {"kiln": [], "pytorch": []}
+        def attempt(side, steps):
+            try:
+                return side.run(w, corpus, steps)
+            except RunError as e:
+                print(f"{side.name} FAILED:\n{e}", flush=True)
+                failures.append(f"{w.title}: {side.name}: {str(e).splitlines()[0]}")
+                ok[side.name] = False
+                return None
+
+        if not args.quick:
+            # Warm-up: one 1-step run per side (page cache, allocator), untimed.
+            for side in sides:
+                attempt(side, 1)
+
+        per_run = {s.name: [] for s in sides}
+        figures = {s.name: [] for s in sides}
         walls, other_load = [], []
         for r in range(args.rounds):
             contention.start()
             parts = []
-            if kiln_ok:
+            for side in sides:
+                if not ok[side.name]:
+                    continue
                 gc.collect()
-                try:
-                    res = kiln.run(w, corpus, args.steps)
-                    per_run["kiln"].append(res)
-                    figures["kiln"].append(run_figure(res))
+                res = attempt(side, args.steps)
+                if res is None:
+                    continue
+                per_run[side.name].append(res)
+                figures[side.name].append(run_figure(res))
+                part = (f"{side.name} {figures[side.name][-1]:.0f} tok/s, "
+                        f"train mem {mib(res['train_mem'])} MiB")
+                if side is kiln:
                     walls.append(res["wall_s"])
-                    parts.append(f"kiln {figures['kiln'][-1]:.0f} tok/s "
-                                 f"(process {res['wall_s']:.1f} s)")
-                except KilnRunError as e:
-                    print(f"kiln FAILED:\n{e}", flush=True)
-                    failures.append(f"{w.title}: {str(e).splitlines()[0]}")
-                    kiln_ok = False
-            gc.collect()
-            res = pytorch.run(w, corpus, args.steps)
-            per_run["pytorch"].append(res)
-            figures["pytorch"].append(run_figure(res))
-            parts.append(f"pytorch {figures['pytorch'][-1]:.0f} tok/s")
+                    part += f" (process {res['wall_s']:.1f} s)"
+                parts.append(part)
             other_load.append(contention.share())
             busy = "" if other_load[-1] is None else f"  (other processes: {other_load[-1]:.0%} of the CPUs)"
             print(f"round {r + 1}/{args.rounds}: " + "  ".join(parts) + busy, flush=True)
@@ -636,6 +849,20 @@ def main():
             if runs:
                 steps_ms = [w.batch_size * SEQ_LEN / x * 1000 for x in runs[0]["tokens_per_s"]]
                 print(f"{n} step times, round 1 (ms): " + " ".join(f"{t:.0f}" for t in steps_ms))
+        mem = {}
+        for n, runs in per_run.items():
+            mem[n] = {k: median_or_none([x[k] for x in runs])
+                      for k in ("train_mem", "rss_before", "peak_rss", "process_peak_rss")}
+            if runs:
+                m = mem[n]
+                print(f"{n} memory, median over rounds (MiB): training {mib(m['train_mem'])} = peak "
+                      f"{mib(m['peak_rss'])} ({runs[0]['peak_rss_how']}) - before "
+                      f"{mib(m['rss_before'])} ({runs[0]['rss_before_how']}); whole-process peak "
+                      f"{mib(m['process_peak_rss'])}")
+        if any(x["rss_before_how"] != "lowest RSS from the initial save to step 1"
+               for x in per_run["kiln"]):
+            print("note: in some kiln run the initial save was not seen before step 1; its "
+                  "'before' is the RSS sampled at the start of step 1")
         wall_med = statistics.median(walls) if walls else None
         if walls:
             step_s = sum(w.batch_size * SEQ_LEN / x for x in per_run["kiln"][0]["tokens_per_s"])
@@ -660,36 +887,51 @@ def main():
             line += " (dropout on: different random dropout masks, so only roughly equal)"
         elif len(first_loss) == 2:
             diff = abs(first_loss["kiln"] - first_loss["pytorch"])
-            ok = diff <= CLM_FIRST_LOSS_TOLERANCE
-            line += f" (difference {diff:.4f}: {'ok' if ok else 'TOO LARGE'})"
-            if not ok:
+            ok_loss = diff <= CLM_FIRST_LOSS_TOLERANCE
+            line += f" (difference {diff:.4f}: {'ok' if ok_loss else 'TOO LARGE'})"
+            if not ok_loss:
                 failures.append(f"{w.title}: first-step loss kiln {first_loss['kiln']:.4f} vs "
                                 f"pytorch {first_loss['pytorch']:.4f}")
         print(line)
+        if w.key in pytorch.attention:
+            print(f"pytorch attention implementation: {pytorch.attention[w.key]}")
 
         results["workloads"][w.key] = {
             "title": w.title, "batch_size": w.batch_size, "objective": w.objective,
             "model_dir": str(w.model_dir), "tokenizer_dir": str(w.tokenizer_dir),
             "vocab_size": len(pytorch.tokenizers[w.key]),
-            "pytorch_attention": pytorch.attention[w.key],
+            "pytorch_attention": pytorch.attention.get(w.key),
             "tokens_per_s_per_round": figures, "median_tokens_per_s": med,
+            "median_memory_bytes": mem,
             "runs": per_run, "kiln_wall_s": walls, "median_kiln_wall_s": wall_med,
             "other_processes_cpu_share": other_load,
             "kiln_command": kiln.command(w, corpus, "OUT", args.steps),
         }
 
-    print(f"\n== summary (median tokens/s over {args.rounds} alternating rounds; each round's figure "
-          f"is the median of steps {WARMUP_STEPS + 1}..{args.steps})")
-    print(f"| workload | Kiln tok/s | PyTorch tok/s | Kiln/PyTorch | Kiln process, {args.steps} steps (s) |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"\n== summary{' (QUICK smoke test: not a result)' if args.quick else ''}: medians over "
+          f"{args.rounds} alternating rounds; tok/s = median of steps {WARMUP_STEPS + 1}.."
+          f"{args.steps} per run; train mem = peak RSS - RSS before step 1, MiB")
+    print("| workload | Kiln tok/s | PyTorch tok/s | Kiln/PyTorch tok/s (goal) | Kiln train mem "
+          "(MiB) | PyTorch train mem (MiB) | Kiln/PyTorch mem (goal) | Kiln process, "
+          f"{args.steps} steps (s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for w in workloads:
         r = results["workloads"][w.key]
         k, p = r["median_tokens_per_s"]["kiln"], r["median_tokens_per_s"]["pytorch"]
-        ratio = k / p if k is not None else None
+        ratio = k / p if k is not None and p is not None else None
+        km = r["median_memory_bytes"]["kiln"]["train_mem"]
+        pm = r["median_memory_bytes"]["pytorch"]["train_mem"]
+        mem_ratio = km / pm if km is not None and pm else None
         r["ratio_kiln_pytorch"] = ratio
-        print(f"| {w.title} | {fmt(k)} | {fmt(p)} | {fmt(ratio, '.2f')} | "
-              f"{fmt(r['median_kiln_wall_s'], '.1f')} |")
-    print(f"\ncpu: {cpu_model()}, {os.cpu_count()} logical CPUs; {THREADS} threads per side")
+        r["memory_ratio_kiln_pytorch"] = mem_ratio
+        r["speed_goal_met"] = None if ratio is None else ratio >= SPEED_GOAL[w.key]
+        r["memory_goal_met"] = None if mem_ratio is None else mem_ratio <= MEMORY_GOAL
+        print(f"| {w.title} | {fmt(k)} | {fmt(p)} | {goal_text(ratio, SPEED_GOAL[w.key], True)} "
+              f"| {mib(km)} | {mib(pm)} | "
+              f"{goal_text(mem_ratio, MEMORY_GOAL, False)} | {fmt(r['median_kiln_wall_s'], '.1f')} |")
+    print(f"\ngoals: Kiln/PyTorch tokens/s ≥ {SPEED_GOAL['a']} for (a) BERT and ≥ {SPEED_GOAL['b']} "
+          f"for (b) GPT; Kiln training memory ≤ {MEMORY_GOAL} x PyTorch's")
+    print(f"cpu: {cpu_model()}, {os.cpu_count()} logical CPUs; {THREADS} threads per side")
 
     if noisy:
         print(f"\nwarning: other processes used >= {BUSY_SHARE:.0%} of the CPUs in some rounds of "
@@ -706,6 +948,8 @@ def main():
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--pytorch-worker":
+        sys.exit(pytorch_worker(sys.argv[2]))
     try:
         sys.exit(main())
     except SetupError as e:

@@ -145,6 +145,7 @@ mod tests {
             entities(&[v("O B-PER"), v("I-PER O")]),
             vec![("PER".into(), 1, 1), ("PER".into(), 3, 3)]
         );
-        assert!((token_accuracy(&gold, &pred) - 0.9).abs() < 1e-12);
+        // seqeval accuracy_score: 8 of 10 tags
+        assert!((token_accuracy(&gold, &pred) - 0.8).abs() < 1e-12);
     }
 }
