@@ -443,7 +443,7 @@ fn finetune_eval_predict_classify() {
             "--model",
             &model,
             "--task",
-            "tag",
+            "qa",
             "--train",
             &d("train.jsonl"),
             "--max-steps",

@@ -37,16 +37,16 @@ pub struct TagExample {
     pub gold: Option<Vec<usize>>,
 }
 
-/// The words of a record (`field` must be a list of strings).
-pub fn words_of<'a>(r: &'a Record, field: &str) -> Result<Vec<&'a str>> {
-    let v = r.fields.get(field).ok_or_else(|| {
-        r.error(format!(
-            "no field \"{field}\" (choose it with --tokens-field)"
-        ))
-    })?;
+/// A list-of-strings field of a record (the words, or the tags); `flag` names the option that
+/// chooses the field, for the error message.
+pub fn words_of<'a>(r: &'a Record, field: &str, flag: &str) -> Result<Vec<&'a str>> {
+    let v = r
+        .fields
+        .get(field)
+        .ok_or_else(|| r.error(format!("no field \"{field}\" (choose it with {flag})")))?;
     let list = v
         .as_array()
-        .ok_or_else(|| r.error(format!("field \"{field}\" is not a list of words")))?;
+        .ok_or_else(|| r.error(format!("field \"{field}\" is not a list of strings")))?;
     list.iter()
         .map(|w| {
             w.as_str()
@@ -62,7 +62,7 @@ pub fn collect_tags(records: &[Record], field: &str, names: Option<Vec<String>>)
         None => {
             let mut set = std::collections::BTreeSet::new();
             for r in records {
-                for t in words_of(r, field)? {
+                for t in words_of(r, field, "--tag-field")? {
                     set.insert(t.to_string());
                 }
             }
@@ -103,14 +103,14 @@ pub fn encode_tag_examples(
     records
         .par_iter()
         .map(|r| {
-            let words = words_of(r, tokens_field)?;
+            let words = words_of(r, tokens_field, "--tokens-field")?;
             if words.is_empty() {
                 return Err(r.error("the sentence has no words"));
             }
             let enc = tok.encode_words(&words).map_err(|e| r.error(e))?;
             let gold = match labels {
                 Some(l) => {
-                    let tags = words_of(r, tag_field)?;
+                    let tags = words_of(r, tag_field, "--tag-field")?;
                     if tags.len() != words.len() {
                         return Err(r.error(format!(
                             "{} words but {} tags",
