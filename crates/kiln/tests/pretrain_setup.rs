@@ -249,3 +249,44 @@ fn corpus_split_is_disjoint_complete_and_stable() {
     assert!(all.split(1.5, 7).is_err());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn shuffle_buffer_reorders_within_its_pool_deterministically() {
+    let dir = scratch("shuffle");
+    let tok = train(TrainKind::WordPiece, 300, &dir);
+    let c = corpus(&dir);
+    let framing = kiln::data::Framing::Bert { cls: 2, sep: 3 };
+    let stream: Vec<Vec<u32>> = {
+        let mut p = kiln::data::Packer::new(&c, &tok, framing, 8);
+        (0..60)
+            .map(|_| p.next_sequence().unwrap().unwrap())
+            .collect()
+    };
+    let draw = |seed: u64| -> Vec<Vec<u32>> {
+        let p = kiln::data::Packer::new(&c, &tok, framing, 8);
+        let mut s = kiln::data::Shuffled::new(p, 10, seed);
+        (0..40)
+            .map(|_| s.next_sequence().unwrap().unwrap())
+            .collect()
+    };
+    let a = draw(1);
+    assert_eq!(a, draw(1), "deterministic for a seed");
+    assert_ne!(a, draw(2));
+    assert_ne!(a, stream[..40].to_vec(), "reordered");
+    // The k-th draw comes from the first k + 10 sequences of the stream, each at most once.
+    let mut used = vec![false; 60];
+    for (k, s) in a.iter().enumerate() {
+        let at = (0..k + 10)
+            .find(|&i| !used[i] && &stream[i] == s)
+            .unwrap_or_else(|| panic!("draw {k} not in its pool"));
+        used[at] = true;
+    }
+    // Capacity 1 is stream order.
+    let p = kiln::data::Packer::new(&c, &tok, framing, 8);
+    let mut s = kiln::data::Shuffled::new(p, 1, 9);
+    let plain: Vec<Vec<u32>> = (0..40)
+        .map(|_| s.next_sequence().unwrap().unwrap())
+        .collect();
+    assert_eq!(plain, stream[..40].to_vec());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -33,6 +33,10 @@ pub struct Args {
     /// Hold out this fraction of the corpus' texts (lines) for evaluation instead of --valid.
     #[arg(long)]
     valid_fraction: Option<f64>,
+    /// Draw training sequences at random from a pool of this many upcoming ones, 0 for stream
+    /// order [default: 10000].
+    #[arg(long)]
+    shuffle_buffer: Option<usize>,
     /// Held-out sequences scored at each evaluation [default: 64].
     #[arg(long)]
     eval_sequences: Option<usize>,
@@ -63,7 +67,7 @@ pub fn run(a: Args) -> Result<()> {
     macro_rules! set {
         ($dst:expr; $($f:ident),*) => { $( if let Some(v) = a.$f.clone() { $dst.$f = v; } )* };
     }
-    set!(c; text_field, seq_len, mask_prob, eval_sequences);
+    set!(c; text_field, seq_len, mask_prob, eval_sequences, shuffle_buffer);
     a.train.apply(&mut c.train);
     if a.valid_fraction.is_some() {
         c.valid_fraction = a.valid_fraction;

@@ -5,7 +5,9 @@ pub mod corpus;
 pub mod mlm;
 pub mod pack;
 pub mod records;
+pub mod shuffle;
 
 pub use corpus::Corpus;
 pub use pack::{Framing, Packer};
 pub use records::{read_records, Record};
+pub use shuffle::Shuffled;

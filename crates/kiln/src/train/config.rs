@@ -157,6 +157,9 @@ pub struct PretrainConfig {
     pub seq_len: usize,
     /// Sequences of the held-out set used per evaluation.
     pub eval_sequences: usize,
+    /// Training sequences are drawn at random from a pool of this many upcoming ones (the
+    /// corpus streams in file order); 0 or 1 keeps stream order.
+    pub shuffle_buffer: usize,
     /// MLM: fraction of tokens selected.
     pub mask_prob: f32,
     /// MLM: select whole words (all their word pieces) rather than single tokens.
@@ -174,6 +177,7 @@ impl Default for PretrainConfig {
             text_field: "text".into(),
             seq_len: 128,
             eval_sequences: 64,
+            shuffle_buffer: 10_000,
             mask_prob: 0.15,
             whole_word_mask: false,
         }

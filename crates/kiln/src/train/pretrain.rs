@@ -6,7 +6,8 @@ use super::config::{Objective, PretrainConfig};
 use super::trainer::{rng_for, run, start, Progress, Summary, Task};
 use crate::checkpoint::Pretrained;
 use crate::data::mlm::{mask_tokens, mask_whole_words, MaskConfig};
-use crate::data::{Corpus, Framing, Packer};
+use crate::data::{Corpus, Framing, Packer, Shuffled};
+use crate::engine::dropout::mix;
 use crate::engine::grad::cross_entropy;
 use crate::error::{Error, Result};
 use crate::model::Batch;
@@ -207,7 +208,7 @@ struct PretrainTask<'a> {
     obj: Objectives,
     corpus: &'a Corpus,
     tok: &'a Tokenizer,
-    packer: Packer<'a>,
+    stream: Shuffled<'a>,
     seq_len: usize,
     eval_set: Vec<Micro>,
 }
@@ -226,13 +227,13 @@ impl Task for PretrainTask<'_> {
     }
 
     fn seek(&mut self, consumed: u64) -> Result<()> {
-        self.packer.skip(consumed)
+        self.stream.skip(consumed)
     }
 
     fn next_micro(&mut self, n: usize, rng: &mut rand::rngs::StdRng) -> Result<Micro> {
         let mut seqs = Vec::with_capacity(n);
         for _ in 0..n {
-            match self.packer.next_sequence()? {
+            match self.stream.next_sequence()? {
                 Some(s) => seqs.push(s),
                 None => return Err(Error::Input("the corpus holds no text".into())),
             }
@@ -271,7 +272,7 @@ impl Task for PretrainTask<'_> {
     }
 
     fn position(&self) -> (u64, u64) {
-        (self.packer.produced, self.packer.epoch)
+        (self.stream.produced, self.stream.epoch())
     }
 
     fn evaluate(&mut self, p: &Pretrained) -> Result<Option<serde_json::Value>> {
@@ -346,7 +347,11 @@ pub fn pretrain(
         }
     }
     let mut task = PretrainTask {
-        packer: Packer::new(&corpus, &tok, obj.framing, cfg.seq_len),
+        stream: Shuffled::new(
+            Packer::new(&corpus, &tok, obj.framing, cfg.seq_len),
+            cfg.shuffle_buffer,
+            mix(cfg.train.seed ^ 0x5_4AFF_1E),
+        ),
         obj,
         corpus: &corpus,
         tok: &tok,
