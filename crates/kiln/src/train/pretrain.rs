@@ -350,7 +350,7 @@ pub fn pretrain(
         stream: Shuffled::new(
             Packer::new(&corpus, &tok, obj.framing, cfg.seq_len),
             cfg.shuffle_buffer,
-            mix(cfg.train.seed ^ 0x5_4AFF_1E),
+            mix(cfg.train.seed ^ 0x054A_FF1E),
         ),
         obj,
         corpus: &corpus,
