@@ -274,7 +274,7 @@ fn shuffle_buffer_reorders_within_its_pool_deterministically() {
     assert_ne!(a, draw(2));
     assert_ne!(a, stream[..40].to_vec(), "reordered");
     // The k-th draw comes from the first k + 10 sequences of the stream, each at most once.
-    let mut used = vec![false; 60];
+    let mut used = [false; 60];
     for (k, s) in a.iter().enumerate() {
         let at = (0..k + 10)
             .find(|&i| !used[i] && &stream[i] == s)
