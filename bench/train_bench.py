@@ -443,7 +443,9 @@ class Kiln:
                 "--max-steps", str(steps), "--lr", str(LR), "--schedule", "constant",
                 "--weight-decay", str(WEIGHT_DECAY), "--clip-norm", str(CLIP_NORM),
                 "--mask-prob", str(MLM_PROBABILITY), "--seed", str(SEED),
-                "--log-every", "1", "--threads", str(THREADS)]
+                "--log-every", "1", "--threads", str(THREADS),
+                # stream order, as the PyTorch side reads the same text
+                "--shuffle-buffer", "0"]
 
     def run(self, w, corpus, steps):
         out = self.tmp / f"kiln-out-{w.key}"
