@@ -5,8 +5,7 @@
 
 use super::backprop::{backward, forward};
 use super::config::FinetuneConfig;
-use super::finetune::{pick_metric, Order};
-use super::trainer::Task;
+use super::finetune::{pick_metric, ExampleTask, Order};
 use crate::checkpoint::Pretrained;
 use crate::data::records::{read_records, Record};
 use crate::engine::dropout::{mix, Dropout};
@@ -446,69 +445,6 @@ pub fn evaluate_examples(p: &Pretrained, examples: &[Example]) -> Result<serde_j
     }))
 }
 
-/// Sequence classification as a task of the training loop. Batches are packed, so no
-/// position is padding.
-pub(crate) struct ClassifyTask {
-    train: Vec<Example>,
-    valid: Vec<Example>,
-    order: Order,
-    metric: (String, bool),
-}
-
-impl Task for ClassifyTask {
-    type Micro = (Batch, Vec<f32>);
-
-    fn examples_per_epoch(&mut self) -> Result<u64> {
-        Ok(self.train.len() as u64)
-    }
-
-    fn seek(&mut self, consumed: u64) -> Result<()> {
-        self.order.consumed = consumed;
-        Ok(())
-    }
-
-    fn next_micro(&mut self, n: usize, _rng: &mut rand::rngs::StdRng) -> Result<Self::Micro> {
-        let ids = self.order.take(n);
-        let refs: Vec<&Example> = ids.iter().map(|&i| &self.train[i]).collect();
-        let labels = refs.iter().map(|e| e.label.unwrap_or(0.0)).collect();
-        Ok((batch_of(&refs)?, labels))
-    }
-
-    fn targets(&self, m: &Self::Micro) -> usize {
-        m.1.len()
-    }
-
-    fn tokens(&self, m: &Self::Micro) -> usize {
-        m.0.tokens()
-    }
-
-    fn loss(
-        &self,
-        p: &Pretrained,
-        m: &Self::Micro,
-        grads: &mut Pretrained,
-        grad_scale: f32,
-        dropout_seed: Option<u64>,
-    ) -> Result<f32> {
-        sequence_loss(p, &m.0, &m.1, grads, grad_scale, dropout_seed)
-    }
-
-    fn position(&self) -> (u64, u64) {
-        self.order.position()
-    }
-
-    fn evaluate(&mut self, p: &Pretrained) -> Result<Option<serde_json::Value>> {
-        if self.valid.is_empty() {
-            return Ok(None);
-        }
-        evaluate_examples(p, &self.valid).map(Some)
-    }
-
-    fn selection(&self) -> Option<(&str, bool)> {
-        Some((self.metric.0.as_str(), self.metric.1))
-    }
-}
-
 /// Reads a data file's records, reporting skipped lines on standard error.
 pub fn read_data(path: &Path, skip_invalid: bool) -> Result<Vec<Record>> {
     let (records, skipped) = read_records(path, skip_invalid)?;
@@ -531,7 +467,7 @@ pub(crate) fn prepare(
     cfg: &FinetuneConfig,
     records: &[Record],
     resume: bool,
-) -> Result<ClassifyTask> {
+) -> Result<ExampleTask<Example, f32>> {
     let fields = Fields::resolve(
         cfg.text_field.as_deref(),
         cfg.text_b_field.as_deref(),
@@ -582,10 +518,17 @@ pub(crate) fn prepare(
             "accuracy",
         )?
     };
-    Ok(ClassifyTask {
+    Ok(ExampleTask {
         order: Order::new(train.len(), cfg.train.seed),
         train,
         valid,
         metric,
+        micro: |refs| {
+            let labels = refs.iter().map(|e| e.label.unwrap_or(0.0)).collect();
+            Ok((batch_of(refs)?, labels))
+        },
+        count: |labels| labels.len(),
+        loss: sequence_loss,
+        evaluate: evaluate_examples,
     })
 }

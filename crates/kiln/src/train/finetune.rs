@@ -1,12 +1,14 @@
 //! `finetune`: the entry that reads the data of the chosen task form, prepares the model's
-//! head and runs the shared training loop; and the epoch-shuffled example order every task
-//! form uses.
+//! head and runs the shared training loop; the epoch-shuffled example order and the training
+//! task every form of labelled examples shares.
 
 use super::config::FinetuneConfig;
-use super::trainer::{run, start, Progress, Summary};
+use super::trainer::{run, start, Progress, Summary, Task};
 use super::{classify, tag};
+use crate::checkpoint::Pretrained;
 use crate::engine::dropout::mix;
 use crate::error::{Error, Result};
+use crate::model::Batch;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::Path;
@@ -57,6 +59,87 @@ impl Order {
     /// (examples consumed, completed epochs)
     pub fn position(&self) -> (u64, u64) {
         (self.consumed, self.consumed / self.n.max(1) as u64)
+    }
+}
+
+/// Builds a packed batch and its targets from examples.
+pub(crate) type MicroFn<E, T> = fn(&[&E]) -> Result<(Batch, Vec<T>)>;
+/// A head's loss: (model, batch, targets, gradients, grad scale, dropout seed) -> mean loss.
+pub(crate) type LossFn<T> =
+    fn(&Pretrained, &Batch, &[T], &mut Pretrained, f32, Option<u64>) -> Result<f32>;
+
+/// A fine-tuning task over labelled examples, whatever their form: an epoch-shuffled order,
+/// packed micro-batches with per-example targets, and the form's loss and evaluation.
+pub(crate) struct ExampleTask<E, T> {
+    pub train: Vec<E>,
+    pub valid: Vec<E>,
+    pub order: Order,
+    /// Selection metric and whether higher is better.
+    pub metric: (String, bool),
+    /// A packed batch and its targets from examples.
+    pub micro: MicroFn<E, T>,
+    /// Targets that count in the loss (the micro-batch's weight in an accumulated step).
+    pub count: fn(&[T]) -> usize,
+    /// Mean loss and gradients (see [`Task::loss`]).
+    pub loss: LossFn<T>,
+    /// Held-out metrics.
+    pub evaluate: fn(&Pretrained, &[E]) -> Result<serde_json::Value>,
+}
+
+impl<E, T> Task for ExampleTask<E, T> {
+    type Micro = (Batch, Vec<T>);
+
+    fn examples_per_epoch(&mut self) -> Result<u64> {
+        Ok(self.train.len() as u64)
+    }
+
+    fn seek(&mut self, consumed: u64) -> Result<()> {
+        self.order.consumed = consumed;
+        Ok(())
+    }
+
+    fn next_micro(&mut self, n: usize, _rng: &mut rand::rngs::StdRng) -> Result<Self::Micro> {
+        let refs: Vec<&E> = self
+            .order
+            .take(n)
+            .into_iter()
+            .map(|i| &self.train[i])
+            .collect();
+        (self.micro)(&refs)
+    }
+
+    fn targets(&self, m: &Self::Micro) -> usize {
+        (self.count)(&m.1)
+    }
+
+    fn tokens(&self, m: &Self::Micro) -> usize {
+        m.0.tokens()
+    }
+
+    fn loss(
+        &self,
+        p: &Pretrained,
+        m: &Self::Micro,
+        grads: &mut Pretrained,
+        grad_scale: f32,
+        dropout_seed: Option<u64>,
+    ) -> Result<f32> {
+        (self.loss)(p, &m.0, &m.1, grads, grad_scale, dropout_seed)
+    }
+
+    fn position(&self) -> (u64, u64) {
+        self.order.position()
+    }
+
+    fn evaluate(&mut self, p: &Pretrained) -> Result<Option<serde_json::Value>> {
+        if self.valid.is_empty() {
+            return Ok(None);
+        }
+        (self.evaluate)(p, &self.valid).map(Some)
+    }
+
+    fn selection(&self) -> Option<(&str, bool)> {
+        Some((self.metric.0.as_str(), self.metric.1))
     }
 }
 

@@ -6,8 +6,7 @@
 use super::backprop::{backward, forward, IGNORE};
 use super::classify::{read_data, read_label_file};
 use super::config::FinetuneConfig;
-use super::finetune::{pick_metric, Order};
-use super::trainer::Task;
+use super::finetune::{pick_metric, ExampleTask, Order};
 use crate::checkpoint::Pretrained;
 use crate::data::records::Record;
 use crate::engine::dropout::{mix, Dropout};
@@ -321,82 +320,13 @@ pub fn evaluate_tags(p: &Pretrained, examples: &[TagExample]) -> Result<serde_js
     }))
 }
 
-/// Token classification as a task of the training loop.
-pub(crate) struct TagTask {
-    train: Vec<TagExample>,
-    valid: Vec<TagExample>,
-    order: Order,
-    metric: (String, bool),
-}
-
-impl Task for TagTask {
-    type Micro = (Batch, Vec<i64>);
-
-    fn examples_per_epoch(&mut self) -> Result<u64> {
-        Ok(self.train.len() as u64)
-    }
-
-    fn seek(&mut self, consumed: u64) -> Result<()> {
-        self.order.consumed = consumed;
-        Ok(())
-    }
-
-    fn next_micro(&mut self, n: usize, _rng: &mut rand::rngs::StdRng) -> Result<Self::Micro> {
-        let refs: Vec<&TagExample> = self
-            .order
-            .take(n)
-            .into_iter()
-            .map(|i| &self.train[i])
-            .collect();
-        let targets = refs
-            .iter()
-            .flat_map(|e| e.targets.iter().copied())
-            .collect();
-        Ok((tag_batch(&refs)?, targets))
-    }
-
-    fn targets(&self, m: &Self::Micro) -> usize {
-        m.1.iter().filter(|&&t| t != IGNORE).count()
-    }
-
-    fn tokens(&self, m: &Self::Micro) -> usize {
-        m.0.tokens()
-    }
-
-    fn loss(
-        &self,
-        p: &Pretrained,
-        m: &Self::Micro,
-        grads: &mut Pretrained,
-        grad_scale: f32,
-        dropout_seed: Option<u64>,
-    ) -> Result<f32> {
-        token_loss(p, &m.0, &m.1, grads, grad_scale, dropout_seed)
-    }
-
-    fn position(&self) -> (u64, u64) {
-        self.order.position()
-    }
-
-    fn evaluate(&mut self, p: &Pretrained) -> Result<Option<serde_json::Value>> {
-        if self.valid.is_empty() {
-            return Ok(None);
-        }
-        evaluate_tags(p, &self.valid).map(Some)
-    }
-
-    fn selection(&self) -> Option<(&str, bool)> {
-        Some((self.metric.0.as_str(), self.metric.1))
-    }
-}
-
 /// Prepares token classification: the tag set, the head and the encoded sentences.
 pub(crate) fn prepare(
     p: &mut Pretrained,
     cfg: &FinetuneConfig,
     records: &[Record],
     resume: bool,
-) -> Result<TagTask> {
+) -> Result<ExampleTask<TagExample, i64>> {
     let names = cfg
         .labels
         .as_deref()
@@ -439,10 +369,20 @@ pub(crate) fn prepare(
         &["valid_loss"],
         "f1",
     )?;
-    Ok(TagTask {
+    Ok(ExampleTask {
         order: Order::new(train.len(), cfg.train.seed),
         train,
         valid,
         metric,
+        micro: |refs| {
+            let targets = refs
+                .iter()
+                .flat_map(|e| e.targets.iter().copied())
+                .collect();
+            Ok((tag_batch(refs)?, targets))
+        },
+        count: |targets| targets.iter().filter(|&&t| t != IGNORE).count(),
+        loss: token_loss,
+        evaluate: evaluate_tags,
     })
 }
