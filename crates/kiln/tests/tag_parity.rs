@@ -17,13 +17,6 @@ use kiln::train::backprop::zeros_like;
 use kiln::train::tag::{encode_tag_examples, tag_batch, token_loss, TagExample};
 use std::path::PathBuf;
 
-/// Gradients agree within this fraction of each tensor's largest gradient.
-const GRAD_RTOL: f32 = 1e-4;
-/// Absolute floor: the attention key bias has an exactly-zero gradient (softmax ignores a
-/// shift shared by a query's scores), so both sides hold only f32 rounding noise.
-const GRAD_ATOL: f32 = 1e-6;
-/// Losses agree within this relative error.
-const LOSS_RTOL: f32 = 1e-5;
 /// Longer than every fixture sentence: nothing is truncated.
 const MAX_LEN: usize = 64;
 
@@ -260,47 +253,7 @@ fn bert_tagger_loss_and_gradients_match_pytorch() {
         .collect();
     let mut g = zeros_like(&p);
     let loss = token_loss(&p, &tag_batch(&refs).unwrap(), &targets, &mut g, 1.0, None).unwrap();
-    let want = exp["loss"].as_f64().unwrap() as f32;
-    assert!(
-        (loss - want).abs() <= LOSS_RTOL * want.abs(),
-        "{name}: loss {loss} vs {want}"
-    );
-
-    let hf = WeightStore::open_files(&[
-        fixture("cls-train-parity").join(format!("{name}_grads.safetensors"))
-    ])
-    .unwrap();
-    let ours = checkpoint::named_tensors(&g).unwrap();
-    let mut hf_names = hf.names();
-    hf_names.sort();
-    assert_eq!(
-        ours.keys().cloned().collect::<Vec<_>>(),
-        hf_names,
-        "{name}: same parameter set"
-    );
-    // The tensor that comes closest to its tolerance: (share of the tolerance, name, diff, max |g|).
-    let mut worst = (0.0f32, String::new(), 0.0f32, 0.0f32);
-    for (n, t) in &ours {
-        let w = hf.get(n).unwrap_or_else(|e| panic!("{e}"));
-        let scale = w.data().iter().fold(1e-8f32, |m, v| m.max(v.abs()));
-        let d = max_diff(t.data(), w.data());
-        let tol = (GRAD_RTOL * scale).max(GRAD_ATOL);
-        assert!(
-            d <= tol,
-            "{name}: gradient of {n} differs by {d} (max |g| {scale})"
-        );
-        if d / tol > worst.0 {
-            worst = (d / tol, n.clone(), d, scale);
-        }
-    }
-    eprintln!(
-        "{name}: loss {loss} vs {want} (rel {:e}); closest gradient {} differs by {:e} (max |g| {:e}, {:.0}% of its tolerance)",
-        ((loss - want) / want).abs(),
-        worst.1,
-        worst.2,
-        worst.3,
-        worst.0 * 100.0
-    );
+    assert_loss_and_grads(name, loss, exp["loss"].as_f64().unwrap() as f32, &g);
 }
 
 fn all_logits(p: &Pretrained, key: &str) -> Vec<f32> {

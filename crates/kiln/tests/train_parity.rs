@@ -10,14 +10,6 @@ use kiln::model::Batch;
 use kiln::train::backprop::{clm_loss, mlm_loss, parameters, zeros_like, IGNORE};
 use kiln::train::{AdamW, Param};
 
-/// Gradients agree within this fraction of each tensor's largest gradient.
-const GRAD_RTOL: f32 = 1e-4;
-/// Absolute floor: the attention key bias has an exactly-zero gradient (softmax ignores a
-/// shift shared by a query's scores), so both sides hold only f32 rounding noise (~1e-7).
-const GRAD_ATOL: f32 = 1e-6;
-/// Losses agree within this relative error.
-const LOSS_RTOL: f32 = 1e-5;
-
 struct Case {
     batch: Batch,
     positions: Vec<usize>,

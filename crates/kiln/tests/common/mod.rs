@@ -65,3 +65,65 @@ pub fn minilm_dir() -> PathBuf {
     );
     dir
 }
+
+/// Gradients agree within this fraction of each tensor's largest gradient.
+#[allow(dead_code)]
+pub const GRAD_RTOL: f32 = 1e-4;
+/// Absolute floor: the attention key bias has an exactly-zero gradient (softmax ignores a
+/// shift shared by a query's scores), so both sides hold only f32 rounding noise.
+#[allow(dead_code)]
+pub const GRAD_ATOL: f32 = 1e-6;
+/// Losses agree within this relative error.
+#[allow(dead_code)]
+pub const LOSS_RTOL: f32 = 1e-5;
+
+/// Checks a loss against PyTorch's (`want`) and every gradient in `grads` against
+/// `fixtures/cls-train-parity/{name}_grads.safetensors` (HF names, same parameter set), and
+/// prints the gradient that came closest to its tolerance.
+#[allow(dead_code)]
+pub fn assert_loss_and_grads(
+    name: &str,
+    loss: f32,
+    want: f32,
+    grads: &kiln::checkpoint::Pretrained,
+) {
+    assert!(
+        (loss - want).abs() <= LOSS_RTOL * want.abs(),
+        "{name}: loss {loss} vs {want}"
+    );
+    let hf = kiln::checkpoint::WeightStore::open_files(&[
+        fixture("cls-train-parity").join(format!("{name}_grads.safetensors"))
+    ])
+    .unwrap();
+    let ours = kiln::checkpoint::named_tensors(grads).unwrap();
+    let mut hf_names = hf.names();
+    hf_names.sort();
+    assert_eq!(
+        ours.keys().cloned().collect::<Vec<_>>(),
+        hf_names,
+        "{name}: same parameter set"
+    );
+    // The tensor that comes closest to its tolerance: (share of the tolerance, name, diff, max |g|).
+    let mut worst = (0.0f32, String::new(), 0.0f32, 0.0f32);
+    for (n, t) in &ours {
+        let w = hf.get(n).unwrap_or_else(|e| panic!("{e}"));
+        let scale = w.data().iter().fold(1e-8f32, |m, v| m.max(v.abs()));
+        let d = max_diff(t.data(), w.data());
+        let tol = (GRAD_RTOL * scale).max(GRAD_ATOL);
+        assert!(
+            d <= tol,
+            "{name}: gradient of {n} differs by {d} (max |g| {scale})"
+        );
+        if d / tol > worst.0 {
+            worst = (d / tol, n.clone(), d, scale);
+        }
+    }
+    eprintln!(
+        "{name}: loss {loss} vs {want} (rel {:e}); closest gradient {} differs by {:e} (max |g| {:e}, {:.0}% of its tolerance)",
+        ((loss - want) / want).abs(),
+        worst.1,
+        worst.2,
+        worst.3,
+        worst.0 * 100.0
+    );
+}
