@@ -319,10 +319,15 @@ pub fn sequence_loss(
             p: head.dropout,
             seed: Dropout::derive(s, 0xC1A5_51F1),
         });
-    let mut d = pooled.clone();
-    if let Some(dr) = drop {
-        dr.apply(&mut d);
-    }
+    // The head's input: a dropped-out copy in training, the pooled rows themselves otherwise.
+    let d: std::borrow::Cow<[f32]> = match drop {
+        Some(dr) => {
+            let mut v = pooled.clone();
+            dr.apply(&mut v);
+            v.into()
+        }
+        None => (&pooled[..]).into(),
+    };
     let mut logits = vec![0.0; n * k];
     head.linear
         .forward_into(&d, n, &mut logits, LinearOut::Write)?;

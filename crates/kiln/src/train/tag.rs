@@ -216,10 +216,15 @@ pub fn token_loss(
             p: head.dropout,
             seed: Dropout::derive(s, 0x7A66_D809),
         });
-    let mut d = hidden.clone();
-    if let Some(dr) = drop {
-        dr.apply(&mut d);
-    }
+    // The head's input: a dropped-out copy in training, the hidden rows themselves otherwise.
+    let d: std::borrow::Cow<[f32]> = match drop {
+        Some(dr) => {
+            let mut v = hidden.clone();
+            dr.apply(&mut v);
+            v.into()
+        }
+        None => (&hidden[..]).into(),
+    };
     let mut logits = vec![0.0; t * k];
     head.linear
         .forward_into(&d, t, &mut logits, LinearOut::Write)?;
