@@ -43,6 +43,8 @@ enum Command {
     Eval(commands::finetune::EvalArgs),
     /// Predict with a fine-tuned model, one JSON line per input line.
     Predict(commands::finetune::PredictArgs),
+    /// Fold a LoRA adapter into its base model and save a plain transformers model directory.
+    Merge(commands::finetune::MergeArgs),
     /// Draw training/validation loss curves from metrics.jsonl files into a PNG.
     Plot(commands::plot::Args),
     /// Re-save a model directory in transformers' standard layout (and dtype).
@@ -68,6 +70,7 @@ fn main() {
         Command::Finetune(a) => commands::finetune::run(*a),
         Command::Eval(a) => commands::finetune::eval(a),
         Command::Predict(a) => commands::finetune::predict(a),
+        Command::Merge(a) => commands::finetune::merge(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

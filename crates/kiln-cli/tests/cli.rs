@@ -456,3 +456,131 @@ fn finetune_eval_predict_classify() {
     assert!(!ok && err.contains("--task"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `finetune --method lora|adapter`, `predict --adapter NAME=DIR --use NAME`, `merge`: the
+/// merged model predicts what the base + adapter predicted.
+#[test]
+fn lora_adapter_merge_lifecycle() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-lora-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let base = fixture("tiny-bert-cls").to_string_lossy().into_owned();
+    let train = fixture("lora-train.jsonl").to_string_lossy().into_owned();
+    for (method, out) in [("lora", "lora"), ("adapter", "adapter")] {
+        let (ok, _, err) = kiln(
+            &[
+                "finetune",
+                "--model",
+                &base,
+                "--task",
+                "classify",
+                "--train",
+                &train,
+                "--method",
+                method,
+                "--lora-r",
+                "4",
+                "--lora-targets",
+                "query,value,dense",
+                "--adapter-size",
+                "8",
+                "--max-steps",
+                "6",
+                "--lr",
+                "1e-2",
+                "--batch-size",
+                "4",
+                "--threads",
+                "1",
+                "--out",
+                &d(out),
+            ],
+            "",
+        );
+        assert!(ok, "{err}");
+        assert!(err.contains("trainable params"), "{err}");
+        assert!(err.contains("adapter") && err.contains("KiB"), "{err}");
+        assert!(dir.join(out).join("adapter_config.json").exists());
+        assert!(!dir.join(out).join("model.safetensors").exists());
+    }
+    let predict = |extra: &[&str]| {
+        let mut args = vec![
+            "predict", "--model", &base, "--task", "classify", "--input", &train,
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = kiln(&args, "");
+        assert!(ok, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let lora_alone = predict(&["--adapter", &d("lora")]);
+    let adapter_alone = predict(&["--adapter", &d("adapter")]);
+    assert_eq!(lora_alone.len(), 16);
+    let a = format!("a={}", d("lora"));
+    let b = format!("b={}", d("adapter"));
+    assert_eq!(
+        predict(&["--adapter", &a, "--adapter", &b, "--use", "a"]),
+        lora_alone
+    );
+    assert_eq!(
+        predict(&["--adapter", &a, "--adapter", &b, "--use", "b"]),
+        adapter_alone
+    );
+    let (ok, _, err) = kiln(
+        &[
+            "merge",
+            "--model",
+            &base,
+            "--adapter",
+            &d("lora"),
+            "--out",
+            &d("merged"),
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let merged = {
+        let (ok, out, err) = kiln(
+            &[
+                "predict",
+                "--model",
+                &d("merged"),
+                "--task",
+                "classify",
+                "--input",
+                &train,
+            ],
+            "",
+        );
+        assert!(ok, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    for (m, u) in merged.iter().zip(&lora_alone) {
+        assert_eq!(m["label"], u["label"]);
+        let pm = m["probabilities"].as_array().unwrap();
+        let pu = u["probabilities"].as_array().unwrap();
+        for (x, y) in pm.iter().zip(pu) {
+            let d = (x.as_f64().unwrap() - y.as_f64().unwrap()).abs();
+            assert!(d <= 1e-5, "merged vs unmerged probability {d}");
+        }
+    }
+    // Bottleneck adapters cannot be folded into the weights: a clear error.
+    let (ok, _, err) = kiln(
+        &[
+            "merge",
+            "--model",
+            &base,
+            "--adapter",
+            &d("adapter"),
+            "--out",
+            &d("m2"),
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("cannot be folded"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -2,7 +2,7 @@
 //!
 //! The crate is laid out as the architecture: [`engine`] (tensors and fused kernels),
 //! [`model`] (one configured transformer core and the per-architecture name tables), [`heads`]
-//! (task heads), [`tokenize`] (input encoding), [`checkpoint`] (Hugging Face model directories),
+//! (task heads), [`peft`] (LoRA and bottleneck adapters), [`tokenize`] (input encoding), [`checkpoint`] (Hugging Face model directories),
 //! and [`infer`] (the inference tasks behind the CLI).
 
 pub mod checkpoint;
@@ -13,6 +13,7 @@ pub mod heads;
 pub mod infer;
 pub mod metrics;
 pub mod model;
+pub mod peft;
 pub mod plot;
 pub mod tokenize;
 pub mod train;

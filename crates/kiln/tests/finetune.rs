@@ -80,9 +80,10 @@ fn single_sentence_classifier_learns_a_rule_it_must_generalize() {
     let s = finetune(
         &fixture("tiny-bert"),
         &out,
-        &config(&train, &valid, 100),
+        &config(&train, &valid, 200),
         false,
         &AtomicBool::new(false),
+        |_| {},
         |_| {},
     )
     .unwrap();
@@ -146,6 +147,7 @@ fn pair_classifier_reads_the_second_sentence_from_tsv() {
         false,
         &AtomicBool::new(false),
         |_| {},
+        |_| {},
     )
     .unwrap();
     let p = checkpoint::load(&out).unwrap();
@@ -177,6 +179,7 @@ fn malformed_data_is_named_by_file_and_line() {
             &config(&path, &valid, 1),
             false,
             &AtomicBool::new(false),
+            |_| {},
             |_| {},
         )
         .unwrap_err()
@@ -227,6 +230,7 @@ fn malformed_data_is_named_by_file_and_line() {
         false,
         &AtomicBool::new(false),
         |_| {},
+        |_| {},
     )
     .unwrap();
     std::fs::remove_dir_all(dir).unwrap();
@@ -255,15 +259,24 @@ fn resumed_finetune_is_bit_identical() {
         false,
         &AtomicBool::new(false),
         |_| {},
+        |_| {},
     )
     .unwrap();
     let part = dir.join("part");
     let stop = AtomicBool::new(false);
-    let s = finetune(&fixture("tiny-gpt2"), &part, &cfg, false, &stop, |p| {
-        if p.step == 5 {
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    })
+    let s = finetune(
+        &fixture("tiny-gpt2"),
+        &part,
+        &cfg,
+        false,
+        &stop,
+        |_| {},
+        |p| {
+            if p.step == 5 {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        },
+    )
     .unwrap();
     assert!(s.interrupted && s.step == 5);
     let s = finetune(
@@ -272,6 +285,7 @@ fn resumed_finetune_is_bit_identical() {
         &cfg,
         true,
         &AtomicBool::new(false),
+        |_| {},
         |_| {},
     )
     .unwrap();
@@ -327,7 +341,7 @@ fn tagger_learns_a_rule_it_must_generalize_from_conll_columns() {
         task: "tag".into(),
         ..config(&train, &valid, 300)
     };
-    cfg.train.lr = 1e-3;
+    cfg.train.lr = 2e-3;
     // A freshly initialized encoder (transformers' init), as `kiln init` makes: the parity
     // fixture's deliberately odd weights learn per-token rules far more slowly.
     let init = dir.join("init");
@@ -343,7 +357,16 @@ fn tagger_learns_a_rule_it_must_generalize_from_conll_columns() {
     let mc = kiln::model::init::new_config(kiln::model::Arch::Bert, "tiny", &shape, &tok).unwrap();
     let fresh = kiln::model::init::random_model(mc, tok, tok_dir, 7).unwrap();
     checkpoint::save(&fresh, &init, checkpoint::SaveDtype::F32).unwrap();
-    let s = finetune(&init, &out, &cfg, false, &AtomicBool::new(false), |_| {}).unwrap();
+    let s = finetune(
+        &init,
+        &out,
+        &cfg,
+        false,
+        &AtomicBool::new(false),
+        |_| {},
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(s.metric.as_deref(), Some("f1"));
     let p = checkpoint::load(&out).unwrap();
     let labels = &p.task.as_ref().unwrap().labels;
@@ -390,6 +413,7 @@ fn tag_data_errors_name_file_and_line() {
             &cfg,
             false,
             &AtomicBool::new(false),
+            |_| {},
             |_| {},
         )
         .unwrap_err()

@@ -35,12 +35,87 @@ pub struct DataArgs {
     skip_invalid: bool,
 }
 
+/// Parameter-efficient fine-tuning: LoRA or bottleneck adapters on a frozen base model.
+#[derive(clap::Args, Clone)]
+pub struct PeftArgs {
+    /// full (every weight), lora, or adapter [default: full].
+    #[arg(long, value_parser = ["full", "lora", "adapter"])]
+    method: Option<String>,
+    /// LoRA rank r [default: 8].
+    #[arg(long)]
+    lora_r: Option<usize>,
+    /// LoRA alpha; the bypass is scaled by alpha / r [default: 8].
+    #[arg(long)]
+    lora_alpha: Option<f32>,
+    /// Dropout on the LoRA input in training [default: 0].
+    #[arg(long)]
+    lora_dropout: Option<f32>,
+    /// Comma-separated module names LoRA adapts, matched as PEFT's target_modules (a name
+    /// selects every module whose full name equals it or ends with .name; all-linear: all)
+    /// [default: query,value for BERT, c_attn for GPT-2].
+    #[arg(long, value_delimiter = ',')]
+    lora_targets: Option<Vec<String>>,
+    /// Bottleneck width of adapters [default: 64].
+    #[arg(long)]
+    adapter_size: Option<usize>,
+    /// houlsby (after attention and feed-forward outputs) or pfeiffer (after feed-forward only)
+    /// [default: houlsby].
+    #[arg(long, value_parser = ["houlsby", "pfeiffer"])]
+    adapter_placement: Option<String>,
+    /// Adapter nonlinearity: relu, gelu or gelu_new [default: relu].
+    #[arg(long)]
+    adapter_activation: Option<String>,
+    /// Comma-separated base tensors to train as well: bias, layernorm, pooler.
+    #[arg(long, value_delimiter = ',')]
+    train_extra: Option<Vec<String>>,
+}
+
+impl PeftArgs {
+    fn apply(&self, c: &mut kiln::peft::PeftConfig) {
+        use kiln::peft::{Method, Placement};
+        match self.method.as_deref() {
+            Some("lora") => c.method = Method::Lora,
+            Some("adapter") => c.method = Method::Adapter,
+            Some("full") => c.method = Method::Full,
+            _ => {}
+        }
+        if let Some(v) = self.lora_r {
+            c.lora_r = v;
+        }
+        if let Some(v) = self.lora_alpha {
+            c.lora_alpha = v;
+        }
+        if let Some(v) = self.lora_dropout {
+            c.lora_dropout = v;
+        }
+        if let Some(v) = &self.lora_targets {
+            c.lora_targets = v.iter().map(|s| s.trim().to_string()).collect();
+        }
+        if let Some(v) = self.adapter_size {
+            c.adapter_size = v;
+        }
+        match self.adapter_placement.as_deref() {
+            Some("pfeiffer") => c.adapter_placement = Placement::Pfeiffer,
+            Some("houlsby") => c.adapter_placement = Placement::Houlsby,
+            _ => {}
+        }
+        if let Some(v) = &self.adapter_activation {
+            c.adapter_activation = v.clone();
+        }
+        if let Some(v) = &self.train_extra {
+            c.train_extra = v.iter().map(|s| s.trim().to_lowercase()).collect();
+        }
+    }
+}
+
 /// Fine-tune a pretrained model on labelled data (JSONL, CSV, TSV or CoNLL; .gz accepted).
 /// --task classify: one label per text or text pair, cross-entropy, or mean squared error
 /// with --regression. --task tag: a tag per word (--tokens-field / --tag-field lists; CoNLL
 /// files give `tokens`, `tags` = last column, `col1`, `col2`, …), the first piece of each word
 /// carrying its tag. With --valid the output directory holds the best model by --metric;
-/// checkpoints go to OUT/checkpoint-STEP/, metrics to OUT/metrics.jsonl.
+/// checkpoints go to OUT/checkpoint-STEP/, metrics to OUT/metrics.jsonl. With --method lora or
+/// adapter the base stays frozen and OUT holds only the adapter (adapter_config.json +
+/// adapter_model.safetensors, PEFT's layout); use it with --model BASE --adapter OUT.
 #[derive(clap::Args)]
 pub struct Args {
     /// The pretrained model directory.
@@ -80,6 +155,8 @@ pub struct Args {
     #[arg(long)]
     patience: Option<u64>,
     #[command(flatten)]
+    peft: PeftArgs,
+    #[command(flatten)]
     train_args: TrainArgs,
     /// Continue from the latest checkpoint in --out.
     #[arg(long)]
@@ -92,6 +169,7 @@ pub fn run(a: Args) -> Result<()> {
         None => FinetuneConfig::default(),
     };
     a.train_args.apply(&mut c.train);
+    a.peft.apply(&mut c.peft);
     if let Some(t) = &a.task {
         c.task = t.clone();
     }
@@ -134,9 +212,38 @@ pub fn run(a: Args) -> Result<()> {
     }
     let stop = stop_on_ctrl_c();
     let mut progress = Reporter::new();
-    let summary = finetune(&a.model, &a.out, &c, a.resume, &stop, |p| progress.step(p))
-        .with_context(|| format!("fine-tuning into {}", a.out.display()))?;
+    let summary = finetune(
+        &a.model,
+        &a.out,
+        &c,
+        a.resume,
+        &stop,
+        |s| {
+            eprintln!(
+                "method {:?}: trainable params {} || all params {} || trainable% {:.4}{}",
+                s.method,
+                s.trainable,
+                s.total,
+                100.0 * s.trainable as f64 / s.total.max(1) as f64,
+                if s.train_extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (also trained: {})", s.train_extra.join(", "))
+                }
+            )
+        },
+        |p| progress.step(p),
+    )
+    .with_context(|| format!("fine-tuning into {}", a.out.display()))?;
     progress.finish(&summary, &a.out);
+    let adapter = a.out.join(kiln::peft::files::WEIGHTS);
+    if let Ok(m) = std::fs::metadata(&adapter) {
+        eprintln!(
+            "adapter {} on disk: {:.1} KiB",
+            adapter.display(),
+            m.len() as f64 / 1024.0
+        );
+    }
     if let Some((step, v)) = summary.best {
         eprintln!(
             "best {} {v:.4} at step {step}{}",
@@ -185,9 +292,11 @@ fn tag_examples(
 /// Score a fine-tuned model on labelled data with the task's metrics.
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// The fine-tuned model directory.
+    /// The fine-tuned model directory (or the base model of --adapter).
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    adapters: AdapterArgs,
     /// The task form: classify or tag.
     #[arg(long, default_value = "classify")]
     task: String,
@@ -227,7 +336,7 @@ fn load_examples(
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     check_task(&a.task)?;
-    let p = super::load(&a.model)?;
+    let p = a.adapters.load(&a.model)?;
     let (mut m, n) = if a.task == "tag" {
         let ex = tag_examples(&p, &a.data, &a.fields, true)?;
         (evaluate_tags(&p, &ex)?, ex.len())
@@ -258,9 +367,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 /// Predict with a fine-tuned model: one JSON line per input line, in order.
 #[derive(clap::Args)]
 pub struct PredictArgs {
-    /// The fine-tuned model directory.
+    /// The fine-tuned model directory (or the base model of --adapter).
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    adapters: AdapterArgs,
     /// The task form: classify or tag.
     #[arg(long, default_value = "classify")]
     task: String,
@@ -276,7 +387,7 @@ pub struct PredictArgs {
 
 pub fn predict(a: PredictArgs) -> Result<()> {
     check_task(&a.task)?;
-    let p = super::load(&a.model)?;
+    let p = a.adapters.load(&a.model)?;
     if a.task == "tag" {
         let head = kiln::infer::tag::token_head(&p)?;
         let examples = tag_examples(&p, &a.input, &a.fields, false)?;
@@ -313,4 +424,71 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         }
     }
     out.finish()
+}
+
+/// Adapters on a base model: `--adapter DIR`, or several `--adapter NAME=DIR` with `--use NAME`.
+#[derive(clap::Args, Clone)]
+pub struct AdapterArgs {
+    /// An adapter directory (LoRA or bottleneck, PEFT layout) for the --model base; repeat as
+    /// NAME=DIR to load several.
+    #[arg(long = "adapter")]
+    adapter: Vec<String>,
+    /// Which of several loaded adapters runs [default: the first].
+    #[arg(long = "use")]
+    use_name: Option<String>,
+}
+
+impl AdapterArgs {
+    /// The base model with the adapters loaded and the chosen one active.
+    pub fn load(&self, model: &std::path::Path) -> Result<kiln::checkpoint::Pretrained> {
+        let mut p = super::load(model)?;
+        let mut first = None;
+        for (i, spec) in self.adapter.iter().enumerate() {
+            let (name, dir) = match spec.split_once('=') {
+                Some((n, d)) if !n.is_empty() => (n.to_string(), PathBuf::from(d)),
+                _ if self.adapter.len() == 1 => ("default".to_string(), PathBuf::from(spec)),
+                _ => anyhow::bail!(
+                    "--adapter {spec}: name each of several adapters, as NAME=DIR (adapter {})",
+                    i + 1
+                ),
+            };
+            kiln::peft::files::load_adapter(&mut p, &dir, &name)
+                .with_context(|| format!("cannot load adapter {}", dir.display()))?;
+            first.get_or_insert(name);
+        }
+        match (&self.use_name, first) {
+            (Some(n), Some(_)) => kiln::peft::use_adapter(&mut p, n)?,
+            (Some(n), None) => {
+                anyhow::bail!("--use {n}: give the adapters with --adapter NAME=DIR")
+            }
+            (None, Some(f)) => kiln::peft::use_adapter(&mut p, &f)?,
+            (None, None) => {}
+        }
+        Ok(p)
+    }
+}
+
+/// Fold a LoRA adapter into its base model's weights and save a plain transformers model.
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    /// The base model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The LoRA adapter directory.
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Output model directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn merge(a: MergeArgs) -> Result<()> {
+    let mut p = super::load(&a.model)?;
+    kiln::peft::files::load_adapter(&mut p, &a.adapter, "default")
+        .with_context(|| format!("cannot load adapter {}", a.adapter.display()))?;
+    kiln::peft::merge_and_unload(&mut p)?;
+    kiln::checkpoint::save(&p, &a.out, kiln::checkpoint::SaveDtype::F32)
+        .with_context(|| format!("cannot save {}", a.out.display()))?;
+    eprintln!("merged model in {}", a.out.display());
+    Ok(())
 }

@@ -33,6 +33,8 @@ pub struct Pretrained {
     pub sentence: Option<SentenceConfig>,
     /// Tensors in the checkpoint that Kiln did not use (e.g. heads of other tasks).
     pub unused_tensors: Vec<String>,
+    /// LoRA / adapter state when the model carries parameter-efficient additions.
+    pub peft: Option<crate::peft::PeftState>,
 }
 
 impl Pretrained {
@@ -50,8 +52,15 @@ impl Pretrained {
     }
 }
 
-/// Loads the model directory `dir` (a transformers or sentence-transformers directory).
+/// Loads the model directory `dir` (a transformers or sentence-transformers directory), or an
+/// adapter directory (PEFT layout) together with the base model it names.
 pub fn load(dir: &Path) -> Result<Pretrained> {
+    if crate::peft::files::is_adapter_dir(dir) {
+        let base = crate::peft::files::base_of(dir)?;
+        let mut p = load(&base)?;
+        crate::peft::files::load_adapter(&mut p, dir, "default")?;
+        return Ok(p);
+    }
     if !dir.is_dir() {
         return Err(Error::MissingFile {
             path: dir.to_path_buf(),
@@ -152,6 +161,7 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
         tokenizer,
         sentence,
         unused_tensors,
+        peft: None,
     })
 }
 
@@ -253,6 +263,8 @@ fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer
             ffn_in: r.linear(&format!("{p}{}", n.ffn_in), true, i, h)?,
             ffn_out: r.linear(&format!("{p}{}", n.ffn_out), true, h, i)?,
             ln_ffn: r.layer_norm(&format!("{p}{}", n.ln_ffn), true, h, eps)?,
+            adapter_attn: None,
+            adapter_ffn: None,
         });
     }
     let final_norm = match n.final_norm {

@@ -145,7 +145,13 @@ fn put_norm(out: &mut BTreeMap<String, Tensor>, module: &str, ln: &LayerNorm) {
 
 /// Saves `p` as a Hugging Face model directory at `dir` (created if needed). Every file is
 /// written atomically.
+///
+/// A model carrying an adapter saves only the adapter (PEFT's layout, see
+/// [`crate::peft::files`]).
 pub fn save(p: &Pretrained, dir: &Path, dtype: SaveDtype) -> Result<()> {
+    if p.peft.is_some() {
+        return crate::peft::files::save_adapter(p, dir);
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     let tensors = named_tensors(p)?;
     write_safetensors(&dir.join("model.safetensors"), &tensors, dtype)?;

@@ -6,6 +6,7 @@ use super::matmul::{matmul, MatMut, MatRef, Par};
 use super::packed::{PackedWeight, MIN_ROWS};
 use super::tensor::Tensor;
 use crate::error::{Error, Result};
+use crate::peft::lora::Lora;
 use std::sync::OnceLock;
 
 /// A dense layer holding `weight: [out, in]` (PyTorch `nn.Linear` layout) and `bias: [out]`.
@@ -15,6 +16,8 @@ pub struct Linear {
     pub weight: Tensor,
     /// `[out_features]`, if any.
     pub bias: Option<Tensor>,
+    /// LoRA bypasses over bands of the output rows (empty for a plain layer).
+    pub lora: Vec<Lora>,
     /// The weight packed for the AVX-512 kernel, made on first use. Whoever changes `weight`
     /// in place must call [`Linear::weights_changed`].
     packed: OnceLock<Option<PackedWeight>>,
@@ -37,6 +40,7 @@ impl Linear {
         Linear {
             weight,
             bias,
+            lora: Vec::new(),
             packed: OnceLock::new(),
         }
     }
@@ -56,8 +60,40 @@ impl Linear {
         self.weight.shape()[0]
     }
 
-    /// x: [rows, in] -> out: [rows, out]
+    /// Whether an unmerged LoRA bypass adds to this layer's output.
+    pub fn has_active_lora(&self) -> bool {
+        self.lora.iter().any(|l| !l.merged)
+    }
+
+    /// x: [rows, in] -> out: [rows, out], LoRA bypasses included (without dropout).
     pub fn forward_into(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        mode: LinearOut,
+    ) -> Result<()> {
+        if !self.has_active_lora() {
+            return self.base_forward_into(x, rows, out, mode);
+        }
+        // The bypass adds before the activation.
+        let base_mode = match mode {
+            LinearOut::WriteAct(_) => LinearOut::Write,
+            m => m,
+        };
+        self.base_forward_into(x, rows, out, base_mode)?;
+        let o = self.out_features();
+        for l in &self.lora {
+            l.forward_add(x, rows, out, o, None)?;
+        }
+        if let LinearOut::WriteAct(a) = mode {
+            bias_act_inplace(out, None, Some(a));
+        }
+        Ok(())
+    }
+
+    /// The frozen layer alone (no LoRA). x: [rows, in] -> out: [rows, out]
+    fn base_forward_into(
         &self,
         x: &[f32],
         rows: usize,

@@ -7,6 +7,7 @@ use super::kv_cache::KvCache;
 use crate::engine::attention::{attention, packed_self_attention, AttnSeq};
 use crate::engine::{LayerNorm, Linear, LinearOut, MaskKind};
 use crate::error::{Error, Result};
+use crate::peft::bottleneck::Bottleneck;
 
 /// The weights of one block, in Kiln's layout (`[out, in]` linears, fused QKV).
 #[derive(Clone, Debug)]
@@ -23,6 +24,10 @@ pub struct Block {
     pub ffn_out: Linear,
     /// Norm of the feed-forward sublayer.
     pub ln_ffn: LayerNorm,
+    /// Bottleneck adapter on the attention output (Houlsby placement), if any.
+    pub adapter_attn: Option<Bottleneck>,
+    /// Bottleneck adapter on the feed-forward output, if any.
+    pub adapter_ffn: Option<Bottleneck>,
 }
 
 /// Scratch buffers reused by every block of a forward pass.
@@ -32,6 +37,8 @@ pub struct Workspace {
     ctx: Vec<f32>,
     normed: Vec<f32>,
     ffn: Vec<f32>,
+    /// A sublayer's output before its residual sum (only with adapters).
+    sub: Vec<f32>,
 }
 
 impl Workspace {
@@ -114,8 +121,14 @@ impl Block {
                 attention(&seqs, cfg.num_heads, cfg.head_dim(), mask, &mut ws.ctx)?;
             }
         }
-        self.attn_out
-            .forward_into(&ws.ctx, t, x, LinearOut::Accumulate)?;
+        sublayer_out(
+            &self.attn_out,
+            self.adapter_attn.as_ref(),
+            &ws.ctx,
+            t,
+            x,
+            &mut ws.sub,
+        )?;
         if !pre {
             self.ln_attn.forward_inplace(x);
         }
@@ -129,11 +142,38 @@ impl Block {
         };
         self.ffn_in
             .forward_into(ffn_in, t, &mut ws.ffn, LinearOut::WriteAct(cfg.activation))?;
-        self.ffn_out
-            .forward_into(&ws.ffn, t, x, LinearOut::Accumulate)?;
+        sublayer_out(
+            &self.ffn_out,
+            self.adapter_ffn.as_ref(),
+            &ws.ffn,
+            t,
+            x,
+            &mut ws.sub,
+        )?;
         if !pre {
             self.ln_ffn.forward_inplace(x);
         }
         Ok(())
     }
+}
+
+/// `x += adapter(proj(input))`. The projection is written out and then added (rather than
+/// accumulated into `x` by the GEMM) so that the sum is rounded the same with and without an
+/// adapter — a fresh adapter leaves the outputs bit-identical — and as in the training forward.
+/// The extra pass over `x` is small beside the GEMM.
+fn sublayer_out(
+    proj: &crate::engine::Linear,
+    adapter: Option<&Bottleneck>,
+    input: &[f32],
+    t: usize,
+    x: &mut [f32],
+    sub: &mut Vec<f32>,
+) -> Result<()> {
+    sub.resize(x.len(), 0.0);
+    proj.forward_into(input, t, sub, LinearOut::Write)?;
+    if let Some(a) = adapter {
+        a.forward_inplace(sub, t)?;
+    }
+    crate::engine::activation::add_inplace(x, sub);
+    Ok(())
 }

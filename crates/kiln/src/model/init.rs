@@ -158,6 +158,8 @@ pub fn random_model(
             ffn_in: r.linear(i, h, r.std),
             ffn_out: r.linear(h, i, resid_std),
             ln_ffn: Init::norm(h, eps),
+            adapter_attn: None,
+            adapter_ffn: None,
         })
         .collect();
     let final_norm = cfg.final_norm.then(|| Init::norm(h, eps));
@@ -175,6 +177,7 @@ pub fn random_model(
         Arch::Gpt2 => (None, Some(LmHead { weight: None })),
     };
     Ok(Pretrained {
+        peft: None,
         dir: tokenizer_dir,
         model: Transformer {
             config: cfg,

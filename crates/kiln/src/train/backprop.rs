@@ -15,11 +15,15 @@ use crate::engine::linear::linear_forward;
 use crate::engine::{LayerNorm, Linear, LinearOut, MaskKind, Tensor};
 use crate::error::{Error, Result};
 use crate::model::{Batch, NormPlacement, Transformer};
+use crate::peft::bottleneck::{non_empty, Bottleneck};
+use crate::peft::lora::Lora;
 
 /// Ignored target id (PyTorch's `ignore_index`).
 pub const IGNORE: i64 = -100;
 
-/// A model-shaped container of zeros for gradients (no tokenizer).
+/// A model-shaped container of zeros for gradients (no tokenizer). Frozen parameters (see
+/// [`crate::peft::is_trainable`]) get empty tensors: no buffer, and the backward pass skips
+/// their gradients.
 pub fn zeros_like(p: &Pretrained) -> Pretrained {
     let mut g = Pretrained {
         dir: p.dir.clone(),
@@ -31,9 +35,14 @@ pub fn zeros_like(p: &Pretrained) -> Pretrained {
         tokenizer: None,
         sentence: None,
         unused_tensors: Vec::new(),
+        peft: None,
     };
-    for (_, t, _) in parameters(&mut g) {
-        t.data_mut().fill(0.0);
+    for (name, t, _) in parameters(&mut g) {
+        if crate::peft::is_trainable(p.peft.as_ref(), &name) {
+            t.data_mut().fill(0.0);
+        } else {
+            *t = Tensor::zeros(&[0]);
+        }
     }
     g
 }
@@ -48,6 +57,20 @@ pub fn parameters(p: &mut Pretrained) -> Vec<(String, &mut Tensor, bool)> {
         out.push((format!("{name}.weight"), &mut l.weight, true));
         if let Some(b) = &mut l.bias {
             out.push((format!("{name}.bias"), b, false));
+        }
+        for (k, piece) in l.lora.iter_mut().enumerate() {
+            out.push((format!("{name}.lora{k}.a"), &mut piece.a, true));
+            out.push((format!("{name}.lora{k}.b"), &mut piece.b, true));
+        }
+    }
+    fn adapter<'a>(
+        out: &mut Vec<(String, &'a mut Tensor, bool)>,
+        name: String,
+        a: &'a mut Option<Bottleneck>,
+    ) {
+        if let Some(a) = a {
+            lin(out, format!("{name}.down"), &mut a.down);
+            lin(out, format!("{name}.up"), &mut a.up);
         }
     }
     fn norm<'a>(out: &mut Vec<(String, &'a mut Tensor, bool)>, name: String, n: &'a mut LayerNorm) {
@@ -74,6 +97,16 @@ pub fn parameters(p: &mut Pretrained) -> Vec<(String, &mut Tensor, bool)> {
         lin(&mut out, format!("blocks.{i}.ffn_in"), &mut b.ffn_in);
         lin(&mut out, format!("blocks.{i}.ffn_out"), &mut b.ffn_out);
         norm(&mut out, format!("blocks.{i}.ln_ffn"), &mut b.ln_ffn);
+        adapter(
+            &mut out,
+            format!("blocks.{i}.adapter_attn"),
+            &mut b.adapter_attn,
+        );
+        adapter(
+            &mut out,
+            format!("blocks.{i}.adapter_ffn"),
+            &mut b.adapter_ffn,
+        );
     }
     if let Some(n) = &mut m.final_norm {
         norm(&mut out, "final_norm".into(), n);
@@ -113,6 +146,10 @@ struct BlockActs {
     u: Vec<f32>,
     /// Feed-forward residual sum (before the norm for post-LN).
     r2: Vec<f32>,
+    /// Input of the attention-output adapter (the dropped-out projection), if any.
+    ad_attn_in: Vec<f32>,
+    /// Input of the feed-forward adapter, if any.
+    ad_ffn_in: Vec<f32>,
 }
 
 /// Saved activations of a training forward pass.
@@ -129,9 +166,36 @@ fn ln_fwd(n: &LayerNorm, x: &[f32]) -> Vec<f32> {
     y
 }
 
-fn lin_fwd(l: &Linear, x: &[f32], rows: usize, mode: LinearOut, out: &mut [f32]) -> Result<()> {
+/// The dropout stream of LoRA bypass `piece` of linear layer `site` (block `l`'s layers are
+/// sites `4l..4l+3`, the pooler [`POOLER_SITE`]), or `None` in evaluation mode.
+pub(crate) fn lora_drop(l: &Lora, seed: Option<u64>, site: u64, piece: usize) -> Option<Dropout> {
+    let seed = seed.filter(|_| l.dropout > 0.0)?;
+    Some(Dropout {
+        p: l.dropout,
+        seed: Dropout::derive(seed, 0x4C0_0000 + site * 8 + piece as u64),
+    })
+}
+
+/// The LoRA dropout site of the pooler.
+pub(crate) const POOLER_SITE: u64 = 1 << 24;
+
+/// A training forward of a linear layer (write mode): the frozen or trained weight, plus its
+/// LoRA bypasses with their dropout.
+pub(crate) fn lin_fwd(
+    l: &Linear,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    seed: Option<u64>,
+    site: u64,
+) -> Result<()> {
     // Training changes weights every step: use the unpacked path (no cached packing).
-    linear_forward(&l.weight, l.bias.as_ref(), x, rows, out, mode)
+    linear_forward(&l.weight, l.bias.as_ref(), x, rows, out, LinearOut::Write)?;
+    let o = l.out_features();
+    for (k, piece) in l.lora.iter().enumerate() {
+        piece.forward_add(x, rows, out, o, lora_drop(piece, seed, site, k))?;
+    }
+    Ok(())
 }
 
 fn attn_fwd(
@@ -239,6 +303,7 @@ pub fn forward(
     let pre = cfg.norm == NormPlacement::Pre;
     let mut blocks = Vec::with_capacity(model.blocks.len());
     for (l, b) in model.blocks.iter().enumerate() {
+        let site = 4 * l as u64;
         let a_in = if pre {
             ln_fwd(&b.ln_attn, &x)
         } else {
@@ -249,8 +314,9 @@ pub fn forward(
             &b.qkv,
             if pre { &a_in } else { &x },
             t,
-            LinearOut::Write,
             &mut qkv,
+            dropout_seed,
+            site,
         )?;
         let mut ctx = vec![0.0; t * h];
         attn_fwd(
@@ -262,8 +328,16 @@ pub fn forward(
             drops.and_then(|d| d.probs(l)),
         )?;
         let mut o = vec![0.0; t * h];
-        lin_fwd(&b.attn_out, &ctx, t, LinearOut::Write, &mut o)?;
+        lin_fwd(&b.attn_out, &ctx, t, &mut o, dropout_seed, site + 1)?;
         drop_inplace(drops.and_then(|d| d.attn_out(l)), &mut o);
+        let ad_attn_in = match &b.adapter_attn {
+            Some(ad) => {
+                let input = o.clone();
+                ad.forward_inplace(&mut o, t)?;
+                input
+            }
+            None => Vec::new(),
+        };
         let mut r1 = x.clone();
         add(&mut r1, &o);
         let f_in = if pre {
@@ -272,11 +346,19 @@ pub fn forward(
             ln_fwd(&b.ln_attn, &r1)
         };
         let mut u = vec![0.0; t * inter];
-        lin_fwd(&b.ffn_in, &f_in, t, LinearOut::Write, &mut u)?;
+        lin_fwd(&b.ffn_in, &f_in, t, &mut u, dropout_seed, site + 2)?;
         let g = activated(&u, cfg.activation);
         let mut o2 = vec![0.0; t * h];
-        lin_fwd(&b.ffn_out, &g, t, LinearOut::Write, &mut o2)?;
+        lin_fwd(&b.ffn_out, &g, t, &mut o2, dropout_seed, site + 3)?;
         drop_inplace(drops.and_then(|d| d.ffn_out(l)), &mut o2);
+        let ad_ffn_in = match &b.adapter_ffn {
+            Some(ad) => {
+                let input = o2.clone();
+                ad.forward_inplace(&mut o2, t)?;
+                input
+            }
+            None => Vec::new(),
+        };
         let mut r2 = if pre { r1.clone() } else { f_in.clone() };
         add(&mut r2, &o2);
         let out = if pre {
@@ -293,6 +375,8 @@ pub fn forward(
             f_in,
             u,
             r2,
+            ad_attn_in,
+            ad_ffn_in,
         });
     }
     let pre_final = x.clone();
@@ -320,36 +404,64 @@ fn activated(x: &[f32], act: crate::engine::Activation) -> Vec<f32> {
     y
 }
 
-fn lin_back(
+/// Backward of [`lin_fwd`]: the input gradient into `dx` (overwritten), and the gradients of
+/// the weight, bias and LoRA bypasses that are trained (non-empty in `g`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lin_back(
     l: &Linear,
     g: &mut Linear,
     x: &[f32],
     dy: &[f32],
     rows: usize,
-    dx: Option<&mut [f32]>,
+    mut dx: Option<&mut [f32]>,
+    seed: Option<u64>,
+    site: u64,
 ) -> Result<()> {
     linear_backward(
         x,
         &l.weight,
         dy,
         rows,
-        dx,
-        Some(g.weight.data_mut()),
-        g.bias.as_mut().map(|b| b.data_mut()),
-    )
+        dx.as_deref_mut(),
+        non_empty(&mut g.weight),
+        g.bias.as_mut().and_then(non_empty),
+    )?;
+    let o = l.out_features();
+    for (k, (piece, gp)) in l.lora.iter().zip(g.lora.iter_mut()).enumerate() {
+        piece.backward(
+            x,
+            rows,
+            dy,
+            o,
+            dx.as_deref_mut(),
+            gp.a.data_mut(),
+            gp.b.data_mut(),
+            lora_drop(piece, seed, site, k),
+        )?;
+    }
+    Ok(())
 }
 
+/// Layer-norm backward; the parameter gradients are dropped when `g` is frozen (empty).
 fn ln_back(n: &LayerNorm, g: &mut LayerNorm, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let mut dx = vec![0.0; x.len()];
-    layer_norm_backward(
-        x,
-        n.weight.data(),
-        n.eps,
-        dy,
-        &mut dx,
-        g.weight.data_mut(),
-        g.bias.data_mut(),
-    );
+    let h = n.weight.numel();
+    let (mut sg, mut sb) = (Vec::new(), Vec::new());
+    let dg = match non_empty(&mut g.weight) {
+        Some(d) => d,
+        None => {
+            sg.resize(h, 0.0);
+            &mut sg[..]
+        }
+    };
+    let db = match non_empty(&mut g.bias) {
+        Some(d) => d,
+        None => {
+            sb.resize(h, 0.0);
+            &mut sb[..]
+        }
+    };
+    layer_norm_backward(x, n.weight.data(), n.eps, dy, &mut dx, dg, db);
     dx
 }
 
@@ -373,6 +485,7 @@ pub fn backward(
     }
     for (l, (b, a)) in model.blocks.iter().zip(&acts.blocks).enumerate().rev() {
         let gb = &mut grads.blocks[l];
+        let site = 4 * l as u64;
         // Feed-forward sublayer.
         let dr2 = if pre {
             dx
@@ -381,12 +494,33 @@ pub fn backward(
         };
         let g = activated(&a.u, cfg.activation);
         let mut du = vec![0.0; a.u.len()];
-        let mut do2 = dr2.clone();
+        let mut do2 = match (&b.adapter_ffn, &mut gb.adapter_ffn) {
+            (Some(ad), Some(gad)) => ad.backward(gad, &a.ad_ffn_in, &dr2, t)?,
+            _ => dr2.clone(),
+        };
         drop_inplace(drops.and_then(|d| d.ffn_out(l)), &mut do2);
-        lin_back(&b.ffn_out, &mut gb.ffn_out, &g, &do2, t, Some(&mut du))?;
+        lin_back(
+            &b.ffn_out,
+            &mut gb.ffn_out,
+            &g,
+            &do2,
+            t,
+            Some(&mut du),
+            dropout_seed,
+            site + 3,
+        )?;
         activation_backward(cfg.activation, &a.u, &mut du);
         let mut df_in = vec![0.0; t * h];
-        lin_back(&b.ffn_in, &mut gb.ffn_in, &a.f_in, &du, t, Some(&mut df_in))?;
+        lin_back(
+            &b.ffn_in,
+            &mut gb.ffn_in,
+            &a.f_in,
+            &du,
+            t,
+            Some(&mut df_in),
+            dropout_seed,
+            site + 2,
+        )?;
         let mut dr1 = if pre {
             let mut d = dr2;
             add(&mut d, &ln_back(&b.ln_ffn, &mut gb.ln_ffn, &a.r1, &df_in));
@@ -396,15 +530,22 @@ pub fn backward(
             add(&mut d, &df_in);
             ln_back(&b.ln_attn, &mut gb.ln_attn, &a.r1, &d)
         };
-        // Attention sublayer.
+        // Attention sublayer: back through the adapter and the output dropout.
+        let mut do1 = match (&b.adapter_attn, &mut gb.adapter_attn) {
+            (Some(ad), Some(gad)) => ad.backward(gad, &a.ad_attn_in, &dr1, t)?,
+            _ => dr1.clone(),
+        };
+        drop_inplace(drops.and_then(|d| d.attn_out(l)), &mut do1);
         let mut dctx = vec![0.0; t * h];
         lin_back(
             &b.attn_out,
             &mut gb.attn_out,
             &a.ctx,
-            &dr1,
+            &do1,
             t,
             Some(&mut dctx),
+            dropout_seed,
+            site + 1,
         )?;
         let mut dqkv = vec![0.0; t * 3 * h];
         attention_backward(
@@ -426,6 +567,8 @@ pub fn backward(
             &dqkv,
             t,
             Some(&mut da_in),
+            dropout_seed,
+            site,
         )?;
         if pre {
             add(
@@ -437,17 +580,31 @@ pub fn backward(
         }
         dx = dr1;
     }
-    drop_inplace(drops.and_then(|d| d.embeddings()), &mut dx);
     let e = &model.embeddings;
     let ge = &mut grads.embeddings;
+    let frozen = ge.word.numel() == 0
+        && ge.position.numel() == 0
+        && ge.token_type.as_ref().is_none_or(|t| t.numel() == 0)
+        && ge
+            .norm
+            .as_ref()
+            .is_none_or(|n| n.weight.numel() == 0 && n.bias.numel() == 0);
+    if frozen {
+        return Ok(());
+    }
+    drop_inplace(drops.and_then(|d| d.embeddings()), &mut dx);
     let de = match (&e.norm, &mut ge.norm) {
         (Some(n), Some(gn)) => ln_back(n, gn, &acts.emb, &dx),
         _ => dx,
     };
-    embedding_backward(&batch.ids, &de, h, ge.word.data_mut());
-    embedding_backward(&batch.positions, &de, h, ge.position.data_mut());
-    if let Some(gt) = &mut ge.token_type {
-        embedding_backward(&batch.type_ids, &de, h, gt.data_mut());
+    if let Some(g) = non_empty(&mut ge.word) {
+        embedding_backward(&batch.ids, &de, h, g);
+    }
+    if let Some(g) = non_empty(&mut ge.position) {
+        embedding_backward(&batch.positions, &de, h, g);
+    }
+    if let Some(g) = ge.token_type.as_mut().and_then(non_empty) {
+        embedding_backward(&batch.type_ids, &de, h, g);
     }
     Ok(())
 }
@@ -485,7 +642,7 @@ pub fn mlm_loss(
         .flat_map(|&r| hidden[r * h..(r + 1) * h].to_vec())
         .collect();
     let mut u = vec![0.0; n * h];
-    lin_fwd(&head.transform, &hs, n, LinearOut::Write, &mut u)?;
+    lin_fwd(&head.transform, &hs, n, &mut u, None, 0)?;
     let a = activated(&u, head.activation);
     let nrm = ln_fwd(&head.norm, &a);
     let word = &p.model.embeddings.word;
@@ -509,8 +666,8 @@ pub fn mlm_loss(
         .ok_or_else(|| Error::Input("gradient buffers lack the MLM head".into()))?;
     let mut dnrm = vec![0.0; n * h];
     let dw = match &mut gh.decoder {
-        Some(d) => d.data_mut(),
-        None => grads.model.embeddings.word.data_mut(),
+        Some(d) => non_empty(d),
+        None => non_empty(&mut grads.model.embeddings.word),
     };
     linear_backward(
         &nrm,
@@ -518,8 +675,8 @@ pub fn mlm_loss(
         &dlogits,
         n,
         Some(&mut dnrm),
-        Some(dw),
-        Some(gh.bias.data_mut()),
+        dw,
+        non_empty(&mut gh.bias),
     )?;
     let mut du = ln_back(&head.norm, &mut gh.norm, &a, &dnrm);
     activation_backward(head.activation, &u, &mut du);
@@ -531,6 +688,8 @@ pub fn mlm_loss(
         &du,
         n,
         Some(&mut dhs),
+        None,
+        0,
     )?;
     let mut dhidden = vec![0.0; hidden.len()];
     for (k, &r) in positions.iter().enumerate() {
@@ -590,10 +749,10 @@ pub fn clm_loss(
     scale(&mut dlogits, grad_scale);
     let mut dhidden = vec![0.0; hidden.len()];
     let gw = match grads.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
-        Some(g) => g.data_mut(),
-        None => grads.model.embeddings.word.data_mut(),
+        Some(g) => non_empty(g),
+        None => non_empty(&mut grads.model.embeddings.word),
     };
-    linear_backward(&hidden, w, &dlogits, t, Some(&mut dhidden), Some(gw), None)?;
+    linear_backward(&hidden, w, &dlogits, t, Some(&mut dhidden), gw, None)?;
     backward(
         &p.model,
         batch,

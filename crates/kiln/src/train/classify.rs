@@ -17,7 +17,9 @@ use crate::infer::classify::{predictions, sequence_head, sequence_logits, sequen
 use crate::metrics::{accuracy, macro_f1, pearson, spearman};
 use crate::model::init::Init;
 use crate::model::{Arch, Batch};
+use crate::peft::bottleneck::non_empty;
 use crate::tokenize::{Tokenizer, Truncation};
+use crate::train::backprop::{lin_back, lin_fwd, POOLER_SITE};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -310,7 +312,12 @@ pub fn sequence_loss(
         .collect();
     let pooler = p.pooler.as_ref().filter(|_| p.config().arch == Arch::Bert);
     let pooled = match pooler {
-        Some(pl) => pl.forward(&x, n)?,
+        Some(pl) => {
+            let mut y = vec![0.0; n * h];
+            lin_fwd(&pl.dense, &x, n, &mut y, dropout_seed, POOLER_SITE)?;
+            y.iter_mut().for_each(|v| *v = v.tanh());
+            y
+        }
         None => x.clone(),
     };
     let drop = dropout_seed
@@ -358,8 +365,8 @@ pub fn sequence_loss(
         &dlogits,
         n,
         Some(&mut dd),
-        Some(gw.data_mut()),
-        gb.map(|b| b.data_mut()),
+        non_empty(gw),
+        gb.and_then(non_empty),
     )?;
     if let Some(dr) = drop {
         dr.apply(&mut dd);
@@ -375,14 +382,15 @@ pub fn sequence_loss(
                 .as_mut()
                 .ok_or_else(|| Error::Input("gradient buffers lack the pooler".into()))?;
             let mut dx = vec![0.0; n * h];
-            linear_backward(
+            lin_back(
+                &pl.dense,
+                &mut gp.dense,
                 &x,
-                &pl.dense.weight,
                 &dd,
                 n,
                 Some(&mut dx),
-                Some(gp.dense.weight.data_mut()),
-                gp.dense.bias.as_mut().map(|b| b.data_mut()),
+                dropout_seed,
+                POOLER_SITE,
             )?;
             dx
         }

@@ -257,6 +257,9 @@ pub struct FinetuneConfig {
     pub patience: Option<u64>,
     /// Count and skip malformed lines instead of stopping at the first.
     pub skip_invalid: bool,
+    /// Full fine-tuning, LoRA or bottleneck adapters, and their settings.
+    #[serde(flatten)]
+    pub peft: crate::peft::PeftConfig,
 }
 
 impl Default for FinetuneConfig {
@@ -283,6 +286,7 @@ impl Default for FinetuneConfig {
             metric: None,
             patience: None,
             skip_invalid: false,
+            peft: crate::peft::PeftConfig::default(),
         }
     }
 }
@@ -316,6 +320,7 @@ impl FinetuneConfig {
         if self.patience == Some(0) {
             return bad("patience", "must be at least 1");
         }
+        self.peft.validate()?;
         self.train.validate()
     }
 }

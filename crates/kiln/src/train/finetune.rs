@@ -9,6 +9,7 @@ use crate::checkpoint::Pretrained;
 use crate::engine::dropout::mix;
 use crate::error::{Error, Result};
 use crate::model::Batch;
+use crate::peft::Method;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::Path;
@@ -167,15 +168,59 @@ pub(crate) fn pick_metric(
     }
 }
 
+/// What a fine-tuning run trains, known once the model is set up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Started {
+    /// Parameters the optimizer updates.
+    pub trainable: usize,
+    /// All parameters (base, additions and head).
+    pub total: usize,
+    /// Full, LoRA or adapters.
+    pub method: Method,
+    /// Base tensors trained besides the additions (`train_extra`, plus a pooler the base model
+    /// lacked, which is new and so must be trained).
+    pub train_extra: Vec<String>,
+}
+
+/// Adds the parameter-efficient parts (a new run only: a resumed one has them from its
+/// checkpoint) and counts what is trained.
+fn set_up(
+    p: &mut Pretrained,
+    cfg: &FinetuneConfig,
+    resume: bool,
+    had_pooler: bool,
+) -> Result<Started> {
+    let mut pc = cfg.peft.clone();
+    if !resume && pc.method != Method::Full {
+        if !had_pooler && p.pooler.is_some() && !pc.train_extra.iter().any(|e| e == "pooler") {
+            pc.train_extra.push("pooler".into());
+        }
+        crate::peft::apply(p, &pc, cfg.train.seed)?;
+    }
+    let (trainable, total) = crate::peft::parameter_counts(p);
+    Ok(Started {
+        trainable,
+        total,
+        method: p.peft.as_ref().map_or(Method::Full, |s| s.config.method),
+        train_extra: p
+            .peft
+            .as_ref()
+            .map_or(Vec::new(), |s| s.config.train_extra.clone()),
+    })
+}
+
 /// Fine-tunes (or, with `resume`, continues fine-tuning) the model in `model_dir` for the task
-/// form `cfg.task` (classify, tag), writing checkpoints, `metrics.jsonl` and the best (with
-/// validation data) or final model into `out`.
+/// form `cfg.task` (classify, tag), fully or with LoRA / adapters (`cfg.peft`), writing
+/// checkpoints, `metrics.jsonl` and the best (with validation data) or final model — or
+/// adapter — into `out`. `started` sees what is trained before the first step.
+#[allow(clippy::too_many_arguments)]
 pub fn finetune(
     model_dir: &Path,
     out: &Path,
     cfg: &FinetuneConfig,
     resume: bool,
     stop: &AtomicBool,
+    started: impl FnOnce(&Started),
     report: impl FnMut(&Progress),
 ) -> Result<Summary> {
     cfg.validate()?;
@@ -189,9 +234,11 @@ pub fn finetune(
         cfg.train.weight_decay,
         resume,
     )?;
+    let had_pooler = p.pooler.is_some();
     match cfg.task.as_str() {
         "classify" => {
             let mut task = classify::prepare(&mut p, cfg, &records, resume)?;
+            started(&set_up(&mut p, cfg, resume, had_pooler)?);
             run(
                 p,
                 opt,
@@ -206,6 +253,7 @@ pub fn finetune(
         }
         "tag" => {
             let mut task = tag::prepare(&mut p, cfg, &records, resume)?;
+            started(&set_up(&mut p, cfg, resume, had_pooler)?);
             run(
                 p,
                 opt,

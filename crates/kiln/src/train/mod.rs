@@ -13,7 +13,7 @@ pub mod tag;
 pub mod trainer;
 
 pub use config::{FinetuneConfig, Objective, PretrainConfig, TrainConfig};
-pub use finetune::finetune;
+pub use finetune::{finetune, Started};
 pub use optim::{clip_grad_norm, AdamW, Param};
 pub use pretrain::pretrain;
 pub use schedule::{Schedule, ScheduleKind};

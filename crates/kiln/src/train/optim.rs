@@ -19,11 +19,15 @@ pub struct Param<'a> {
 /// Whether a parameter with this Hugging Face name gets weight decay: everything except
 /// biases and LayerNorm weights (transformers `Trainer.get_decay_parameter_names`).
 pub fn decays(name: &str) -> bool {
-    let norm = name.contains("LayerNorm")
+    !(name.ends_with(".bias") || name.ends_with(".beta") || is_norm(name))
+}
+
+/// Whether a Hugging Face tensor name belongs to a LayerNorm.
+pub fn is_norm(name: &str) -> bool {
+    name.contains("LayerNorm")
         || name.contains("layer_norm")
         || name.starts_with("ln_")
-        || name.contains(".ln_");
-    !(name.ends_with(".bias") || name.ends_with(".beta") || norm)
+        || name.contains(".ln_")
 }
 
 /// AdamW state and hyper-parameters.

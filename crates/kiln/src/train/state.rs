@@ -92,7 +92,12 @@ pub fn save_checkpoint(
     let _ = std::fs::remove_dir_all(&tmp);
     checkpoint::save(p, &tmp, SaveDtype::F32)?;
     let mut moments = BTreeMap::new();
-    let names: Vec<String> = parameters(p).into_iter().map(|(n, _, _)| n).collect();
+    let peft = p.peft.clone();
+    let names: Vec<String> = parameters(p)
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .filter(|n| crate::peft::is_trainable(peft.as_ref(), n))
+        .collect();
     if !opt.moments.is_empty() {
         for (name, (m, v)) in names.iter().zip(&opt.moments) {
             moments.insert(format!("m.{name}"), Tensor::new(vec![m.len()], m.clone())?);
@@ -132,7 +137,11 @@ pub fn load_checkpoint(dir: &Path) -> Result<(Pretrained, AdamW, TrainerState)> 
         .unwrap_or(state.step);
     let store = WeightStore::open_files(&[dir.join("optimizer.safetensors")])?;
     if opt.step > 0 {
+        let peft = p.peft.clone();
         for (name, t, _) in parameters(&mut p) {
+            if !crate::peft::is_trainable(peft.as_ref(), &name) {
+                continue;
+            }
             let m = store.get(&format!("m.{name}"))?;
             let v = store.get(&format!("v.{name}"))?;
             if m.numel() != t.numel() || v.numel() != t.numel() {

@@ -269,9 +269,11 @@ pub fn run<T: Task>(
             clip_grad_norm(&mut slices, limit)
         };
         {
+            // Frozen parameters have empty gradients: the optimizer never sees them.
             let mut params: Vec<Param> = parameters(&mut p)
                 .into_iter()
                 .zip(gparams.iter())
+                .filter(|(_, (_, g, _))| g.numel() > 0)
                 .map(|((_, t, decay), (_, g, _))| Param {
                     value: t.data_mut(),
                     grad: g.data(),

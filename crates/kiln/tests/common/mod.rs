@@ -87,15 +87,25 @@ pub fn assert_loss_and_grads(
     want: f32,
     grads: &kiln::checkpoint::Pretrained,
 ) {
+    let ours = kiln::checkpoint::named_tensors(grads).unwrap();
+    let file = fixture("cls-train-parity").join(format!("{name}_grads.safetensors"));
+    assert_loss_and_named_grads(name, loss, want, &ours, &file);
+}
+
+/// [`assert_loss_and_grads`] for gradients already under their file's names (`grads_file`).
+#[allow(dead_code)]
+pub fn assert_loss_and_named_grads(
+    name: &str,
+    loss: f32,
+    want: f32,
+    ours: &std::collections::BTreeMap<String, kiln::engine::Tensor>,
+    grads_file: &std::path::Path,
+) {
     assert!(
         (loss - want).abs() <= LOSS_RTOL * want.abs(),
         "{name}: loss {loss} vs {want}"
     );
-    let hf = kiln::checkpoint::WeightStore::open_files(&[
-        fixture("cls-train-parity").join(format!("{name}_grads.safetensors"))
-    ])
-    .unwrap();
-    let ours = kiln::checkpoint::named_tensors(grads).unwrap();
+    let hf = kiln::checkpoint::WeightStore::open_files(&[grads_file.to_path_buf()]).unwrap();
     let mut hf_names = hf.names();
     hf_names.sort();
     assert_eq!(
@@ -105,7 +115,7 @@ pub fn assert_loss_and_grads(
     );
     // The tensor that comes closest to its tolerance: (share of the tolerance, name, diff, max |g|).
     let mut worst = (0.0f32, String::new(), 0.0f32, 0.0f32);
-    for (n, t) in &ours {
+    for (n, t) in ours {
         let w = hf.get(n).unwrap_or_else(|e| panic!("{e}"));
         let scale = w.data().iter().fold(1e-8f32, |m, v| m.max(v.abs()));
         let d = max_diff(t.data(), w.data());
