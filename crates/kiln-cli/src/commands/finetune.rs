@@ -27,12 +27,41 @@ pub struct DataArgs {
     /// Tagging: field holding the list of tags, e.g. ner or pos [default: tags].
     #[arg(long)]
     tag_field: Option<String>,
-    /// Tokens per example; longer inputs are truncated [default: 128].
+    /// Tokens per example (QA: per window); longer inputs are truncated [default: 128; qa: 384].
     #[arg(long)]
     max_length: Option<usize>,
     /// Count and skip malformed lines instead of stopping at the first.
     #[arg(long)]
     skip_invalid: bool,
+}
+
+/// Extractive QA settings.
+#[derive(clap::Args, Clone)]
+pub struct QaArgs {
+    /// QA: tokens shared by neighbouring windows of a long context [default: 128].
+    #[arg(long)]
+    doc_stride: Option<usize>,
+    /// QA: longest answer in tokens [default: 30].
+    #[arg(long)]
+    max_answer_length: Option<usize>,
+    /// QA: allow "no answer" (SQuAD 2.0), predicted when the [CLS] score beats the best span by
+    /// more than this.
+    #[arg(long)]
+    null_threshold: Option<f32>,
+}
+
+impl QaArgs {
+    fn apply(&self, c: &mut FinetuneConfig) {
+        if let Some(v) = self.doc_stride {
+            c.doc_stride = v;
+        }
+        if let Some(v) = self.max_answer_length {
+            c.max_answer_length = v;
+        }
+        if self.null_threshold.is_some() {
+            c.null_threshold = self.null_threshold;
+        }
+    }
 }
 
 /// Parameter-efficient fine-tuning: LoRA or bottleneck adapters on a frozen base model.
@@ -155,6 +184,8 @@ pub struct Args {
     #[arg(long)]
     patience: Option<u64>,
     #[command(flatten)]
+    qa: QaArgs,
+    #[command(flatten)]
     peft: PeftArgs,
     #[command(flatten)]
     train_args: TrainArgs,
@@ -170,6 +201,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     a.train_args.apply(&mut c.train);
     a.peft.apply(&mut c.peft);
+    a.qa.apply(&mut c);
     if let Some(t) = &a.task {
         c.task = t.clone();
     }
@@ -191,6 +223,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(m) = d.max_length {
         c.max_length = m;
+    } else if c.task == "qa" && c.max_length == FinetuneConfig::default().max_length {
+        // QA windows hold a question and a long context: transformers' run_qa.py uses 384.
+        c.max_length = 384;
     }
     if let Some(f) = &d.tokens_field {
         c.tokens_field = f.clone();
@@ -263,10 +298,28 @@ pub fn run(a: Args) -> Result<()> {
 
 fn check_task(task: &str) -> Result<()> {
     anyhow::ensure!(
-        task == "classify" || task == "tag",
-        "--task: \"{task}\" is not available yet (available: classify, tag)"
+        ["classify", "tag", "qa"].contains(&task),
+        "--task: \"{task}\" is not available yet (available: classify, tag, qa)"
     );
     Ok(())
+}
+
+/// QA windows and decoding for eval/predict, from the flags and the model.
+fn qa_features(
+    p: &kiln::checkpoint::Pretrained,
+    data: &std::path::Path,
+    d: &DataArgs,
+    qa: &QaArgs,
+) -> Result<(Vec<kiln::train::qa::QaFeature>, kiln::infer::qa::Decode)> {
+    kiln::infer::qa::span_head(p)?;
+    let mut c = FinetuneConfig {
+        max_length: d.max_length.unwrap_or(384),
+        ..FinetuneConfig::default()
+    };
+    qa.apply(&mut c);
+    let w = kiln::train::qa::windows_of(&c, p);
+    let f = kiln::train::qa::load_features(p, data, d.skip_invalid, &w)?;
+    Ok((f, kiln::train::qa::decode_of(&c)))
 }
 
 fn tag_examples(
@@ -305,6 +358,8 @@ pub struct EvalArgs {
     data: PathBuf,
     #[command(flatten)]
     fields: DataArgs,
+    #[command(flatten)]
+    qa: QaArgs,
     /// Print one JSON object (metric names as keys) instead of text.
     #[arg(long)]
     json: bool,
@@ -337,7 +392,15 @@ fn load_examples(
 pub fn eval(a: EvalArgs) -> Result<()> {
     check_task(&a.task)?;
     let p = a.adapters.load(&a.model)?;
-    let (mut m, n) = if a.task == "tag" {
+    let (mut m, n) = if a.task == "qa" {
+        let (f, d) = qa_features(&p, &a.data, &a.fields, &a.qa)?;
+        let questions = f
+            .windows(2)
+            .filter(|w| !std::sync::Arc::ptr_eq(&w[0].example, &w[1].example))
+            .count()
+            + usize::from(!f.is_empty());
+        (kiln::train::qa::evaluate_qa(&p, &f, &d)?, questions)
+    } else if a.task == "tag" {
         let ex = tag_examples(&p, &a.data, &a.fields, true)?;
         (evaluate_tags(&p, &ex)?, ex.len())
     } else {
@@ -383,11 +446,33 @@ pub struct PredictArgs {
     output: Option<PathBuf>,
     #[command(flatten)]
     fields: DataArgs,
+    #[command(flatten)]
+    qa: QaArgs,
 }
 
 pub fn predict(a: PredictArgs) -> Result<()> {
     check_task(&a.task)?;
     let p = a.adapters.load(&a.model)?;
+    if a.task == "qa" {
+        let (f, d) = qa_features(&p, &a.input, &a.fields, &a.qa)?;
+        let mut out = Output::open(a.output.as_deref())?;
+        let (answers, _) = kiln::train::qa::answer_questions(&p, &f, &d)?;
+        for (ex, ans) in answers {
+            // Unicode character offsets into the context, end exclusive; -1 for no answer.
+            let (start, end) = ans.span.map_or((-1i64, -1i64), |(s, e)| {
+                (ex.char_offset(s) as i64, ex.char_offset(e) as i64)
+            });
+            let line = serde_json::json!({
+                "id": ex.id,
+                "answer": kiln::train::qa::answer_text(&ex, &ans),
+                "start": start,
+                "end": end,
+                "score": ans.probability,
+            });
+            out.line(&line.to_string())?;
+        }
+        return out.finish();
+    }
     if a.task == "tag" {
         let head = kiln::infer::tag::token_head(&p)?;
         let examples = tag_examples(&p, &a.input, &a.fields, false)?;

@@ -1,10 +1,11 @@
-//! Inference tasks behind the CLI: sentence embeddings, fill-mask, text generation and the
-//! contextual word-similarity picture.
+//! Inference tasks behind the CLI: sentence embeddings, fill-mask, text generation, the
+//! contextual word-similarity picture, and the fine-tuned heads (classify, tag, extractive QA).
 
 pub mod classify;
 pub mod embed;
 pub mod fill_mask;
 pub mod generate;
+pub mod qa;
 pub mod similarity;
 pub mod tag;
 

@@ -542,6 +542,6 @@ pub(crate) fn prepare(
         },
         count: |labels| labels.len(),
         loss: sequence_loss,
-        evaluate: evaluate_examples,
+        evaluate: Box::new(evaluate_examples),
     })
 }

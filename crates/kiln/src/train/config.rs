@@ -257,6 +257,13 @@ pub struct FinetuneConfig {
     pub patience: Option<u64>,
     /// Count and skip malformed lines instead of stopping at the first.
     pub skip_invalid: bool,
+    /// QA: tokens shared by neighbouring windows of a long context.
+    pub doc_stride: usize,
+    /// QA: longest answer, in tokens.
+    pub max_answer_length: usize,
+    /// QA: allow "no answer" (SQuAD 2.0), predicted when the [CLS] score beats the best span by
+    /// more than this.
+    pub null_threshold: Option<f32>,
     /// Full fine-tuning, LoRA or bottleneck adapters, and their settings.
     #[serde(flatten)]
     pub peft: crate::peft::PeftConfig,
@@ -286,6 +293,9 @@ impl Default for FinetuneConfig {
             metric: None,
             patience: None,
             skip_invalid: false,
+            doc_stride: 128,
+            max_answer_length: 30,
+            null_threshold: None,
             peft: crate::peft::PeftConfig::default(),
         }
     }
@@ -302,14 +312,17 @@ impl FinetuneConfig {
         if self.train_file.as_os_str().is_empty() {
             return bad("train", "give the training data file");
         }
-        if !["classify", "tag"].contains(&self.task.as_str()) {
+        if !["classify", "tag", "qa"].contains(&self.task.as_str()) {
             return bad(
                 "task",
                 &format!(
-                    "\"{}\" is not available yet (available: classify, tag)",
+                    "\"{}\" is not available yet (available: classify, tag, qa)",
                     self.task
                 ),
             );
+        }
+        if self.max_answer_length == 0 {
+            return bad("max-answer-length", "must be at least 1");
         }
         if self.max_length < 3 {
             return bad("max-length", "must be at least 3");

@@ -4,7 +4,7 @@
 
 use super::config::FinetuneConfig;
 use super::trainer::{run, start, Progress, Summary, Task};
-use super::{classify, tag};
+use super::{classify, qa, tag};
 use crate::checkpoint::Pretrained;
 use crate::engine::dropout::mix;
 use crate::error::{Error, Result};
@@ -69,6 +69,9 @@ pub(crate) type MicroFn<E, T> = fn(&[&E]) -> Result<(Batch, Vec<T>)>;
 pub(crate) type LossFn<T> =
     fn(&Pretrained, &Batch, &[T], &mut Pretrained, f32, Option<u64>) -> Result<f32>;
 
+/// Held-out metrics of a model on examples.
+pub(crate) type EvalFn<E> = dyn Fn(&Pretrained, &[E]) -> Result<serde_json::Value>;
+
 /// A fine-tuning task over labelled examples, whatever their form: an epoch-shuffled order,
 /// packed micro-batches with per-example targets, and the form's loss and evaluation.
 pub(crate) struct ExampleTask<E, T> {
@@ -84,7 +87,7 @@ pub(crate) struct ExampleTask<E, T> {
     /// Mean loss and gradients (see [`Task::loss`]).
     pub loss: LossFn<T>,
     /// Held-out metrics.
-    pub evaluate: fn(&Pretrained, &[E]) -> Result<serde_json::Value>,
+    pub evaluate: Box<EvalFn<E>>,
 }
 
 impl<E, T> Task for ExampleTask<E, T> {
@@ -224,7 +227,11 @@ pub fn finetune(
     report: impl FnMut(&Progress),
 ) -> Result<Summary> {
     cfg.validate()?;
-    let records = classify::read_data(&cfg.train_file, cfg.skip_invalid)?;
+    let records = if cfg.task == "qa" {
+        qa::read_qa_data(&cfg.train_file, cfg.skip_invalid)?
+    } else {
+        classify::read_data(&cfg.train_file, cfg.skip_invalid)?
+    };
     let config = serde_json::to_value(cfg).map_err(|e| Error::Input(e.to_string()))?;
     let (mut p, opt, state) = start(
         model_dir,
@@ -253,6 +260,21 @@ pub fn finetune(
         }
         "tag" => {
             let mut task = tag::prepare(&mut p, cfg, &records, resume)?;
+            started(&set_up(&mut p, cfg, resume, had_pooler)?);
+            run(
+                p,
+                opt,
+                state,
+                &mut task,
+                &cfg.train,
+                cfg.patience,
+                out,
+                stop,
+                report,
+            )
+        }
+        "qa" => {
+            let mut task = qa::prepare(&mut p, cfg, &records, resume)?;
             started(&set_up(&mut p, cfg, resume, had_pooler)?);
             run(
                 p,

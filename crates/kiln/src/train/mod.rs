@@ -7,6 +7,7 @@ pub mod config;
 pub mod finetune;
 pub mod optim;
 pub mod pretrain;
+pub mod qa;
 pub mod schedule;
 pub mod state;
 pub mod tag;

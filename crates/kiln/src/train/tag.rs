@@ -388,6 +388,6 @@ pub(crate) fn prepare(
         },
         count: |targets| targets.iter().filter(|&&t| t != IGNORE).count(),
         loss: token_loss,
-        evaluate: evaluate_tags,
+        evaluate: Box::new(evaluate_tags),
     })
 }
