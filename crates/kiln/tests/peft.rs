@@ -517,3 +517,41 @@ fn training_mode_gradients_match_finite_differences() {
     }
     assert_eq!(checked, 27);
 }
+
+/// The other direction: adapters written by `kiln finetune --method lora`
+/// (`make_peft_fixtures.py --kiln-roundtrip`) load in PEFT with nothing missing or unexpected;
+/// PEFT's logits for them are Kiln's, and `kiln merge`'s model loads in transformers with
+/// PEFT's merged logits (checked by the script).
+#[test]
+fn kiln_trained_adapters_give_the_logits_peft_computed() {
+    let all = json(&fixture("kiln-lora-expected.json"));
+    for key in ["bert_cls", "gpt2_cls"] {
+        let e = &all[key];
+        let mut p = checkpoint::load(&fixture(e["base"].as_str().unwrap())).unwrap();
+        load_adapter(&mut p, &fixture(e["adapter"].as_str().unwrap()), "default").unwrap();
+        let b = batch_of(&e["examples"]);
+        let got = kiln::infer::classify::sequence_logits(&p, &b).unwrap();
+        let want: Vec<f32> = e["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|x| floats(&x["logits"]))
+            .collect();
+        let d = max_diff(&got, &want);
+        assert!(
+            d <= PARITY_ATOL,
+            "{key}: Kiln vs PEFT on Kiln's adapter: {d}"
+        );
+        peft::merge(&mut p).unwrap();
+        let merged: Vec<f32> = e["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|x| floats(&x["merged_logits"]))
+            .collect();
+        let got = kiln::infer::classify::sequence_logits(&p, &b).unwrap();
+        // A small trained adapter: merged equals unmerged within 1e-5, as the issue asks.
+        let d2 = max_diff(&got, &merged);
+        assert!(d2 <= 1e-5, "{key}: merged logits differ by {d2}");
+    }
+}
