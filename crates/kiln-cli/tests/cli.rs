@@ -584,3 +584,55 @@ fn lora_adapter_merge_lifecycle() {
     assert!(!ok && err.contains("cannot be folded"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `predict --task qa`: one line per question with its id, the answer and its character span;
+/// `eval --task qa` the SQuAD scores (0–100) transformers' post-processing gives.
+#[test]
+fn qa_predict_and_eval() {
+    let model = fixture("tiny-bert-qa").to_string_lossy().into_owned();
+    let data = fixture("qa-sample.jsonl").to_string_lossy().into_owned();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("qa-expected.json")).unwrap())
+            .unwrap();
+    let qa = [
+        "--max-length",
+        "40",
+        "--doc-stride",
+        "12",
+        "--max-answer-length",
+        "8",
+    ];
+    let mut args = vec![
+        "predict", "--model", &model, "--task", "qa", "--input", &data,
+    ];
+    args.extend_from_slice(&qa);
+    let (ok, out, err) = kiln(&args, "");
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want = expected["predictions"].as_array().unwrap();
+    assert_eq!(lines.len(), want.len());
+    for (l, w) in lines.iter().zip(want) {
+        assert_eq!(l["id"], w["id"]);
+        assert_eq!(l["answer"], w["text"]);
+        assert_eq!(l["start"], w["start"]);
+        assert_eq!(l["end"], w["end"]);
+        let s = l["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s), "{l}");
+    }
+    let mut args = vec![
+        "eval", "--model", &model, "--task", "qa", "--data", &data, "--json",
+    ];
+    args.extend_from_slice(&qa);
+    let (ok, out, err) = kiln(&args, "");
+    assert!(ok, "{err}");
+    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(m["examples"], 4);
+    assert!((m["f1"].as_f64().unwrap() - expected["f1"].as_f64().unwrap()).abs() < 1e-9);
+    assert_eq!(
+        m["exact_match"].as_f64().unwrap(),
+        expected["exact_match"].as_f64().unwrap()
+    );
+}
