@@ -4,7 +4,8 @@
 # same shape. Usage (from the repository root, after `cargo build --release`):
 #
 #   bench/results/finetune_quality.sh RUN [RUN...]      RUN = sst2-minilm | sst2-kiln-pt |
-#                                                          sst2-kiln-random | rte-minilm | ner-minilm
+#                                                          sst2-kiln-random | rte-minilm | ner-minilm |
+#                                                          squad-minilm (SQUAD_N questions, default 12000)
 #
 # PRETRAINED (default bench/results/runs/bert-mini-gutenberg) is the BERT-mini Kiln pre-trained
 # (see bench/results/README.md); its random init is re-made with the same seed and tokenizer.
@@ -52,6 +53,20 @@ for run in "$@"; do
         --valid $D/conll2003/validation.jsonl --lr 1e-4 --epochs 3 --batch-size 32 \
         --warmup-steps 200 --eval-every 500 --threads "$THREADS" --out "$RUNS/ner-minilm"
       record ner-minilm tag $D/conll2003/validation.jsonl "--tag-field ner" ;;
+    squad-minilm)
+      # A seeded sample of SQUAD_N training questions (all 82,668 take hours on two cores).
+      N=${SQUAD_N:-12000}
+      python3 - "$D/squad_v1.1/train.jsonl.gz" "$RUNS/squad-train-$N.jsonl" "$N" <<'EOF'
+import gzip, random, sys
+lines = gzip.open(sys.argv[1], "rt").read().splitlines()
+random.Random(7).shuffle(lines)
+open(sys.argv[2], "w").write("\n".join(lines[: int(sys.argv[3])]) + "\n")
+EOF
+      "$KILN" finetune --model "$("${GET_MINILM:-../shared/models/get-minilm.sh}")" --task qa \
+        --train "$RUNS/squad-train-$N.jsonl" --lr 1e-4 --epochs 1 --batch-size 16 \
+        --warmup-steps 100 --max-length 384 --doc-stride 128 --threads "$THREADS" \
+        --out "$RUNS/squad-minilm"
+      record squad-minilm qa $D/squad_v1.1/validation.jsonl.gz ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
 done

@@ -4,7 +4,7 @@
 # (from the repository root, after `cargo build --release`; run nothing else meanwhile, the
 # speed and memory columns are measured):
 #
-#   bench/results/peft_compare.sh RUN [RUN...]     RUN = {sst2,ner}-{full,lora,adapter}
+#   bench/results/peft_compare.sh RUN [RUN...]     RUN = {sst2,ner}-{full,lora,adapter,lora-all}
 #
 # Every run evaluates once, at its end, so the wall time is training plus one evaluation; the
 # examples/s column is (steps × batch) / (wall time − evaluation time, measured by `kiln eval`
@@ -21,11 +21,13 @@ mkdir -p "$RUNS"
 
 # method flags per run: full fine-tuning at transformers' usual rate, LoRA r=8 alpha=16 on
 # query/value (PEFT's BERT default), Houlsby adapters of size 64; the additions at 1e-3.
+# lora-all: r=4 on every linear module (query, key, value and the dense layers, pooler included).
 method_flags() {
   case $1 in
     full) echo "--lr 5e-5" ;;
     lora) echo "--method lora --lora-r 8 --lora-alpha 16 --lora-dropout 0.1 --lora-targets query,value --lr 1e-3" ;;
     adapter) echo "--method adapter --adapter-size 64 --lr 1e-3" ;;
+    lora-all) echo "--method lora --lora-r 4 --lora-alpha 8 --lora-dropout 0.1 --lora-targets query,key,value,dense --lr 1e-3" ;;
   esac
 }
 

@@ -64,6 +64,34 @@ impl QaArgs {
     }
 }
 
+/// Sequence-generation settings.
+#[derive(clap::Args, Clone)]
+pub struct GenArgs {
+    /// seq2seq: target tokens kept in training, and most tokens generated [default: 64].
+    #[arg(long)]
+    max_target_length: Option<usize>,
+    /// seq2seq: beam search with this many beams (1: greedy) [default: 1].
+    #[arg(long)]
+    num_beams: Option<usize>,
+    /// seq2seq: beam scores are divided by length^PENALTY [default: 1.0].
+    #[arg(long)]
+    length_penalty: Option<f32>,
+}
+
+impl GenArgs {
+    fn apply(&self, c: &mut FinetuneConfig) {
+        if let Some(v) = self.max_target_length {
+            c.max_target_length = v;
+        }
+        if let Some(v) = self.num_beams {
+            c.num_beams = v;
+        }
+        if let Some(v) = self.length_penalty {
+            c.length_penalty = v;
+        }
+    }
+}
+
 /// Parameter-efficient fine-tuning: LoRA or bottleneck adapters on a frozen base model.
 #[derive(clap::Args, Clone)]
 pub struct PeftArgs {
@@ -186,6 +214,8 @@ pub struct Args {
     #[command(flatten)]
     qa: QaArgs,
     #[command(flatten)]
+    gen: GenArgs,
+    #[command(flatten)]
     peft: PeftArgs,
     #[command(flatten)]
     train_args: TrainArgs,
@@ -202,6 +232,7 @@ pub fn run(a: Args) -> Result<()> {
     a.train_args.apply(&mut c.train);
     a.peft.apply(&mut c.peft);
     a.qa.apply(&mut c);
+    a.gen.apply(&mut c);
     if let Some(t) = &a.task {
         c.task = t.clone();
     }
@@ -298,10 +329,30 @@ pub fn run(a: Args) -> Result<()> {
 
 fn check_task(task: &str) -> Result<()> {
     anyhow::ensure!(
-        ["classify", "tag", "qa"].contains(&task),
-        "--task: \"{task}\" is not available yet (available: classify, tag, qa)"
+        ["classify", "tag", "qa", "seq2seq"].contains(&task),
+        "--task: \"{task}\" is not a task form (classify, tag, qa, seq2seq)"
     );
     Ok(())
+}
+
+/// Source/target pairs for eval/predict, and the generation settings.
+fn seq2seq_pairs(
+    p: &kiln::checkpoint::Pretrained,
+    data: &std::path::Path,
+    d: &DataArgs,
+    gen: &GenArgs,
+    need_target: bool,
+) -> Result<(Vec<kiln::train::seq2seq::Seq2SeqExample>, FinetuneConfig)> {
+    let mut c = FinetuneConfig::default();
+    if let Some(m) = d.max_length {
+        c.max_length = m;
+    } else {
+        c.max_length = p.config().max_positions;
+    }
+    gen.apply(&mut c);
+    let len = kiln::train::seq2seq::lengths_of(&c, p);
+    let pairs = kiln::train::seq2seq::load_pairs(p, data, d.skip_invalid, need_target, &len)?;
+    Ok((pairs, c))
 }
 
 /// QA windows and decoding for eval/predict, from the flags and the model.
@@ -360,6 +411,8 @@ pub struct EvalArgs {
     fields: DataArgs,
     #[command(flatten)]
     qa: QaArgs,
+    #[command(flatten)]
+    gen: GenArgs,
     /// Print one JSON object (metric names as keys) instead of text.
     #[arg(long)]
     json: bool,
@@ -392,7 +445,17 @@ fn load_examples(
 pub fn eval(a: EvalArgs) -> Result<()> {
     check_task(&a.task)?;
     let p = a.adapters.load(&a.model)?;
-    let (mut m, n) = if a.task == "qa" {
+    let (mut m, n) = if a.task == "seq2seq" {
+        let (pairs, c) = seq2seq_pairs(&p, &a.data, &a.fields, &a.gen, true)?;
+        let m = kiln::train::seq2seq::evaluate_seq2seq(
+            &p,
+            &pairs,
+            c.num_beams,
+            c.length_penalty,
+            c.max_target_length,
+        )?;
+        (m, pairs.len())
+    } else if a.task == "qa" {
         let (f, d) = qa_features(&p, &a.data, &a.fields, &a.qa)?;
         let questions = f
             .windows(2)
@@ -448,11 +511,30 @@ pub struct PredictArgs {
     fields: DataArgs,
     #[command(flatten)]
     qa: QaArgs,
+    #[command(flatten)]
+    gen: GenArgs,
 }
 
 pub fn predict(a: PredictArgs) -> Result<()> {
     check_task(&a.task)?;
     let p = a.adapters.load(&a.model)?;
+    if a.task == "seq2seq" {
+        let (pairs, c) = seq2seq_pairs(&p, &a.input, &a.fields, &a.gen, false)?;
+        let mut out = Output::open(a.output.as_deref())?;
+        for chunk in pairs.chunks(16) {
+            let preds = kiln::train::seq2seq::generate_targets(
+                &p,
+                chunk,
+                c.num_beams,
+                c.length_penalty,
+                c.max_target_length,
+            )?;
+            for pred in preds {
+                out.line(&serde_json::json!({ "prediction": pred }).to_string())?;
+            }
+        }
+        return out.finish();
+    }
     if a.task == "qa" {
         let (f, d) = qa_features(&p, &a.input, &a.fields, &a.qa)?;
         let mut out = Output::open(a.output.as_deref())?;

@@ -732,27 +732,72 @@ pub fn clm_loss(
     grad_scale: f32,
     dropout_seed: Option<u64>,
 ) -> Result<f32> {
+    lm_loss(
+        p,
+        batch,
+        &clm_targets(batch),
+        grads,
+        grad_scale,
+        dropout_seed,
+    )
+}
+
+/// Next-token loss at the positions whose target is not [`IGNORE`] (mean over them) and its
+/// gradients (scaled by `grad_scale`): a causal LM trained on every token, or on a target
+/// sequence after a source (sequence generation). Only those rows go through the vocabulary
+/// projection.
+pub fn lm_loss(
+    p: &Pretrained,
+    batch: &Batch,
+    targets: &[i64],
+    grads: &mut Pretrained,
+    grad_scale: f32,
+    dropout_seed: Option<u64>,
+) -> Result<f32> {
     let head = p
         .lm_head
         .as_ref()
         .ok_or_else(|| Error::Input("the model has no causal-LM head".into()))?;
+    if targets.len() != batch.tokens() {
+        return Err(Error::shape("lm_loss", "one target per token"));
+    }
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
-    let (t, v) = (batch.tokens(), p.config().vocab_size);
-    let targets = clm_targets(batch);
+    let (h, v) = (p.config().hidden_size, p.config().vocab_size);
+    let rows: Vec<usize> = (0..targets.len())
+        .filter(|&r| targets[r] != IGNORE)
+        .collect();
+    let kept: Vec<i64> = rows.iter().map(|&r| targets[r]).collect();
+    let n = rows.len();
+    let hs: Vec<f32> = if n == batch.tokens() {
+        hidden.clone()
+    } else {
+        rows.iter()
+            .flat_map(|&r| hidden[r * h..(r + 1) * h].iter().copied())
+            .collect()
+    };
     let word = &p.model.embeddings.word;
     let w = head.weight.as_ref().unwrap_or(word);
-    let mut logits = vec![0.0; t * v];
-    linear_forward(w, None, &hidden, t, &mut logits, LinearOut::Write)?;
-    let mut dlogits = vec![0.0; t * v];
-    let (loss, _) = cross_entropy(&logits, v, &targets, IGNORE, Some(&mut dlogits))?;
+    let mut logits = vec![0.0; n * v];
+    linear_forward(w, None, &hs, n, &mut logits, LinearOut::Write)?;
+    let mut dlogits = vec![0.0; n * v];
+    let (loss, _) = cross_entropy(&logits, v, &kept, IGNORE, Some(&mut dlogits))?;
     scale(&mut dlogits, grad_scale);
-    let mut dhidden = vec![0.0; hidden.len()];
+    let mut dhs = vec![0.0; n * h];
     let gw = match grads.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
         Some(g) => non_empty(g),
         None => non_empty(&mut grads.model.embeddings.word),
     };
-    linear_backward(&hidden, w, &dlogits, t, Some(&mut dhidden), gw, None)?;
+    linear_backward(&hs, w, &dlogits, n, Some(&mut dhs), gw, None)?;
+    let dhidden = if n == batch.tokens() {
+        dhs
+    } else {
+        let mut d = vec![0.0; hidden.len()];
+        for (k, &r) in rows.iter().enumerate() {
+            d[r * h..(r + 1) * h].copy_from_slice(&dhs[k * h..(k + 1) * h]);
+        }
+        d
+    };
     backward(
         &p.model,
         batch,

@@ -264,6 +264,12 @@ pub struct FinetuneConfig {
     /// QA: allow "no answer" (SQuAD 2.0), predicted when the [CLS] score beats the best span by
     /// more than this.
     pub null_threshold: Option<f32>,
+    /// seq2seq: target tokens kept in training and most tokens generated.
+    pub max_target_length: usize,
+    /// seq2seq: beams of the search that evaluates (1: greedy).
+    pub num_beams: usize,
+    /// seq2seq: beam scores are divided by length^length_penalty.
+    pub length_penalty: f32,
     /// Full fine-tuning, LoRA or bottleneck adapters, and their settings.
     #[serde(flatten)]
     pub peft: crate::peft::PeftConfig,
@@ -296,6 +302,9 @@ impl Default for FinetuneConfig {
             doc_stride: 128,
             max_answer_length: 30,
             null_threshold: None,
+            max_target_length: 64,
+            num_beams: 1,
+            length_penalty: 1.0,
             peft: crate::peft::PeftConfig::default(),
         }
     }
@@ -312,14 +321,20 @@ impl FinetuneConfig {
         if self.train_file.as_os_str().is_empty() {
             return bad("train", "give the training data file");
         }
-        if !["classify", "tag", "qa"].contains(&self.task.as_str()) {
+        if !["classify", "tag", "qa", "seq2seq"].contains(&self.task.as_str()) {
             return bad(
                 "task",
                 &format!(
-                    "\"{}\" is not available yet (available: classify, tag, qa)",
+                    "\"{}\" is not a task form (classify, tag, qa, seq2seq)",
                     self.task
                 ),
             );
+        }
+        if self.num_beams == 0 {
+            return bad("num-beams", "must be at least 1");
+        }
+        if self.max_target_length == 0 {
+            return bad("max-target-length", "must be at least 1");
         }
         if self.max_answer_length == 0 {
             return bad("max-answer-length", "must be at least 1");

@@ -4,7 +4,7 @@
 
 use super::config::FinetuneConfig;
 use super::trainer::{run, start, Progress, Summary, Task};
-use super::{classify, qa, tag};
+use super::{classify, qa, seq2seq, tag};
 use crate::checkpoint::Pretrained;
 use crate::engine::dropout::mix;
 use crate::error::{Error, Result};
@@ -260,6 +260,21 @@ pub fn finetune(
         }
         "tag" => {
             let mut task = tag::prepare(&mut p, cfg, &records, resume)?;
+            started(&set_up(&mut p, cfg, resume, had_pooler)?);
+            run(
+                p,
+                opt,
+                state,
+                &mut task,
+                &cfg.train,
+                cfg.patience,
+                out,
+                stop,
+                report,
+            )
+        }
+        "seq2seq" => {
+            let mut task = seq2seq::prepare(&mut p, cfg, &records)?;
             started(&set_up(&mut p, cfg, resume, had_pooler)?);
             run(
                 p,

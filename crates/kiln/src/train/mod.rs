@@ -9,6 +9,7 @@ pub mod optim;
 pub mod pretrain;
 pub mod qa;
 pub mod schedule;
+pub mod seq2seq;
 pub mod state;
 pub mod tag;
 pub mod trainer;

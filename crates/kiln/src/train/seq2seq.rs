@@ -1,0 +1,271 @@
+//! Sequence generation with a decoder-only model (GPT-2 style): the source is the prompt,
+//! `source <eos> target <eos>`, and the loss is the next-token loss on the target (and its
+//! closing end token) only. Decoding is the causal LM's greedy or beam search from
+//! `source <eos>`; the metrics are sacreBLEU's corpus BLEU (with its Chinese tokenization when
+//! the references are Chinese) and chrF.
+
+use super::backprop::{lm_loss, IGNORE};
+use super::classify::read_data;
+use super::config::FinetuneConfig;
+use super::finetune::{pick_metric, ExampleTask, Order};
+use crate::checkpoint::Pretrained;
+use crate::data::records::Record;
+use crate::error::{Error, Result};
+use crate::heads::LmHead;
+use crate::infer::generate::{GenerateOptions, Generator, Strategy};
+use crate::metrics::translation::{corpus_bleu, corpus_chrf, BleuTokenize};
+use crate::model::{Arch, Batch};
+use crate::tokenize::Tokenizer;
+use std::path::Path;
+
+/// One source/target pair, encoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seq2SeqExample {
+    /// The source text.
+    pub source: String,
+    /// The target text (empty when predicting).
+    pub target: String,
+    /// Source token ids (no special tokens), truncated to fit.
+    pub src: Vec<u32>,
+    /// Target token ids (no special tokens), truncated to `max_target_length`.
+    pub tgt: Vec<u32>,
+    /// The end token that separates source and target and ends the target.
+    pub eos: u32,
+}
+
+/// Lengths of encoded examples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lengths {
+    /// Tokens of the whole `source <eos> target <eos>` sequence.
+    pub max_length: usize,
+    /// Target tokens kept (and the most generated).
+    pub max_target_length: usize,
+}
+
+/// The end token that separates and ends the sequences.
+pub fn eos_of(p: &Pretrained) -> Result<u32> {
+    p.config()
+        .eos_token_id
+        .or_else(|| p.tokenizer.as_ref().and_then(|t| t.eos_id()))
+        .ok_or_else(|| {
+            Error::Input(
+                "sequence generation needs an end token (eos_token_id in config.json, or <|endoftext|> / </s> in the tokenizer)".into(),
+            )
+        })
+}
+
+/// Reads `source`/`target` records (target optional when `need_target` is false) and encodes
+/// them; the source is cut from its end when the pair does not fit.
+pub fn encode_pairs(
+    tok: &Tokenizer,
+    records: &[Record],
+    need_target: bool,
+    len: &Lengths,
+    eos: u32,
+) -> Result<Vec<Seq2SeqExample>> {
+    records
+        .iter()
+        .map(|r| {
+            let source = r.text("source")?.to_string();
+            let target = match r.fields.get("target") {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(_) => return Err(r.error("field \"target\" is not a string")),
+                None if need_target => return Err(r.error("no field \"target\"")),
+                None => String::new(),
+            };
+            let mut tgt = if target.is_empty() {
+                Vec::new()
+            } else {
+                tok.encode_plain(&target)?.ids
+            };
+            tgt.truncate(len.max_target_length);
+            let mut src = tok.encode_plain(&source)?.ids;
+            let room = len.max_length.saturating_sub(tgt.len() + 2).max(1);
+            src.truncate(room);
+            if src.is_empty() {
+                return Err(r.error("the source is empty"));
+            }
+            Ok(Seq2SeqExample {
+                source,
+                target,
+                src,
+                tgt,
+                eos,
+            })
+        })
+        .collect()
+}
+
+/// A packed batch of `source <eos> target <eos>` and the next-token targets: only the
+/// positions that predict a target token (or the final end token) count.
+pub fn seq2seq_batch(examples: &[&Seq2SeqExample]) -> Result<(Batch, Vec<i64>)> {
+    let mut ids: Vec<Vec<u32>> = Vec::with_capacity(examples.len());
+    let mut targets = Vec::new();
+    for e in examples {
+        let mut s = e.src.clone();
+        s.push(e.eos);
+        s.extend_from_slice(&e.tgt);
+        s.push(e.eos);
+        let first = e.src.len(); // the separator predicts the first target token
+        for i in 0..s.len() {
+            targets.push(if i >= first && i + 1 < s.len() {
+                s[i + 1] as i64
+            } else {
+                IGNORE
+            });
+        }
+        ids.push(s);
+    }
+    let seqs: Vec<(&[u32], Option<&[u32]>)> = ids.iter().map(|s| (&s[..], None)).collect();
+    Ok((Batch::packed(&seqs)?, targets))
+}
+
+/// Generated targets for `examples`, in order (greedy with `num_beams` 1, else beam search).
+pub fn generate_targets(
+    p: &Pretrained,
+    examples: &[Seq2SeqExample],
+    num_beams: usize,
+    length_penalty: f32,
+    max_target_length: usize,
+) -> Result<Vec<String>> {
+    let eos = eos_of(p)?;
+    let gen = Generator::new(p)?;
+    let tok = p.tokenizer()?;
+    let opts = GenerateOptions {
+        max_new_tokens: max_target_length,
+        strategy: if num_beams > 1 {
+            Strategy::Beam {
+                num_beams,
+                length_penalty,
+            }
+        } else {
+            Strategy::Greedy
+        },
+        seed: 0,
+    };
+    examples
+        .iter()
+        .map(|e| {
+            let mut prompt = e.src.clone();
+            prompt.push(e.eos);
+            let mut out = gen.generate(&prompt, &opts, |_| {})?;
+            if out.last() == Some(&eos) {
+                out.pop();
+            }
+            tok.decode(&out, true)
+        })
+        .collect()
+}
+
+/// Held-out metrics: `valid_loss` (teacher-forced target loss), `bleu` and `chrf` (0–100) of
+/// the generated targets.
+pub fn evaluate_seq2seq(
+    p: &Pretrained,
+    examples: &[Seq2SeqExample],
+    num_beams: usize,
+    length_penalty: f32,
+    max_target_length: usize,
+) -> Result<serde_json::Value> {
+    let (mut loss, mut n) = (0.0f64, 0usize);
+    let head = p
+        .lm_head
+        .as_ref()
+        .ok_or_else(|| Error::Input("the model has no causal-LM head".into()))?;
+    let (h, v) = (p.config().hidden_size, p.config().vocab_size);
+    for chunk in examples.chunks(32) {
+        let refs: Vec<&Seq2SeqExample> = chunk.iter().collect();
+        let (b, t) = seq2seq_batch(&refs)?;
+        // Forward only, and the vocabulary projection only at the target positions.
+        let hidden = p.model.forward(&b, p.model.default_mask(), None)?;
+        let rows: Vec<usize> = (0..t.len()).filter(|&r| t[r] != IGNORE).collect();
+        let hs: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| hidden.data()[r * h..(r + 1) * h].iter().copied())
+            .collect();
+        let logits = head.forward(&hs, rows.len(), &p.model.embeddings.word)?;
+        let kept: Vec<i64> = rows.iter().map(|&r| t[r]).collect();
+        let (l, _) = crate::engine::grad::cross_entropy(&logits, v, &kept, IGNORE, None)?;
+        loss += l as f64 * rows.len() as f64;
+        n += rows.len();
+    }
+    let hyps = generate_targets(p, examples, num_beams, length_penalty, max_target_length)?;
+    let refs: Vec<String> = examples.iter().map(|e| e.target.clone()).collect();
+    let tok = BleuTokenize::for_refs(&refs);
+    let bleu = corpus_bleu(&hyps, &refs, tok);
+    Ok(serde_json::json!({
+        "valid_loss": loss / n.max(1) as f64,
+        "bleu": bleu.score,
+        "chrf": corpus_chrf(&hyps, &refs),
+        "bleu_tokenize": if tok == BleuTokenize::Zh { "zh" } else { "13a" },
+    }))
+}
+
+/// Lengths of a fine-tuning config for model `p`.
+pub fn lengths_of(cfg: &FinetuneConfig, p: &Pretrained) -> Lengths {
+    Lengths {
+        max_length: cfg.max_length.min(p.config().max_positions),
+        max_target_length: cfg.max_target_length,
+    }
+}
+
+/// Reads and encodes a source/target file for `p`.
+pub fn load_pairs(
+    p: &Pretrained,
+    path: &Path,
+    skip_invalid: bool,
+    need_target: bool,
+    len: &Lengths,
+) -> Result<Vec<Seq2SeqExample>> {
+    let records = read_data(path, skip_invalid)?;
+    encode_pairs(p.tokenizer()?, &records, need_target, len, eos_of(p)?)
+}
+
+/// Prepares decoder-only sequence generation: a causal LM (GPT-2; its LM head, tied to the
+/// embeddings when the checkpoint has none) and the encoded pairs.
+pub(crate) fn prepare(
+    p: &mut Pretrained,
+    cfg: &FinetuneConfig,
+    records: &[Record],
+) -> Result<ExampleTask<Seq2SeqExample, i64>> {
+    if p.config().arch != Arch::Gpt2 {
+        return Err(Error::Input(format!(
+            "--task seq2seq: {} is a {} encoder; Kiln generates with decoder-only (GPT-2) models so far",
+            p.dir.display(),
+            p.config().arch.model_type()
+        )));
+    }
+    if p.task.is_some() {
+        return Err(Error::Input(format!(
+            "--task seq2seq: {} carries a task head; start from a language model",
+            p.dir.display()
+        )));
+    }
+    if p.lm_head.is_none() {
+        p.lm_head = Some(LmHead { weight: None });
+    }
+    let eos = eos_of(p)?;
+    let len = lengths_of(cfg, p);
+    let tok = p.tokenizer()?.clone();
+    let train = encode_pairs(&tok, records, true, &len, eos)?;
+    let valid = match &cfg.valid_file {
+        Some(f) => load_pairs(p, f, cfg.skip_invalid, true, &len)?,
+        None => Vec::new(),
+    };
+    let metric = pick_metric(
+        cfg.metric.as_deref(),
+        &["bleu", "chrf"],
+        &["valid_loss"],
+        "bleu",
+    )?;
+    let (beams, lp, mt) = (cfg.num_beams, cfg.length_penalty, cfg.max_target_length);
+    Ok(ExampleTask {
+        order: Order::new(train.len(), cfg.train.seed),
+        train,
+        valid,
+        metric,
+        micro: seq2seq_batch,
+        count: |t| t.iter().filter(|&&x| x != IGNORE).count(),
+        loss: lm_loss,
+        evaluate: Box::new(move |p, e| evaluate_seq2seq(p, e, beams, lp, mt)),
+    })
+}
