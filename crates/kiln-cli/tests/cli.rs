@@ -636,3 +636,88 @@ fn qa_predict_and_eval() {
         expected["exact_match"].as_f64().unwrap()
     );
 }
+
+/// `finetune --task seq2seq` with a decoder-only model, then `predict` (one prediction per
+/// line) and `eval` (BLEU and chrF).
+#[test]
+fn seq2seq_finetune_predict_eval() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-s2s-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let mut data = String::new();
+    for s in ["the cat sat", "a dog ran", "blue sea", "red sun rises"] {
+        data.push_str(&format!("{{\"source\": \"{s}\", \"target\": \"{s}\"}}\n"));
+    }
+    std::fs::write(d("pairs.jsonl"), &data).unwrap();
+    let model = fixture("tiny-gpt2").to_string_lossy().into_owned();
+    let (ok, _, err) = kiln(
+        &[
+            "finetune",
+            "--model",
+            &model,
+            "--task",
+            "seq2seq",
+            "--train",
+            &d("pairs.jsonl"),
+            "--valid",
+            &d("pairs.jsonl"),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--max-target-length",
+            "8",
+            "--threads",
+            "1",
+            "--out",
+            &d("out"),
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("best bleu"), "{err}");
+    let (ok, out, err) = kiln(
+        &[
+            "predict",
+            "--model",
+            &d("out"),
+            "--task",
+            "seq2seq",
+            "--input",
+            &d("pairs.jsonl"),
+            "--max-target-length",
+            "5",
+            "--num-beams",
+            "2",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert!(lines.iter().all(|l| l["prediction"].is_string()));
+    let (ok, out, err) = kiln(
+        &[
+            "eval",
+            "--model",
+            &d("out"),
+            "--task",
+            "seq2seq",
+            "--data",
+            &d("pairs.jsonl"),
+            "--max-target-length",
+            "5",
+            "--json",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(m["bleu"].is_number() && m["chrf"].is_number(), "{m}");
+    assert_eq!(m["examples"], 4);
+    std::fs::remove_dir_all(dir).unwrap();
+}
