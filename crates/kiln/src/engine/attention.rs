@@ -59,6 +59,9 @@ pub struct AttnSeq<'a> {
     pub key_mask: Option<&'a [u8]>,
     /// First row of this sequence in the packed output.
     pub out_row0: usize,
+    /// This sequence's own prefix length: [`MaskKind::Prefix`] with it, whatever the call's
+    /// mask (a batch of source/target pairs, each with its own source length).
+    pub prefix: Option<usize>,
 }
 
 /// The views of packed sequences that attend only to themselves, read from a fused
@@ -68,11 +71,13 @@ pub fn packed_self_attention<'a>(
     width: usize,
     seq_lens: &[usize],
     key_mask: Option<&'a [u8]>,
+    prefix_lens: Option<&[usize]>,
 ) -> Vec<AttnSeq<'a>> {
     let mut o = 0;
     seq_lens
         .iter()
-        .map(|&l| {
+        .enumerate()
+        .map(|(i, &l)| {
             let s = AttnSeq {
                 q: &qkv[o * 3 * width..],
                 q_rs: 3 * width,
@@ -85,6 +90,7 @@ pub fn packed_self_attention<'a>(
                 q_pos0: 0,
                 key_mask: key_mask.map(|m| &m[o..o + l]),
                 out_row0: o,
+                prefix: prefix_lens.and_then(|p| p.get(i).copied()),
             };
             o += l;
             s
@@ -177,7 +183,7 @@ pub fn attention_dropout(
                 );
             }
             for (i, row) in scores.chunks_mut(s.lk.max(1)).enumerate().take(s.lq) {
-                masked_softmax(row, s.q_pos0 + i, mask, s.key_mask);
+                masked_softmax(row, s.q_pos0 + i, s.prefix.map_or(mask, MaskKind::Prefix), s.key_mask);
             }
             if let Some(d) = dropout {
                 apply_prob_dropout(scores, d, prob_dropout_base(item / heads, h, heads, s.lk));
@@ -275,10 +281,17 @@ pub fn attention_backward(
     head_dim: usize,
     mask: MaskKind,
     key_mask: Option<&[u8]>,
+    prefix_lens: Option<&[usize]>,
     dropout: Option<Dropout>,
 ) -> Result<()> {
     let width = heads * head_dim;
     let tokens: usize = seq_lens.iter().sum();
+    if prefix_lens.is_some_and(|p| p.len() != seq_lens.len()) {
+        return Err(Error::shape(
+            "attention_backward",
+            "one prefix length per sequence",
+        ));
+    }
     if qkv.len() != tokens * 3 * width || dout.len() != tokens * width || dqkv.len() != qkv.len() {
         return Err(Error::shape(
             "attention_backward",
@@ -341,7 +354,7 @@ pub fn attention_backward(
                     Par::Single,
                 );
                 for (i, row) in p.chunks_mut(l).enumerate() {
-                    masked_softmax(row, i, mask, km);
+                    masked_softmax(row, i, prefix_lens.map_or(mask, |p| MaskKind::Prefix(p[s])), km);
                 }
                 // With dropout the forward used P' = P ⊙ M / (1 − p): p holds P' for dV,
                 // and P is kept for the softmax backward.
@@ -530,6 +543,7 @@ mod tests {
                         q_pos0: q0,
                         key_mask: km,
                         out_row0: 0,
+                        prefix: None,
                     };
                     let mut out = vec![0.0f32; lq * w];
                     attention(&[seq], heads, d, mask, &mut out).unwrap();
@@ -584,6 +598,7 @@ mod tests {
                 q_pos0: 0,
                 key_mask: None,
                 out_row0: row,
+                prefix: None,
             });
             row += l;
         }
@@ -604,31 +619,62 @@ mod tests {
     }
 
     #[test]
+    fn per_sequence_prefixes_equal_separate_prefix_calls() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let (heads, d) = (2, 8);
+        let w = heads * d;
+        let (lens, prefixes) = ([4usize, 6, 3], [2usize, 5, 0]);
+        let total: usize = lens.iter().sum();
+        let qkv: Vec<f32> = (0..total * 3 * w)
+            .map(|_| rng.gen_range(-1.0..1.0))
+            .collect();
+        let seqs = packed_self_attention(&qkv, w, &lens, None, Some(&prefixes));
+        let mut packed = vec![0.0; total * w];
+        attention(&seqs, heads, d, MaskKind::Bidirectional, &mut packed).unwrap();
+        for (s, &p) in seqs.iter().zip(&prefixes) {
+            let mut one = vec![0.0; s.lq * w];
+            let alone = AttnSeq {
+                out_row0: 0,
+                prefix: None,
+                ..*s
+            };
+            attention(&[alone], heads, d, MaskKind::Prefix(p), &mut one).unwrap();
+            assert_eq!(&packed[s.out_row0 * w..(s.out_row0 + s.lq) * w], &one[..]);
+        }
+    }
+
+    #[test]
     fn attention_backward_matches_finite_differences() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let (heads, d) = (2, 4);
         let w = heads * d;
         let lens = [3usize, 5];
         let t: usize = lens.iter().sum();
-        for (mask, drop) in [
-            (MaskKind::Bidirectional, None),
-            (MaskKind::Causal, None),
-            (MaskKind::Prefix(2), None),
-            (MaskKind::Bidirectional, Some(Dropout { p: 0.3, seed: 11 })),
-            (MaskKind::Causal, Some(Dropout { p: 0.3, seed: 12 })),
+        // Per-sequence prefixes: sequence 0 sees its first 2 tokens both ways, sequence 1 its
+        // first 4 (whatever the call's mask says).
+        let prefixes = [2usize, 4];
+        for (mask, drop, pl) in [
+            (MaskKind::Bidirectional, None, None),
+            (MaskKind::Causal, None, None),
+            (MaskKind::Prefix(2), None, None),
+            (MaskKind::Bidirectional, Some(Dropout { p: 0.3, seed: 11 }), None),
+            (MaskKind::Causal, Some(Dropout { p: 0.3, seed: 12 }), None),
+            (MaskKind::Bidirectional, None, Some(&prefixes[..])),
+            (MaskKind::Prefix(0), Some(Dropout { p: 0.3, seed: 13 }), Some(&prefixes[..])),
         ] {
             let key_mask: Vec<u8> = (0..t).map(|i| u8::from(i != 4)).collect();
             for km in [None, Some(&key_mask[..])] {
                 let mut qkv: Vec<f32> = (0..t * 3 * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
                 let r: Vec<f32> = (0..t * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
                 let loss = |qkv: &[f32]| -> f32 {
-                    let seqs = packed_self_attention(qkv, w, &lens, km);
+                    let seqs = packed_self_attention(qkv, w, &lens, km, pl);
                     let mut out = vec![0.0; t * w];
                     attention_dropout(&seqs, heads, d, mask, &mut out, drop).unwrap();
                     out.iter().zip(&r).map(|(a, b)| a * b).sum()
                 };
                 let mut grad = vec![0.0; qkv.len()];
-                attention_backward(&qkv, &r, &mut grad, &lens, heads, d, mask, km, drop).unwrap();
+                attention_backward(&qkv, &r, &mut grad, &lens, heads, d, mask, km, pl, drop)
+                    .unwrap();
                 let scale = grad.iter().fold(1e-3f32, |m, g| m.max(g.abs()));
                 for i in 0..qkv.len() {
                     let orig = qkv[i];

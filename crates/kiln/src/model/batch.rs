@@ -16,6 +16,10 @@ pub struct Batch {
     pub seq_lens: Vec<usize>,
     /// Optional per-token attention mask (1 = real token, 0 = padding keys never attended).
     pub key_mask: Option<Vec<u8>>,
+    /// Per-sequence prefix lengths: each sequence attends bidirectionally over its first
+    /// `prefix_lens[i]` tokens and causally after them (an encoder generating a target after
+    /// its source), whatever mask the model is run with.
+    pub prefix_lens: Option<Vec<usize>>,
 }
 
 impl Batch {

@@ -110,14 +110,20 @@ impl Block {
                             q_pos0: c.len,
                             key_mask: None,
                             out_row0: offsets[s],
+                            prefix: batch.prefix_lens.as_ref().and_then(|p| p.get(s).copied()),
                         }
                     })
                     .collect();
                 attention(&seqs, cfg.num_heads, cfg.head_dim(), mask, &mut ws.ctx)?;
             }
             None => {
-                let seqs =
-                    packed_self_attention(qkv, h, &batch.seq_lens, batch.key_mask.as_deref());
+                let seqs = packed_self_attention(
+                    qkv,
+                    h,
+                    &batch.seq_lens,
+                    batch.key_mask.as_deref(),
+                    batch.prefix_lens.as_deref(),
+                );
                 attention(&seqs, cfg.num_heads, cfg.head_dim(), mask, &mut ws.ctx)?;
             }
         }

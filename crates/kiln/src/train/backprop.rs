@@ -211,6 +211,7 @@ fn attn_fwd(
         model.config.hidden_size,
         &batch.seq_lens,
         batch.key_mask.as_deref(),
+        batch.prefix_lens.as_deref(),
     );
     attention_dropout(
         &seqs,
@@ -557,6 +558,7 @@ pub fn backward(
             cfg.head_dim(),
             mask,
             batch.key_mask.as_deref(),
+            batch.prefix_lens.as_deref(),
             drops.and_then(|d| d.probs(l)),
         )?;
         let mut da_in = vec![0.0; t * h];
