@@ -183,7 +183,12 @@ pub fn attention_dropout(
                 );
             }
             for (i, row) in scores.chunks_mut(s.lk.max(1)).enumerate().take(s.lq) {
-                masked_softmax(row, s.q_pos0 + i, s.prefix.map_or(mask, MaskKind::Prefix), s.key_mask);
+                masked_softmax(
+                    row,
+                    s.q_pos0 + i,
+                    s.prefix.map_or(mask, MaskKind::Prefix),
+                    s.key_mask,
+                );
             }
             if let Some(d) = dropout {
                 apply_prob_dropout(scores, d, prob_dropout_base(item / heads, h, heads, s.lk));
@@ -354,7 +359,12 @@ pub fn attention_backward(
                     Par::Single,
                 );
                 for (i, row) in p.chunks_mut(l).enumerate() {
-                    masked_softmax(row, i, prefix_lens.map_or(mask, |p| MaskKind::Prefix(p[s])), km);
+                    masked_softmax(
+                        row,
+                        i,
+                        prefix_lens.map_or(mask, |p| MaskKind::Prefix(p[s])),
+                        km,
+                    );
                 }
                 // With dropout the forward used P' = P ⊙ M / (1 − p): p holds P' for dV,
                 // and P is kept for the softmax backward.
@@ -657,10 +667,18 @@ mod tests {
             (MaskKind::Bidirectional, None, None),
             (MaskKind::Causal, None, None),
             (MaskKind::Prefix(2), None, None),
-            (MaskKind::Bidirectional, Some(Dropout { p: 0.3, seed: 11 }), None),
+            (
+                MaskKind::Bidirectional,
+                Some(Dropout { p: 0.3, seed: 11 }),
+                None,
+            ),
             (MaskKind::Causal, Some(Dropout { p: 0.3, seed: 12 }), None),
             (MaskKind::Bidirectional, None, Some(&prefixes[..])),
-            (MaskKind::Prefix(0), Some(Dropout { p: 0.3, seed: 13 }), Some(&prefixes[..])),
+            (
+                MaskKind::Prefix(0),
+                Some(Dropout { p: 0.3, seed: 13 }),
+                Some(&prefixes[..]),
+            ),
         ] {
             let key_mask: Vec<u8> = (0..t).map(|i| u8::from(i != 4)).collect();
             for km in [None, Some(&key_mask[..])] {

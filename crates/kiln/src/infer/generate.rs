@@ -4,8 +4,9 @@
 use crate::checkpoint::Pretrained;
 use crate::engine::softmax::{log_softmax_rows, softmax_rows};
 use crate::engine::topk::top_k;
+use crate::engine::MaskKind;
 use crate::error::{Error, Result};
-use crate::heads::LmHead;
+use crate::heads::{LmHead, MlmHead};
 use crate::model::{Batch, KvCache};
 use rand::{Rng, SeedableRng};
 
@@ -43,11 +44,22 @@ pub struct GenerateOptions {
     pub seed: u64,
 }
 
+/// The head that turns the last hidden state into next-token logits.
+enum NextToken<'a> {
+    /// A causal LM's head (GPT-2).
+    Lm(&'a LmHead),
+    /// An encoder's masked-LM head, used left to right under the prefix mask (UniLM).
+    Mlm(&'a MlmHead),
+}
+
 /// Generates continuations with one model.
 pub struct Generator<'a> {
     p: &'a Pretrained,
-    head: &'a LmHead,
+    head: NextToken<'a>,
     eos: Option<u32>,
+    /// Prefix mode: the prompt is a source seen bidirectionally (segment 0), the continuation
+    /// a target generated causally after it (segment 1).
+    prefix: bool,
 }
 
 impl<'a> Generator<'a> {
@@ -63,19 +75,55 @@ impl<'a> Generator<'a> {
             .config()
             .eos_token_id
             .or_else(|| p.tokenizer.as_ref().and_then(|t| t.eos_id()));
-        Ok(Generator { p, head, eos })
+        Ok(Generator {
+            p,
+            head: NextToken::Lm(head),
+            eos,
+            prefix: false,
+        })
     }
 
-    /// Runs `ids` after the cached tokens; returns the logits of the last position.
+    /// An encoder (BERT with its masked-LM head) generating after a source: the prompt
+    /// (`[CLS] source [SEP]`) is attended bidirectionally, each new token causally, and the
+    /// token after position i is predicted at position i; `eos` ends the target.
+    pub fn prefix_lm(p: &'a Pretrained, eos: u32) -> Result<Self> {
+        let head = p.mlm_head.as_ref().ok_or_else(|| {
+            Error::Input(format!(
+                "{} has no masked-LM head to generate with",
+                p.dir.display()
+            ))
+        })?;
+        Ok(Generator {
+            p,
+            head: NextToken::Mlm(head),
+            eos: Some(eos),
+            prefix: true,
+        })
+    }
+
+    /// Runs `ids` after the cached tokens; returns the logits of the last position. In prefix
+    /// mode the first call is the source (bidirectional, segment 0) and later calls the target.
     fn step(&self, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f32>> {
-        let batch = Batch::continuation(&[ids], &[cache.len])?;
-        let hidden = self.p.model.forward(
-            &batch,
-            self.p.model.default_mask(),
-            Some(std::slice::from_mut(cache)),
-        )?;
+        let mut batch = Batch::continuation(&[ids], &[cache.len])?;
+        let mask = if self.prefix {
+            if cache.len > 0 {
+                batch.type_ids.fill(1);
+            }
+            // Cached source keys stay valid: the source never attends to the target.
+            MaskKind::Prefix(if cache.len == 0 { ids.len() } else { 0 })
+        } else {
+            self.p.model.default_mask()
+        };
+        let hidden = self
+            .p
+            .model
+            .forward(&batch, mask, Some(std::slice::from_mut(cache)))?;
         let last = hidden.row(hidden.rows() - 1);
-        self.head.forward(last, 1, &self.p.model.embeddings.word)
+        let word = &self.p.model.embeddings.word;
+        match self.head {
+            NextToken::Lm(h) => h.forward(last, 1, word),
+            NextToken::Mlm(h) => h.forward(last, 1, word),
+        }
     }
 
     fn room(&self, prompt_len: usize, max_new: usize) -> Result<usize> {

@@ -1,8 +1,15 @@
-//! Sequence generation with a decoder-only model (GPT-2 style): the source is the prompt,
-//! `source <eos> target <eos>`, and the loss is the next-token loss on the target (and its
-//! closing end token) only. Decoding is the causal LM's greedy or beam search from
-//! `source <eos>`; the metrics are sacreBLEU's corpus BLEU (with its Chinese tokenization when
-//! the references are Chinese) and chrF.
+//! Sequence generation, two ways, with one loss (next token on the target and its end token)
+//! and one decoder (greedy or beam search over a KV cache):
+//! - a decoder-only model (GPT-2): `source <eos> target <eos>` under the causal mask, the
+//!   source as the prompt;
+//! - an encoder used as a decoder (BERT, UniLM-style): `[CLS] source [SEP] target [SEP]`
+//!   (segments 0 and 1) under the prefix mask — bidirectional over `[CLS] source [SEP]`, causal
+//!   after — each target token predicted at the position before it through the masked-LM head
+//!   (tied to the input embeddings; a new transform when the checkpoint has none). Saved as
+//!   `BertForMaskedLM` with `"kiln_generation": "prefix_lm"` in config.json (docs/seq2seq.md).
+//!
+//! The metrics are sacreBLEU's corpus BLEU (with its Chinese tokenization when the references
+//! are Chinese) and chrF.
 
 use super::backprop::{lm_loss, IGNORE};
 use super::classify::read_data;
@@ -31,6 +38,8 @@ pub struct Seq2SeqExample {
     pub tgt: Vec<u32>,
     /// The end token that separates source and target and ends the target.
     pub eos: u32,
+    /// The start token in prefix (encoder) mode: `[CLS]`.
+    pub cls: Option<u32>,
 }
 
 /// Lengths of encoded examples.
@@ -62,6 +71,7 @@ pub fn encode_pairs(
     need_target: bool,
     len: &Lengths,
     eos: u32,
+    cls: Option<u32>,
 ) -> Result<Vec<Seq2SeqExample>> {
     records
         .iter()
@@ -80,7 +90,8 @@ pub fn encode_pairs(
             };
             tgt.truncate(len.max_target_length);
             let mut src = tok.encode_plain(&source)?.ids;
-            let room = len.max_length.saturating_sub(tgt.len() + 2).max(1);
+            let specials = 2 + usize::from(cls.is_some());
+            let room = len.max_length.saturating_sub(tgt.len() + specials).max(1);
             src.truncate(room);
             if src.is_empty() {
                 return Err(r.error("the source is empty"));
@@ -91,6 +102,7 @@ pub fn encode_pairs(
                 src,
                 tgt,
                 eos,
+                cls,
             })
         })
         .collect()
@@ -100,13 +112,18 @@ pub fn encode_pairs(
 /// positions that predict a target token (or the final end token) count.
 pub fn seq2seq_batch(examples: &[&Seq2SeqExample]) -> Result<(Batch, Vec<i64>)> {
     let mut ids: Vec<Vec<u32>> = Vec::with_capacity(examples.len());
+    let mut types: Vec<Vec<u32>> = Vec::with_capacity(examples.len());
+    let mut prefixes = Vec::with_capacity(examples.len());
     let mut targets = Vec::new();
     for e in examples {
-        let mut s = e.src.clone();
+        let mut s: Vec<u32> = e.cls.into_iter().collect();
+        s.extend_from_slice(&e.src);
         s.push(e.eos);
+        // The separator (the last prefix token) predicts the first target token.
+        let first = s.len() - 1;
+        prefixes.push(s.len());
         s.extend_from_slice(&e.tgt);
         s.push(e.eos);
-        let first = e.src.len(); // the separator predicts the first target token
         for i in 0..s.len() {
             targets.push(if i >= first && i + 1 < s.len() {
                 s[i + 1] as i64
@@ -114,10 +131,64 @@ pub fn seq2seq_batch(examples: &[&Seq2SeqExample]) -> Result<(Batch, Vec<i64>)> 
                 IGNORE
             });
         }
+        let mut t = vec![0u32; first + 1];
+        t.resize(s.len(), u32::from(e.cls.is_some()));
+        types.push(t);
         ids.push(s);
     }
-    let seqs: Vec<(&[u32], Option<&[u32]>)> = ids.iter().map(|s| (&s[..], None)).collect();
-    Ok((Batch::packed(&seqs)?, targets))
+    let seqs: Vec<(&[u32], Option<&[u32]>)> = ids
+        .iter()
+        .zip(&types)
+        .map(|(s, t)| (&s[..], Some(&t[..])))
+        .collect();
+    let mut b = Batch::packed(&seqs)?;
+    if examples.iter().any(|e| e.cls.is_some()) {
+        b.prefix_lens = Some(prefixes);
+    }
+    Ok((b, targets))
+}
+
+/// The encoder-as-decoder loss: [`seq2seq_batch`]'s targets through the masked-LM head at the
+/// target positions (the batch carries each pair's prefix length).
+pub fn prefix_lm_loss(
+    p: &Pretrained,
+    batch: &Batch,
+    targets: &[i64],
+    grads: &mut Pretrained,
+    grad_scale: f32,
+    dropout_seed: Option<u64>,
+) -> Result<f32> {
+    let rows: Vec<usize> = (0..targets.len())
+        .filter(|&r| targets[r] != IGNORE)
+        .collect();
+    let kept: Vec<i64> = rows.iter().map(|&r| targets[r]).collect();
+    crate::train::backprop::mlm_loss(p, batch, &rows, &kept, grads, grad_scale, dropout_seed)
+}
+
+/// Whether `p` generates as an encoder under the prefix mask (BERT) rather than as a causal LM.
+pub fn is_prefix_lm(p: &Pretrained) -> bool {
+    p.config().arch == Arch::Bert
+}
+
+/// `[CLS]` and `[SEP]` of an encoder's tokenizer.
+fn cls_sep(p: &Pretrained) -> Result<(u32, u32)> {
+    let tok = p.tokenizer()?;
+    match (tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")) {
+        (Some(c), Some(s)) => Ok((c, s)),
+        _ => Err(Error::Input(
+            "an encoder generates with [CLS] source [SEP] target [SEP]: its tokenizer needs [CLS] and [SEP]".into(),
+        )),
+    }
+}
+
+/// The (end, start) tokens of `p`'s sequences.
+fn specials(p: &Pretrained) -> Result<(u32, Option<u32>)> {
+    if is_prefix_lm(p) {
+        let (c, s) = cls_sep(p)?;
+        Ok((s, Some(c)))
+    } else {
+        Ok((eos_of(p)?, None))
+    }
 }
 
 /// Generated targets for `examples`, in order (greedy with `num_beams` 1, else beam search).
@@ -128,8 +199,12 @@ pub fn generate_targets(
     length_penalty: f32,
     max_target_length: usize,
 ) -> Result<Vec<String>> {
-    let eos = eos_of(p)?;
-    let gen = Generator::new(p)?;
+    let (eos, _) = specials(p)?;
+    let gen = if is_prefix_lm(p) {
+        Generator::prefix_lm(p, eos)?
+    } else {
+        Generator::new(p)?
+    };
     let tok = p.tokenizer()?;
     let opts = GenerateOptions {
         max_new_tokens: max_target_length,
@@ -146,7 +221,8 @@ pub fn generate_targets(
     examples
         .iter()
         .map(|e| {
-            let mut prompt = e.src.clone();
+            let mut prompt: Vec<u32> = e.cls.into_iter().collect();
+            prompt.extend_from_slice(&e.src);
             prompt.push(e.eos);
             let mut out = gen.generate(&prompt, &opts, |_| {})?;
             if out.last() == Some(&eos) {
@@ -167,11 +243,17 @@ pub fn evaluate_seq2seq(
     max_target_length: usize,
 ) -> Result<serde_json::Value> {
     let (mut loss, mut n) = (0.0f64, 0usize);
-    let head = p
-        .lm_head
-        .as_ref()
-        .ok_or_else(|| Error::Input("the model has no causal-LM head".into()))?;
     let (h, v) = (p.config().hidden_size, p.config().vocab_size);
+    let word = &p.model.embeddings.word;
+    let project = |hs: &[f32], n: usize| -> Result<Vec<f32>> {
+        match (&p.lm_head, &p.mlm_head) {
+            (Some(l), _) if !is_prefix_lm(p) => l.forward(hs, n, word),
+            (_, Some(m)) if is_prefix_lm(p) => m.forward(hs, n, word),
+            _ => Err(Error::Input(
+                "the model has no language-model head to generate with".into(),
+            )),
+        }
+    };
     for chunk in examples.chunks(32) {
         let refs: Vec<&Seq2SeqExample> = chunk.iter().collect();
         let (b, t) = seq2seq_batch(&refs)?;
@@ -182,7 +264,7 @@ pub fn evaluate_seq2seq(
             .iter()
             .flat_map(|&r| hidden.data()[r * h..(r + 1) * h].iter().copied())
             .collect();
-        let logits = head.forward(&hs, rows.len(), &p.model.embeddings.word)?;
+        let logits = project(&hs, rows.len())?;
         let kept: Vec<i64> = rows.iter().map(|&r| t[r]).collect();
         let (l, _) = crate::engine::grad::cross_entropy(&logits, v, &kept, IGNORE, None)?;
         loss += l as f64 * rows.len() as f64;
@@ -217,36 +299,42 @@ pub fn load_pairs(
     len: &Lengths,
 ) -> Result<Vec<Seq2SeqExample>> {
     let records = read_data(path, skip_invalid)?;
-    encode_pairs(p.tokenizer()?, &records, need_target, len, eos_of(p)?)
+    let (eos, cls) = specials(p)?;
+    encode_pairs(p.tokenizer()?, &records, need_target, len, eos, cls)
 }
 
-/// Prepares decoder-only sequence generation: a causal LM (GPT-2; its LM head, tied to the
-/// embeddings when the checkpoint has none) and the encoded pairs.
+/// Prepares sequence generation: a causal LM (GPT-2; its LM head tied to the embeddings when
+/// the checkpoint has none), or an encoder (BERT) with its masked-LM head (a new transform when
+/// the checkpoint has none) under the prefix mask; and the encoded pairs.
 pub(crate) fn prepare(
     p: &mut Pretrained,
     cfg: &FinetuneConfig,
     records: &[Record],
 ) -> Result<ExampleTask<Seq2SeqExample, i64>> {
-    if p.config().arch != Arch::Gpt2 {
-        return Err(Error::Input(format!(
-            "--task seq2seq: {} is a {} encoder; Kiln generates with decoder-only (GPT-2) models so far",
-            p.dir.display(),
-            p.config().arch.model_type()
-        )));
-    }
     if p.task.is_some() {
         return Err(Error::Input(format!(
-            "--task seq2seq: {} carries a task head; start from a language model",
+            "--task seq2seq: {} carries a task head; start from a language model or encoder",
             p.dir.display()
         )));
     }
-    if p.lm_head.is_none() {
-        p.lm_head = Some(LmHead { weight: None });
-    }
-    let eos = eos_of(p)?;
+    let loss: crate::train::finetune::LossFn<i64> = if is_prefix_lm(p) {
+        cls_sep(p)?;
+        if p.mlm_head.is_none() {
+            new_prefix_lm_head(p, cfg.train.seed);
+        }
+        p.lm_head = None;
+        p.model.config.raw["kiln_generation"] = "prefix_lm".into();
+        prefix_lm_loss
+    } else {
+        if p.lm_head.is_none() {
+            p.lm_head = Some(LmHead { weight: None });
+        }
+        lm_loss
+    };
+    let (eos, cls) = specials(p)?;
     let len = lengths_of(cfg, p);
     let tok = p.tokenizer()?.clone();
-    let train = encode_pairs(&tok, records, true, &len, eos)?;
+    let train = encode_pairs(&tok, records, true, &len, eos, cls)?;
     let valid = match &cfg.valid_file {
         Some(f) => load_pairs(p, f, cfg.skip_invalid, true, &len)?,
         None => Vec::new(),
@@ -265,7 +353,28 @@ pub(crate) fn prepare(
         metric,
         micro: seq2seq_batch,
         count: |t| t.iter().filter(|&&x| x != IGNORE).count(),
-        loss: lm_loss,
+        loss,
         evaluate: Box::new(move |p, e| evaluate_seq2seq(p, e, beams, lp, mt)),
     })
+}
+
+/// A masked-LM head for an encoder checkpoint that has none: a new transform (normal init),
+/// norm 1/0, zero bias, the projection tied to the input embeddings.
+fn new_prefix_lm_head(p: &mut Pretrained, seed: u64) {
+    let cfg = p.config().clone();
+    let (h, std) = (cfg.hidden_size, cfg.initializer_range as f32);
+    let mut init =
+        crate::model::init::Init::new(crate::engine::dropout::mix(seed ^ 0x5E95_E9A0), std);
+    p.mlm_head = Some(crate::heads::MlmHead {
+        transform: init.linear(h, h, std),
+        activation: cfg.activation,
+        norm: crate::engine::LayerNorm {
+            weight: crate::engine::Tensor::new(vec![h], vec![1.0; h])
+                .unwrap_or_else(|_| crate::engine::Tensor::zeros(&[h])),
+            bias: crate::engine::Tensor::zeros(&[h]),
+            eps: cfg.layer_norm_eps as f32,
+        },
+        decoder: None,
+        bias: crate::engine::Tensor::zeros(&[cfg.vocab_size]),
+    });
 }
