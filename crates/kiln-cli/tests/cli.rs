@@ -443,7 +443,7 @@ fn finetune_eval_predict_classify() {
             "--model",
             &model,
             "--task",
-            "qa",
+            "summarize",
             "--train",
             &d("train.jsonl"),
             "--max-steps",
@@ -454,6 +454,27 @@ fn finetune_eval_predict_classify() {
         "",
     );
     assert!(!ok && err.contains("--task"), "{err}");
+    // Classification data given to the QA task: the file, line and missing field are named.
+    let (ok, _, err) = kiln(
+        &[
+            "finetune",
+            "--model",
+            &model,
+            "--task",
+            "qa",
+            "--train",
+            &d("train.jsonl"),
+            "--max-steps",
+            "1",
+            "--out",
+            &d("x"),
+        ],
+        "",
+    );
+    assert!(
+        !ok && err.contains("train.jsonl line 1") && err.contains("\"context\""),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
