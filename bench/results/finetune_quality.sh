@@ -5,7 +5,8 @@
 #
 #   bench/results/finetune_quality.sh RUN [RUN...]      RUN = sst2-minilm | sst2-kiln-pt |
 #                                                          sst2-kiln-random | rte-minilm | ner-minilm |
-#                                                          squad-minilm (SQUAD_N questions, default 12000)
+#                                                          squad-minilm (SQUAD_N questions, default 12000) |
+#                                                          chnsenticorp-minilm | pos-minilm
 #
 # PRETRAINED (default bench/results/runs/bert-mini-gutenberg) is the BERT-mini Kiln pre-trained
 # (see bench/results/README.md); its random init is re-made with the same seed and tokenizer.
@@ -67,6 +68,19 @@ EOF
         --warmup-steps 100 --max-length 384 --doc-stride 128 --threads "$THREADS" \
         --out "$RUNS/squad-minilm"
       record squad-minilm qa $D/squad_v1.1/validation.jsonl.gz ;;
+    chnsenticorp-minilm)
+      "$KILN" finetune --model "$("${GET_MINILM:-../shared/models/get-minilm.sh}")" --task classify \
+        --train $D/chnsenticorp/train.jsonl --valid $D/chnsenticorp/validation.jsonl \
+        --labels $D/chnsenticorp/labels.json --lr 5e-5 --epochs 1 --batch-size 32 \
+        --warmup-steps 30 --eval-every 0 --max-length 128 --threads "$THREADS" \
+        --out "$RUNS/chnsenticorp-minilm"
+      record chnsenticorp-minilm classify $D/chnsenticorp/validation.jsonl ;;
+    pos-minilm)
+      "$KILN" finetune --model "$("${GET_MINILM:-../shared/models/get-minilm.sh}")" --task tag \
+        --tag-field pos --labels $D/conll2003/labels.json --train $D/conll2003/train.jsonl \
+        --valid $D/conll2003/validation.jsonl --lr 1e-4 --epochs 1 --batch-size 32 \
+        --warmup-steps 50 --eval-every 0 --threads "$THREADS" --out "$RUNS/pos-minilm"
+      record pos-minilm tag $D/conll2003/validation.jsonl "--tag-field pos" ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
 done
