@@ -342,21 +342,7 @@ fn tagger_learns_a_rule_it_must_generalize_from_conll_columns() {
         ..config(&train, &valid, 300)
     };
     cfg.train.lr = 2e-3;
-    // A freshly initialized encoder (transformers' init), as `kiln init` makes: the parity
-    // fixture's deliberately odd weights learn per-token rules far more slowly.
-    let init = dir.join("init");
-    let tok_dir = fixture("tiny-bert");
-    let tok = kiln::tokenize::Tokenizer::from_dir(&tok_dir)
-        .unwrap()
-        .unwrap();
-    let shape = kiln::model::init::InitShape {
-        layers: Some(2),
-        max_positions: Some(64),
-        ..Default::default()
-    };
-    let mc = kiln::model::init::new_config(kiln::model::Arch::Bert, "tiny", &shape, &tok).unwrap();
-    let fresh = kiln::model::init::random_model(mc, tok, tok_dir, 7).unwrap();
-    checkpoint::save(&fresh, &init, checkpoint::SaveDtype::F32).unwrap();
+    let init = fresh_tiny_model(kiln::model::Arch::Bert, &dir.join("init"));
     let s = finetune(
         &init,
         &out,

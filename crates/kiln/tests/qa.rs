@@ -69,21 +69,7 @@ fn qa_learns_a_rule_through_windows() {
         write("valid.jsonl", 40),
         write("test.jsonl", 60),
     );
-    // A freshly initialized encoder, as `kiln init` makes (the parity fixture's odd weights
-    // learn slowly).
-    let init = dir.join("init");
-    let tok_dir = fixture("tiny-bert");
-    let tok = kiln::tokenize::Tokenizer::from_dir(&tok_dir)
-        .unwrap()
-        .unwrap();
-    let shape = kiln::model::init::InitShape {
-        layers: Some(2),
-        max_positions: Some(64),
-        ..Default::default()
-    };
-    let mc = kiln::model::init::new_config(kiln::model::Arch::Bert, "tiny", &shape, &tok).unwrap();
-    let fresh = kiln::model::init::random_model(mc, tok, tok_dir, 7).unwrap();
-    checkpoint::save(&fresh, &init, checkpoint::SaveDtype::F32).unwrap();
+    let init = fresh_tiny_model(kiln::model::Arch::Bert, &dir.join("init"));
     let out = dir.join("out");
     let cfg = FinetuneConfig {
         task: "qa".into(),

@@ -42,22 +42,7 @@ fn setup(arch: kiln::model::Arch, tag: &str) -> (PathBuf, [PathBuf; 3], PathBuf)
         write("valid.jsonl", 30),
         write("test.jsonl", 40),
     ];
-    let tok_dir = fixture(match arch {
-        kiln::model::Arch::Gpt2 => "tiny-gpt2",
-        kiln::model::Arch::Bert => "tiny-bert",
-    });
-    let tok = kiln::tokenize::Tokenizer::from_dir(&tok_dir)
-        .unwrap()
-        .unwrap();
-    let shape = kiln::model::init::InitShape {
-        layers: Some(2),
-        max_positions: Some(64),
-        ..Default::default()
-    };
-    let mc = kiln::model::init::new_config(arch, "tiny", &shape, &tok).unwrap();
-    let fresh = kiln::model::init::random_model(mc, tok, tok_dir, 7).unwrap();
-    let init = dir.join("init");
-    checkpoint::save(&fresh, &init, checkpoint::SaveDtype::F32).unwrap();
+    let init = fresh_tiny_model(arch, &dir.join("init"));
     (dir, files, init)
 }
 

@@ -104,7 +104,7 @@ impl Init {
     pub(crate) fn linear(&mut self, out: usize, inp: usize, std: f32) -> Linear {
         Linear::new(self.normal(&[out, inp], std), Some(Tensor::zeros(&[out])))
     }
-    fn norm(h: usize, eps: f64) -> LayerNorm {
+    pub(crate) fn norm(h: usize, eps: f64) -> LayerNorm {
         LayerNorm {
             weight: Tensor::new(vec![h], vec![1.0; h]).expect("shape matches"),
             bias: Tensor::zeros(&[h]),

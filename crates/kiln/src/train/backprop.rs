@@ -771,12 +771,14 @@ pub fn lm_loss(
         .collect();
     let kept: Vec<i64> = rows.iter().map(|&r| targets[r]).collect();
     let n = rows.len();
-    let hs: Vec<f32> = if n == batch.tokens() {
-        hidden.clone()
+    // Every row (no copy), or the gathered target rows.
+    let hs: std::borrow::Cow<[f32]> = if n == batch.tokens() {
+        (&hidden[..]).into()
     } else {
         rows.iter()
             .flat_map(|&r| hidden[r * h..(r + 1) * h].iter().copied())
-            .collect()
+            .collect::<Vec<f32>>()
+            .into()
     };
     let word = &p.model.embeddings.word;
     let w = head.weight.as_ref().unwrap_or(word);

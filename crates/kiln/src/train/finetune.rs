@@ -242,67 +242,29 @@ pub fn finetune(
         resume,
     )?;
     let had_pooler = p.pooler.is_some();
+    // Every task form: prepare it, add the parameter-efficient parts, report, then the one loop.
+    macro_rules! train {
+        ($task:expr) => {{
+            let mut task = $task;
+            started(&set_up(&mut p, cfg, resume, had_pooler)?);
+            run(
+                p,
+                opt,
+                state,
+                &mut task,
+                &cfg.train,
+                cfg.patience,
+                out,
+                stop,
+                report,
+            )
+        }};
+    }
     match cfg.task.as_str() {
-        "classify" => {
-            let mut task = classify::prepare(&mut p, cfg, &records, resume)?;
-            started(&set_up(&mut p, cfg, resume, had_pooler)?);
-            run(
-                p,
-                opt,
-                state,
-                &mut task,
-                &cfg.train,
-                cfg.patience,
-                out,
-                stop,
-                report,
-            )
-        }
-        "tag" => {
-            let mut task = tag::prepare(&mut p, cfg, &records, resume)?;
-            started(&set_up(&mut p, cfg, resume, had_pooler)?);
-            run(
-                p,
-                opt,
-                state,
-                &mut task,
-                &cfg.train,
-                cfg.patience,
-                out,
-                stop,
-                report,
-            )
-        }
-        "seq2seq" => {
-            let mut task = seq2seq::prepare(&mut p, cfg, &records)?;
-            started(&set_up(&mut p, cfg, resume, had_pooler)?);
-            run(
-                p,
-                opt,
-                state,
-                &mut task,
-                &cfg.train,
-                cfg.patience,
-                out,
-                stop,
-                report,
-            )
-        }
-        "qa" => {
-            let mut task = qa::prepare(&mut p, cfg, &records, resume)?;
-            started(&set_up(&mut p, cfg, resume, had_pooler)?);
-            run(
-                p,
-                opt,
-                state,
-                &mut task,
-                &cfg.train,
-                cfg.patience,
-                out,
-                stop,
-                report,
-            )
-        }
+        "classify" => train!(classify::prepare(&mut p, cfg, &records, resume)?),
+        "tag" => train!(tag::prepare(&mut p, cfg, &records, resume)?),
+        "qa" => train!(qa::prepare(&mut p, cfg, &records, resume)?),
+        "seq2seq" => train!(seq2seq::prepare(&mut p, cfg, &records)?),
         other => Err(Error::Input(format!(
             "--task: \"{other}\" is not available"
         ))),

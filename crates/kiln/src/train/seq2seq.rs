@@ -368,12 +368,7 @@ fn new_prefix_lm_head(p: &mut Pretrained, seed: u64) {
     p.mlm_head = Some(crate::heads::MlmHead {
         transform: init.linear(h, h, std),
         activation: cfg.activation,
-        norm: crate::engine::LayerNorm {
-            weight: crate::engine::Tensor::new(vec![h], vec![1.0; h])
-                .unwrap_or_else(|_| crate::engine::Tensor::zeros(&[h])),
-            bias: crate::engine::Tensor::zeros(&[h]),
-            eps: cfg.layer_norm_eps as f32,
-        },
+        norm: crate::model::init::Init::norm(h, cfg.layer_norm_eps),
         decoder: None,
         bias: crate::engine::Tensor::zeros(&[cfg.vocab_size]),
     });

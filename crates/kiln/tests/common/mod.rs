@@ -137,3 +137,26 @@ pub fn assert_loss_and_named_grads(
         worst.0 * 100.0
     );
 }
+
+/// A freshly initialized two-layer model of `arch` (transformers' init, as `kiln init` makes)
+/// with the tiny fixture's tokenizer, saved into `dir`; returns `dir`. Learning tests start
+/// here: the parity fixtures' deliberately odd weights learn per-token rules far more slowly.
+#[allow(dead_code)]
+pub fn fresh_tiny_model(arch: kiln::model::Arch, dir: &std::path::Path) -> PathBuf {
+    let tok_dir = fixture(match arch {
+        kiln::model::Arch::Gpt2 => "tiny-gpt2",
+        kiln::model::Arch::Bert => "tiny-bert",
+    });
+    let tok = kiln::tokenize::Tokenizer::from_dir(&tok_dir)
+        .unwrap()
+        .unwrap();
+    let shape = kiln::model::init::InitShape {
+        layers: Some(2),
+        max_positions: Some(64),
+        ..Default::default()
+    };
+    let mc = kiln::model::init::new_config(arch, "tiny", &shape, &tok).unwrap();
+    let fresh = kiln::model::init::random_model(mc, tok, tok_dir, 7).unwrap();
+    kiln::checkpoint::save(&fresh, dir, kiln::checkpoint::SaveDtype::F32).unwrap();
+    dir.to_path_buf()
+}
