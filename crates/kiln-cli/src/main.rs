@@ -37,7 +37,7 @@ enum Command {
     Init(commands::init::Args),
     /// Pre-train a model on raw text (masked LM or next-token), with checkpoints and resume.
     Pretrain(Box<commands::pretrain::Args>),
-    /// Fine-tune a pretrained model on labelled data (classification / regression).
+    /// Fine-tune a pretrained model on labelled data: classify, tag, qa or seq2seq (full, LoRA or adapters).
     Finetune(Box<commands::finetune::Args>),
     /// Score a fine-tuned model on labelled data with the task's metrics.
     Eval(commands::finetune::EvalArgs),

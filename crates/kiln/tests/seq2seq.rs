@@ -22,6 +22,29 @@ const WORDS: &[&str] = &[
 /// Copy data (train, valid, test) and a fresh two-layer model of `arch` with the fixture's
 /// tokenizer, in a scratch directory.
 fn setup(arch: kiln::model::Arch, tag: &str) -> (PathBuf, [PathBuf; 3], PathBuf) {
+    setup_with(arch, tag, 3..7, |s| s.join(" "))
+}
+
+/// Chinese for each of [`WORDS`]: characters the tiny English vocabulary does not have.
+const CHINESE: &[&str] = &[
+    "猫", "狗", "日", "雨", "树", "书", "海", "红", "蓝", "月", "鸟", "鱼",
+];
+
+/// Word-by-word "translation" of English words into Chinese characters.
+fn to_chinese(words: &[&str]) -> String {
+    words
+        .iter()
+        .map(|w| CHINESE[WORDS.iter().position(|x| x == w).unwrap()])
+        .collect()
+}
+
+/// As [`setup`], with the target `target(source words)`.
+fn setup_with(
+    arch: kiln::model::Arch,
+    tag: &str,
+    words: std::ops::Range<usize>,
+    target: fn(&[&str]) -> String,
+) -> (PathBuf, [PathBuf; 3], PathBuf) {
     let dir = std::env::temp_dir().join(format!("kiln-s2s-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -30,9 +53,9 @@ fn setup(arch: kiln::model::Arch, tag: &str) -> (PathBuf, [PathBuf; 3], PathBuf)
         let path = dir.join(name);
         let mut f = std::fs::File::create(&path).unwrap();
         for _ in 0..n {
-            let k = rng.gen_range(3..7);
+            let k = rng.gen_range(words.clone());
             let s: Vec<&str> = (0..k).map(|_| *WORDS.choose(&mut rng).unwrap()).collect();
-            let line = serde_json::json!({"source": s.join(" "), "target": s.join(" ")});
+            let line = serde_json::json!({"source": s.join(" "), "target": target(&s)});
             writeln!(f, "{line}").unwrap();
         }
         path
@@ -179,4 +202,83 @@ fn decoder_only_model_learns_to_copy() {
     std::fs::remove_dir_all(&dir).unwrap();
     let (before, m, mb, log) = train_and_score(kiln::model::Arch::Gpt2, "gpt2");
     assert_learned(&before, &m, &mb, &log);
+}
+
+#[test]
+fn extended_vocabulary_lets_an_english_encoder_write_chinese() {
+    // Every target character is [UNK] to the tiny English vocabulary: without new tokens the
+    // task cannot be learned; with --extend-vocab each becomes a token with an embedding row.
+    let (dir, files, init) = setup_with(kiln::model::Arch::Bert, "bert-zh", 1..4, to_chinese);
+    let p0 = checkpoint::load(&init).unwrap();
+    let tok = p0.tokenizer().unwrap();
+    let unk = tok.unk_id().unwrap();
+    assert!(tok
+        .encode_plain("猫狗")
+        .unwrap()
+        .ids
+        .iter()
+        .all(|&i| i == unk));
+    let old_vocab = p0.config().vocab_size;
+    let out = dir.join("out");
+    let cfg = FinetuneConfig {
+        extend_vocab: true,
+        ..config(&files)
+    };
+    let lora = FinetuneConfig {
+        peft: kiln::peft::PeftConfig {
+            method: kiln::peft::Method::Lora,
+            ..Default::default()
+        },
+        ..cfg.clone()
+    };
+    let err = lora.validate().unwrap_err().to_string();
+    assert!(err.contains("extend-vocab"), "{err}");
+    let mut added = 0;
+    finetune(
+        &init,
+        &out,
+        &cfg,
+        false,
+        &AtomicBool::new(false),
+        |s| added = s.added_tokens,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(added, CHINESE.len());
+    // The saved model and tokenizer carry the new tokens and load as one.
+    let p = checkpoint::load(&out).unwrap();
+    assert_eq!(p.config().vocab_size, old_vocab + CHINESE.len());
+    let tok = p.tokenizer().unwrap();
+    assert_eq!(tok.vocab_size(), p.config().vocab_size);
+    let ids = tok.encode_plain("猫狗").unwrap().ids;
+    assert!(ids.iter().all(|&i| i as usize >= old_vocab), "{ids:?}");
+    let len = Lengths {
+        max_length: 64,
+        max_target_length: 16,
+    };
+    let pairs = load_pairs(&p, &files[2], false, true, &len).unwrap();
+    // One to three words: targets under four characters have no 4-grams, so corpus BLEU is 0
+    // by sacreBLEU's definition; chrF and exact matches measure the learning.
+    let m = evaluate_seq2seq(&p, &pairs, 1, 1.0, 16).unwrap();
+    assert_eq!(m["bleu_tokenize"], "zh");
+    assert!(m["chrf"].as_f64().unwrap() >= 80.0, "held-out: {m}");
+    // Generated Chinese is written as Chinese: no spaces between the characters.
+    let hyps = kiln::train::seq2seq::generate_targets(&p, &pairs, 1, 1.0, 16).unwrap();
+    let right = hyps
+        .iter()
+        .zip(&pairs)
+        .filter(|(h, e)| **h == e.target)
+        .count();
+    assert!(
+        right * 10 >= pairs.len() * 8,
+        "{right}/{}: {hyps:?}",
+        pairs.len()
+    );
+    assert!(hyps.iter().all(|h| !h.contains(' ')), "{hyps:?}");
+    // A later run on the extended model finds nothing left to add.
+    assert!(tok
+        .unknown_words(["猫 dog 鱼"].iter().copied())
+        .unwrap()
+        .is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -185,7 +185,7 @@ pub struct Args {
     /// flags given here override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The task form: classify or tag (qa and seq2seq are not available yet).
+    /// The task form: classify, tag, qa or seq2seq.
     #[arg(long)]
     task: Option<String>,
     /// Training data.
@@ -211,6 +211,10 @@ pub struct Args {
     /// Stop after this many evaluations without a better metric.
     #[arg(long)]
     patience: Option<u64>,
+    /// Add the training texts' words that the tokenizer only knows as its unknown token (e.g.
+    /// Chinese characters for an English vocabulary) as new tokens, with new embedding rows.
+    #[arg(long)]
+    extend_vocab: bool,
     #[command(flatten)]
     qa: QaArgs,
     #[command(flatten)]
@@ -270,6 +274,7 @@ pub fn run(a: Args) -> Result<()> {
         c.labels = a.labels.clone();
     }
     c.regression |= a.regression;
+    c.extend_vocab |= a.extend_vocab;
     if a.metric.is_some() {
         c.metric = a.metric.clone();
     }
@@ -285,6 +290,12 @@ pub fn run(a: Args) -> Result<()> {
         a.resume,
         &stop,
         |s| {
+            if s.added_tokens > 0 {
+                eprintln!(
+                    "added {} words of the training data to the vocabulary as new tokens",
+                    s.added_tokens
+                );
+            }
             eprintln!(
                 "method {:?}: trainable params {} || all params {} || trainable% {:.4}{}",
                 s.method,

@@ -182,18 +182,20 @@ pub fn save(p: &Pretrained, dir: &Path, dtype: SaveDtype) -> Result<()> {
     })?;
     atomic_write(&dir.join("config.json"), text.as_bytes())?;
     let src = &p.dir;
+    // Added tokens live only in our tokenizer.json (transformers prefers that file).
+    let changed = p.tokenizer.as_ref().is_some_and(|t| t.changed());
     if src.canonicalize().ok() != dir.canonicalize().ok() {
         for f in TOKENIZER_FILES {
             let from = src.join(f);
-            if from.is_file() {
+            if from.is_file() && !(changed && *f == "tokenizer.json") {
                 let bytes = std::fs::read(&from).map_err(|e| Error::io("read", &from, e))?;
                 atomic_write(&dir.join(f), &bytes)?;
             }
         }
-        if !dir.join("tokenizer.json").exists() {
-            if let Some(t) = &p.tokenizer {
-                t.save(&dir.join("tokenizer.json"))?;
-            }
+    }
+    if let Some(t) = &p.tokenizer {
+        if changed || !dir.join("tokenizer.json").exists() {
+            t.save(&dir.join("tokenizer.json"))?;
         }
     }
     Ok(())

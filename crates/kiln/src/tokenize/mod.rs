@@ -2,6 +2,7 @@
 //! `[CLS] a [SEP] b [SEP]` with segment ids 0/1 (or whatever the tokenizer.json post-processor
 //! template says), truncation, and the offsets and word ids later tasks need.
 
+mod extend;
 mod load;
 pub mod train;
 
@@ -57,6 +58,8 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     kind: TokenizerKind,
     source: PathBuf,
+    /// Tokens were added after loading (see `extend.rs`).
+    changed: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -93,6 +96,7 @@ impl Tokenizer {
             inner,
             kind,
             source,
+            changed: false,
         })
     }
 

@@ -270,6 +270,9 @@ pub struct FinetuneConfig {
     pub num_beams: usize,
     /// seq2seq: beam scores are divided by length^length_penalty.
     pub length_penalty: f32,
+    /// Add the training texts' words that the tokenizer only knows as its unknown token (e.g.
+    /// Chinese characters for an English vocabulary) as new tokens, with new embedding rows.
+    pub extend_vocab: bool,
     /// Full fine-tuning, LoRA or bottleneck adapters, and their settings.
     #[serde(flatten)]
     pub peft: crate::peft::PeftConfig,
@@ -305,6 +308,7 @@ impl Default for FinetuneConfig {
             max_target_length: 64,
             num_beams: 1,
             length_penalty: 1.0,
+            extend_vocab: false,
             peft: crate::peft::PeftConfig::default(),
         }
     }
@@ -347,6 +351,12 @@ impl FinetuneConfig {
         }
         if self.patience == Some(0) {
             return bad("patience", "must be at least 1");
+        }
+        if self.extend_vocab && self.peft.method != crate::peft::Method::Full {
+            return bad(
+                "extend-vocab",
+                "new tokens need trainable embeddings: use it with full fine-tuning (--method full)",
+            );
         }
         self.peft.validate()?;
         self.train.validate()

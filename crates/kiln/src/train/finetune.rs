@@ -6,6 +6,7 @@ use super::config::FinetuneConfig;
 use super::trainer::{run, start, Progress, Summary, Task};
 use super::{classify, qa, seq2seq, tag};
 use crate::checkpoint::Pretrained;
+use crate::data::records::Record;
 use crate::engine::dropout::mix;
 use crate::error::{Error, Result};
 use crate::model::Batch;
@@ -183,6 +184,8 @@ pub struct Started {
     /// Base tensors trained besides the additions (`train_extra`, plus a pooler the base model
     /// lacked, which is new and so must be trained).
     pub train_extra: Vec<String>,
+    /// Tokens added to the vocabulary from the training data (`extend_vocab`).
+    pub added_tokens: usize,
 }
 
 /// Adds the parameter-efficient parts (a new run only: a resumed one has them from its
@@ -209,7 +212,58 @@ fn set_up(
             .peft
             .as_ref()
             .map_or(Vec::new(), |s| s.config.train_extra.clone()),
+        added_tokens: 0,
     })
+}
+
+/// The texts of `records` that `task` tokenizes (what `extend_vocab` scans).
+fn task_texts(cfg: &FinetuneConfig, records: &[Record]) -> Vec<String> {
+    let fields: Vec<&str> = match cfg.task.as_str() {
+        "tag" => vec![cfg.tokens_field.as_str()],
+        "qa" => vec!["question", "context"],
+        "seq2seq" => vec!["source", "target"],
+        _ => {
+            let mut f = vec!["text", "text_a", "text_b"];
+            f.extend(cfg.text_field.as_deref());
+            f.extend(cfg.text_b_field.as_deref());
+            f.dedup();
+            f
+        }
+    };
+    let mut out = Vec::new();
+    for r in records {
+        for f in &fields {
+            match r.fields.get(*f) {
+                Some(serde_json::Value::String(s)) => out.push(s.clone()),
+                Some(serde_json::Value::Array(words)) => {
+                    out.extend(words.iter().filter_map(|w| w.as_str().map(str::to_string)))
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Adds the training texts' unknown words to the tokenizer and grows the model's vocabulary
+/// for them (`--extend-vocab`); returns how many tokens were added.
+fn extend_vocab(p: &mut Pretrained, cfg: &FinetuneConfig, records: &[Record]) -> Result<usize> {
+    let texts = task_texts(cfg, records);
+    let tok = p.tokenizer()?;
+    let words: Vec<String> = tok
+        .unknown_words(texts.iter().map(String::as_str))?
+        .into_iter()
+        .map(|(w, _)| w)
+        .collect();
+    if words.is_empty() {
+        return Ok(0);
+    }
+    let mut tok = tok.clone();
+    let added = tok.add_tokens(&words);
+    let size = tok.vocab_size().max(p.config().vocab_size);
+    p.tokenizer = Some(tok);
+    crate::model::resize::grow_vocab(p, size, cfg.train.seed)?;
+    Ok(added)
 }
 
 /// Fine-tunes (or, with `resume`, continues fine-tuning) the model in `model_dir` for the task
@@ -242,11 +296,18 @@ pub fn finetune(
         resume,
     )?;
     let had_pooler = p.pooler.is_some();
+    let added_tokens = if cfg.extend_vocab {
+        extend_vocab(&mut p, cfg, &records)?
+    } else {
+        0
+    };
     // Every task form: prepare it, add the parameter-efficient parts, report, then the one loop.
     macro_rules! train {
         ($task:expr) => {{
             let mut task = $task;
-            started(&set_up(&mut p, cfg, resume, had_pooler)?);
+            let mut s = set_up(&mut p, cfg, resume, had_pooler)?;
+            s.added_tokens = added_tokens;
+            started(&s);
             run(
                 p,
                 opt,

@@ -228,9 +228,51 @@ pub fn generate_targets(
             if out.last() == Some(&eos) {
                 out.pop();
             }
-            tok.decode(&out, true)
+            let text = tok.decode(&out, true)?;
+            // A byte-level BPE decodes the exact text; a WordPiece decoder spaces every token.
+            Ok(if tok.kind() == crate::tokenize::TokenizerKind::WordPiece {
+                join_cjk(&text)
+            } else {
+                text
+            })
         })
         .collect()
+}
+
+/// Whether `c` is written without spaces around it (CJK ideographs, kana, hangul, and the
+/// full-width punctuation that goes with them).
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3000..=0x303F | 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF
+        | 0xAC00..=0xD7AF | 0xF900..=0xFAFF | 0xFF00..=0xFFEF | 0x20000..=0x2FA1F)
+}
+
+/// Removes the spaces a WordPiece decoder puts between CJK characters ("我 们 走 。" ->
+/// "我们走。"), keeping those between other words. BLEU's Chinese tokenization and chrF ignore
+/// these spaces; a reader does not.
+pub fn join_cjk(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == ' ' {
+            let mut j = i;
+            while j < chars.len() && chars[j] == ' ' {
+                j += 1;
+            }
+            let before = out.chars().next_back();
+            let after = chars.get(j).copied();
+            let glue = before.is_some_and(is_cjk) || after.is_some_and(is_cjk);
+            if !glue {
+                out.push(' ');
+            }
+            i = j;
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    out.trim().to_string()
 }
 
 /// Held-out metrics: `valid_loss` (teacher-forced target loss), `bleu` and `chrf` (0–100) of
@@ -372,4 +414,17 @@ fn new_prefix_lm_head(p: &mut Pretrained, seed: u64) {
         decoder: None,
         bias: crate::engine::Tensor::zeros(&[cfg.vocab_size]),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join_cjk;
+
+    #[test]
+    fn spaces_around_cjk_go_and_the_others_stay() {
+        assert_eq!(join_cjk("我  们   走   吧  。"), "我们走吧。");
+        assert_eq!(join_cjk("我 喜 欢 tom 的 猫 ."), "我喜欢tom的猫.");
+        assert_eq!(join_cjk("hello  world"), "hello world");
+        assert_eq!(join_cjk(" 你好 , world "), "你好, world");
+    }
 }
