@@ -179,7 +179,51 @@ pub fn cross_entropy(
     ignore: i64,
     dlogits: Option<&mut [f32]>,
 ) -> Result<(f32, usize)> {
-    if logits.len() != targets.len() * vocab {
+    let count = check_targets(logits.len(), vocab, targets, ignore)?;
+    let sum = match dlogits {
+        Some(d) => {
+            d.copy_from_slice(logits);
+            ce_rows_in_place(d, vocab, targets, ignore, 1.0 / count.max(1) as f32)
+        }
+        None => logits
+            .par_chunks(vocab)
+            .zip(targets.par_iter())
+            .map(|(lr, &t)| {
+                if t == ignore {
+                    return 0.0;
+                }
+                let max = lr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let z: f32 = lr.iter().map(|v| (v - max).exp()).sum();
+                (z.ln() + max - lr[t as usize]) as f64
+            })
+            .collect::<Vec<f64>>()
+            .iter()
+            .sum(),
+    };
+    Ok(((sum / count.max(1) as f64) as f32, count))
+}
+
+/// Softmax cross-entropy with its gradient written over the logits: each counted row becomes
+/// `scale · (softmax − onehot)`, an ignored row zeros. A language model's logits are the largest
+/// buffer of its training step (rows × vocabulary), and this way they need no twin.
+/// Returns the summed (not averaged) loss and the number of counted rows.
+pub fn cross_entropy_in_place(
+    logits: &mut [f32],
+    vocab: usize,
+    targets: &[i64],
+    ignore: i64,
+    scale: f32,
+) -> Result<(f64, usize)> {
+    let count = check_targets(logits.len(), vocab, targets, ignore)?;
+    Ok((
+        ce_rows_in_place(logits, vocab, targets, ignore, scale),
+        count,
+    ))
+}
+
+/// Checks shapes and target ids; returns the number of counted rows.
+fn check_targets(len: usize, vocab: usize, targets: &[i64], ignore: i64) -> Result<usize> {
+    if len != targets.len() * vocab {
         return Err(Error::shape(
             "cross_entropy",
             "one target per row of logits",
@@ -193,48 +237,33 @@ pub fn cross_entropy(
             "target id {t} is outside the vocabulary of {vocab}"
         )));
     }
-    let count = targets.iter().filter(|&&t| t != ignore).count();
-    if count == 0 {
-        if let Some(d) = dlogits {
-            d.fill(0.0);
-        }
-        return Ok((0.0, 0));
-    }
-    // Per-row losses computed in parallel, summed in row order (reproducible).
-    let losses: Vec<f64> = match dlogits {
-        Some(d) => d
-            .par_chunks_mut(vocab)
-            .zip(logits.par_chunks(vocab))
-            .zip(targets.par_iter())
-            .map(|((dr, lr), &t)| {
-                if t == ignore {
-                    dr.fill(0.0);
-                    return 0.0;
-                }
-                let max = lr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let z: f32 = lr.iter().map(|v| (v - max).exp()).sum();
-                let inv = 1.0 / (z * count as f32);
-                for (g, v) in dr.iter_mut().zip(lr) {
-                    *g = (v - max).exp() * inv;
-                }
-                dr[t as usize] -= 1.0 / count as f32;
-                (z.ln() + max - lr[t as usize]) as f64
-            })
-            .collect(),
-        None => logits
-            .par_chunks(vocab)
-            .zip(targets.par_iter())
-            .map(|(lr, &t)| {
-                if t == ignore {
-                    return 0.0;
-                }
-                let max = lr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let z: f32 = lr.iter().map(|v| (v - max).exp()).sum();
-                (z.ln() + max - lr[t as usize]) as f64
-            })
-            .collect(),
-    };
-    Ok(((losses.iter().sum::<f64>() / count as f64) as f32, count))
+    Ok(targets.iter().filter(|&&t| t != ignore).count())
+}
+
+/// The in-place rows: per-row losses in parallel, summed in row order (reproducible).
+fn ce_rows_in_place(x: &mut [f32], vocab: usize, targets: &[i64], ignore: i64, scale: f32) -> f64 {
+    let losses: Vec<f64> = x
+        .par_chunks_mut(vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            if t == ignore {
+                row.fill(0.0);
+                return 0.0;
+            }
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let target_logit = row[t as usize];
+            let mut z = 0.0f32;
+            for v in row.iter_mut() {
+                *v = (*v - max).exp();
+                z += *v;
+            }
+            let inv = scale / z;
+            row.iter_mut().for_each(|v| *v *= inv);
+            row[t as usize] -= scale;
+            (z.ln() + max - target_logit) as f64
+        })
+        .collect();
+    losses.iter().sum()
 }
 
 /// Backward of the embedding gather: `dtable[ids[t]] += dy[t]` for every token (scatter-add),
@@ -413,6 +442,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("target id 9"), "{err}");
+        // In place, with a scale: the same rows times scale·count, the summed loss.
+        let mut x = logits.clone();
+        let (sum, n2) = cross_entropy_in_place(&mut x, v, &targets, -100, 0.5).unwrap();
+        assert_eq!(n2, 3);
+        assert!((sum - want).abs() < 1e-4, "{sum} vs {want}");
+        for (a, b) in x.iter().zip(&d) {
+            assert!((a - b * 1.5).abs() < 1e-6, "{a} vs {}", b * 1.5);
+        }
     }
 
     #[test]

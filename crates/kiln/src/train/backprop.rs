@@ -9,7 +9,8 @@ use crate::engine::attention::{attention_backward, attention_dropout, packed_sel
 use crate::engine::dropout::Dropout;
 use crate::engine::embedding::gather_sum;
 use crate::engine::grad::{
-    activation_backward, cross_entropy, embedding_backward, layer_norm_backward, linear_backward,
+    activation_backward, cross_entropy_in_place, embedding_backward, layer_norm_backward,
+    linear_backward,
 };
 use crate::engine::linear::linear_forward;
 use crate::engine::{LayerNorm, Linear, LinearOut, MaskKind, Tensor};
@@ -611,6 +612,37 @@ pub fn backward(
     Ok(())
 }
 
+thread_local! {
+    /// The vocabulary projection's logits (rows × vocabulary floats), kept from step to step:
+    /// the largest buffer of a language-model step, and a fresh one costs a page fault per
+    /// 4 KiB on every step. It holds the logits, then (in place) their gradient.
+    static LOGITS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Projects `n` rows of `x` onto the vocabulary (`w`, optional bias) into `buf` and turns the
+/// logits into the gradient of the mean cross-entropy against `targets` (times `grad_scale`);
+/// returns the mean loss and that gradient (a view of `buf`).
+#[allow(clippy::too_many_arguments)]
+fn project_loss<'a>(
+    buf: &'a mut Vec<f32>,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    x: &[f32],
+    n: usize,
+    v: usize,
+    targets: &[i64],
+    grad_scale: f32,
+) -> Result<(f32, &'a [f32])> {
+    if buf.len() < n * v {
+        buf.resize(n * v, 0.0);
+    }
+    let logits = &mut buf[..n * v];
+    linear_forward(w, bias, x, n, logits, LinearOut::Write)?;
+    let count = targets.iter().filter(|&&t| t != IGNORE).count().max(1);
+    let (sum, _) = cross_entropy_in_place(logits, v, targets, IGNORE, grad_scale / count as f32)?;
+    Ok(((sum / count as f64) as f32, &buf[..n * v]))
+}
+
 /// Masked-LM loss at `positions` (rows of the packed batch) with `targets`, and its
 /// gradients (added into `grads`). Only the selected rows go through the vocabulary projection.
 /// `grad_scale` multiplies the gradient (e.g. this micro-batch's share of the targets of an
@@ -649,18 +681,17 @@ pub fn mlm_loss(
     let nrm = ln_fwd(&head.norm, &a);
     let word = &p.model.embeddings.word;
     let dec = head.decoder.as_ref().unwrap_or(word);
-    let mut logits = vec![0.0; n * v];
-    linear_forward(
+    let mut buf = LOGITS.with(|b| b.take());
+    let (loss, dlogits) = project_loss(
+        &mut buf,
         dec,
         Some(&head.bias),
         &nrm,
         n,
-        &mut logits,
-        LinearOut::Write,
+        v,
+        targets,
+        grad_scale,
     )?;
-    let mut dlogits = vec![0.0; n * v];
-    let (loss, _) = cross_entropy(&logits, v, targets, IGNORE, Some(&mut dlogits))?;
-    scale(&mut dlogits, grad_scale);
 
     let gh = grads
         .mlm_head
@@ -674,12 +705,13 @@ pub fn mlm_loss(
     linear_backward(
         &nrm,
         dec,
-        &dlogits,
+        dlogits,
         n,
         Some(&mut dnrm),
         dw,
         non_empty(&mut gh.bias),
     )?;
+    LOGITS.with(|b| b.replace(buf));
     let mut du = ln_back(&head.norm, &mut gh.norm, &a, &dnrm);
     activation_backward(head.activation, &u, &mut du);
     let mut dhs = vec![0.0; n * h];
@@ -718,12 +750,6 @@ pub fn clm_targets(batch: &Batch) -> Vec<i64> {
         }
     }
     targets
-}
-
-fn scale(x: &mut [f32], s: f32) {
-    if s != 1.0 {
-        x.iter_mut().for_each(|v| *v *= s);
-    }
 }
 
 /// Causal-LM loss and its gradients (scaled by `grad_scale`).
@@ -782,17 +808,15 @@ pub fn lm_loss(
     };
     let word = &p.model.embeddings.word;
     let w = head.weight.as_ref().unwrap_or(word);
-    let mut logits = vec![0.0; n * v];
-    linear_forward(w, None, &hs, n, &mut logits, LinearOut::Write)?;
-    let mut dlogits = vec![0.0; n * v];
-    let (loss, _) = cross_entropy(&logits, v, &kept, IGNORE, Some(&mut dlogits))?;
-    scale(&mut dlogits, grad_scale);
+    let mut buf = LOGITS.with(|b| b.take());
+    let (loss, dlogits) = project_loss(&mut buf, w, None, &hs, n, v, &kept, grad_scale)?;
     let mut dhs = vec![0.0; n * h];
     let gw = match grads.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
         Some(g) => non_empty(g),
         None => non_empty(&mut grads.model.embeddings.word),
     };
-    linear_backward(&hs, w, &dlogits, n, Some(&mut dhs), gw, None)?;
+    linear_backward(&hs, w, dlogits, n, Some(&mut dhs), gw, None)?;
+    LOGITS.with(|b| b.replace(buf));
     let dhidden = if n == batch.tokens() {
         dhs
     } else {
