@@ -220,9 +220,16 @@ fn extended_vocabulary_lets_an_english_encoder_write_chinese() {
         .all(|&i| i == unk));
     let old_vocab = p0.config().vocab_size;
     let out = dir.join("out");
+    let base = config(&files);
+    // New tokens start from nothing: twice the copy tests' steps.
     let cfg = FinetuneConfig {
         extend_vocab: true,
-        ..config(&files)
+        train: TrainConfig {
+            max_steps: Some(800),
+            eval_every: 400,
+            ..base.train.clone()
+        },
+        ..base
     };
     let lora = FinetuneConfig {
         peft: kiln::peft::PeftConfig {
