@@ -41,8 +41,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
+
+from benchcommon import OtherLoad, SetupError, check_versions, cpu_model
 
 # The reference stack, as installed by ../shared/reference/setup-python.sh. A different version
 # is a different baseline, so the script refuses to run rather than print incomparable numbers.
@@ -81,23 +83,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # (and any OpenMP pool) to the same 2 threads the models get. Must be set before the imports.
 os.environ["RAYON_NUM_THREADS"] = str(THREADS)
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
-
-
-class SetupError(Exception):
-    """Something to fix before benchmarking (exit status 2)."""
-
-
-def check_versions(pins):
-    wrong = []
-    for name, want in pins.items():
-        try:
-            have = version(name).split("+")[0]
-        except PackageNotFoundError:
-            have = "not installed"
-        if have != want:
-            wrong.append(f"{name}=={want} (found {have})")
-    if wrong:
-        raise SetupError(f"this benchmark pins {', '.join(wrong)}; {SETUP_HINT}")
 
 
 def default_model_dir():
@@ -389,48 +374,6 @@ def export_onnx(model_dir, cache_dir):
 # Reporting
 
 
-class OtherLoad:
-    """Share of the machine's CPU time used by processes other than this one and its children
-    between start() and share(): the competition a round's figures were measured under.
-    Machine-wide busy time comes from /proc/stat (steal included); None where there is none."""
-
-    def __init__(self):
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.start()
-
-    def _snapshot(self):
-        try:
-            with open("/proc/stat") as f:
-                user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-        except (OSError, ValueError):
-            return None
-        t = os.times()
-        own = t.user + t.system + t.children_user + t.children_system
-        busy = (user + nice + system + irq + softirq + steal) / self.tick
-        return busy, own, time.perf_counter()
-
-    def start(self):
-        self.begin = self._snapshot()
-
-    def share(self):
-        end = self._snapshot()
-        if self.begin is None or end is None:
-            return None
-        busy, own, wall = (e - b for e, b in zip(end, self.begin))
-        return max(0.0, (busy - own) / (wall * os.cpu_count()))
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def min_cosine(x, y):
     import numpy as np
 
@@ -447,7 +390,7 @@ def fmt(x, spec=".1f"):
 def main():
     args = parse_args()
     load = os.getloadavg()  # before this process adds its own
-    check_versions(PINNED if args.skip_ort else {**PINNED, **PINNED_EXPORT})
+    check_versions(PINNED if args.skip_ort else {**PINNED, **PINNED_EXPORT}, SETUP_HINT)
     if not (args.model / "model.safetensors").exists():
         raise SetupError(f"no all-MiniLM-L6-v2 at {args.model}; run {SHARED / 'models' / 'get-minilm.sh'} "
                          "and pass the directory it prints with --model")

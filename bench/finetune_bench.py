@@ -39,14 +39,15 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
+
+from benchcommon import OtherLoad, RunError, SetupError, check_versions, cpu_model, goal_text
 
 # The reference stack, as installed by ../shared/reference/setup-python.sh. A different version
 # is a different baseline, so the script refuses to run rather than print incomparable numbers.
@@ -82,27 +83,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["RAYON_NUM_THREADS"] = str(THREADS)
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
-
-class SetupError(Exception):
-    """Something to fix before benchmarking (exit status 2)."""
-
-
-class RunError(Exception):
-    """A measured run failed; the message holds the command and its error output."""
-
-
-def check_versions(pins):
-    wrong = []
-    for name, want in pins.items():
-        try:
-            have = version(name).split("+")[0]
-        except PackageNotFoundError:
-            have = "not installed"
-        if have != want:
-            wrong.append(f"{name}=={want} (found {have})")
-    if wrong:
-        raise SetupError(f"this benchmark pins {', '.join(wrong)}; {SETUP_HINT}")
 
 
 def parse_args():
@@ -237,61 +217,14 @@ def run_pytorch(model, train, steps_list, tmp, stem):
 # Reporting
 
 
-class OtherLoad:
-    """Share of the machine's CPU time used by processes other than this one and its children
-    between start() and share(). Machine-wide busy time from /proc/stat; None where there is none."""
-
-    def __init__(self):
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.start()
-
-    def _snapshot(self):
-        try:
-            with open("/proc/stat") as f:
-                user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-        except (OSError, ValueError):
-            return None
-        t = os.times()
-        own = t.user + t.system + t.children_user + t.children_system
-        busy = (user + nice + system + irq + softirq + steal) / self.tick
-        return busy, own, time.perf_counter()
-
-    def start(self):
-        self.begin = self._snapshot()
-
-    def share(self):
-        end = self._snapshot()
-        if self.begin is None or end is None:
-            return None
-        busy, own, wall = (e - b for e, b in zip(end, self.begin))
-        return max(0.0, (busy - own) / (wall * os.cpu_count()))
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def fmt(x, spec=".1f"):
     return "—" if x is None else format(x, spec)
-
-
-def goal_text(ratio, goal):
-    if ratio is None:
-        return "—"
-    return f"{ratio:.2f} (≥ {goal}: {'met' if ratio >= goal else 'NOT met'})"
 
 
 def main():
     args = parse_args()
     load = os.getloadavg()
-    check_versions(PINNED)
+    check_versions(PINNED, SETUP_HINT)
     if not args.kiln.exists():
         raise SetupError(f"no kiln binary at {args.kiln}; run `cargo build --release`")
     for f in ("config.json", "model.safetensors", "tokenizer.json"):

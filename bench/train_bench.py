@@ -79,8 +79,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
+
+from benchcommon import OtherLoad, RunError, SetupError, check_versions, cpu_model, goal_text
 
 # The reference stack, as installed by ../shared/reference/setup-python.sh. A different version
 # is a different baseline, so the script refuses to run rather than print incomparable numbers.
@@ -159,33 +161,12 @@ def workload_specs():
     }
 
 
-class SetupError(Exception):
-    """Something to fix before benchmarking (exit status 2)."""
-
-
-class RunError(Exception):
-    """A measured run failed; the message holds the command and its error output."""
-
-
 class KilnRunError(RunError):
     """A `kiln pretrain` run failed."""
 
 
 class PyTorchRunError(RunError):
     """A PyTorch worker process failed."""
-
-
-def check_versions(pins):
-    wrong = []
-    for name, want in pins.items():
-        try:
-            have = version(name).split("+")[0]
-        except PackageNotFoundError:
-            have = "not installed"
-        if have != want:
-            wrong.append(f"{name}=={want} (found {have})")
-    if wrong:
-        raise SetupError(f"this benchmark pins {', '.join(wrong)}; {SETUP_HINT}")
 
 
 def parse_args():
@@ -677,48 +658,6 @@ def pytorch_worker(spec_path):
 # Reporting
 
 
-class OtherLoad:
-    """Share of the machine's CPU time used by processes other than this one and its children
-    between start() and share(): the competition a round's figures were measured under.
-    Machine-wide busy time comes from /proc/stat (steal included); None where there is none."""
-
-    def __init__(self):
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.start()
-
-    def _snapshot(self):
-        try:
-            with open("/proc/stat") as f:
-                user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-        except (OSError, ValueError):
-            return None
-        t = os.times()
-        own = t.user + t.system + t.children_user + t.children_system
-        busy = (user + nice + system + irq + softirq + steal) / self.tick
-        return busy, own, time.perf_counter()
-
-    def start(self):
-        self.begin = self._snapshot()
-
-    def share(self):
-        end = self._snapshot()
-        if self.begin is None or end is None:
-            return None
-        busy, own, wall = (e - b for e, b in zip(end, self.begin))
-        return max(0.0, (busy - own) / (wall * os.cpu_count()))
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def fmt(x, spec=".0f"):
     return "—" if x is None else format(x, spec)
 
@@ -737,17 +676,10 @@ def median_or_none(values):
     return statistics.median(values) if values else None
 
 
-def goal_text(ratio, goal, at_least):
-    if ratio is None:
-        return "—"
-    met = ratio >= goal if at_least else ratio <= goal
-    return f"{ratio:.2f} ({'≥' if at_least else '≤'} {goal}: {'met' if met else 'NOT met'})"
-
-
 def main():
     args = parse_args()
     load = os.getloadavg()  # before this process adds its own
-    check_versions(PINNED)
+    check_versions(PINNED, SETUP_HINT)
 
     import transformers
 
