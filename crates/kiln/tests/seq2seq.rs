@@ -6,8 +6,9 @@ mod common;
 
 use common::*;
 use kiln::checkpoint;
+use kiln::model::Batch;
 use kiln::train::backprop::IGNORE;
-use kiln::train::seq2seq::{evaluate_seq2seq, load_pairs, seq2seq_batch, Lengths};
+use kiln::train::seq2seq::{evaluate_seq2seq, load_pairs, seq2seq_batch, Lengths, Seq2SeqExample};
 use kiln::train::{finetune, FinetuneConfig, TrainConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -69,6 +70,33 @@ fn setup_with(
     (dir, files, init)
 }
 
+/// The lengths every test here encodes with.
+const LEN: Lengths = Lengths {
+    max_length: 64,
+    max_target_length: 16,
+};
+
+/// The first training pair of the copy data for a fresh `arch` model, and its one-pair batch.
+fn first_pair_batch(arch: kiln::model::Arch, tag: &str) -> (Seq2SeqExample, Batch, Vec<i64>) {
+    let (dir, files, init) = setup(arch, tag);
+    let p0 = checkpoint::load(&init).unwrap();
+    let e = load_pairs(&p0, &files[0], false, true, &LEN)
+        .unwrap()
+        .remove(0);
+    let (b, t) = seq2seq_batch(&[&e]).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (e, b, t)
+}
+
+/// Only target positions count: the separator predicts the first target token, the last
+/// target token predicts the end token.
+fn assert_counts_target_then_eos(e: &Seq2SeqExample, t: &[i64]) {
+    let counted: Vec<i64> = t.iter().copied().filter(|&x| x != IGNORE).collect();
+    let mut want: Vec<i64> = e.tgt.iter().map(|&x| x as i64).collect();
+    want.push(e.eos as i64);
+    assert_eq!(counted, want);
+}
+
 fn config(files: &[PathBuf; 3]) -> FinetuneConfig {
     FinetuneConfig {
         task: "seq2seq".into(),
@@ -102,10 +130,6 @@ fn train_and_score(
 ) {
     let (dir, files, init) = setup(arch, tag);
     let p0 = checkpoint::load(&init).unwrap();
-    let len = Lengths {
-        max_length: 64,
-        max_target_length: 16,
-    };
     let out = dir.join("out");
     let cfg = config(&files);
     let s = finetune(
@@ -120,7 +144,7 @@ fn train_and_score(
     .unwrap();
     assert_eq!(s.metric.as_deref(), Some("bleu"));
     let p = checkpoint::load(&out).unwrap();
-    let pairs = load_pairs(&p, &files[2], false, true, &len).unwrap();
+    let pairs = load_pairs(&p, &files[2], false, true, &LEN).unwrap();
     let before = evaluate_seq2seq(&p0, &pairs, 1, 1.0, 16).unwrap();
     let greedy = evaluate_seq2seq(&p, &pairs, 1, 1.0, 16).unwrap();
     let beam = evaluate_seq2seq(&p, &pairs, 3, 1.0, 16).unwrap();
@@ -151,55 +175,27 @@ fn assert_learned(
 #[test]
 fn encoder_learns_to_copy_under_the_prefix_mask() {
     // [CLS] source [SEP] target [SEP]: segments 0 then 1, the prefix is [CLS] source [SEP].
-    let (dir, files, init) = setup(kiln::model::Arch::Bert, "bert-batch");
-    let p0 = checkpoint::load(&init).unwrap();
-    let len = Lengths {
-        max_length: 64,
-        max_target_length: 16,
-    };
-    let pairs = load_pairs(&p0, &files[0], false, true, &len).unwrap();
-    let e = &pairs[0];
-    let (b, t) = seq2seq_batch(&[e]).unwrap();
+    let (e, b, t) = first_pair_batch(kiln::model::Arch::Bert, "bert-batch");
     let prefix = e.src.len() + 2;
     assert_eq!(b.prefix_lens, Some(vec![prefix]));
     assert_eq!(b.ids[0], e.cls.unwrap());
     assert_eq!(b.ids[prefix - 1], e.eos);
     assert!(b.type_ids[..prefix].iter().all(|&x| x == 0));
     assert!(b.type_ids[prefix..].iter().all(|&x| x == 1));
-    let counted: Vec<i64> = t.iter().copied().filter(|&x| x != IGNORE).collect();
-    let mut want: Vec<i64> = e.tgt.iter().map(|&x| x as i64).collect();
-    want.push(e.eos as i64);
-    assert_eq!(counted, want);
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_counts_target_then_eos(&e, &t);
     let (before, m, mb, log) = train_and_score(kiln::model::Arch::Bert, "bert");
     assert_learned(&before, &m, &mb, &log);
 }
 
 #[test]
 fn decoder_only_model_learns_to_copy() {
-    let (dir, files, init) = setup(kiln::model::Arch::Gpt2, "gpt2-batch");
-
-    // Only target positions count: the separator predicts the first target token, the last
-    // target token predicts the end token.
-    let p0 = checkpoint::load(&init).unwrap();
-    let len = Lengths {
-        max_length: 64,
-        max_target_length: 16,
-    };
-    let pairs = load_pairs(&p0, &files[0], false, true, &len).unwrap();
-    let (b, t) = seq2seq_batch(&[&pairs[0]]).unwrap();
-    let e = &pairs[0];
+    let (e, b, t) = first_pair_batch(kiln::model::Arch::Gpt2, "gpt2-batch");
     assert_eq!(b.tokens(), e.src.len() + e.tgt.len() + 2);
-    let counted: Vec<i64> = t.iter().copied().filter(|&x| x != IGNORE).collect();
-    let mut want: Vec<i64> = e.tgt.iter().map(|&x| x as i64).collect();
-    want.push(e.eos as i64);
-    assert_eq!(counted, want);
-
+    assert_counts_target_then_eos(&e, &t);
     assert!(
         b.prefix_lens.is_none(),
         "a decoder runs causally throughout"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
     let (before, m, mb, log) = train_and_score(kiln::model::Arch::Gpt2, "gpt2");
     assert_learned(&before, &m, &mb, &log);
 }
@@ -259,11 +255,7 @@ fn extended_vocabulary_lets_an_english_encoder_write_chinese() {
     assert_eq!(tok.vocab_size(), p.config().vocab_size);
     let ids = tok.encode_plain("猫狗").unwrap().ids;
     assert!(ids.iter().all(|&i| i as usize >= old_vocab), "{ids:?}");
-    let len = Lengths {
-        max_length: 64,
-        max_target_length: 16,
-    };
-    let pairs = load_pairs(&p, &files[2], false, true, &len).unwrap();
+    let pairs = load_pairs(&p, &files[2], false, true, &LEN).unwrap();
     // One to three words: targets under four characters have no 4-grams, so corpus BLEU is 0
     // by sacreBLEU's definition; chrF and exact matches measure the learning.
     let m = evaluate_seq2seq(&p, &pairs, 1, 1.0, 16).unwrap();

@@ -612,6 +612,15 @@ pub fn backward(
     Ok(())
 }
 
+/// The rows whose target is not [`IGNORE`] and their targets: the only rows a language-model
+/// loss sends through the vocabulary projection.
+pub fn counted_rows(targets: &[i64]) -> (Vec<usize>, Vec<i64>) {
+    (0..targets.len())
+        .filter(|&r| targets[r] != IGNORE)
+        .map(|r| (r, targets[r]))
+        .unzip()
+}
+
 thread_local! {
     /// The vocabulary projection's logits (rows × vocabulary floats), kept from step to step:
     /// the largest buffer of a language-model step, and a fresh one costs a page fault per
@@ -792,10 +801,7 @@ pub fn lm_loss(
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
     let (h, v) = (p.config().hidden_size, p.config().vocab_size);
-    let rows: Vec<usize> = (0..targets.len())
-        .filter(|&r| targets[r] != IGNORE)
-        .collect();
-    let kept: Vec<i64> = rows.iter().map(|&r| targets[r]).collect();
+    let (rows, kept) = counted_rows(targets);
     let n = rows.len();
     // Every row (no copy), or the gathered target rows.
     let hs: std::borrow::Cow<[f32]> = if n == batch.tokens() {

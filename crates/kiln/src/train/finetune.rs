@@ -224,9 +224,11 @@ fn task_texts(cfg: &FinetuneConfig, records: &[Record]) -> Vec<String> {
         "seq2seq" => vec!["source", "target"],
         _ => {
             let mut f = vec!["text", "text_a", "text_b"];
-            f.extend(cfg.text_field.as_deref());
-            f.extend(cfg.text_b_field.as_deref());
-            f.dedup();
+            for named in [&cfg.text_field, &cfg.text_b_field].into_iter().flatten() {
+                if !f.contains(&named.as_str()) {
+                    f.push(named);
+                }
+            }
             f
         }
     };

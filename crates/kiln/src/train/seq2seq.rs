@@ -11,7 +11,7 @@
 //! The metrics are sacreBLEU's corpus BLEU (with its Chinese tokenization when the references
 //! are Chinese) and chrF.
 
-use super::backprop::{lm_loss, IGNORE};
+use super::backprop::{counted_rows, lm_loss, IGNORE};
 use super::classify::read_data;
 use super::config::FinetuneConfig;
 use super::finetune::{pick_metric, ExampleTask, Order};
@@ -158,10 +158,7 @@ pub fn prefix_lm_loss(
     grad_scale: f32,
     dropout_seed: Option<u64>,
 ) -> Result<f32> {
-    let rows: Vec<usize> = (0..targets.len())
-        .filter(|&r| targets[r] != IGNORE)
-        .collect();
-    let kept: Vec<i64> = rows.iter().map(|&r| targets[r]).collect();
+    let (rows, kept) = counted_rows(targets);
     crate::train::backprop::mlm_loss(p, batch, &rows, &kept, grads, grad_scale, dropout_seed)
 }
 
@@ -301,13 +298,12 @@ pub fn evaluate_seq2seq(
         let (b, t) = seq2seq_batch(&refs)?;
         // Forward only, and the vocabulary projection only at the target positions.
         let hidden = p.model.forward(&b, p.model.default_mask(), None)?;
-        let rows: Vec<usize> = (0..t.len()).filter(|&r| t[r] != IGNORE).collect();
+        let (rows, kept) = counted_rows(&t);
         let hs: Vec<f32> = rows
             .iter()
             .flat_map(|&r| hidden.data()[r * h..(r + 1) * h].iter().copied())
             .collect();
         let logits = project(&hs, rows.len())?;
-        let kept: Vec<i64> = rows.iter().map(|&r| t[r]).collect();
         let (l, _) = crate::engine::grad::cross_entropy(&logits, v, &kept, IGNORE, None)?;
         loss += l as f64 * rows.len() as f64;
         n += rows.len();
