@@ -50,6 +50,20 @@ impl Pretrained {
             hint: "this command needs a tokenizer: tokenizer.json, vocab.txt (BERT) or vocab.json + merges.txt (GPT-2)".into(),
         })
     }
+
+    /// Makes `linear` the fine-tuning head of `kind` for `labels`, with the dropout
+    /// transformers puts before it, and drops the pre-training heads it replaces.
+    pub fn set_task_head(&mut self, kind: HeadKind, linear: Linear, labels: Labels) {
+        let dropout = crate::heads::task::head_dropout(self.config(), kind);
+        self.task = Some(TaskHead {
+            kind,
+            linear,
+            labels,
+            dropout,
+        });
+        self.mlm_head = None;
+        self.lm_head = None;
+    }
 }
 
 /// Loads the model directory `dir` (a transformers or sentence-transformers directory), or an

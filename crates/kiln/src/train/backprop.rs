@@ -395,6 +395,17 @@ pub fn forward(
     ))
 }
 
+/// The gradient of a whole `[tokens, h]` hidden state (`len` values) from the gradient of
+/// its gathered `rows`: those rows get theirs (summed where a row was gathered twice), every
+/// other row zero.
+pub(crate) fn scatter_rows(d: &[f32], rows: &[usize], h: usize, len: usize) -> Vec<f32> {
+    let mut out = vec![0.0; len];
+    for (k, &r) in rows.iter().enumerate() {
+        add(&mut out[r * h..(r + 1) * h], &d[k * h..(k + 1) * h]);
+    }
+    out
+}
+
 fn add(a: &mut [f32], b: &[f32]) {
     crate::engine::activation::add_inplace(a, b);
 }
@@ -734,10 +745,7 @@ pub fn mlm_loss(
         None,
         0,
     )?;
-    let mut dhidden = vec![0.0; hidden.len()];
-    for (k, &r) in positions.iter().enumerate() {
-        add(&mut dhidden[r * h..(r + 1) * h], &dhs[k * h..(k + 1) * h]);
-    }
+    let dhidden = scatter_rows(&dhs, positions, h, hidden.len());
     backward(
         &p.model,
         batch,
@@ -826,11 +834,7 @@ pub fn lm_loss(
     let dhidden = if n == batch.tokens() {
         dhs
     } else {
-        let mut d = vec![0.0; hidden.len()];
-        for (k, &r) in rows.iter().enumerate() {
-            d[r * h..(r + 1) * h].copy_from_slice(&dhs[k * h..(k + 1) * h]);
-        }
-        d
+        scatter_rows(&dhs, &rows, h, hidden.len())
     };
     backward(
         &p.model,

@@ -3,7 +3,7 @@
 //! (accuracy and macro-F1; MSE, Pearson and Spearman for regression), and the task run by the
 //! shared training loop.
 
-use super::backprop::{backward, forward};
+use super::backprop::{backward, forward, scatter_rows};
 use super::config::FinetuneConfig;
 use super::finetune::{pick_metric, ExampleTask, Order};
 use crate::checkpoint::Pretrained;
@@ -12,7 +12,7 @@ use crate::engine::dropout::{mix, Dropout};
 use crate::engine::grad::{cross_entropy, linear_backward};
 use crate::engine::LinearOut;
 use crate::error::{Error, Result};
-use crate::heads::{HeadKind, Labels, Pooler, TaskHead};
+use crate::heads::{HeadKind, Labels, Pooler};
 use crate::infer::classify::{predictions, sequence_head, sequence_logits, sequence_rows};
 use crate::metrics::{accuracy, macro_f1, pearson, spearman};
 use crate::model::init::Init;
@@ -273,15 +273,7 @@ pub fn new_sequence_head(p: &mut Pretrained, labels: Labels, seed: u64) -> Resul
     if cfg.arch == Arch::Gpt2 {
         linear.bias = None; // GPT2ForSequenceClassification's score has no bias
     }
-    let dropout = crate::heads::task::head_dropout(&cfg, HeadKind::Sequence);
-    p.task = Some(TaskHead {
-        kind: HeadKind::Sequence,
-        linear,
-        labels,
-        dropout,
-    });
-    p.mlm_head = None;
-    p.lm_head = None;
+    p.set_task_head(HeadKind::Sequence, linear, labels);
     Ok(())
 }
 
@@ -396,15 +388,7 @@ pub fn sequence_loss(
         }
         None => dd,
     };
-    let mut dhidden = vec![0.0; hidden.len()];
-    for (i, &r) in rows.iter().enumerate() {
-        for (a, b) in dhidden[r * h..(r + 1) * h]
-            .iter_mut()
-            .zip(&dx[i * h..(i + 1) * h])
-        {
-            *a += b;
-        }
-    }
+    let dhidden = scatter_rows(&dx, &rows, h, hidden.len());
     backward(
         &p.model,
         batch,

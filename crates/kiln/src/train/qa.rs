@@ -14,7 +14,7 @@ use crate::data::records::Record;
 use crate::engine::dropout::mix;
 use crate::engine::grad::linear_backward;
 use crate::error::{Error, Result};
-use crate::heads::{HeadKind, Labels, TaskHead};
+use crate::heads::{HeadKind, Labels};
 use crate::infer::qa::{decode, span_head, span_logits, Answer, Decode, WindowLogits};
 use crate::model::init::Init;
 use crate::model::Batch;
@@ -455,18 +455,12 @@ pub fn new_span_head(p: &mut Pretrained, seed: u64) -> Result<()> {
     let cfg = p.config().clone();
     let std = cfg.initializer_range as f32;
     let mut init = Init::new(mix(seed ^ 0x05BA_11ED), std);
-    p.task = Some(TaskHead {
-        kind: HeadKind::Span,
-        linear: init.linear(2, cfg.hidden_size, std),
-        labels: Labels {
-            names: vec!["start".into(), "end".into()],
-            regression: false,
-            integer: false,
-        },
-        dropout: crate::heads::task::head_dropout(&cfg, HeadKind::Span),
-    });
-    p.mlm_head = None;
-    p.lm_head = None;
+    let labels = Labels {
+        names: vec!["start".into(), "end".into()],
+        regression: false,
+        integer: false,
+    };
+    p.set_task_head(HeadKind::Span, init.linear(2, cfg.hidden_size, std), labels);
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use crate::engine::dropout::{mix, Dropout};
 use crate::engine::grad::{cross_entropy, linear_backward};
 use crate::engine::LinearOut;
 use crate::error::{Error, Result};
-use crate::heads::{HeadKind, Labels, TaskHead};
+use crate::heads::{HeadKind, Labels};
 use crate::infer::tag::{token_head, token_logits, word_labels};
 use crate::metrics::{entity_prf, token_accuracy};
 use crate::model::init::Init;
@@ -180,15 +180,7 @@ pub fn new_token_head(p: &mut Pretrained, labels: Labels, seed: u64) -> Result<(
     let std = cfg.initializer_range as f32;
     let mut init = Init::new(mix(seed ^ 0x7A66_1E55), std);
     let linear = init.linear(labels.names.len(), cfg.hidden_size, std);
-    let dropout = crate::heads::task::head_dropout(&cfg, HeadKind::Token);
-    p.task = Some(TaskHead {
-        kind: HeadKind::Token,
-        linear,
-        labels,
-        dropout,
-    });
-    p.mlm_head = None;
-    p.lm_head = None;
+    p.set_task_head(HeadKind::Token, linear, labels);
     Ok(())
 }
 
