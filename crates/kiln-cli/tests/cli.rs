@@ -411,6 +411,27 @@ fn finetune_eval_predict_classify() {
     let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(m["accuracy"].as_f64().unwrap() >= 0.0 && m["macro_f1"].is_number());
     assert_eq!(m["examples"], 40);
+    // A malformed line: named without --skip-invalid, counted and reported with it.
+    std::fs::write(d("bad.jsonl"), format!("{data}not json\n")).unwrap();
+    let eval_bad = |extra: &[&str]| {
+        let (bad, out) = (d("bad.jsonl"), d("out"));
+        let mut args = vec![
+            "eval", "--model", &out, "--task", "classify", "--data", &bad, "--json",
+        ];
+        args.extend_from_slice(extra);
+        kiln(&args, "")
+    };
+    let (ok, _, err) = eval_bad(&[]);
+    assert!(!ok && err.contains("bad.jsonl line 41"), "{err}");
+    let (ok, out, err) = eval_bad(&["--skip-invalid"]);
+    assert!(
+        ok && err.contains("bad.jsonl: skipped 1 malformed line(s)"),
+        "{err}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["examples"],
+        40
+    );
     let (ok, out, err) = kiln(
         &[
             "predict",

@@ -94,7 +94,7 @@ fn single_sentence_classifier_learns_a_rule_it_must_generalize() {
     assert_eq!(labels.names, ["dry", "wet"]);
     let fields = Fields::resolve(None, None, "label", None);
     let enc = |path: &Path| {
-        let recs = read_data(path, false).unwrap();
+        let recs = read_data(path, false).unwrap().records;
         encode_examples(p.tokenizer().unwrap(), &recs, &fields, Some(labels), 64).unwrap()
     };
     let on_valid = evaluate_examples(&p, &enc(&valid)).unwrap();
@@ -154,7 +154,7 @@ fn pair_classifier_reads_the_second_sentence_from_tsv() {
     let labels = &p.task.as_ref().unwrap().labels;
     assert_eq!(labels.names, ["0", "1"]);
     let fields = Fields::resolve(Some("premise"), Some("hypothesis"), "label", None);
-    let recs = read_data(&test, false).unwrap();
+    let recs = read_data(&test, false).unwrap().records;
     let ex = encode_examples(p.tokenizer().unwrap(), &recs, &fields, Some(labels), 64).unwrap();
     assert!(ex[0].type_ids.contains(&1), "pairs carry segment ids");
     let acc = evaluate_examples(&p, &ex).unwrap()["accuracy"]
@@ -216,23 +216,26 @@ fn malformed_data_is_named_by_file_and_line() {
         &["float.jsonl line 3", "--regression"],
     );
     check("model.txt", "open water\n", &["model.txt", "format"]);
-    // --skip-invalid counts the bad line and trains on the rest.
+    // --skip-invalid counts the bad line (in the training and the validation file, here the
+    // same) and trains on the rest.
     let path = dir.join("skip.jsonl");
     std::fs::write(&path, format!("{ok}not json\n")).unwrap();
     let cfg = FinetuneConfig {
         skip_invalid: true,
         ..config(&path, &path, 1)
     };
+    let mut skipped = Vec::new();
     finetune(
         &fixture("tiny-bert"),
         &dir.join("out2"),
         &cfg,
         false,
         &AtomicBool::new(false),
-        |_| {},
+        |s| skipped = s.skipped_lines.clone(),
         |_| {},
     )
     .unwrap();
+    assert_eq!(skipped, vec![(path.clone(), 1), (path.clone(), 1)]);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -358,7 +361,7 @@ fn tagger_learns_a_rule_it_must_generalize_from_conll_columns() {
     let labels = &p.task.as_ref().unwrap().labels;
     assert_eq!(labels.names[0], "O");
     assert!(labels.names.contains(&"I-DRINK".to_string()));
-    let recs = read_data(&test, false).unwrap();
+    let recs = read_data(&test, false).unwrap().records;
     assert_eq!(
         recs[0].line, 3,
         "sentences start after -DOCSTART- and its blank line"

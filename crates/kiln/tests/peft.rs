@@ -323,8 +323,9 @@ fn lora_and_adapter_finetuning_keep_the_base_frozen() {
         // Reload: base from disk + adapter; the loss on the validation data equals the one the
         // trainer measured on its in-memory model, bit for bit.
         let p = checkpoint::load(&out).unwrap();
-        let records =
-            kiln::train::classify::read_data(&fixture("lora-train.jsonl"), false).unwrap();
+        let records = kiln::train::classify::read_data(&fixture("lora-train.jsonl"), false)
+            .unwrap()
+            .records;
         let head = kiln::infer::classify::sequence_head(&p).unwrap();
         let fields = kiln::train::classify::Fields::resolve(None, None, "label", records.first());
         let ex = kiln::train::classify::encode_examples(

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use kiln::checkpoint;
-use kiln::train::qa::{answer_questions, answer_text, load_features, read_examples, read_qa_data};
+use kiln::train::qa::{answer_questions, answer_text, features_of, read_examples, read_qa_data};
 use kiln::train::{finetune, FinetuneConfig, TrainConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -103,7 +103,7 @@ fn qa_learns_a_rule_through_windows() {
     assert_eq!(s.metric.as_deref(), Some("f1"));
     let p = checkpoint::load(&out).unwrap();
     let w = kiln::train::qa::windows_of(&cfg, &p);
-    let features = load_features(&p, &test, false, &w).unwrap();
+    let features = features_of(&p, &read_qa_data(&test, false).unwrap().records, &w).unwrap();
     assert!(
         features.len() >= 2 * 60,
         "contexts need several windows: {} windows for 60 questions",
@@ -143,7 +143,7 @@ fn squad_json_and_bad_answers() {
                  {"id": "b", "question": "What is Zürich?", "answers": [{"text": "a city", "answer_start": 10}]}]}]}]});
     let path = dir.join("dev.json");
     std::fs::write(&path, squad.to_string()).unwrap();
-    let recs = read_qa_data(&path, false).unwrap();
+    let recs = read_qa_data(&path, false).unwrap().records;
     let ex = read_examples(&recs).unwrap();
     assert_eq!(ex.len(), 2);
     assert_eq!(ex[0].id, "a");
@@ -156,7 +156,7 @@ fn squad_json_and_bad_answers() {
         "{\"context\": \"abc def\", \"question\": \"q\", \"answers\": [{\"text\": \"abc\", \"answer_start\": 0}]}\n{\"context\": \"abc def\", \"question\": \"q\", \"answers\": [{\"text\": \"xyz\", \"answer_start\": 4}]}\n",
     )
     .unwrap();
-    let recs = read_qa_data(&bad, false).unwrap();
+    let recs = read_qa_data(&bad, false).unwrap().records;
     let err = read_examples(&recs).unwrap_err().to_string();
     assert!(
         err.contains("bad.jsonl line 2") && err.contains("xyz"),

@@ -28,7 +28,9 @@ fn features() -> (kiln::checkpoint::Pretrained, Vec<QaFeature>) {
         doc_stride: s["doc_stride"].as_u64().unwrap() as usize,
         max_question: s["max_question"].as_u64().unwrap() as usize,
     };
-    let recs = read_qa_data(&fixture("qa-sample.jsonl"), false).unwrap();
+    let recs = read_qa_data(&fixture("qa-sample.jsonl"), false)
+        .unwrap()
+        .records;
     let ex: Vec<_> = read_examples(&recs)
         .unwrap()
         .into_iter()

@@ -8,7 +8,8 @@ use common::*;
 use kiln::checkpoint;
 use kiln::model::Batch;
 use kiln::train::backprop::IGNORE;
-use kiln::train::seq2seq::{evaluate_seq2seq, load_pairs, seq2seq_batch, Lengths, Seq2SeqExample};
+use kiln::train::classify::read_data;
+use kiln::train::seq2seq::{evaluate_seq2seq, pairs_of, seq2seq_batch, Lengths, Seq2SeqExample};
 use kiln::train::{finetune, FinetuneConfig, TrainConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -80,9 +81,14 @@ const LEN: Lengths = Lengths {
 fn first_pair_batch(arch: kiln::model::Arch, tag: &str) -> (Seq2SeqExample, Batch, Vec<i64>) {
     let (dir, files, init) = setup(arch, tag);
     let p0 = checkpoint::load(&init).unwrap();
-    let e = load_pairs(&p0, &files[0], false, true, &LEN)
-        .unwrap()
-        .remove(0);
+    let e = pairs_of(
+        &p0,
+        &read_data(&files[0], false).unwrap().records,
+        true,
+        &LEN,
+    )
+    .unwrap()
+    .remove(0);
     let (b, t) = seq2seq_batch(&[&e]).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     (e, b, t)
@@ -144,7 +150,13 @@ fn train_and_score(
     .unwrap();
     assert_eq!(s.metric.as_deref(), Some("bleu"));
     let p = checkpoint::load(&out).unwrap();
-    let pairs = load_pairs(&p, &files[2], false, true, &LEN).unwrap();
+    let pairs = pairs_of(
+        &p,
+        &read_data(&files[2], false).unwrap().records,
+        true,
+        &LEN,
+    )
+    .unwrap();
     let before = evaluate_seq2seq(&p0, &pairs, 1, 1.0, 16).unwrap();
     let greedy = evaluate_seq2seq(&p, &pairs, 1, 1.0, 16).unwrap();
     let beam = evaluate_seq2seq(&p, &pairs, 3, 1.0, 16).unwrap();
@@ -255,7 +267,13 @@ fn extended_vocabulary_lets_an_english_encoder_write_chinese() {
     assert_eq!(tok.vocab_size(), p.config().vocab_size);
     let ids = tok.encode_plain("猫狗").unwrap().ids;
     assert!(ids.iter().all(|&i| i as usize >= old_vocab), "{ids:?}");
-    let pairs = load_pairs(&p, &files[2], false, true, &LEN).unwrap();
+    let pairs = pairs_of(
+        &p,
+        &read_data(&files[2], false).unwrap().records,
+        true,
+        &LEN,
+    )
+    .unwrap();
     // One to three words: targets under four characters have no 4-grams, so corpus BLEU is 0
     // by sacreBLEU's definition; chrF and exact matches measure the learning.
     let m = evaluate_seq2seq(&p, &pairs, 1, 1.0, 16).unwrap();

@@ -290,6 +290,9 @@ pub fn run(a: Args) -> Result<()> {
         a.resume,
         &stop,
         |s| {
+            for (file, n) in &s.skipped_lines {
+                report_skipped(file, *n);
+            }
             if s.added_tokens > 0 {
                 eprintln!(
                     "added {} words of the training data to the vocabulary as new tokens",
@@ -346,6 +349,28 @@ fn check_task(task: &str) -> Result<()> {
     Ok(())
 }
 
+/// The records of an eval/predict data file (SQuAD JSON too for `qa`), saying how many
+/// malformed lines --skip-invalid passed over.
+fn read_records(
+    data: &std::path::Path,
+    d: &DataArgs,
+    qa: bool,
+) -> Result<Vec<kiln::data::records::Record>> {
+    let f = if qa {
+        kiln::train::qa::read_qa_data(data, d.skip_invalid)?
+    } else {
+        read_data(data, d.skip_invalid)?
+    };
+    report_skipped(data, f.skipped);
+    Ok(f.records)
+}
+
+fn report_skipped(data: &std::path::Path, skipped: usize) {
+    if skipped > 0 {
+        eprintln!("{}: skipped {skipped} malformed line(s)", data.display());
+    }
+}
+
 /// Source/target pairs for eval/predict, and the generation settings.
 fn seq2seq_pairs(
     p: &kiln::checkpoint::Pretrained,
@@ -362,7 +387,8 @@ fn seq2seq_pairs(
     }
     gen.apply(&mut c);
     let len = kiln::train::seq2seq::lengths_of(&c, p);
-    let pairs = kiln::train::seq2seq::load_pairs(p, data, d.skip_invalid, need_target, &len)?;
+    let records = read_records(data, d, false)?;
+    let pairs = kiln::train::seq2seq::pairs_of(p, &records, need_target, &len)?;
     Ok((pairs, c))
 }
 
@@ -380,7 +406,7 @@ fn qa_features(
     };
     qa.apply(&mut c);
     let w = kiln::train::qa::windows_of(&c, p);
-    let f = kiln::train::qa::load_features(p, data, d.skip_invalid, &w)?;
+    let f = kiln::train::qa::features_of(p, &read_records(data, d, true)?, &w)?;
     Ok((f, kiln::train::qa::decode_of(&c)))
 }
 
@@ -391,7 +417,7 @@ fn tag_examples(
     with_tags: bool,
 ) -> Result<Vec<TagExample>> {
     let head = kiln::infer::tag::token_head(p)?;
-    let records = read_data(data, d.skip_invalid)?;
+    let records = read_records(data, d, false)?;
     let max_len = d.max_length.unwrap_or(128).min(p.config().max_positions);
     Ok(encode_tag_examples(
         p.tokenizer()?,
@@ -436,7 +462,7 @@ fn load_examples(
     with_labels: bool,
 ) -> Result<Vec<kiln::train::classify::Example>> {
     let head = kiln::infer::classify::sequence_head(p)?;
-    let records = read_data(data, d.skip_invalid)?;
+    let records = read_records(data, d, false)?;
     let fields = Fields::resolve(
         d.text_field.as_deref(),
         d.text_b_field.as_deref(),

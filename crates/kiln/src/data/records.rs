@@ -82,6 +82,15 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>> {
     Ok(Box::new(BufReader::with_capacity(1 << 20, r)))
 }
 
+/// The records of a data file and how many malformed lines `skip_invalid` passed over.
+#[derive(Clone, Debug)]
+pub struct DataFile {
+    /// The records, in file order.
+    pub records: Vec<Record>,
+    /// Malformed lines skipped (always 0 without `skip_invalid`).
+    pub skipped: usize,
+}
+
 /// Reads every record of `path`. A malformed line is an error naming the file and line, unless
 /// `skip_invalid`, which counts it instead (the count is returned).
 pub fn read_records(path: &Path, skip_invalid: bool) -> Result<(Vec<Record>, usize)> {

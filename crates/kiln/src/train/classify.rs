@@ -7,7 +7,7 @@ use super::backprop::{backward, forward, scatter_rows};
 use super::config::FinetuneConfig;
 use super::finetune::{pick_metric, ExampleTask, Order};
 use crate::checkpoint::Pretrained;
-use crate::data::records::{read_records, Record};
+use crate::data::records::{read_records, DataFile, Record};
 use crate::engine::dropout::{mix, Dropout};
 use crate::engine::grad::{cross_entropy, linear_backward};
 use crate::engine::LinearOut;
@@ -442,19 +442,16 @@ pub fn evaluate_examples(p: &Pretrained, examples: &[Example]) -> Result<serde_j
     }))
 }
 
-/// Reads a data file's records, reporting skipped lines on standard error.
-pub fn read_data(path: &Path, skip_invalid: bool) -> Result<Vec<Record>> {
+/// Reads a data file's records (at least one) and counts the malformed lines skipped.
+pub fn read_data(path: &Path, skip_invalid: bool) -> Result<DataFile> {
     let (records, skipped) = read_records(path, skip_invalid)?;
-    if skipped > 0 {
-        eprintln!("{}: skipped {skipped} malformed line(s)", path.display());
-    }
     if records.is_empty() {
         return Err(Error::Input(format!(
             "{} holds no examples",
             path.display()
         )));
     }
-    Ok(records)
+    Ok(DataFile { records, skipped })
 }
 
 /// Prepares sequence classification: the label set (from `--labels` or the data), the head
@@ -463,6 +460,7 @@ pub(crate) fn prepare(
     p: &mut Pretrained,
     cfg: &FinetuneConfig,
     records: &[Record],
+    valid: &[Record],
     resume: bool,
 ) -> Result<ExampleTask<Example, f32>> {
     let fields = Fields::resolve(
@@ -493,13 +491,7 @@ pub(crate) fn prepare(
     let tok = p.tokenizer()?.clone();
     let max_len = cfg.max_length.min(p.config().max_positions);
     let train = encode_examples(&tok, records, &fields, Some(&labels), max_len)?;
-    let valid = match &cfg.valid_file {
-        Some(f) => {
-            let recs = read_data(f, cfg.skip_invalid)?;
-            encode_examples(&tok, &recs, &fields, Some(&labels), max_len)?
-        }
-        None => Vec::new(),
-    };
+    let valid = encode_examples(&tok, valid, &fields, Some(&labels), max_len)?;
     let metric = if labels.regression {
         pick_metric(
             cfg.metric.as_deref(),

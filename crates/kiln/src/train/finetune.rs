@@ -13,7 +13,7 @@ use crate::model::Batch;
 use crate::peft::Method;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 /// Examples visited in a fresh seeded order every epoch; the position (examples consumed) is
@@ -186,6 +186,8 @@ pub struct Started {
     pub train_extra: Vec<String>,
     /// Tokens added to the vocabulary from the training data (`extend_vocab`).
     pub added_tokens: usize,
+    /// Malformed lines skipped in each data file (`skip_invalid`); files with none left out.
+    pub skipped_lines: Vec<(PathBuf, usize)>,
 }
 
 /// Adds the parameter-efficient parts (a new run only: a resumed one has them from its
@@ -213,6 +215,7 @@ fn set_up(
             .as_ref()
             .map_or(Vec::new(), |s| s.config.train_extra.clone()),
         added_tokens: 0,
+        skipped_lines: Vec::new(),
     })
 }
 
@@ -283,11 +286,22 @@ pub fn finetune(
     report: impl FnMut(&Progress),
 ) -> Result<Summary> {
     cfg.validate()?;
-    let records = if cfg.task == "qa" {
-        qa::read_qa_data(&cfg.train_file, cfg.skip_invalid)?
-    } else {
-        classify::read_data(&cfg.train_file, cfg.skip_invalid)?
+    let read = |path: &Path| {
+        if cfg.task == "qa" {
+            qa::read_qa_data(path, cfg.skip_invalid)
+        } else {
+            classify::read_data(path, cfg.skip_invalid)
+        }
     };
+    let train = read(&cfg.train_file)?;
+    let valid = cfg.valid_file.as_deref().map(read).transpose()?;
+    let skipped_lines: Vec<(PathBuf, usize)> = std::iter::once((&cfg.train_file, &train))
+        .chain(cfg.valid_file.iter().zip(&valid))
+        .filter(|(_, d)| d.skipped > 0)
+        .map(|(f, d)| (f.clone(), d.skipped))
+        .collect();
+    let records = &train.records[..];
+    let valid = valid.as_ref().map_or(&[][..], |d| &d.records[..]);
     let config = serde_json::to_value(cfg).map_err(|e| Error::Input(e.to_string()))?;
     let (mut p, opt, state) = start(
         model_dir,
@@ -299,7 +313,7 @@ pub fn finetune(
     )?;
     let had_pooler = p.pooler.is_some();
     let added_tokens = if cfg.extend_vocab {
-        extend_vocab(&mut p, cfg, &records)?
+        extend_vocab(&mut p, cfg, records)?
     } else {
         0
     };
@@ -309,6 +323,7 @@ pub fn finetune(
             let mut task = $task;
             let mut s = set_up(&mut p, cfg, resume, had_pooler)?;
             s.added_tokens = added_tokens;
+            s.skipped_lines = skipped_lines;
             started(&s);
             run(
                 p,
@@ -324,10 +339,10 @@ pub fn finetune(
         }};
     }
     match cfg.task.as_str() {
-        "classify" => train!(classify::prepare(&mut p, cfg, &records, resume)?),
-        "tag" => train!(tag::prepare(&mut p, cfg, &records, resume)?),
-        "qa" => train!(qa::prepare(&mut p, cfg, &records, resume)?),
-        "seq2seq" => train!(seq2seq::prepare(&mut p, cfg, &records)?),
+        "classify" => train!(classify::prepare(&mut p, cfg, records, valid, resume)?),
+        "tag" => train!(tag::prepare(&mut p, cfg, records, valid, resume)?),
+        "qa" => train!(qa::prepare(&mut p, cfg, records, valid, resume)?),
+        "seq2seq" => train!(seq2seq::prepare(&mut p, cfg, records, valid)?),
         other => Err(Error::Input(format!(
             "--task: \"{other}\" is not available"
         ))),

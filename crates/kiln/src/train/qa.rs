@@ -10,7 +10,7 @@ use super::classify::read_data;
 use super::config::FinetuneConfig;
 use super::finetune::{pick_metric, ExampleTask, Order};
 use crate::checkpoint::Pretrained;
-use crate::data::records::Record;
+use crate::data::records::{DataFile, Record};
 use crate::engine::dropout::mix;
 use crate::engine::grad::linear_backward;
 use crate::error::{Error, Result};
@@ -156,7 +156,7 @@ pub fn read_examples(records: &[Record]) -> Result<Vec<QaExample>> {
 
 /// Reads QA data: JSONL/CSV/TSV records, or a SQuAD JSON file (`{"data": [{"paragraphs":
 /// [{"context", "qas": [...]}]}]}`).
-pub fn read_qa_data(path: &Path, skip_invalid: bool) -> Result<Vec<Record>> {
+pub fn read_qa_data(path: &Path, skip_invalid: bool) -> Result<DataFile> {
     let name = path.to_string_lossy().to_lowercase();
     if name.ends_with(".json") || name.ends_with(".json.gz") {
         let mut text = String::new();
@@ -169,7 +169,11 @@ pub fn read_qa_data(path: &Path, skip_invalid: bool) -> Result<Vec<Record>> {
         std::io::Read::read_to_string(&mut r, &mut text).map_err(|e| Error::io("read", path, e))?;
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
             if let Some(data) = v.get("data").and_then(|d| d.as_array()) {
-                return squad_records(path, data);
+                let records = squad_records(path, data)?;
+                return Ok(DataFile {
+                    records,
+                    skipped: 0,
+                });
             }
         }
     }
@@ -482,16 +486,9 @@ pub fn windows_of(cfg: &FinetuneConfig, p: &Pretrained) -> Windows {
     }
 }
 
-/// Reads a QA file into windows for `p`.
-pub fn load_features(
-    p: &Pretrained,
-    path: &Path,
-    skip_invalid: bool,
-    w: &Windows,
-) -> Result<Vec<QaFeature>> {
-    let records = read_qa_data(path, skip_invalid)?;
-    let examples: Vec<Arc<QaExample>> =
-        read_examples(&records)?.into_iter().map(Arc::new).collect();
+/// The windows of QA records for `p`.
+pub fn features_of(p: &Pretrained, records: &[Record], w: &Windows) -> Result<Vec<QaFeature>> {
+    let examples: Vec<Arc<QaExample>> = read_examples(records)?.into_iter().map(Arc::new).collect();
     encode_features(p.tokenizer()?, &examples, w)
 }
 
@@ -500,6 +497,7 @@ pub(crate) fn prepare(
     p: &mut Pretrained,
     cfg: &FinetuneConfig,
     records: &[Record],
+    valid: &[Record],
     resume: bool,
 ) -> Result<ExampleTask<QaFeature, (usize, usize)>> {
     if p.task.as_ref().map(|t| t.kind) != Some(HeadKind::Span) {
@@ -522,10 +520,7 @@ pub(crate) fn prepare(
         }
     }
     let train = encode_features(p.tokenizer()?, &examples, &w)?;
-    let valid = match &cfg.valid_file {
-        Some(f) => load_features(p, f, cfg.skip_invalid, &w)?,
-        None => Vec::new(),
-    };
+    let valid = features_of(p, valid, &w)?;
     let metric = pick_metric(
         cfg.metric.as_deref(),
         &["f1", "exact_match"],

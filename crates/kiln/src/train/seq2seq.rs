@@ -12,7 +12,6 @@
 //! are Chinese) and chrF.
 
 use super::backprop::{counted_rows, lm_loss, IGNORE};
-use super::classify::read_data;
 use super::config::FinetuneConfig;
 use super::finetune::{pick_metric, ExampleTask, Order};
 use crate::checkpoint::Pretrained;
@@ -23,7 +22,6 @@ use crate::infer::generate::{GenerateOptions, Generator, Strategy};
 use crate::metrics::translation::{corpus_bleu, corpus_chrf, BleuTokenize};
 use crate::model::{Arch, Batch};
 use crate::tokenize::Tokenizer;
-use std::path::Path;
 
 /// One source/target pair, encoded.
 #[derive(Clone, Debug, PartialEq)]
@@ -328,17 +326,15 @@ pub fn lengths_of(cfg: &FinetuneConfig, p: &Pretrained) -> Lengths {
     }
 }
 
-/// Reads and encodes a source/target file for `p`.
-pub fn load_pairs(
+/// Encodes source/target records for `p`.
+pub fn pairs_of(
     p: &Pretrained,
-    path: &Path,
-    skip_invalid: bool,
+    records: &[Record],
     need_target: bool,
     len: &Lengths,
 ) -> Result<Vec<Seq2SeqExample>> {
-    let records = read_data(path, skip_invalid)?;
     let (eos, cls) = specials(p)?;
-    encode_pairs(p.tokenizer()?, &records, need_target, len, eos, cls)
+    encode_pairs(p.tokenizer()?, records, need_target, len, eos, cls)
 }
 
 /// Prepares sequence generation: a causal LM (GPT-2; its LM head tied to the embeddings when
@@ -348,6 +344,7 @@ pub(crate) fn prepare(
     p: &mut Pretrained,
     cfg: &FinetuneConfig,
     records: &[Record],
+    valid: &[Record],
 ) -> Result<ExampleTask<Seq2SeqExample, i64>> {
     if p.task.is_some() {
         return Err(Error::Input(format!(
@@ -373,10 +370,7 @@ pub(crate) fn prepare(
     let len = lengths_of(cfg, p);
     let tok = p.tokenizer()?.clone();
     let train = encode_pairs(&tok, records, true, &len, eos, cls)?;
-    let valid = match &cfg.valid_file {
-        Some(f) => load_pairs(p, f, cfg.skip_invalid, true, &len)?,
-        None => Vec::new(),
-    };
+    let valid = encode_pairs(&tok, valid, true, &len, eos, cls)?;
     let metric = pick_metric(
         cfg.metric.as_deref(),
         &["bleu", "chrf"],

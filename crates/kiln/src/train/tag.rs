@@ -4,7 +4,7 @@
 //! its backward pass, and evaluation (token accuracy; entity precision/recall/F1 as seqeval).
 
 use super::backprop::{backward, forward, IGNORE};
-use super::classify::{read_data, read_label_file};
+use super::classify::read_label_file;
 use super::config::FinetuneConfig;
 use super::finetune::{pick_metric, ExampleTask, Order};
 use crate::checkpoint::Pretrained;
@@ -322,6 +322,7 @@ pub(crate) fn prepare(
     p: &mut Pretrained,
     cfg: &FinetuneConfig,
     records: &[Record],
+    valid: &[Record],
     resume: bool,
 ) -> Result<ExampleTask<TagExample, i64>> {
     let names = cfg
@@ -356,10 +357,7 @@ pub(crate) fn prepare(
         )
     };
     let train = enc(records)?;
-    let valid = match &cfg.valid_file {
-        Some(f) => enc(&read_data(f, cfg.skip_invalid)?)?,
-        None => Vec::new(),
-    };
+    let valid = enc(valid)?;
     let metric = pick_metric(
         cfg.metric.as_deref(),
         &["f1", "precision", "recall", "token_accuracy"],
