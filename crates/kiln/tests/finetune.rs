@@ -166,6 +166,73 @@ fn pair_classifier_reads_the_second_sentence_from_tsv() {
 }
 
 #[test]
+fn max_eval_samples_scores_the_first_validation_examples() {
+    let dir = scratch("max-eval");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let path = dir.join("data.jsonl");
+    let mut f = std::fs::File::create(&path).unwrap();
+    for i in 0..40 {
+        let line = serde_json::json!({ "text": sentence(&mut rng, i % 2 == 0), "label": i % 2 });
+        writeln!(f, "{line}").unwrap();
+    }
+    drop(f);
+    let out = dir.join("out");
+    let cfg = FinetuneConfig {
+        max_eval_samples: Some(7),
+        train: TrainConfig {
+            eval_every: 6,
+            ..config(&path, &path, 6).train
+        },
+        ..config(&path, &path, 6)
+    };
+    let s = finetune(
+        &fixture("tiny-bert"),
+        &out,
+        &cfg,
+        false,
+        &AtomicBool::new(false),
+        |_| {},
+        |_| {},
+    )
+    .unwrap();
+    // One evaluation, at the last step: the model in --out, scored on the first 7 examples.
+    let (_, best) = s.best.unwrap();
+    let p = checkpoint::load(&out).unwrap();
+    let fields = Fields::resolve(None, None, "label", None);
+    let labels = &p.task.as_ref().unwrap().labels;
+    let recs = read_data(&path, false).unwrap().records;
+    let ex = encode_examples(
+        p.tokenizer().unwrap(),
+        &recs[..7],
+        &fields,
+        Some(labels),
+        64,
+    )
+    .unwrap();
+    let first7 = evaluate_examples(&p, &ex).unwrap()["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(best, first7);
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let eval_losses: Vec<f64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["valid_loss"].as_f64())
+        .collect();
+    let want = evaluate_examples(&p, &ex).unwrap()["valid_loss"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(eval_losses.len(), 1, "{log}");
+    assert!((eval_losses[0] - want).abs() < 1e-5, "{log}");
+    let cfg = FinetuneConfig {
+        max_eval_samples: Some(0),
+        ..config(&path, &path, 6)
+    };
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("--max-eval-samples"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn malformed_data_is_named_by_file_and_line() {
     let dir = scratch("bad");
     let check = |name: &str, body: &str, want: &[&str]| {

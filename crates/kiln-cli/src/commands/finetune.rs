@@ -211,6 +211,10 @@ pub struct Args {
     /// Stop after this many evaluations without a better metric.
     #[arg(long)]
     patience: Option<u64>,
+    /// Evaluate during training on only the first N validation examples (a large seq2seq set
+    /// is decoded in full at every evaluation otherwise).
+    #[arg(long, value_name = "N")]
+    max_eval_samples: Option<usize>,
     /// Add the training texts' words that the tokenizer only knows as its unknown token (e.g.
     /// Chinese characters for an English vocabulary) as new tokens, with new embedding rows.
     #[arg(long)]
@@ -280,6 +284,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if a.patience.is_some() {
         c.patience = a.patience;
+    }
+    if a.max_eval_samples.is_some() {
+        c.max_eval_samples = a.max_eval_samples;
     }
     let stop = stop_on_ctrl_c();
     let mut progress = Reporter::new();

@@ -255,6 +255,11 @@ pub struct FinetuneConfig {
     pub metric: Option<String>,
     /// Stop after this many evaluations without improvement.
     pub patience: Option<u64>,
+    /// Evaluate during training on only the first this many validation examples (questions,
+    /// sentence pairs, ...), as transformers' example scripts' `--max_eval_samples`: decoding
+    /// every pair of a large seq2seq validation set at each evaluation costs more than the
+    /// training between them. `kiln eval` still scores the whole file.
+    pub max_eval_samples: Option<usize>,
     /// Count and skip malformed lines instead of stopping at the first.
     pub skip_invalid: bool,
     /// QA: tokens shared by neighbouring windows of a long context.
@@ -301,6 +306,7 @@ impl Default for FinetuneConfig {
             max_length: 128,
             metric: None,
             patience: None,
+            max_eval_samples: None,
             skip_invalid: false,
             doc_stride: 128,
             max_answer_length: 30,
@@ -351,6 +357,9 @@ impl FinetuneConfig {
         }
         if self.patience == Some(0) {
             return bad("patience", "must be at least 1");
+        }
+        if self.max_eval_samples == Some(0) {
+            return bad("max-eval-samples", "must be at least 1");
         }
         if self.extend_vocab && self.peft.method != crate::peft::Method::Full {
             return bad(

@@ -294,13 +294,16 @@ pub fn finetune(
         }
     };
     let train = read(&cfg.train_file)?;
-    let valid = cfg.valid_file.as_deref().map(read).transpose()?;
+    let mut valid = cfg.valid_file.as_deref().map(read).transpose()?;
     let skipped_lines: Vec<(PathBuf, usize)> = std::iter::once((&cfg.train_file, &train))
         .chain(cfg.valid_file.iter().zip(&valid))
         .filter(|(_, d)| d.skipped > 0)
         .map(|(f, d)| (f.clone(), d.skipped))
         .collect();
     let records = &train.records[..];
+    if let (Some(d), Some(n)) = (valid.as_mut(), cfg.max_eval_samples) {
+        d.records.truncate(n);
+    }
     let valid = valid.as_ref().map_or(&[][..], |d| &d.records[..]);
     let config = serde_json::to_value(cfg).map_err(|e| Error::Input(e.to_string()))?;
     let (mut p, opt, state) = start(
