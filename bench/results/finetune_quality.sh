@@ -6,6 +6,7 @@
 #   bench/results/finetune_quality.sh RUN [RUN...]      RUN = sst2-minilm | rte-minilm | ner-minilm |
 #       pos-minilm | chnsenticorp-minilm | chnsenticorp-minilm-ext |
 #       squad-minilm (SQUAD_N questions, default 50000) | tatoeba-minilm | tatoeba-gpt |
+#       tatoeba-gpt-random (the GPT's shape and tokenizer, random weights) |
 #       the thesis of pre-training: {sst2,ner}-minilm-random (MiniLM's shape, random weights),
 #       {sst2,ner}-kiln-pt and {sst2,ner}-kiln-random (Kiln's BERT-mini and its random init)
 #
@@ -42,12 +43,15 @@ ner() { # name model
 # Random weights in a pretrained model's shape (transformers' init, seed 42) and tokenizer.
 random_init() { # out model-dir
   [ -d "$1" ] && return
-  local c="$2/config.json"
+  local c="$2/config.json" arch=bert L=num_hidden_layers H=hidden_size A=num_attention_heads
+  local I=intermediate_size P=max_position_embeddings
   field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$c" "$1"; }
-  "$KILN" init --arch bert --tokenizer "$2" --out "$1" --seed 42 \
-    --layers "$(field num_hidden_layers)" --hidden "$(field hidden_size)" \
-    --heads "$(field num_attention_heads)" --intermediate "$(field intermediate_size)" \
-    --max-positions "$(field max_position_embeddings)"
+  if [ "$(field model_type)" = gpt2 ]; then
+    arch=gpt2 L=n_layer H=n_embd A=n_head I=n_inner P=n_positions
+  fi
+  "$KILN" init --arch $arch --tokenizer "$2" --out "$1" --seed 42 \
+    --layers "$(field $L)" --hidden "$(field $H)" --heads "$(field $A)" \
+    --intermediate "$(field $I)" --max-positions "$(field $P)"
 }
 
 tatoeba() { # name model lr epochs [flags]
@@ -78,6 +82,8 @@ for run in "$@"; do
       ner ner-kiln-random "$RUNS/bert-mini-random" ;;
     tatoeba-minilm) tatoeba tatoeba-minilm "$(minilm)" 1e-4 3 --extend-vocab ;;
     tatoeba-gpt) tatoeba tatoeba-gpt "$GPT" 5e-4 3 ;;
+    tatoeba-gpt-random) random_init "$RUNS/gpt-mini-random" "$GPT"
+      tatoeba tatoeba-gpt-random "$RUNS/gpt-mini-random" 5e-4 3 ;;
     chnsenticorp-minilm-ext)
       "$KILN" finetune --model "$(minilm)" --task classify --extend-vocab \
         --train $D/chnsenticorp/train.jsonl --valid $D/chnsenticorp/validation.jsonl \
