@@ -77,14 +77,11 @@ fn single_sentence_classifier_learns_a_rule_it_must_generalize() {
         write("test.jsonl", 100),
     );
     let out = dir.join("out");
-    let s = finetune(
+    let s = run_finetune(
         &fixture("tiny-bert"),
         &out,
         &config(&train, &valid, 200),
         false,
-        &AtomicBool::new(false),
-        |_| {},
-        |_| {},
     )
     .unwrap();
     let (best_step, best) = s.best.unwrap();
@@ -140,16 +137,7 @@ fn pair_classifier_reads_the_second_sentence_from_tsv() {
         text_b_field: Some("hypothesis".into()),
         ..config(&train, &valid, 300)
     };
-    finetune(
-        &fixture("tiny-bert"),
-        &out,
-        &cfg,
-        false,
-        &AtomicBool::new(false),
-        |_| {},
-        |_| {},
-    )
-    .unwrap();
+    run_finetune(&fixture("tiny-bert"), &out, &cfg, false).unwrap();
     let p = checkpoint::load(&out).unwrap();
     let labels = &p.task.as_ref().unwrap().labels;
     assert_eq!(labels.names, ["0", "1"]);
@@ -185,16 +173,7 @@ fn max_eval_samples_scores_the_first_validation_examples() {
         },
         ..config(&path, &path, 6)
     };
-    let s = finetune(
-        &fixture("tiny-bert"),
-        &out,
-        &cfg,
-        false,
-        &AtomicBool::new(false),
-        |_| {},
-        |_| {},
-    )
-    .unwrap();
+    let s = run_finetune(&fixture("tiny-bert"), &out, &cfg, false).unwrap();
     // One evaluation, at the last step: the model in --out, scored on the first 7 examples.
     let (_, best) = s.best.unwrap();
     let p = checkpoint::load(&out).unwrap();
@@ -240,14 +219,11 @@ fn malformed_data_is_named_by_file_and_line() {
         std::fs::write(&path, body).unwrap();
         let valid = dir.join("v.jsonl");
         std::fs::write(&valid, "{\"text\": \"a\", \"label\": \"x\"}\n").unwrap();
-        let err = finetune(
+        let err = run_finetune(
             &fixture("tiny-bert"),
             &dir.join("out"),
             &config(&path, &valid, 1),
             false,
-            &AtomicBool::new(false),
-            |_| {},
-            |_| {},
         )
         .unwrap_err()
         .to_string();
@@ -322,16 +298,7 @@ fn resumed_finetune_is_bit_identical() {
     cfg.train.grad_accum = 2;
     cfg.train.batch_size = 8;
     let full = dir.join("full");
-    finetune(
-        &fixture("tiny-gpt2"),
-        &full,
-        &cfg,
-        false,
-        &AtomicBool::new(false),
-        |_| {},
-        |_| {},
-    )
-    .unwrap();
+    run_finetune(&fixture("tiny-gpt2"), &full, &cfg, false).unwrap();
     let part = dir.join("part");
     let stop = AtomicBool::new(false);
     let s = finetune(
@@ -349,16 +316,7 @@ fn resumed_finetune_is_bit_identical() {
     )
     .unwrap();
     assert!(s.interrupted && s.step == 5);
-    let s = finetune(
-        &fixture("tiny-gpt2"),
-        &part,
-        &cfg,
-        true,
-        &AtomicBool::new(false),
-        |_| {},
-        |_| {},
-    )
-    .unwrap();
+    let s = run_finetune(&fixture("tiny-gpt2"), &part, &cfg, true).unwrap();
     assert_eq!(s.step, 9);
     let a =
         checkpoint::named_tensors(&checkpoint::load(&full.join("checkpoint-9")).unwrap()).unwrap();
@@ -413,16 +371,7 @@ fn tagger_learns_a_rule_it_must_generalize_from_conll_columns() {
     };
     cfg.train.lr = 2e-3;
     let init = fresh_tiny_model(kiln::model::Arch::Bert, &dir.join("init"));
-    let s = finetune(
-        &init,
-        &out,
-        &cfg,
-        false,
-        &AtomicBool::new(false),
-        |_| {},
-        |_| {},
-    )
-    .unwrap();
+    let s = run_finetune(&init, &out, &cfg, false).unwrap();
     assert_eq!(s.metric.as_deref(), Some("f1"));
     let p = checkpoint::load(&out).unwrap();
     let labels = &p.task.as_ref().unwrap().labels;
@@ -463,17 +412,9 @@ fn tag_data_errors_name_file_and_line() {
             valid_file: None,
             ..config(&path, &path, 1)
         };
-        finetune(
-            &fixture("tiny-bert"),
-            &dir.join("out"),
-            &cfg,
-            false,
-            &AtomicBool::new(false),
-            |_| {},
-            |_| {},
-        )
-        .unwrap_err()
-        .to_string()
+        run_finetune(&fixture("tiny-bert"), &dir.join("out"), &cfg, false)
+            .unwrap_err()
+            .to_string()
     };
     let err = run("a.conll", "rain NN B-W\nopen NN O\n\nwater NN O\nrain NN\n");
     assert!(

@@ -353,16 +353,7 @@ fn lora_resume_is_exact() {
     let base = fixture("tiny-bert-cls");
     let full = scratch("resume-full");
     let cfg = lora_run(&full, Method::Lora, &[]);
-    finetune(
-        &base,
-        &full,
-        &cfg,
-        false,
-        &AtomicBool::new(false),
-        |_| {},
-        |_| {},
-    )
-    .unwrap();
+    run_finetune(&base, &full, &cfg, false).unwrap();
     let part = scratch("resume-part");
     let stop = AtomicBool::new(false);
     finetune(
@@ -380,16 +371,7 @@ fn lora_resume_is_exact() {
     )
     .unwrap();
     assert!(part.join("checkpoint-3").exists());
-    finetune(
-        &base,
-        &part,
-        &cfg,
-        true,
-        &AtomicBool::new(false),
-        |_| {},
-        |_| {},
-    )
-    .unwrap();
+    run_finetune(&base, &part, &cfg, true).unwrap();
     let a = std::fs::read(full.join("adapter_model.safetensors")).unwrap();
     let b = std::fs::read(part.join("adapter_model.safetensors")).unwrap();
     assert!(a == b, "resumed adapter differs");
@@ -402,16 +384,7 @@ fn lora_resume_is_exact() {
 fn several_adapters_share_one_base() {
     let out = scratch("multi");
     let cfg = lora_run(&out, Method::Adapter, &[]);
-    finetune(
-        &fixture("tiny-bert-cls"),
-        &out,
-        &cfg,
-        false,
-        &AtomicBool::new(false),
-        |_| {},
-        |_| {},
-    )
-    .unwrap();
+    run_finetune(&fixture("tiny-bert-cls"), &out, &cfg, false).unwrap();
     let alone_a = logits(&with_adapter("bert_cls"), "bert_cls");
     let mut alone_b = checkpoint::load(&fixture("tiny-bert-cls")).unwrap();
     load_adapter(&mut alone_b, &out, "b").unwrap();

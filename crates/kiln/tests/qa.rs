@@ -7,12 +7,11 @@ mod common;
 use common::*;
 use kiln::checkpoint;
 use kiln::train::qa::{answer_questions, answer_text, features_of, read_examples, read_qa_data};
-use kiln::train::{finetune, FinetuneConfig, TrainConfig};
+use kiln::train::{FinetuneConfig, TrainConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 
 const FILLER: &[&str] = &[
     "every", "small", "away", "cafe", "into", "last", "model", "morning", "makes", "open", "read",
@@ -90,16 +89,7 @@ fn qa_learns_a_rule_through_windows() {
         },
         ..FinetuneConfig::default()
     };
-    let s = finetune(
-        &init,
-        &out,
-        &cfg,
-        false,
-        &AtomicBool::new(false),
-        |_| {},
-        |_| {},
-    )
-    .unwrap();
+    let s = run_finetune(&init, &out, &cfg, false).unwrap();
     assert_eq!(s.metric.as_deref(), Some("f1"));
     let p = checkpoint::load(&out).unwrap();
     let w = kiln::train::qa::windows_of(&cfg, &p);

@@ -138,16 +138,7 @@ fn train_and_score(
     let p0 = checkpoint::load(&init).unwrap();
     let out = dir.join("out");
     let cfg = config(&files);
-    let s = finetune(
-        &init,
-        &out,
-        &cfg,
-        false,
-        &AtomicBool::new(false),
-        |_| {},
-        |_| {},
-    )
-    .unwrap();
+    let s = run_finetune(&init, &out, &cfg, false).unwrap();
     assert_eq!(s.metric.as_deref(), Some("bleu"));
     let p = checkpoint::load(&out).unwrap();
     let pairs = pairs_of(

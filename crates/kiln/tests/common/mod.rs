@@ -13,6 +13,17 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `kiln::train::finetune` run to the end without reports (`resume` as given).
+pub fn run_finetune(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    cfg: &kiln::train::FinetuneConfig,
+    resume: bool,
+) -> kiln::Result<kiln::train::Summary> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    kiln::train::finetune(model, out, cfg, resume, &stop, |_| {}, |_| {})
+}
+
 /// Reads a fixture JSON file.
 pub fn json(path: &std::path::Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
