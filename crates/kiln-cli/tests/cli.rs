@@ -10,6 +10,13 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Parses one JSON value per output line.
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
 fn kiln(args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
@@ -47,10 +54,7 @@ fn embed_writes_one_line_per_input_in_order() {
         "first\nsecond one\nthird\n",
     );
     assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 3);
     for l in &lines {
         let v: Vec<f64> = l["embedding"]
@@ -83,10 +87,7 @@ fn fill_mask_lists_one_entry_per_mask() {
         "a [MASK] b [MASK]\nno mask here\n",
     );
     assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines[0]["masks"].as_array().unwrap().len(), 2);
     assert_eq!(lines[0]["masks"][0].as_array().unwrap().len(), 3);
     assert_eq!(lines[1]["masks"].as_array().unwrap().len(), 0);
@@ -445,10 +446,7 @@ fn finetune_eval_predict_classify() {
         "",
     );
     assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 40);
     for l in &lines {
         // The data wrote integer labels: predictions do too, with probabilities in id order.
@@ -650,10 +648,7 @@ fn qa_predict_and_eval() {
     args.extend_from_slice(&qa);
     let (ok, out, err) = kiln(&args, "");
     assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     let want = expected["predictions"].as_array().unwrap();
     assert_eq!(lines.len(), want.len());
     for (l, w) in lines.iter().zip(want) {
@@ -736,10 +731,7 @@ fn seq2seq_finetune_predict_eval() {
         "",
     );
     assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 4);
     assert!(lines.iter().all(|l| l["prediction"].is_string()));
     let (ok, out, err) = kiln(
