@@ -154,3 +154,33 @@ fn squad_json_and_bad_answers() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// BertForQuestionAnswering and BertForTokenClassification have no pooler: a new span or token
+/// head drops the one a checkpoint brings (here a sequence classifier's), so transformers finds
+/// no unexpected tensor in what Kiln saves; a sequence head keeps it.
+#[test]
+fn span_and_token_heads_drop_the_pooler() {
+    let dir = scratch("pooler");
+    let load = || checkpoint::load(&fixture("tiny-bert-cls")).unwrap();
+    let mut p = load();
+    assert!(p.pooler.is_some());
+    kiln::train::qa::new_span_head(&mut p, 1).unwrap();
+    assert!(p.pooler.is_none());
+    checkpoint::save(&p, &dir, checkpoint::SaveDtype::F32).unwrap();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names = st.names();
+    assert!(
+        names.iter().any(|n| n.starts_with("qa_outputs.")),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.contains("pooler")), "{names:?}");
+    let mut p = load();
+    let labels = p.task.as_ref().unwrap().labels.clone();
+    kiln::train::tag::new_token_head(&mut p, labels.clone(), 1).unwrap();
+    assert!(p.pooler.is_none());
+    let mut p = load();
+    kiln::train::classify::new_sequence_head(&mut p, labels, 1).unwrap();
+    assert!(p.pooler.is_some());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -52,8 +52,13 @@ impl Pretrained {
     }
 
     /// Makes `linear` the fine-tuning head of `kind` for `labels`, with the dropout
-    /// transformers puts before it, and drops the pre-training heads it replaces.
+    /// transformers puts before it, and drops the pre-training heads it replaces — and, for a
+    /// token or span head, the pooler: BertForTokenClassification and BertForQuestionAnswering
+    /// have none, and transformers warns about every unexpected tensor it finds.
     pub fn set_task_head(&mut self, kind: HeadKind, linear: Linear, labels: Labels) {
+        if kind != HeadKind::Sequence {
+            self.pooler = None;
+        }
         let dropout = crate::heads::task::head_dropout(self.config(), kind);
         self.task = Some(TaskHead {
             kind,
