@@ -290,3 +290,27 @@ fn extended_vocabulary_lets_an_english_encoder_write_chinese() {
         .is_empty());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The encoder-as-decoder model is saved as BertForMaskedLM, which has no pooler: the one a
+/// checkpoint brings is dropped, so transformers finds no unexpected tensor.
+#[test]
+fn prefix_lm_drops_the_pooler() {
+    let (dir, files, _) = setup(kiln::model::Arch::Bert, "pooler");
+    let mut p = checkpoint::load(&fixture("tiny-bert-cls")).unwrap();
+    p.task = None; // a BertModel with a pooler
+    let base = dir.join("with-pooler");
+    checkpoint::save(&p, &base, checkpoint::SaveDtype::F32).unwrap();
+    assert!(checkpoint::load(&base).unwrap().pooler.is_some());
+    let cfg = FinetuneConfig {
+        valid_file: None,
+        train: TrainConfig {
+            max_steps: Some(1),
+            ..config(&files).train
+        },
+        ..config(&files)
+    };
+    run_finetune(&base, &dir.join("out"), &cfg, false).unwrap();
+    let out = checkpoint::load(&dir.join("out")).unwrap();
+    assert!(out.mlm_head.is_some() && out.pooler.is_none());
+    std::fs::remove_dir_all(dir).unwrap();
+}

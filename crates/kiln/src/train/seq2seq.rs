@@ -358,6 +358,8 @@ pub(crate) fn prepare(
             new_prefix_lm_head(p, cfg.train.seed);
         }
         p.lm_head = None;
+        // Saved as BertForMaskedLM, which has no pooler (transformers would list it as unexpected).
+        p.pooler = None;
         p.model.config.raw["kiln_generation"] = "prefix_lm".into();
         prefix_lm_loss
     } else {
