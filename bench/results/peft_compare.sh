@@ -5,6 +5,7 @@
 # speed and memory columns are measured):
 #
 #   bench/results/peft_compare.sh RUN [RUN...]     RUN = {sst2,ner}-{full,lora,adapter,lora-all}
+#       (SST-2 runs take a -Nep suffix for N epochs: sst2-lora-all-2ep)
 #
 # Every run evaluates once, at its end, so the wall time is training plus one evaluation; the
 # examples/s column is (steps × batch) / (wall time − evaluation time, measured by `kiln eval`
@@ -75,7 +76,10 @@ SST2="--train $D/sst2/train.jsonl --labels $D/sst2/labels.json --epochs 1 --batc
 NER="--train $D/conll2003/train.jsonl --tag-field ner --labels $D/conll2003/labels.json --epochs 3 --batch-size 32 --warmup-steps 200"
 for r in "$@"; do
   case $r in
-    sst2-*) run "$r" classify "$SST2" "" $D/sst2/validation.jsonl "${r#sst2-}" ;;
+    sst2-*) # a -Nep suffix trains N epochs instead of one (sst2-lora-all-2ep)
+      m=${r#sst2-} ep=1
+      if [[ $m =~ ^(.*)-([0-9]+)ep$ ]]; then m=${BASH_REMATCH[1]} ep=${BASH_REMATCH[2]}; fi
+      run "$r" classify "${SST2/--epochs 1/--epochs $ep}" "" $D/sst2/validation.jsonl "$m" ;;
     ner-*) run "$r" tag "$NER" "--tag-field ner" $D/conll2003/validation.jsonl "${r#ner-}" ;;
     *) echo "unknown run $r" >&2; exit 2 ;;
   esac
