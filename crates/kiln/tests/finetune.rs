@@ -165,13 +165,14 @@ fn max_eval_samples_scores_the_first_validation_examples() {
     }
     drop(f);
     let out = dir.join("out");
+    let base = config(&path, &path, 6);
     let cfg = FinetuneConfig {
         max_eval_samples: Some(7),
         train: TrainConfig {
             eval_every: 6,
-            ..config(&path, &path, 6).train
+            ..base.train.clone()
         },
-        ..config(&path, &path, 6)
+        ..base.clone()
     };
     let s = run_finetune(&fixture("tiny-bert"), &out, &cfg, false).unwrap();
     // One evaluation, at the last step: the model in --out, scored on the first 7 examples.
@@ -188,23 +189,19 @@ fn max_eval_samples_scores_the_first_validation_examples() {
         64,
     )
     .unwrap();
-    let first7 = evaluate_examples(&p, &ex).unwrap()["accuracy"]
-        .as_f64()
-        .unwrap();
-    assert_eq!(best, first7);
+    let first7 = evaluate_examples(&p, &ex).unwrap();
+    assert_eq!(Some(best), first7["accuracy"].as_f64());
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let eval_losses: Vec<f64> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["valid_loss"].as_f64())
         .collect();
-    let want = evaluate_examples(&p, &ex).unwrap()["valid_loss"]
-        .as_f64()
-        .unwrap();
+    let want = first7["valid_loss"].as_f64().unwrap();
     assert_eq!(eval_losses.len(), 1, "{log}");
     assert!((eval_losses[0] - want).abs() < 1e-5, "{log}");
     let cfg = FinetuneConfig {
         max_eval_samples: Some(0),
-        ..config(&path, &path, 6)
+        ..base
     };
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("--max-eval-samples"), "{err}");

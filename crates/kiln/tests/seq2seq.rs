@@ -77,18 +77,17 @@ const LEN: Lengths = Lengths {
     max_target_length: 16,
 };
 
+/// The source/target pairs of `file`, encoded for `p`.
+fn encoded(p: &checkpoint::Pretrained, file: &std::path::Path) -> Vec<Seq2SeqExample> {
+    let records = read_data(file, false).unwrap().records;
+    pairs_of(p, &records, true, &LEN).unwrap()
+}
+
 /// The first training pair of the copy data for a fresh `arch` model, and its one-pair batch.
 fn first_pair_batch(arch: kiln::model::Arch, tag: &str) -> (Seq2SeqExample, Batch, Vec<i64>) {
     let (dir, files, init) = setup(arch, tag);
     let p0 = checkpoint::load(&init).unwrap();
-    let e = pairs_of(
-        &p0,
-        &read_data(&files[0], false).unwrap().records,
-        true,
-        &LEN,
-    )
-    .unwrap()
-    .remove(0);
+    let e = encoded(&p0, &files[0]).remove(0);
     let (b, t) = seq2seq_batch(&[&e]).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     (e, b, t)
@@ -141,13 +140,7 @@ fn train_and_score(
     let s = run_finetune(&init, &out, &cfg, false).unwrap();
     assert_eq!(s.metric.as_deref(), Some("bleu"));
     let p = checkpoint::load(&out).unwrap();
-    let pairs = pairs_of(
-        &p,
-        &read_data(&files[2], false).unwrap().records,
-        true,
-        &LEN,
-    )
-    .unwrap();
+    let pairs = encoded(&p, &files[2]);
     let before = evaluate_seq2seq(&p0, &pairs, 1, 1.0, 16).unwrap();
     let greedy = evaluate_seq2seq(&p, &pairs, 1, 1.0, 16).unwrap();
     let beam = evaluate_seq2seq(&p, &pairs, 3, 1.0, 16).unwrap();
@@ -258,13 +251,7 @@ fn extended_vocabulary_lets_an_english_encoder_write_chinese() {
     assert_eq!(tok.vocab_size(), p.config().vocab_size);
     let ids = tok.encode_plain("猫狗").unwrap().ids;
     assert!(ids.iter().all(|&i| i as usize >= old_vocab), "{ids:?}");
-    let pairs = pairs_of(
-        &p,
-        &read_data(&files[2], false).unwrap().records,
-        true,
-        &LEN,
-    )
-    .unwrap();
+    let pairs = encoded(&p, &files[2]);
     // One to three words: targets under four characters have no 4-grams, so corpus BLEU is 0
     // by sacreBLEU's definition; chrF and exact matches measure the learning.
     let m = evaluate_seq2seq(&p, &pairs, 1, 1.0, 16).unwrap();

@@ -358,7 +358,7 @@ fn check_task(task: &str) -> Result<()> {
 
 /// The records of an eval/predict data file (SQuAD JSON too for `qa`), saying how many
 /// malformed lines --skip-invalid passed over.
-fn read_records(
+fn read_input(
     data: &std::path::Path,
     d: &DataArgs,
     qa: bool,
@@ -394,7 +394,7 @@ fn seq2seq_pairs(
     }
     gen.apply(&mut c);
     let len = kiln::train::seq2seq::lengths_of(&c, p);
-    let records = read_records(data, d, false)?;
+    let records = read_input(data, d, false)?;
     let pairs = kiln::train::seq2seq::pairs_of(p, &records, need_target, &len)?;
     Ok((pairs, c))
 }
@@ -413,7 +413,7 @@ fn qa_features(
     };
     qa.apply(&mut c);
     let w = kiln::train::qa::windows_of(&c, p);
-    let f = kiln::train::qa::features_of(p, &read_records(data, d, true)?, &w)?;
+    let f = kiln::train::qa::features_of(p, &read_input(data, d, true)?, &w)?;
     Ok((f, kiln::train::qa::decode_of(&c)))
 }
 
@@ -424,7 +424,7 @@ fn tag_examples(
     with_tags: bool,
 ) -> Result<Vec<TagExample>> {
     let head = kiln::infer::tag::token_head(p)?;
-    let records = read_records(data, d, false)?;
+    let records = read_input(data, d, false)?;
     let max_len = d.max_length.unwrap_or(128).min(p.config().max_positions);
     Ok(encode_tag_examples(
         p.tokenizer()?,
@@ -469,7 +469,7 @@ fn load_examples(
     with_labels: bool,
 ) -> Result<Vec<kiln::train::classify::Example>> {
     let head = kiln::infer::classify::sequence_head(p)?;
-    let records = read_records(data, d, false)?;
+    let records = read_input(data, d, false)?;
     let fields = Fields::resolve(
         d.text_field.as_deref(),
         d.text_b_field.as_deref(),
