@@ -126,7 +126,7 @@ def kiln_command(kiln, model, train, labels, steps, out):
             "--max-steps", str(steps), "--lr", str(LR), "--warmup-steps", "0",
             "--schedule", "linear", "--weight-decay", str(WEIGHT_DECAY),
             "--clip-norm", str(CLIP_NORM), "--seed", str(SEED),
-            "--eval-every", "0", "--save-every", "100000", "--log-every", str(steps),
+            "--eval-every", "0", "--save-every", "0", "--save-minutes", "0", "--log-every", str(steps),
             "--threads", str(THREADS), "--out", str(out)]
 
 

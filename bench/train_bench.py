@@ -425,6 +425,8 @@ class Kiln:
                 "--weight-decay", str(WEIGHT_DECAY), "--clip-norm", str(CLIP_NORM),
                 "--mask-prob", str(MLM_PROBABILITY), "--seed", str(SEED),
                 "--log-every", "1", "--threads", str(THREADS),
+                # no checkpoints but the last, as the PyTorch side saves none
+                "--save-every", "0", "--save-minutes", "0",
                 # stream order, as the PyTorch side reads the same text
                 "--shuffle-buffer", "0"]
 

@@ -36,7 +36,7 @@ ner() { # name model
   "$KILN" finetune --model "$2" --task tag \
     --tag-field ner --labels $D/conll2003/labels.json --train $D/conll2003/train.jsonl \
     --valid $D/conll2003/validation.jsonl --lr 1e-4 --epochs 3 --batch-size 32 \
-    --warmup-steps 200 --eval-every 500 --threads "$THREADS" --out "$RUNS/$1"
+    --warmup-steps 200 --eval-every 500 --threads "$THREADS" --overwrite --out "$RUNS/$1"
   record "$1" tag $D/conll2003/validation.jsonl "--tag-field ner"
 }
 
@@ -58,7 +58,7 @@ tatoeba() { # name model lr epochs [flags]
   "$KILN" finetune --model "$2" --task seq2seq --train $D/tatoeba_cmn_eng/train.jsonl \
     --valid $D/tatoeba_cmn_eng/validation.jsonl --lr "$3" --epochs "$4" --batch-size 32 \
     --warmup-steps 200 --eval-every 0 --max-length 96 --max-target-length 48 \
-    --threads "$THREADS" --out "$RUNS/$1" ${5:-}
+    --threads "$THREADS" --overwrite --out "$RUNS/$1" ${5:-}
   record "$1" seq2seq $D/tatoeba_cmn_eng/validation.jsonl "--max-length 96 --max-target-length 48"
 }
 
@@ -66,7 +66,7 @@ sst2() { # name model lr epochs
   "$KILN" finetune --model "$2" --task classify --train $D/sst2/train.jsonl \
     --valid $D/sst2/validation.jsonl --labels $D/sst2/labels.json --lr "$3" --epochs "$4" \
     --batch-size 32 --warmup-steps 200 --eval-every 500 --save-every 1000 --max-length 66 \
-    --threads "$THREADS" --out "$RUNS/$1"
+    --threads "$THREADS" --overwrite --out "$RUNS/$1"
   record "$1" classify $D/sst2/validation.jsonl
 }
 
@@ -89,7 +89,7 @@ for run in "$@"; do
         --train $D/chnsenticorp/train.jsonl --valid $D/chnsenticorp/validation.jsonl \
         --labels $D/chnsenticorp/labels.json --lr 5e-5 --epochs 1 --batch-size 32 \
         --warmup-steps 30 --eval-every 0 --max-length 128 --threads "$THREADS" \
-        --out "$RUNS/chnsenticorp-minilm-ext"
+        --overwrite --out "$RUNS/chnsenticorp-minilm-ext"
       record chnsenticorp-minilm-ext classify $D/chnsenticorp/validation.jsonl ;;
     sst2-kiln-pt) sst2 sst2-kiln-pt "$PRETRAINED" 1e-4 1 ;;
     sst2-kiln-random) random_init "$RUNS/bert-mini-random" "$PRETRAINED"
@@ -98,7 +98,7 @@ for run in "$@"; do
       "$KILN" finetune --model "$(minilm)" --task classify \
         --train $D/rte/train.jsonl --valid $D/rte/validation.jsonl --labels $D/rte/labels.json \
         --lr 3e-5 --epochs 5 --batch-size 16 --warmup-steps 50 --eval-every 100 --max-length 256 \
-        --threads "$THREADS" --out "$RUNS/rte-minilm"
+        --threads "$THREADS" --overwrite --out "$RUNS/rte-minilm"
       record rte-minilm classify $D/rte/validation.jsonl "--max-length 256" ;;
     ner-minilm) ner ner-minilm "$(minilm)" ;;
     squad-minilm)
@@ -114,20 +114,20 @@ EOF
       "$KILN" finetune --model "$(minilm)" --task qa \
         --train "$RUNS/squad-train-$N.jsonl" --lr 1e-4 --epochs 1 --batch-size 16 \
         --warmup-steps 100 --max-length 384 --doc-stride 128 --threads "$THREADS" \
-        --out "$RUNS/squad-minilm"
+        --overwrite --out "$RUNS/squad-minilm"
       record squad-minilm qa $D/squad_v1.1/validation.jsonl.gz ;;
     chnsenticorp-minilm)
       "$KILN" finetune --model "$(minilm)" --task classify \
         --train $D/chnsenticorp/train.jsonl --valid $D/chnsenticorp/validation.jsonl \
         --labels $D/chnsenticorp/labels.json --lr 5e-5 --epochs 1 --batch-size 32 \
         --warmup-steps 30 --eval-every 0 --max-length 128 --threads "$THREADS" \
-        --out "$RUNS/chnsenticorp-minilm"
+        --overwrite --out "$RUNS/chnsenticorp-minilm"
       record chnsenticorp-minilm classify $D/chnsenticorp/validation.jsonl ;;
     pos-minilm)
       "$KILN" finetune --model "$(minilm)" --task tag \
         --tag-field pos --labels $D/conll2003/labels.json --train $D/conll2003/train.jsonl \
         --valid $D/conll2003/validation.jsonl --lr 1e-4 --epochs 1 --batch-size 32 \
-        --warmup-steps 50 --eval-every 0 --threads "$THREADS" --out "$RUNS/pos-minilm"
+        --warmup-steps 50 --eval-every 0 --threads "$THREADS" --overwrite --out "$RUNS/pos-minilm"
       record pos-minilm tag $D/conll2003/validation.jsonl "--tag-field pos" ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac

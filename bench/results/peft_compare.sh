@@ -38,7 +38,7 @@ run() { # name task data-flags eval-flags valid method
   local log="$RUNS/$name.log"
   # shellcheck disable=SC2046,SC2086
   /usr/bin/time -v "$KILN" finetune --model "$M" --task "$task" $flags $(method_flags "$method") \
-    --valid "$valid" --eval-every 0 --save-every 100000 --threads "$THREADS" --out "$out" \
+    --valid "$valid" --eval-every 0 --save-every 0 --save-minutes 0 --threads "$THREADS" --out "$out" \
     2> "$log"
   local wall rss steps batch trainable total size evalargs eval_s
   wall=$(grep "Elapsed (wall clock)" "$log" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')

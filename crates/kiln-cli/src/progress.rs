@@ -95,6 +95,15 @@ impl Reporter {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
+        if summary.already_finished {
+            eprintln!(
+                "{}: the run already finished at step {} of {}; nothing to do (raise --max-steps or --epochs to train further)",
+                out.display(),
+                summary.step,
+                summary.total_steps
+            );
+            return;
+        }
         let secs = self.start.elapsed().as_secs_f64();
         let steps = summary.step - self.first_step.unwrap_or(summary.step);
         eprintln!(

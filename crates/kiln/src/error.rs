@@ -74,6 +74,15 @@ pub enum Error {
     /// A user-supplied input (a line of a file, a flag value) is invalid.
     #[error("{0}")]
     Input(String),
+    /// The disk filled up while a run saved; what was saved before is intact.
+    #[error("no space left on the device of {dir} while saving: a checkpoint needs about {needed_mb} MB{free}; the last good checkpoint is {last}; free some space, then continue with --resume")]
+    DiskFull {
+        dir: PathBuf,
+        needed_mb: u64,
+        /// ", N MB free" when the free space could be read.
+        free: String,
+        last: String,
+    },
     /// Rendering an image failed.
     #[error("plot {path}: {msg}")]
     Plot { path: PathBuf, msg: String },

@@ -60,6 +60,7 @@ fn mlm_and_clm_pretraining_learn() {
             false,
             &never,
             |_| {},
+            |_| {},
         )
         .unwrap();
         assert_eq!(s.step, 25);
@@ -96,6 +97,7 @@ fn whole_word_masking_trains() {
         false,
         &AtomicBool::new(false),
         |_| {},
+        |_| {},
     )
     .unwrap();
     assert_eq!(s.step, 4);
@@ -117,16 +119,25 @@ fn resumed_run_is_bit_identical_to_uninterrupted() {
             false,
             &AtomicBool::new(false),
             |_| {},
+            |_| {},
         )
         .unwrap();
 
         let part = scratch(&format!("part-{model}"));
         let stop = AtomicBool::new(false);
-        let s = pretrain(&fixture(model), &part, &cfg, false, &stop, |line| {
-            if line.step == 4 {
-                stop.store(true, Ordering::SeqCst); // as Ctrl-C would
-            }
-        })
+        let s = pretrain(
+            &fixture(model),
+            &part,
+            &cfg,
+            false,
+            &stop,
+            |_| {},
+            |line| {
+                if line.step == 4 {
+                    stop.store(true, Ordering::SeqCst); // as Ctrl-C would
+                }
+            },
+        )
         .unwrap();
         assert!(s.interrupted && s.step == 4);
         let s = pretrain(
@@ -135,6 +146,7 @@ fn resumed_run_is_bit_identical_to_uninterrupted() {
             &cfg,
             true,
             &AtomicBool::new(false),
+            |_| {},
             |_| {},
         )
         .unwrap();
@@ -271,6 +283,7 @@ fn bad_settings_name_the_flag() {
         false,
         &never,
         |_| {},
+        |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -282,6 +295,7 @@ fn bad_settings_name_the_flag() {
         false,
         &never,
         |_| {},
+        |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -292,6 +306,7 @@ fn bad_settings_name_the_flag() {
         &config(Objective::Clm, 1),
         true,
         &never,
+        |_| {},
         |_| {},
     )
     .unwrap_err()
@@ -312,6 +327,7 @@ fn valid_fraction_conflicts_with_valid() {
         },
         false,
         &AtomicBool::new(false),
+        |_| {},
         |_| {},
     )
     .unwrap_err()
@@ -335,6 +351,7 @@ fn valid_fraction_evaluates_on_held_out_texts() {
         &cfg,
         false,
         &AtomicBool::new(false),
+        |_| {},
         |_| {},
     )
     .unwrap();
@@ -362,6 +379,7 @@ fn non_finite_loss_stops_with_the_last_good_checkpoint() {
         &cfg,
         false,
         &AtomicBool::new(false),
+        |_| {},
         |p| seen.push(p.step),
     )
     .unwrap_err()
@@ -406,4 +424,220 @@ fn toml_settings_fill_both_levels_and_unknown_keys_are_named() {
     let err = PretrainConfig::from_toml(&f).unwrap_err().to_string();
     assert!(err.contains("run.toml"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Runs `pretrain` to the end (or its error) with no reports.
+fn run_pt(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    cfg: &PretrainConfig,
+    resume: bool,
+) -> kiln::Result<kiln::train::Summary> {
+    pretrain(
+        model,
+        out,
+        cfg,
+        resume,
+        &AtomicBool::new(false),
+        |_| {},
+        |_| {},
+    )
+}
+
+/// The notes a run reports before its first step (or its error).
+fn notes_of(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    cfg: &PretrainConfig,
+    resume: bool,
+) -> kiln::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    pretrain(
+        model,
+        out,
+        cfg,
+        resume,
+        &AtomicBool::new(false),
+        |s| notes = s.notes.clone(),
+        |_| {},
+    )?;
+    Ok(notes)
+}
+
+fn weights(dir: &std::path::Path) -> std::collections::BTreeMap<String, kiln::engine::Tensor> {
+    checkpoint::save::named_tensors(&checkpoint::load(dir).unwrap()).unwrap()
+}
+
+#[test]
+fn a_new_run_refuses_an_output_directory_holding_another_run() {
+    let out = scratch("reuse");
+    let bert = fixture("tiny-bert");
+    let cfg = config(Objective::Mlm, 3);
+    run_pt(&bert, &out, &cfg, false).unwrap();
+    let first = weights(&out);
+    // A second run into the same directory would have deleted this run's checkpoints.
+    let mut other = config(Objective::Mlm, 2);
+    other.train.lr = 1e-3;
+    let err = run_pt(&bert, &out, &other, false).unwrap_err().to_string();
+    assert!(
+        err.contains("checkpoint-3") && err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(weights(&out), first, "the refused run changed the model");
+    assert!(out.join("checkpoint-3").exists());
+    // A directory with other files is refused too, naming them.
+    let busy = scratch("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("notes.txt"), "mine").unwrap();
+    let err = run_pt(&bert, &busy, &cfg, false).unwrap_err().to_string();
+    assert!(
+        err.contains("notes.txt") && err.contains("--overwrite"),
+        "{err}"
+    );
+    // --overwrite starts over: the old run's checkpoints and metrics are gone.
+    other.train.overwrite = true;
+    let notes = notes_of(&bert, &out, &other, false).unwrap();
+    assert!(notes.iter().any(|n| n.contains("--overwrite")), "{notes:?}");
+    assert!(!out.join("checkpoint-3").exists());
+    assert!(out.join("checkpoint-2").exists());
+    assert_eq!(losses(&out).len(), 2, "metrics of the old run kept");
+    // --resume and --overwrite together make no sense.
+    let err = run_pt(&bert, &out, &other, true).unwrap_err().to_string();
+    assert!(
+        err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(out).unwrap();
+    std::fs::remove_dir_all(busy).unwrap();
+}
+
+#[test]
+fn the_output_directory_cannot_be_the_model() {
+    let dir = scratch("same");
+    copy_dir(&fixture("tiny-bert"), &dir);
+    let before = weights(&dir);
+    let mut cfg = config(Objective::Mlm, 2);
+    cfg.train.overwrite = true;
+    let err = run_pt(&dir, &dir, &cfg, false).unwrap_err().to_string();
+    assert!(err.contains("--model"), "{err}");
+    assert_eq!(weights(&dir), before);
+    // Nor may --overwrite delete a model that lies inside --out.
+    let out = scratch("outer");
+    copy_dir(&fixture("tiny-bert"), &out.join("base"));
+    let err = run_pt(&out.join("base"), &out, &cfg, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("inside --out"), "{err}");
+    assert!(out.join("base/model.safetensors").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn resume_checks_the_model_and_the_settings() {
+    let out = scratch("resume-check");
+    let model = scratch("resume-model");
+    copy_dir(&fixture("tiny-bert"), &model);
+    let mut cfg = config(Objective::Mlm, 6);
+    cfg.train.save_every = 2;
+    let stop = AtomicBool::new(false);
+    pretrain(
+        &model,
+        &out,
+        &cfg,
+        false,
+        &stop,
+        |_| {},
+        |p| {
+            if p.step == 2 {
+                stop.store(true, Ordering::SeqCst);
+            }
+        },
+    )
+    .unwrap();
+    // Another model (same shapes, other weights) under the same path: refused.
+    let moved = scratch("resume-model-moved");
+    std::fs::rename(&model, &moved).unwrap();
+    copy_dir(&fixture("tiny-gpt2"), &model);
+    let err = run_pt(&model, &out, &cfg, true).unwrap_err().to_string();
+    assert!(err.contains("another model"), "{err}");
+    // Settings that change the result are refused, each named.
+    let mut changed = cfg.clone();
+    changed.train.lr = 1e-3;
+    changed.seq_len = 12;
+    changed.shuffle_buffer = 3;
+    let err = run_pt(&moved, &out, &changed, true)
+        .unwrap_err()
+        .to_string();
+    for flag in ["--lr", "--seq-len", "--shuffle-buffer"] {
+        assert!(err.contains(flag), "{flag} not named: {err}");
+    }
+    assert!(!err.contains("--max-steps"), "{err}");
+    // The same model at another path, and a longer run: allowed, and said.
+    let mut longer = cfg.clone();
+    longer.train.max_steps = Some(8);
+    let notes = notes_of(&moved, &out, &longer, true).unwrap();
+    assert!(
+        notes.iter().any(|n| n.contains("--max-steps 8")),
+        "{notes:?}"
+    );
+    assert!(out.join("checkpoint-8").exists());
+    // Resuming a finished run trains nothing and says so.
+    let before = weights(&out);
+    let s = run_pt(&moved, &out, &longer, true).unwrap();
+    assert!(s.already_finished && s.step == 8, "{s:?}");
+    assert_eq!(weights(&out), before);
+    // Fewer steps than the checkpoint has taken: refused.
+    let err = run_pt(&moved, &out, &cfg, true).unwrap_err().to_string();
+    assert!(err.contains("past the 6 steps"), "{err}");
+    for d in [out, model, moved] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn a_run_removes_the_temporaries_a_killed_run_left() {
+    let out = scratch("leftovers");
+    let mut cfg = config(Objective::Clm, 4);
+    cfg.train.save_every = 2;
+    let stop = AtomicBool::new(false);
+    pretrain(
+        &fixture("tiny-gpt2"),
+        &out,
+        &cfg,
+        false,
+        &stop,
+        |_| {},
+        |p| {
+            if p.step == 2 {
+                stop.store(true, Ordering::SeqCst);
+            }
+        },
+    )
+    .unwrap();
+    // What kill -9 during a save leaves: a temporary checkpoint and a half-written file.
+    std::fs::create_dir_all(out.join(".tmp-checkpoint-3-4242")).unwrap();
+    std::fs::write(
+        out.join(".tmp-checkpoint-3-4242/model.safetensors"),
+        b"half",
+    )
+    .unwrap();
+    std::fs::write(out.join(".model.safetensors.tmp-4242"), b"half").unwrap();
+    let notes = notes_of(&fixture("tiny-gpt2"), &out, &cfg, true).unwrap();
+    assert!(notes.iter().any(|n| n.contains("removed 2")), "{notes:?}");
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    std::fs::remove_dir_all(out).unwrap();
 }

@@ -296,29 +296,7 @@ pub fn run(a: Args) -> Result<()> {
         &c,
         a.resume,
         &stop,
-        |s| {
-            for (file, n) in &s.skipped_lines {
-                report_skipped(file, *n);
-            }
-            if s.added_tokens > 0 {
-                eprintln!(
-                    "added {} words of the training data to the vocabulary as new tokens",
-                    s.added_tokens
-                );
-            }
-            eprintln!(
-                "method {:?}: trainable params {} || all params {} || trainable% {:.4}{}",
-                s.method,
-                s.trainable,
-                s.total,
-                100.0 * s.trainable as f64 / s.total.max(1) as f64,
-                if s.train_extra.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (also trained: {})", s.train_extra.join(", "))
-                }
-            )
-        },
+        super::train_args::report_started,
         |p| progress.step(p),
     )
     .with_context(|| format!("fine-tuning into {}", a.out.display()))?;

@@ -90,8 +90,16 @@ pub fn run(a: Args) -> Result<()> {
     }
     let stop = super::train_args::stop_on_ctrl_c();
     let mut progress = Reporter::new();
-    let summary = pretrain(&a.model, &a.out, &c, a.resume, &stop, |p| progress.step(p))
-        .with_context(|| format!("pre-training into {}", a.out.display()))?;
+    let summary = pretrain(
+        &a.model,
+        &a.out,
+        &c,
+        a.resume,
+        &stop,
+        super::train_args::report_started,
+        |p| progress.step(p),
+    )
+    .with_context(|| format!("pre-training into {}", a.out.display()))?;
     progress.finish(&summary, &a.out);
     if summary.interrupted {
         std::process::exit(130);

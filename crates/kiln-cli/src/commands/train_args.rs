@@ -1,6 +1,6 @@
 //! The training-loop flags shared by `kiln pretrain` and `kiln finetune`, and Ctrl-C handling.
 
-use kiln::train::TrainConfig;
+use kiln::train::{Started, TrainConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -43,15 +43,24 @@ pub struct TrainArgs {
     /// Evaluate every N steps (0: at the end only) [default: 0].
     #[arg(long)]
     pub eval_every: Option<u64>,
-    /// Save a checkpoint every N steps (0: at the end only) [default: 0].
+    /// Save a checkpoint every N steps, 0 for none by steps [default: 500].
     #[arg(long)]
     pub save_every: Option<u64>,
+    /// Save a checkpoint once this many minutes have passed since the last, 0 for none by time
+    /// [default: 10]; with --save-every, whichever comes first. The end of a run (and Ctrl-C or
+    /// SIGTERM) always saves one.
+    #[arg(long)]
+    pub save_minutes: Option<f64>,
     /// Checkpoints to keep [default: 2].
     #[arg(long)]
     pub keep_last: Option<usize>,
     /// Log a metrics line every N steps [default: 10].
     #[arg(long)]
     pub log_every: Option<u64>,
+    /// Start over when --out holds another run: its checkpoints, metrics and model files are
+    /// deleted (without it such a run is refused).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 impl TrainArgs {
@@ -72,6 +81,7 @@ impl TrainArgs {
             seed,
             eval_every,
             save_every,
+            save_minutes,
             keep_last,
             log_every
         );
@@ -81,11 +91,41 @@ impl TrainArgs {
         if self.epochs.is_some() {
             c.epochs = self.epochs;
         }
+        c.overwrite |= self.overwrite;
     }
 }
 
-/// A flag that Ctrl-C raises: the trainer then writes a checkpoint and returns. A second
-/// Ctrl-C ends the process at once.
+/// Prints what a run trains and the notices from opening its output directory.
+pub fn report_started(s: &Started) {
+    for n in &s.notes {
+        eprintln!("{n}");
+    }
+    for (file, n) in &s.skipped_lines {
+        eprintln!("{}: skipped {n} malformed line(s)", file.display());
+    }
+    if s.added_tokens > 0 {
+        eprintln!(
+            "added {} words of the training data to the vocabulary as new tokens",
+            s.added_tokens
+        );
+    }
+    eprintln!(
+        "method {:?}: trainable params {} || all params {} || trainable% {:.4}{}",
+        s.method,
+        s.trainable,
+        s.total,
+        100.0 * s.trainable as f64 / s.total.max(1) as f64,
+        if s.train_extra.is_empty() {
+            String::new()
+        } else {
+            format!(" (also trained: {})", s.train_extra.join(", "))
+        }
+    )
+}
+
+/// A flag that Ctrl-C, SIGTERM or SIGHUP raises (a terminal, `timeout`, a scheduler or a
+/// container stopping the run): the trainer then writes a checkpoint and returns. A second
+/// signal ends the process at once.
 pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -93,7 +133,7 @@ pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: writing a checkpoint (Ctrl-C again to quit now)");
+        eprintln!("\ninterrupted: writing a checkpoint (interrupt again to quit now)");
     });
     stop
 }

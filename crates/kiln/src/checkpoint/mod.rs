@@ -2,11 +2,13 @@
 //! tokenizer. Loading accepts the names real checkpoints use; saving writes what transformers'
 //! `from_pretrained` loads.
 
+pub mod fingerprint;
 pub mod load;
 pub mod save;
 pub mod sentence;
 pub mod weights;
 
+pub use fingerprint::fingerprint;
 pub use load::{load, Pretrained};
 pub use save::{named_tensors, save};
 pub use weights::{SaveDtype, WeightStore};

@@ -47,12 +47,18 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Evaluate every N steps (0: only at the end).
     pub eval_every: u64,
-    /// Save a checkpoint every N steps (0: only at the end).
+    /// Save a checkpoint every N steps (0: not by steps).
     pub save_every: u64,
+    /// Save a checkpoint when this many minutes have passed since the last one (0: not by
+    /// time); with `save_every`, whichever comes first. A crash loses at most this much work.
+    pub save_minutes: f64,
     /// Checkpoints to keep.
     pub keep_last: usize,
     /// Log a metrics line every N steps.
     pub log_every: u64,
+    /// Start over in an output directory that holds another run (its checkpoints, metrics
+    /// and model files are deleted), as transformers' `overwrite_output_dir`.
+    pub overwrite: bool,
 }
 
 impl Default for TrainConfig {
@@ -70,9 +76,11 @@ impl Default for TrainConfig {
             clip_norm: 1.0,
             seed: 42,
             eval_every: 0,
-            save_every: 0,
+            save_every: 500,
+            save_minutes: 10.0,
             keep_last: 2,
             log_every: 10,
+            overwrite: false,
         }
     }
 }
@@ -91,6 +99,12 @@ impl TrainConfig {
         }
         if self.epochs.is_some_and(|e| !(e > 0.0 && e.is_finite())) {
             return bad("epochs", "must be positive");
+        }
+        if !(self.save_minutes >= 0.0 && self.save_minutes.is_finite()) {
+            return bad(
+                "save-minutes",
+                "must be 0 (off) or a positive number of minutes",
+            );
         }
         if self.keep_last == 0 {
             return bad("keep-last", "must keep at least one checkpoint");

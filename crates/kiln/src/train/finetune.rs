@@ -3,7 +3,7 @@
 //! task every form of labelled examples shares.
 
 use super::config::FinetuneConfig;
-use super::trainer::{run, start, Progress, Summary, Task};
+use super::trainer::{run, start, Progress, Started, Summary, Task};
 use super::{classify, qa, seq2seq, tag};
 use crate::checkpoint::Pretrained;
 use crate::data::records::Record;
@@ -172,24 +172,6 @@ pub(crate) fn pick_metric(
     }
 }
 
-/// What a fine-tuning run trains, known once the model is set up.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Started {
-    /// Parameters the optimizer updates.
-    pub trainable: usize,
-    /// All parameters (base, additions and head).
-    pub total: usize,
-    /// Full, LoRA or adapters.
-    pub method: Method,
-    /// Base tensors trained besides the additions (`train_extra`, plus a pooler the base model
-    /// lacked, which is new and so must be trained).
-    pub train_extra: Vec<String>,
-    /// Tokens added to the vocabulary from the training data (`extend_vocab`).
-    pub added_tokens: usize,
-    /// Malformed lines skipped in each data file (`skip_invalid`); files with none left out.
-    pub skipped_lines: Vec<(PathBuf, usize)>,
-}
-
 /// Adds the parameter-efficient parts (a new run only: a resumed one has them from its
 /// checkpoint) and counts what is trained.
 fn set_up(
@@ -216,6 +198,7 @@ fn set_up(
             .map_or(Vec::new(), |s| s.config.train_extra.clone()),
         added_tokens: 0,
         skipped_lines: Vec::new(),
+        notes: Vec::new(),
     })
 }
 
@@ -306,17 +289,18 @@ pub fn finetune(
     }
     let valid = valid.as_ref().map_or(&[][..], |d| &d.records[..]);
     let config = serde_json::to_value(cfg).map_err(|e| Error::Input(e.to_string()))?;
-    let (mut p, opt, state) = start(
+    let mut begun = start(
         model_dir,
         out,
         config,
-        &["task", "train_file", "batch_size", "seed", "max_length"],
-        cfg.train.weight_decay,
+        &["patience", "max_eval_samples", "skip_invalid"],
+        &cfg.train,
         resume,
     )?;
+    let p = &mut begun.p;
     let had_pooler = p.pooler.is_some();
     let added_tokens = if cfg.extend_vocab {
-        extend_vocab(&mut p, cfg, records)?
+        extend_vocab(p, cfg, records)?
     } else {
         0
     };
@@ -324,28 +308,25 @@ pub fn finetune(
     macro_rules! train {
         ($task:expr) => {{
             let mut task = $task;
-            let mut s = set_up(&mut p, cfg, resume, had_pooler)?;
+            let mut s = set_up(&mut begun.p, cfg, resume, had_pooler)?;
             s.added_tokens = added_tokens;
             s.skipped_lines = skipped_lines;
+            s.notes = std::mem::take(&mut begun.notes);
             started(&s);
-            run(
-                p,
-                opt,
-                state,
-                &mut task,
-                &cfg.train,
-                cfg.patience,
-                out,
-                stop,
-                report,
-            )
+            run(begun, &mut task, &cfg.train, cfg.patience, stop, report)
         }};
     }
     match cfg.task.as_str() {
-        "classify" => train!(classify::prepare(&mut p, cfg, records, valid, resume)?),
-        "tag" => train!(tag::prepare(&mut p, cfg, records, valid, resume)?),
-        "qa" => train!(qa::prepare(&mut p, cfg, records, valid, resume)?),
-        "seq2seq" => train!(seq2seq::prepare(&mut p, cfg, records, valid)?),
+        "classify" => train!(classify::prepare(
+            &mut begun.p,
+            cfg,
+            records,
+            valid,
+            resume
+        )?),
+        "tag" => train!(tag::prepare(&mut begun.p, cfg, records, valid, resume)?),
+        "qa" => train!(qa::prepare(&mut begun.p, cfg, records, valid, resume)?),
+        "seq2seq" => train!(seq2seq::prepare(&mut begun.p, cfg, records, valid)?),
         other => Err(Error::Input(format!(
             "--task: \"{other}\" is not available"
         ))),

@@ -6,6 +6,7 @@ pub mod classify;
 pub mod config;
 pub mod finetune;
 pub mod optim;
+pub mod outdir;
 pub mod pretrain;
 pub mod qa;
 pub mod schedule;
@@ -15,8 +16,8 @@ pub mod tag;
 pub mod trainer;
 
 pub use config::{FinetuneConfig, Objective, PretrainConfig, TrainConfig};
-pub use finetune::{finetune, Started};
+pub use finetune::finetune;
 pub use optim::{clip_grad_norm, AdamW, Param};
 pub use pretrain::pretrain;
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{Progress, Summary, Task};
+pub use trainer::{Progress, Started, Summary, Task};

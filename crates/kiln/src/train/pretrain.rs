@@ -3,7 +3,7 @@
 
 use super::backprop::{clm_loss, clm_targets, mlm_loss, IGNORE};
 use super::config::{Objective, PretrainConfig};
-use super::trainer::{rng_for, run, start, Progress, Summary, Task};
+use super::trainer::{rng_for, run, start, Progress, Started, Summary, Task};
 use crate::checkpoint::Pretrained;
 use crate::data::mlm::{mask_tokens, mask_whole_words, MaskConfig};
 use crate::data::{Corpus, Framing, Packer, Shuffled};
@@ -285,33 +285,30 @@ impl Task for PretrainTask<'_> {
 
 /// Runs (or, with `resume`, continues) pre-training of the model in `model_dir`, writing
 /// checkpoints, `metrics.jsonl` and the final model into `out`. `stop` requests a checkpoint
-/// and a clean exit (Ctrl-C); `report` sees every step and every metrics line.
+/// and a clean exit (Ctrl-C); `started` sees what is trained before the first step, `report`
+/// every step and every metrics line.
 pub fn pretrain(
     model_dir: &Path,
     out: &Path,
     cfg: &PretrainConfig,
     resume: bool,
     stop: &AtomicBool,
+    started: impl FnOnce(&Started),
     report: impl FnMut(&Progress),
 ) -> Result<Summary> {
     cfg.validate()?;
     let config = serde_json::to_value(cfg).map_err(|e| Error::Input(e.to_string()))?;
-    let (p, opt, state) = start(
+    // Held-out data only measures; it never changes the weights.
+    let mut begun = start(
         model_dir,
         out,
         config,
-        &[
-            "objective",
-            "seq_len",
-            "batch_size",
-            "corpus",
-            "valid_fraction",
-            "seed",
-        ],
-        cfg.train.weight_decay,
+        &["valid", "eval_sequences"],
+        &cfg.train,
         resume,
     )?;
-    let obj = Objectives::new(&p, cfg)?;
+    let p = &begun.p;
+    let obj = Objectives::new(p, cfg)?;
     let tok = p.tokenizer()?.clone();
     let (corpus, held_out) = {
         let all = Corpus::new(cfg.corpus.clone(), &cfg.text_field)?;
@@ -358,7 +355,7 @@ pub fn pretrain(
         seq_len: cfg.seq_len,
         eval_set,
     };
-    run(
-        p, opt, state, &mut task, &cfg.train, None, out, stop, report,
-    )
+    let notes = std::mem::take(&mut begun.notes);
+    started(&Started::full(&mut begun.p, notes));
+    run(begun, &mut task, &cfg.train, None, stop, report)
 }

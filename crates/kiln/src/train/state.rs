@@ -35,6 +35,9 @@ pub struct TrainerState {
     pub evals_since_best: u64,
     /// The settings of the run (the task's config struct as JSON).
     pub config: serde_json::Value,
+    /// Fingerprint of the model directory the run started from (`checkpoint::fingerprint`).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 impl TrainerState {
@@ -49,11 +52,12 @@ impl TrainerState {
             best: None,
             evals_since_best: 0,
             config,
+            model: None,
         }
     }
 }
 
-fn step_of(dir: &Path) -> Option<u64> {
+pub(crate) fn step_of(dir: &Path) -> Option<u64> {
     dir.file_name()?
         .to_str()?
         .strip_prefix("checkpoint-")?
@@ -109,15 +113,26 @@ pub fn save_checkpoint(
     st["optimizer_step"] = opt.step.into();
     let text = serde_json::to_string_pretty(&st).map_err(|e| Error::Input(e.to_string()))?;
     checkpoint::atomic_write(&tmp.join("trainer_state.json"), text.as_bytes())?;
+    // A checkpoint of the same step (a stop right after a periodic save) is replaced.
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io("remove", &final_dir, e))?;
+        remove_checkpoint(&final_dir)?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io("rename", &final_dir, e))?;
     let all = checkpoints(out);
     for old in all.iter().take(all.len().saturating_sub(keep_last)) {
-        let _ = std::fs::remove_dir_all(old);
+        remove_checkpoint(old)?;
     }
     Ok(final_dir)
+}
+
+/// Deletes a checkpoint directory: first renamed to a temporary name, so a crash part-way
+/// through the deletion leaves a temporary (removed by the next run), never a half-deleted
+/// checkpoint under a final name.
+fn remove_checkpoint(dir: &Path) -> Result<()> {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let doomed = dir.with_file_name(format!(".tmp-{name}-removed-{}", std::process::id()));
+    std::fs::rename(dir, &doomed).map_err(|e| Error::io("rename", dir, e))?;
+    std::fs::remove_dir_all(&doomed).map_err(|e| Error::io("remove", &doomed, e))
 }
 
 /// Loads the model, optimizer and state of a checkpoint directory.

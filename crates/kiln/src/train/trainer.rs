@@ -6,14 +6,16 @@
 use super::backprop::{parameters, zeros_like};
 use super::config::TrainConfig;
 use super::optim::{clip_grad_norm, AdamW, Param};
+use super::outdir::OutDir;
 use super::schedule::Schedule;
 use super::state::{checkpoints, load_checkpoint, save_checkpoint, TrainerState};
 use crate::checkpoint::{self, Pretrained, SaveDtype};
 use crate::engine::dropout::mix;
 use crate::error::{Error, Result};
+use crate::peft::Method;
 use rand::SeedableRng;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -36,6 +38,45 @@ pub struct Summary {
     pub interrupted: bool,
     /// Whether early stopping (`patience`) ended the run.
     pub early_stopped: bool,
+    /// Whether `--resume` found the run already finished (nothing was trained).
+    pub already_finished: bool,
+}
+
+/// What a run trains, known once the model is set up, and what the user should know before
+/// the first step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Started {
+    /// Parameters the optimizer updates.
+    pub trainable: usize,
+    /// All parameters (base, additions and head).
+    pub total: usize,
+    /// Full, LoRA or adapters.
+    pub method: Method,
+    /// Base tensors trained besides the additions (`train_extra`, plus a pooler the base model
+    /// lacked, which is new and so must be trained).
+    pub train_extra: Vec<String>,
+    /// Tokens added to the vocabulary from the training data (`extend_vocab`).
+    pub added_tokens: usize,
+    /// Malformed lines skipped in each data file (`skip_invalid`); files with none left out.
+    pub skipped_lines: Vec<(PathBuf, usize)>,
+    /// Notices from opening the output directory (see [`Start::notes`]).
+    pub notes: Vec<String>,
+}
+
+impl Started {
+    /// A run that trains every parameter of `p` (pre-training).
+    pub fn full(p: &mut Pretrained, notes: Vec<String>) -> Self {
+        let (trainable, total) = crate::peft::parameter_counts(p);
+        Started {
+            trainable,
+            total,
+            method: Method::Full,
+            train_extra: Vec::new(),
+            added_tokens: 0,
+            skipped_lines: Vec::new(),
+            notes,
+        }
+    }
 }
 
 /// What the trainer reports after every optimizer step (for progress bars and logs).
@@ -128,65 +169,292 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     checkpoint::atomic_write(path, kept.as_bytes())
 }
 
-/// The model, optimizer and state a run starts from: `model_dir` for a new run, or with
-/// `resume` the latest complete checkpoint in `out`, whose saved settings must agree with
-/// `config` on the keys in `must_match` (settings that change the data stream).
+/// Settings every task lets a resumed run change: how long it runs and how often it evaluates,
+/// saves and logs, none of which changes the arithmetic of a step.
+pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
+    "max_steps",
+    "epochs",
+    "eval_every",
+    "save_every",
+    "save_minutes",
+    "keep_last",
+    "log_every",
+    "overwrite",
+];
+
+/// Settings holding file paths: compared by the file they name, not by spelling.
+const PATH_SETTINGS: &[&str] = &["corpus", "valid", "train_file", "valid_file", "labels"];
+
+/// What a run starts from: the model, optimizer and state, in its locked output directory.
+pub struct Start {
+    /// The model (with its checkpoint's weights when resumed).
+    pub p: Pretrained,
+    /// The optimizer.
+    pub opt: AdamW,
+    /// Where the run stands.
+    pub state: TrainerState,
+    /// The output directory, locked for the run.
+    pub out: OutDir,
+    /// What the user should know before the first step (temporaries of a crashed run removed,
+    /// settings a resumed run changed).
+    pub notes: Vec<String>,
+}
+
+/// The flag a setting comes from.
+fn flag_of(key: &str) -> String {
+    match key {
+        "train_file" => "--train".into(),
+        "valid_file" => "--valid".into(),
+        k => format!("--{}", k.replace('_', "-")),
+    }
+}
+
+/// A setting's value as compared: paths by the file they name.
+fn comparable(key: &str, v: &serde_json::Value) -> serde_json::Value {
+    let canon = |s: &str| {
+        std::fs::canonicalize(s).map_or(s.to_string(), |p| p.to_string_lossy().into_owned())
+    };
+    match v {
+        serde_json::Value::String(s) if PATH_SETTINGS.contains(&key) => canon(s).into(),
+        serde_json::Value::Array(a) if PATH_SETTINGS.contains(&key) => a
+            .iter()
+            .map(|x| x.as_str().map_or(x.clone(), |s| canon(s).into()))
+            .collect(),
+        _ => v.clone(),
+    }
+}
+
+/// The settings that differ between a checkpoint's run (`saved`) and this one (`now`): those
+/// outside `may_change` (which stop the resume), and the allowed ones (said, not refused).
+/// A setting the checkpoint does not record (an older Kiln) is not compared.
+fn changed_settings(
+    saved: &serde_json::Value,
+    now: &serde_json::Value,
+    may_change: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    let (mut refused, mut allowed) = (Vec::new(), Vec::new());
+    let Some(now) = now.as_object() else {
+        return (refused, allowed);
+    };
+    for (key, v) in now {
+        let Some(old) = saved.get(key) else { continue };
+        if comparable(key, old) == comparable(key, v) {
+            continue;
+        }
+        let text = format!("{} {v} (the checkpoint's run: {old})", flag_of(key));
+        if may_change.contains(&key.as_str()) || MAY_CHANGE_ON_RESUME.contains(&key.as_str()) {
+            allowed.push(text);
+        } else {
+            refused.push(text);
+        }
+    }
+    (refused, allowed)
+}
+
+/// Opens a run in `out` (locked for the run; a crashed run's temporaries removed). A new run
+/// loads `model_dir` and needs an empty `out`, or `train.overwrite` to delete the run that is
+/// there. With `resume` the run continues from the latest complete checkpoint in `out`, which
+/// must come from the same model and the same settings — except those in `may_change` (and
+/// [`MAY_CHANGE_ON_RESUME`]), which are reported in [`Start::notes`].
 pub fn start(
     model_dir: &Path,
     out: &Path,
     config: serde_json::Value,
-    must_match: &[&str],
-    weight_decay: f32,
+    may_change: &[&str],
+    train: &TrainConfig,
     resume: bool,
-) -> Result<(Pretrained, AdamW, TrainerState)> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io("create directory", out, e))?;
-    match (resume, checkpoints(out).pop()) {
-        (true, Some(dir)) => {
-            let (p, mut opt, mut st) = load_checkpoint(&dir)?;
-            for key in must_match {
-                if st.config.get(*key) != config.get(*key) {
-                    return Err(Error::Input(format!(
-                        "{} was made with another --{}; resume with the same settings",
-                        dir.display(),
-                        key.replace('_', "-")
-                    )));
-                }
-            }
-            st.config = config;
-            opt.weight_decay = weight_decay;
-            Ok((p, opt, st))
-        }
-        (true, None) => Err(Error::Input(format!(
-            "--resume: no checkpoint-* directory in {}",
-            out.display()
-        ))),
-        (false, _) => {
-            let p = checkpoint::load(model_dir)?;
-            Ok((p, AdamW::new(weight_decay), TrainerState::new(config)))
-        }
+) -> Result<Start> {
+    if resume && train.overwrite {
+        return Err(Error::Input(
+            "--resume continues the run in --out and --overwrite deletes it: give one of them"
+                .into(),
+        ));
     }
+    let canon_model = std::fs::canonicalize(model_dir).ok();
+    if out.exists() && canon_model.is_some() && std::fs::canonicalize(out).ok() == canon_model {
+        return Err(Error::Input(format!(
+            "--out {} is the --model directory: the run would replace the model it starts from; choose another --out",
+            out.display()
+        )));
+    }
+    let out = OutDir::lock(out)?;
+    let mut notes = Vec::new();
+    let removed = out.remove_temps()?;
+    if !removed.is_empty() {
+        notes.push(format!(
+            "removed {} temporary file(s) a stopped run left in {}: {}",
+            removed.len(),
+            out.display(),
+            removed.join(", ")
+        ));
+    }
+    if resume {
+        let Some(dir) = checkpoints(&out).pop() else {
+            return Err(Error::Input(format!(
+                "--resume: no checkpoint-* directory in {}; start a new run without --resume (with --overwrite if it is not empty)",
+                out.display()
+            )));
+        };
+        let (p, mut opt, mut st) = load_checkpoint(&dir)?;
+        if let Some(made_from) = &st.model {
+            let now = checkpoint::fingerprint(model_dir).map_err(|e| {
+                Error::Input(format!(
+                    "--resume: cannot read --model {} to check that {} was made from it: {e}",
+                    model_dir.display(),
+                    dir.display()
+                ))
+            })?;
+            if &now != made_from {
+                return Err(Error::Input(format!(
+                    "--resume: {} continues a run of another model, not of --model {}; give that run's model, or start over with --overwrite",
+                    dir.display(),
+                    model_dir.display()
+                )));
+            }
+        }
+        let (refused, allowed) = changed_settings(&st.config, &config, may_change);
+        if !refused.is_empty() {
+            return Err(Error::Input(format!(
+                "--resume: {} was made with other settings: {}; resume with the checkpoint's settings, or start over with --overwrite",
+                dir.display(),
+                refused.join(", ")
+            )));
+        }
+        for a in allowed {
+            notes.push(format!("resuming with a changed setting: {a}"));
+        }
+        st.config = config;
+        opt.weight_decay = train.weight_decay;
+        return Ok(Start {
+            p,
+            opt,
+            state: st,
+            out,
+            notes,
+        });
+    }
+    let held = out.contents()?;
+    if !held.is_empty() {
+        if !train.overwrite {
+            let what = match checkpoints(&out).pop() {
+                Some(c) => format!(
+                    "holds another run ({}); continue it with --resume, or",
+                    c.file_name().unwrap_or_default().to_string_lossy()
+                ),
+                None => format!("is not empty ({}); choose an empty directory, or", {
+                    let mut shown: Vec<String> = held.iter().take(4).cloned().collect();
+                    if held.len() > 4 {
+                        shown.push(format!("{} more", held.len() - 4));
+                    }
+                    shown.join(", ")
+                }),
+            };
+            return Err(Error::Input(format!(
+                "--out {} {what} give --overwrite to replace it",
+                out.display()
+            )));
+        }
+        if let (Some(m), Ok(o)) = (&canon_model, std::fs::canonicalize(&*out)) {
+            if m.starts_with(&o) {
+                return Err(Error::Input(format!(
+                    "--model {} lies inside --out {}, which --overwrite would delete; choose another --out",
+                    model_dir.display(),
+                    out.display()
+                )));
+            }
+        }
+        out.clear_run()?;
+        notes.push(format!(
+            "--overwrite: removed the previous run's checkpoints, metrics and model files from {}",
+            out.display()
+        ));
+    }
+    let p = checkpoint::load(model_dir)?;
+    let mut state = TrainerState::new(config);
+    state.model = Some(checkpoint::fingerprint(model_dir)?);
+    Ok(Start {
+        p,
+        opt: AdamW::new(train.weight_decay),
+        state,
+        out,
+        notes,
+    })
 }
 
-/// Runs the loop from `state` to the planned number of steps (or an early stop), writing
-/// checkpoints, `metrics.jsonl` and the final (or best) model into `out`. `stop` requests a
-/// checkpoint and a clean exit (Ctrl-C); `report` sees every step. `patience`: stop after this
-/// many evaluations without a better selection metric.
-#[allow(clippy::too_many_arguments)]
+/// Bytes of one checkpoint of `p`: the model (or only its adapter) and two AdamW moments per
+/// trained value.
+fn checkpoint_bytes(p: &mut Pretrained) -> u64 {
+    let (trainable, total) = crate::peft::parameter_counts(p);
+    let model = if p.peft.is_some() { trainable } else { total };
+    (model as u64 + 2 * trainable as u64) * 4
+}
+
+/// Turns a full disk while saving into an error naming the directory, the space needed and the
+/// last good checkpoint.
+fn saving<T>(r: Result<T>, out: &OutDir, p: &mut Pretrained) -> Result<T> {
+    r.map_err(|e| {
+        if !super::outdir::is_disk_full(&e) {
+            return e;
+        }
+        // The half-written save goes first, so the free space reported is what the user has.
+        let _ = out.remove_temps();
+        Error::DiskFull {
+            dir: out.to_path_buf(),
+            needed_mb: checkpoint_bytes(p).div_ceil(1 << 20),
+            free: super::outdir::free_bytes(out)
+                .map_or(String::new(), |b| format!(", {} MB free", b >> 20)),
+            last: checkpoints(out)
+                .pop()
+                .map_or("none (nothing saved yet)".into(), |d| {
+                    d.display().to_string()
+                }),
+        }
+    })
+}
+
+/// Runs the loop from `start` to the planned number of steps (or an early stop), writing
+/// checkpoints, `metrics.jsonl` and the final (or best) model into its output directory. `stop`
+/// requests a checkpoint and a clean exit (Ctrl-C, SIGTERM); `report` sees every step.
+/// `patience`: stop after this many evaluations without a better selection metric. A run that
+/// fails removes the temporary files it was writing; a full disk is named as such.
 pub fn run<T: Task>(
+    start: Start,
+    task: &mut T,
+    cfg: &TrainConfig,
+    patience: Option<u64>,
+    stop: &AtomicBool,
+    report: impl FnMut(&Progress),
+) -> Result<Summary> {
+    let Start {
+        p, opt, state, out, ..
+    } = start;
+    let r = run_locked(p, opt, state, task, cfg, patience, &out, stop, report);
+    if r.is_err() {
+        // Best effort: the error that stopped the run is what the user needs to see.
+        let _ = out.remove_temps();
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_locked<T: Task>(
     mut p: Pretrained,
     mut opt: AdamW,
     mut state: TrainerState,
     task: &mut T,
     cfg: &TrainConfig,
     patience: Option<u64>,
-    out: &Path,
+    out: &OutDir,
     stop: &AtomicBool,
     mut report: impl FnMut(&Progress),
 ) -> Result<Summary> {
     let kind = cfg.validate()?;
     let resumed = state.step > 0;
     // The output directory is the final model: its tokenizer files are there from the start.
-    checkpoint::save(&p, out, SaveDtype::F32)?;
+    // A resumed run keeps the model already there (the best so far, when a metric selects).
+    if !resumed || !out.join("config.json").exists() {
+        saving(checkpoint::save(&p, out, SaveDtype::F32), out, &mut p)?;
+    }
     p.dir = out.to_path_buf();
     let total = match cfg.max_steps {
         Some(s) => s,
@@ -198,6 +466,25 @@ pub fn run<T: Task>(
                 .max(1.0) as u64
         }
     };
+    if resumed && state.step >= total {
+        if state.step > total {
+            return Err(Error::Input(format!(
+                "--resume: the checkpoint is at step {}, past the {total} steps now planned; raise --max-steps (or --epochs)",
+                state.step
+            )));
+        }
+        return Ok(Summary {
+            step: state.step,
+            total_steps: total,
+            loss: f32::NAN,
+            valid_loss: state.valid_loss,
+            best: state.best,
+            metric: task.selection().map(|(n, _)| n.to_string()),
+            interrupted: false,
+            early_stopped: false,
+            already_finished: true,
+        });
+    }
     state.total_steps = total;
     let sched = Schedule {
         peak: cfg.lr,
@@ -219,6 +506,7 @@ pub fn run<T: Task>(
     let mut last_loss = f32::NAN;
     let (mut tokens_since, mut since) = (0usize, Instant::now());
     let (mut interrupted, mut early_stopped) = (false, false);
+    let mut last_save = Instant::now();
     while state.step < total {
         if stop.load(Ordering::SeqCst) {
             interrupted = true;
@@ -329,7 +617,7 @@ pub fn run<T: Task>(
         }
         if improved {
             // The best model so far is the output directory's model.
-            checkpoint::save(&p, out, SaveDtype::F32)?;
+            saving(checkpoint::save(&p, out, SaveDtype::F32), out, &mut p)?;
         }
         report(&Progress {
             step: state.step,
@@ -343,13 +631,19 @@ pub fn run<T: Task>(
             early_stopped = true;
             break;
         }
-        if cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && !last {
-            save_checkpoint(out, &mut p, &opt, &state, cfg.keep_last)?;
+        let due = (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every))
+            || (cfg.save_minutes > 0.0
+                && last_save.elapsed().as_secs_f64() >= 60.0 * cfg.save_minutes);
+        if due && !last {
+            let r = save_checkpoint(out, &mut p, &opt, &state, cfg.keep_last);
+            saving(r, out, &mut p)?;
+            last_save = Instant::now();
         }
     }
-    save_checkpoint(out, &mut p, &opt, &state, cfg.keep_last)?;
+    let r = save_checkpoint(out, &mut p, &opt, &state, cfg.keep_last);
+    saving(r, out, &mut p)?;
     if !interrupted && state.best.is_none() {
-        checkpoint::save(&p, out, SaveDtype::F32)?;
+        saving(checkpoint::save(&p, out, SaveDtype::F32), out, &mut p)?;
     }
     Ok(Summary {
         step: state.step,
@@ -360,5 +654,6 @@ pub fn run<T: Task>(
         metric: selection.map(|(n, _)| n),
         interrupted,
         early_stopped,
+        already_finished: false,
     })
 }
