@@ -294,6 +294,8 @@ fn resumed_finetune_is_bit_identical() {
     cfg.train.save_every = 4;
     cfg.train.grad_accum = 2;
     cfg.train.batch_size = 8;
+    // Evaluations before and after the interruption: the best model may come from either.
+    cfg.train.eval_every = 2;
     let full = dir.join("full");
     run_finetune(&fixture("tiny-gpt2"), &full, &cfg, false).unwrap();
     let part = dir.join("part");
@@ -326,6 +328,12 @@ fn resumed_finetune_is_bit_identical() {
     assert!(
         a.contains_key("score.weight"),
         "GPT-2 classifier head saved as `score`"
+    );
+    // The output directory's model (the best by the validation metric) is the same too: the
+    // resumed run does not replace the best model with the checkpoint it resumed from.
+    assert_eq!(
+        checkpoint::named_tensors(&checkpoint::load(&full).unwrap()).unwrap(),
+        checkpoint::named_tensors(&checkpoint::load(&part).unwrap()).unwrap(),
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
