@@ -132,6 +132,45 @@ fn generate_json_matches_transformers_greedy() {
 }
 
 #[test]
+fn streamed_text_equals_the_json_text_when_tokens_split_characters() {
+    // The tiny GPT-2's byte-level vocabulary spells these characters byte by byte, and its
+    // random continuations end tokens part-way through characters.
+    let m = fixture("tiny-gpt2");
+    let prompts = [
+        "你好",
+        "The cat",
+        "日本語のテキスト",
+        "émoji 😀 ok",
+        "Hello",
+    ];
+    let input = prompts.join("\n") + "\n";
+    let args = |json: bool| {
+        let mut a = vec![
+            "generate",
+            "--model",
+            m.to_str().unwrap(),
+            "--max-new-tokens",
+            "30",
+        ];
+        if json {
+            a.push("--json");
+        }
+        a
+    };
+    let (ok, plain, err) = kiln(&args(false), &input);
+    assert!(ok, "{err}");
+    let (ok, json, err) = kiln(&args(true), &input);
+    assert!(ok, "{err}");
+    let plain: Vec<&str> = plain.lines().collect();
+    let json = json_lines(&json);
+    assert_eq!(plain.len(), prompts.len());
+    for ((line, j), prompt) in plain.iter().zip(&json).zip(prompts) {
+        let expected = format!("{prompt}{}", j["text"].as_str().unwrap());
+        assert_eq!(*line, expected, "prompt {prompt}");
+    }
+}
+
+#[test]
 fn sampling_is_reproducible_with_a_seed() {
     let m = fixture("tiny-gpt2");
     let args = [

@@ -2,7 +2,7 @@
 
 use crate::io::{read_lines, Output};
 use anyhow::{bail, Result};
-use kiln::infer::{GenerateOptions, Generator, Strategy};
+use kiln::infer::{GenerateOptions, Generator, Strategy, TextStream};
 use std::path::PathBuf;
 
 /// Continue a prompt with a causal LM (a GPT-2 style model), using the KV cache. Text is
@@ -89,27 +89,23 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             out.bytes(prompt.as_bytes())?;
             out.flush()?;
-            let mut new = Vec::new();
-            let mut shown = 0usize;
+            let mut stream = TextStream::new(tok);
             let mut err = None;
-            gen.generate(&ids, &opts, |t| {
-                new.push(t);
-                // Decode the whole continuation and print what is new, so multi-token
-                // characters appear once they are complete.
-                match tok.decode(&new, true) {
-                    Ok(text) if text.len() > shown && text.is_char_boundary(shown) => {
-                        let _ = out
-                            .bytes(&text.as_bytes()[shown..])
-                            .and_then(|_| out.flush());
-                        shown = text.len();
+            gen.generate(&ids, &opts, |t| match stream.push(t) {
+                Ok(piece) if !piece.is_empty() => {
+                    if let Err(e) = out.bytes(piece.as_bytes()).and_then(|_| out.flush()) {
+                        err.get_or_insert(e);
                     }
-                    Ok(_) => {}
-                    Err(e) => err = Some(e),
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    err.get_or_insert(e.into());
                 }
             })?;
             if let Some(e) = err {
-                return Err(e.into());
+                return Err(e);
             }
+            out.bytes(stream.finish()?.as_bytes())?;
             out.line("")?;
         }
     }

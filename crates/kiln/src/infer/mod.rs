@@ -8,7 +8,9 @@ pub mod generate;
 pub mod qa;
 pub mod similarity;
 pub mod tag;
+pub mod text_stream;
 
 pub use embed::{EmbedOptions, Embedder};
 pub use fill_mask::{fill_mask, MaskPrediction};
 pub use generate::{GenerateOptions, Generator, Strategy};
+pub use text_stream::TextStream;
