@@ -29,6 +29,16 @@ impl LineBlocks {
         })
     }
 
+    /// The input's name (`<stdin>` for standard input).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Lines read so far (the 1-based number of the last line returned).
+    pub fn line_no(&self) -> usize {
+        self.line_no
+    }
+
     /// Up to `n` more lines (line ending removed); empty at the end of the input.
     pub fn next_block(&mut self, n: usize) -> Result<Vec<String>> {
         let mut out = Vec::new();
@@ -133,4 +143,15 @@ impl Drop for Output {
             let _ = std::fs::remove_file(tmp);
         }
     }
+}
+
+/// An error naming the input line whose output is not finite: weights that are finite (they
+/// are checked at load) can still overflow on some input, and NaN must not pass as a result.
+pub fn check_finite(values: &[f32], input: &str, line: usize) -> Result<()> {
+    if values.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{input} line {line}: the model's output is not finite (NaN or infinity); its weights overflow on this input"
+    )
 }

@@ -794,3 +794,64 @@ fn seq2seq_finetune_predict_eval() {
     assert_eq!(m["examples"], 4);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A copy of a fixture model with its tensors edited.
+fn edited_model(
+    name: &str,
+    from: &str,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, kiln::engine::Tensor>),
+) -> PathBuf {
+    let dir = scratch(name);
+    for e in std::fs::read_dir(fixture(from)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let store = kiln::checkpoint::WeightStore::open_dir(&dir).unwrap();
+    let mut t: std::collections::BTreeMap<_, _> = store
+        .names()
+        .into_iter()
+        .filter_map(|n| Some((n.clone(), store.get(&n).ok()?)))
+        .collect();
+    drop(store);
+    edit(&mut t);
+    kiln::checkpoint::weights::write_safetensors(
+        &dir.join("model.safetensors"),
+        &t,
+        kiln::checkpoint::SaveDtype::F32,
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn an_output_that_overflows_names_the_input_line() {
+    // Finite weights (they pass the load check) that overflow for one token: "is".
+    let m = edited_model("overflow", "tiny-bert", |t| {
+        let name = "bert.embeddings.word_embeddings.weight";
+        let shape = t[name].shape().to_vec();
+        let mut w = t[name].data().to_vec();
+        let id = 109; // "is" in vocab.txt
+        for v in &mut w[id * shape[1]..(id + 1) * shape[1]] {
+            *v = 3e38;
+        }
+        t.insert(name.into(), kiln::engine::Tensor::new(shape, w).unwrap());
+    });
+    let (ok, out, err) = kiln(
+        &["embed", "--model", m.to_str().unwrap()],
+        "the cat\nthis is it\nmore\n",
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("<stdin> line 2") && err.contains("not finite"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(m).unwrap();
+}

@@ -169,6 +169,31 @@ fn truncated_and_corrupt_safetensors() {
         msg.contains("corrupt safetensors") && msg.contains("model.safetensors"),
         "{msg}"
     );
+    // In words, not the safetensors crate's enum names.
+    assert!(msg.contains("header too large"), "{msg}");
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    for bad in [f32::NAN, f32::INFINITY] {
+        let dir = scratch("nan");
+        rewrite_tensors(&dir, |t| {
+            let name = "bert.encoder.layer.2.output.dense.weight";
+            let mut w = t[name].data().to_vec();
+            w[7] = bad;
+            t.insert(
+                name.into(),
+                kiln::engine::Tensor::new(t[name].shape().to_vec(), w).unwrap(),
+            );
+        });
+        let msg = load_err(&dir);
+        assert!(
+            msg.contains("bert.encoder.layer.2.output.dense.weight")
+                && msg.contains("non-finite")
+                && msg.contains("index 7"),
+            "{msg}"
+        );
+    }
 }
 
 #[test]

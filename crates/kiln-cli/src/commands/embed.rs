@@ -1,6 +1,6 @@
 //! `kiln embed`.
 
-use crate::io::{LineBlocks, Output};
+use crate::io::{check_finite, LineBlocks, Output};
 use anyhow::{bail, Result};
 use kiln::checkpoint::sentence::Pooling;
 use kiln::infer::{EmbedOptions, Embedder};
@@ -70,7 +70,11 @@ pub fn run(a: Args) -> Result<()> {
                 break;
             }
             let texts: Vec<&str> = block.iter().map(String::as_str).collect();
-            vecs.extend(embedder.embed(&texts)?);
+            let first = input.line_no() + 1 - block.len();
+            for (i, v) in embedder.embed(&texts)?.into_iter().enumerate() {
+                check_finite(&v, input.name(), first + i)?;
+                vecs.push(v);
+            }
         }
         out.bytes(&npy_f32(&vecs, embedder.dim()))?;
     } else {
@@ -81,7 +85,9 @@ pub fn run(a: Args) -> Result<()> {
                 break;
             }
             let texts: Vec<&str> = block.iter().map(String::as_str).collect();
-            for v in embedder.embed(&texts)? {
+            let first = input.line_no() + 1 - block.len();
+            for (i, v) in embedder.embed(&texts)?.into_iter().enumerate() {
+                check_finite(&v, input.name(), first + i)?;
                 // Serializing the f32 slice directly keeps the shortest f32 decimal form.
                 out.line(&serde_json::to_string(&Row { embedding: &v })?)?;
             }

@@ -76,7 +76,7 @@ impl WeightStore {
             let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io("mmap", path, e))?;
             let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
                 path: path.clone(),
-                msg: format!("{e:?} (the file is truncated or not a safetensors file)"),
+                msg: format!("{e} (the file is truncated or not a safetensors file)"),
             })?;
             for (name, info) in meta.tensors() {
                 index.insert(name, (fi, info.clone()));
@@ -140,6 +140,17 @@ impl WeightStore {
                 })
             }
         };
+        // Checked once here, so a corrupt file is named at load instead of turning every
+        // output into NaN.
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Safetensors {
+                path: path.clone(),
+                msg: format!(
+                    "tensor `{name}` holds a non-finite value ({}) at flat index {i} of shape {:?}; the weights are corrupt",
+                    data[i], info.shape
+                ),
+            });
+        }
         Tensor::new(info.shape.clone(), data).map_err(|_| Error::Safetensors {
             path: path.clone(),
             msg: format!(
@@ -195,7 +206,7 @@ pub fn write_safetensors(
             safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map_err(|e| {
                 Error::Safetensors {
                     path: path.to_path_buf(),
-                    msg: format!("tensor `{name}`: {e:?}"),
+                    msg: format!("tensor `{name}`: {e}"),
                 }
             })?;
         views.push((name.as_str(), v));
@@ -205,7 +216,7 @@ pub fn write_safetensors(
     let bytes =
         safetensors::tensor::serialize(views, Some(meta)).map_err(|e| Error::Safetensors {
             path: path.to_path_buf(),
-            msg: format!("{e:?}"),
+            msg: format!("{e}"),
         })?;
     super::atomic_write(path, &bytes)
 }
