@@ -855,3 +855,26 @@ fn an_output_that_overflows_names_the_input_line() {
     );
     std::fs::remove_dir_all(m).unwrap();
 }
+
+#[test]
+fn embed_max_length_is_honoured_or_refused_with_the_minimum() {
+    let m = fixture("tiny-bert");
+    let embed = |len: &str| {
+        let (ok, out, err) = kiln(
+            &["embed", "--model", m.to_str().unwrap(), "--max-length", len],
+            "the cat sat on the mat and looked at the dog\n",
+        );
+        (ok, out, err)
+    };
+    let (ok, _, err) = embed("1");
+    assert!(!ok);
+    assert!(
+        err.contains("--max-length 1") && err.contains("minimum is 3"),
+        "{err}"
+    );
+    let (ok, three, err) = embed("3");
+    assert!(ok, "{err}");
+    let (ok, all, err) = embed("64");
+    assert!(ok, "{err}");
+    assert_ne!(three, all, "--max-length 3 was not applied");
+}

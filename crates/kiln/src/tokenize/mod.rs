@@ -112,6 +112,19 @@ impl Tokenizer {
 
     /// Sets truncation for every later `encode`; `None` disables it.
     pub fn set_truncation(&mut self, max_len: Option<usize>, strategy: Truncation) -> Result<()> {
+        if let Some(n) = max_len {
+            // Below this the tokenizers crate keeps the whole text (its room for text
+            // underflows): a limit must leave at least one token of text.
+            let min = self.special_tokens_added(false) + 1;
+            let min = min.max(self.special_tokens_added(true));
+            if n < min {
+                return Err(Error::Input(format!(
+                    "--max-length {n} leaves no room for text: {} adds {} special token(s) to each input; the minimum is {min}",
+                    self.source.display(),
+                    self.special_tokens_added(false)
+                )));
+            }
+        }
         let params = max_len.map(|max_length| TruncationParams {
             max_length,
             strategy: match strategy {
@@ -126,6 +139,13 @@ impl Tokenizer {
             .with_truncation(params)
             .map_err(|e| tok_err(&self.source, e))?;
         Ok(())
+    }
+
+    /// Special tokens added to one sentence (`pair`: to a pair), e.g. 2 and 3 for BERT.
+    pub fn special_tokens_added(&self, pair: bool) -> usize {
+        self.inner
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, pair))
     }
 
     /// Encodes one sentence or a pair, with special tokens.
