@@ -210,3 +210,30 @@ fn unsupported_dtype_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn a_config_with_fewer_layers_than_the_weights_is_refused() {
+    let dir = scratch("fewer-layers");
+    let path = dir.join("config.json");
+    let mut cfg = json(&path);
+    cfg["num_hidden_layers"] = 2.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let msg = load_err(&dir);
+    assert!(
+        msg.contains("config.json")
+            && msg.contains("bert.encoder.layer.2.*")
+            && msg.contains("does not match"),
+        "{msg}"
+    );
+    // Another task's head is not the model's own: it loads, listed as unused.
+    let dir = scratch("other-head");
+    rewrite_tensors(&dir, |t| {
+        t.insert(
+            "cls.seq_relationship.weight".into(),
+            kiln::engine::Tensor::zeros(&[2, 96]),
+        );
+    });
+    let p = checkpoint::load(&dir).unwrap();
+    assert_eq!(p.unused_tensors, vec!["cls.seq_relationship.weight"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -164,11 +164,12 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
     };
 
     let ignored = r.names.ignored_suffixes;
-    let unused_tensors = store
+    let unused_tensors: Vec<String> = store
         .names()
         .into_iter()
         .filter(|n| !r.used.contains(n) && !ignored.iter().any(|s| n.ends_with(s)))
         .collect();
+    refuse_unused_own(r.names, &unused_tensors, &model_dir)?;
     let tokenizer = Tokenizer::from_dir(&model_dir)?;
     Ok(Pretrained {
         dir: dir.to_path_buf(),
@@ -181,6 +182,63 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
         sentence,
         unused_tensors,
         peft: None,
+    })
+}
+
+/// Unused tensors of the base model's own modules (embeddings, blocks, final norm) mean that
+/// config.json describes a smaller model than the weights (e.g. fewer layers): computing with
+/// it would silently drop them. Heads of other tasks stay allowed (listed by `kiln info`).
+fn refuse_unused_own(names: &NameTable, unused: &[String], dir: &Path) -> Result<()> {
+    let module = |tensor: &'static str| tensor.rsplit_once('.').map_or(tensor, |(m, _)| m);
+    let mut roots: Vec<&str> = vec![
+        names.layer.trim_end_matches('.'),
+        module(names.word_embeddings),
+        module(names.position_embeddings),
+    ];
+    roots.extend(names.token_type_embeddings.map(module));
+    roots.extend(names.embeddings_norm);
+    roots.extend(names.final_norm);
+    let own: Vec<&String> = unused
+        .iter()
+        .filter(|n| {
+            let local = n.strip_prefix(names.base_prefix).unwrap_or(n);
+            roots.iter().any(|r| {
+                local
+                    .strip_prefix(r)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            })
+        })
+        .collect();
+    if own.is_empty() {
+        return Ok(());
+    }
+    // A block's tensors are named together: `bert.encoder.layer.2.*`.
+    let mut groups: Vec<String> = Vec::new();
+    for n in &own {
+        let local = n.strip_prefix(names.base_prefix).unwrap_or(n);
+        let g = match local.strip_prefix(names.layer) {
+            Some(rest) => {
+                let block = rest.split('.').next().unwrap_or("");
+                format!("{}{block}.*", &n[..n.len() - rest.len()])
+            }
+            None => n.to_string(),
+        };
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    let mut shown: Vec<String> = groups.iter().take(6).cloned().collect();
+    if groups.len() > 6 {
+        shown.push(format!("and {} more", groups.len() - 6));
+    }
+    Err(Error::Config {
+        path: dir.join("config.json"),
+        field: "num_hidden_layers / sizes".into(),
+        msg: format!(
+            "the weights hold {} tensor(s) of the model's own layers that this config does not use ({}); the config does not match the weights",
+            own.len(),
+            shown.join(", ")
+        ),
     })
 }
 
