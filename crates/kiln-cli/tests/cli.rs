@@ -878,3 +878,23 @@ fn embed_max_length_is_honoured_or_refused_with_the_minimum() {
     assert!(ok, "{err}");
     assert_ne!(three, all, "--max-length 3 was not applied");
 }
+
+#[test]
+fn fill_mask_refuses_masks_past_the_models_positions_naming_the_line() {
+    let m = fixture("tiny-bert"); // 64 positions
+    let many = vec!["[MASK]"; 70].join(" ");
+    let long_tail = format!("the [MASK] sat {}", vec!["on the mat"; 40].join(" "));
+    let (ok, _, err) = kiln(
+        &["fill-mask", "--model", m.to_str().unwrap()],
+        &format!("the [MASK] sat\n{many}\n"),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("<stdin> line 2") && err.contains("70 masks") && err.contains("64 positions"),
+        "{err}"
+    );
+    // A long text whose masks all fit is cut to the positions and answered.
+    let (ok, out, err) = kiln(&["fill-mask", "--model", m.to_str().unwrap()], &long_tail);
+    assert!(ok, "{err}");
+    assert_eq!(json_lines(&out)[0]["masks"].as_array().unwrap().len(), 1);
+}

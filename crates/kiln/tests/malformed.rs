@@ -237,3 +237,25 @@ fn a_config_with_fewer_layers_than_the_weights_is_refused() {
     assert_eq!(p.unused_tensors, vec!["cls.seq_relationship.weight"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_tokenizer_larger_than_the_vocabulary_is_refused_at_load() {
+    let dir = scratch("big-tokenizer");
+    let path = dir.join("tokenizer.json");
+    let mut t = json(&path);
+    for (i, w) in ["zebra", "yak"].iter().enumerate() {
+        t["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "id": 250 + i, "content": w, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": true, "special": false
+            }));
+    }
+    std::fs::write(&path, t.to_string()).unwrap();
+    let msg = load_err(&dir);
+    assert!(
+        msg.contains("252 tokens") && msg.contains("250 embeddings") && msg.contains("vocab_size"),
+        "{msg}"
+    );
+}

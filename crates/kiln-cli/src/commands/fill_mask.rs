@@ -1,7 +1,7 @@
 //! `kiln fill-mask`.
 
 use crate::io::{read_lines, Output};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 /// For each input line, the most likely tokens at each [MASK] position, left to right.
@@ -29,11 +29,15 @@ struct Row<'a> {
 
 pub fn run(a: Args) -> Result<()> {
     let p = super::load(&a.model)?;
-    let mut tok = p.tokenizer()?.clone();
-    tok.set_truncation(Some(p.config().max_positions), Default::default())?;
+    let tok = p.tokenizer()?;
     let mut out = Output::open(a.output.as_deref())?;
-    for line in read_lines(a.input.as_deref())? {
-        let masks = kiln::infer::fill_mask(&p, &tok, &line, a.top_k)?;
+    let name = a
+        .input
+        .as_ref()
+        .map_or("<stdin>".into(), |p| p.display().to_string());
+    for (i, line) in read_lines(a.input.as_deref())?.into_iter().enumerate() {
+        let masks = kiln::infer::fill_mask(&p, tok, &line, a.top_k)
+            .with_context(|| format!("{name} line {}", i + 1))?;
         out.line(&serde_json::to_string(&Row { text: &line, masks })?)?;
     }
     out.finish()

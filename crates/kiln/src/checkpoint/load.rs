@@ -171,6 +171,21 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
         .collect();
     refuse_unused_own(r.names, &unused_tensors, &model_dir)?;
     let tokenizer = Tokenizer::from_dir(&model_dir)?;
+    if let Some(t) = &tokenizer {
+        // Ids past the embedding table would fail on the first input that has them.
+        if t.vocab_size() > config.vocab_size {
+            return Err(Error::Config {
+                path: model_dir.join("config.json"),
+                field: "vocab_size".into(),
+                msg: format!(
+                    "the tokenizer ({}) has {} tokens but the model only {} embeddings; they were not made for each other",
+                    t.source().display(),
+                    t.vocab_size(),
+                    config.vocab_size
+                ),
+            });
+        }
+    }
     Ok(Pretrained {
         dir: dir.to_path_buf(),
         model,

@@ -35,7 +35,22 @@ pub fn fill_mask(
     let mask_id = tokenizer
         .mask_id()
         .ok_or_else(|| Error::Input("the tokenizer has no [MASK] token".into()))?;
-    let enc = tokenizer.encode(text, None)?;
+    let max = p.config().max_positions;
+    let mut enc = tokenizer.encode(text, None)?;
+    if enc.ids.len() > max {
+        // Cut to the model's positions, which must keep every mask: an answer for only some
+        // of them would be read as an answer for all.
+        let masks = enc.ids.iter().filter(|&&i| i == mask_id).count();
+        let mut cut = tokenizer.clone();
+        cut.set_truncation(Some(max), Default::default())?;
+        enc = cut.encode(text, None)?;
+        let kept = enc.ids.iter().filter(|&&i| i == mask_id).count();
+        if kept < masks {
+            return Err(Error::Input(format!(
+                "{masks} masks, but only {kept} fall within the model's {max} positions; shorten the text or split it"
+            )));
+        }
+    }
     let positions: Vec<usize> = enc
         .ids
         .iter()

@@ -141,6 +141,11 @@ impl Tokenizer {
         Ok(())
     }
 
+    /// The file the tokenizer was read from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
     /// Special tokens added to one sentence (`pair`: to a pair), e.g. 2 and 3 for BERT.
     pub fn special_tokens_added(&self, pair: bool) -> usize {
         self.inner
