@@ -898,3 +898,70 @@ fn fill_mask_refuses_masks_past_the_models_positions_naming_the_line() {
     assert!(ok, "{err}");
     assert_eq!(json_lines(&out)[0]["masks"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn tokenizer_training_is_reproducible_and_refuses_an_empty_corpus() {
+    let dir = scratch("tok-repro");
+    // English and Chinese text with many equally frequent pairs (ties the trainers must break
+    // the same way every time).
+    let corpus = dir.join("corpus.txt");
+    let en = std::fs::read_to_string(fixture("apple_sentences.txt")).unwrap();
+    std::fs::write(
+        &corpus,
+        format!("{en}我喜欢吃苹果。\n苹果公司发布了新手机。\n"),
+    )
+    .unwrap();
+    for (kind, vocab) in [("wordpiece", "200"), ("bpe", "400"), ("unigram", "150")] {
+        let mut made = Vec::new();
+        for (run, threads) in ["1", "2", "1"].iter().enumerate() {
+            let out = dir.join(format!("{kind}-{run}"));
+            let (ok, _, err) = kiln(
+                &[
+                    "tokenizer",
+                    "train",
+                    "--corpus",
+                    corpus.to_str().unwrap(),
+                    "--kind",
+                    kind,
+                    "--vocab-size",
+                    vocab,
+                    "--lowercase",
+                    "--threads",
+                    threads,
+                    "--out",
+                    out.to_str().unwrap(),
+                ],
+                "",
+            );
+            assert!(ok, "{err}");
+            made.push(std::fs::read(out.join("tokenizer.json")).unwrap());
+        }
+        assert!(
+            made.windows(2).all(|w| w[0] == w[1]),
+            "{kind}: tokenizer.json differs between runs"
+        );
+    }
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "\n  \n").unwrap();
+    let (ok, _, err) = kiln(
+        &[
+            "tokenizer",
+            "train",
+            "--corpus",
+            empty.to_str().unwrap(),
+            "--kind",
+            "wordpiece",
+            "--vocab-size",
+            "100",
+            "--out",
+            dir.join("none").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("empty.txt") && err.contains("no text"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -4,6 +4,7 @@
 
 mod extend;
 mod load;
+mod reproducible;
 pub mod train;
 
 use crate::error::{Error, Result};

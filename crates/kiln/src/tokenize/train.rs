@@ -3,6 +3,7 @@
 //! tokens, as Google's Chinese BERT does), GPT-2-style byte-level BPE, or a SentencePiece-style
 //! Unigram model. The saved directory loads in transformers as `PreTrainedTokenizerFast`.
 
+use super::reproducible::{Inner, Reproducible};
 use super::{tok_err, Tokenizer};
 use crate::checkpoint::atomic_write;
 use crate::data::Corpus;
@@ -14,8 +15,7 @@ use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::bpe::{BpeTrainer, BPE};
 use tokenizers::models::unigram::{Unigram, UnigramTrainer};
-use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
-use tokenizers::models::TrainerWrapper;
+use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::normalizers::{Lowercase, NormalizerWrapper, Sequence, NFKC};
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
@@ -87,7 +87,7 @@ pub fn train_tokenizer(corpus: &Corpus, opts: &TrainOptions, out: &Path) -> Resu
         .map(|t| AddedToken::from(*t, true))
         .collect();
     let ctx = |e: &dyn std::fmt::Display| tok_err(out, e);
-    let (mut tok, mut trainer): (tokenizers::Tokenizer, TrainerWrapper) = match opts.kind {
+    let (mut tok, inner): (tokenizers::Tokenizer, Inner) = match opts.kind {
         TrainKind::WordPiece => {
             let mut t = tokenizers::Tokenizer::new(
                 WordPiece::builder()
@@ -103,13 +103,15 @@ pub fn train_tokenizer(corpus: &Corpus, opts: &TrainOptions, out: &Path) -> Resu
             )));
             t.with_pre_tokenizer(Some(BertPreTokenizer));
             t.with_decoder(Some(WordPieceDecoder::default()));
-            let tr = WordPieceTrainer::builder()
+            // WordPieceTrainer is this BPE trainer with the `##` prefix, turned into WordPiece.
+            let tr = BpeTrainer::builder()
                 .vocab_size(opts.vocab_size)
                 .min_frequency(opts.min_frequency)
                 .special_tokens(specials)
+                .continuing_subword_prefix("##".into())
                 .show_progress(opts.show_progress)
                 .build();
-            (t, tr.into())
+            (t, Inner::WordPiece(tr))
         }
         TrainKind::Bpe => {
             let mut t = tokenizers::Tokenizer::new(BPE::default());
@@ -126,7 +128,7 @@ pub fn train_tokenizer(corpus: &Corpus, opts: &TrainOptions, out: &Path) -> Resu
                 .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
                 .show_progress(opts.show_progress)
                 .build();
-            (t, tr.into())
+            (t, Inner::Bpe(tr))
         }
         TrainKind::Unigram => {
             let mut t = tokenizers::Tokenizer::new(Unigram::default());
@@ -148,7 +150,8 @@ pub fn train_tokenizer(corpus: &Corpus, opts: &TrainOptions, out: &Path) -> Resu
                 .show_progress(opts.show_progress)
                 .build()
                 .map_err(|e| ctx(&e))?;
-            (t, tr.into())
+            // `<unk>` is the second special token.
+            (t, Inner::Unigram(tr, 1))
         }
     };
 
@@ -163,6 +166,7 @@ pub fn train_tokenizer(corpus: &Corpus, opts: &TrainOptions, out: &Path) -> Resu
             })
         })
     };
+    let mut trainer = Reproducible::new(inner, special_tokens(opts.kind).len(), opts.show_progress);
     let trained = tok
         .train(&mut trainer, rx.into_iter())
         .map(|_| ())
@@ -170,6 +174,17 @@ pub fn train_tokenizer(corpus: &Corpus, opts: &TrainOptions, out: &Path) -> Resu
     reader
         .join()
         .map_err(|_| Error::Input("the corpus reader thread panicked".into()))??;
+    if trainer.words() == 0 {
+        return Err(Error::Input(format!(
+            "the corpus ({}) holds no text to train a tokenizer on",
+            corpus
+                .files()
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     trained?;
 
     if opts.kind != TrainKind::Bpe {
