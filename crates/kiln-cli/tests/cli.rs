@@ -965,3 +965,33 @@ fn tokenizer_training_is_reproducible_and_refuses_an_empty_corpus() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn init_refuses_a_model_too_large_for_memory_with_the_figures() {
+    let dir = scratch("huge");
+    let (ok, _, err) = kiln(
+        &[
+            "init",
+            "--arch",
+            "gpt2",
+            "--tokenizer",
+            fixture("tiny-gpt2").to_str().unwrap(),
+            "--layers",
+            "200",
+            "--hidden",
+            "65536",
+            "--heads",
+            "64",
+            "--out",
+            dir.join("m").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("parameters") && err.contains("GiB") && err.contains("--hidden"),
+        "{err}"
+    );
+    assert!(!dir.join("m").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}

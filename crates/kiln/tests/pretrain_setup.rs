@@ -181,6 +181,13 @@ fn init_follows_transformers_and_is_seeded() {
     let c = random_model(cfg, tok.clone(), dir.join("tok"), 8).unwrap();
     let ta = kiln::checkpoint::save::named_tensors(&a).unwrap();
     assert_eq!(ta, kiln::checkpoint::save::named_tensors(&b).unwrap());
+    // The size estimate `init` checks before allocating counts the base model exactly.
+    let base: usize = ta
+        .iter()
+        .filter(|(n, _)| n.starts_with("bert."))
+        .map(|(_, t)| t.numel())
+        .sum();
+    assert_eq!(a.config().parameter_count(), base as u128);
     assert_ne!(ta, kiln::checkpoint::save::named_tensors(&c).unwrap());
     let w = &ta["bert.encoder.layer.0.intermediate.dense.weight"];
     let std = (w.data().iter().map(|v| v * v).sum::<f32>() / w.numel() as f32).sqrt();

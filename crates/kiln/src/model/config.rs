@@ -67,6 +67,17 @@ impl ModelConfig {
         self.hidden_size / self.num_heads
     }
 
+    /// Parameters of the base model (embeddings, blocks, norms), without task heads; in u128
+    /// so absurd sizes are counted rather than overflowed.
+    pub fn parameter_count(&self) -> u128 {
+        let (h, i) = (self.hidden_size as u128, self.intermediate_size as u128);
+        let embeddings = (self.vocab_size + self.max_positions + self.type_vocab_size) as u128 * h
+            + if self.embedding_norm { 2 * h } else { 0 };
+        // q, k, v and output projections, both FFN linears, two norms, with biases.
+        let block = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h;
+        embeddings + self.num_layers as u128 * block + if self.final_norm { 2 * h } else { 0 }
+    }
+
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {

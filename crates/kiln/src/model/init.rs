@@ -45,6 +45,37 @@ pub struct InitShape {
     pub max_positions: Option<usize>,
 }
 
+/// Bytes of memory on this machine that a new allocation can still get (Linux
+/// `MemAvailable`), if known.
+fn available_memory() -> Option<u128> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses a model too large to create here, with the figures, instead of aborting part-way
+/// through the allocation. Creating and saving holds the weights about three times over (the
+/// model, the named tensors and their serialized bytes).
+fn refuse_unaffordable(cfg: &ModelConfig) -> Result<()> {
+    let params = cfg.parameter_count();
+    let need = params * 4 * 3;
+    let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
+    let too_big_for_memory = available_memory().is_some_and(|free| need > free);
+    if too_big_for_memory || params > usize::MAX as u128 / 16 {
+        return Err(Error::Input(format!(
+            "the model would have {params} parameters ({:.1} GiB in f32; creating and saving it needs about {:.1} GiB){}; choose smaller --layers, --hidden, --intermediate or --max-positions",
+            gib(params * 4),
+            gib(need),
+            available_memory().map_or(String::new(), |m| format!(
+                ", but this machine has {:.1} GiB available",
+                gib(m)
+            ))
+        )));
+    }
+    Ok(())
+}
+
 /// The config of a new model of `arch` and `size` for `tokenizer`.
 pub fn new_config(
     arch: Arch,
@@ -121,6 +152,7 @@ pub fn random_model(
     tokenizer_dir: PathBuf,
     seed: u64,
 ) -> Result<Pretrained> {
+    refuse_unaffordable(&cfg)?;
     let std = cfg.initializer_range as f32;
     if !(std > 0.0 && std.is_finite()) {
         return Err(Error::Input(format!(
