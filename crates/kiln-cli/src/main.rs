@@ -40,11 +40,11 @@ enum Command {
     /// Fine-tune a pretrained model on labelled data: classify, tag, qa or seq2seq (full, LoRA or adapters).
     Finetune(Box<commands::finetune::Args>),
     /// Score a fine-tuned model on labelled data with the task's metrics.
-    Eval(commands::finetune::EvalArgs),
+    Eval(commands::predict::EvalArgs),
     /// Predict with a fine-tuned model, one JSON line per input line.
-    Predict(commands::finetune::PredictArgs),
+    Predict(commands::predict::PredictArgs),
     /// Fold a LoRA adapter into its base model and save a plain transformers model directory.
-    Merge(commands::finetune::MergeArgs),
+    Merge(commands::merge::MergeArgs),
     /// Draw training/validation loss curves from metrics.jsonl files into a PNG.
     Plot(commands::plot::Args),
     /// Re-save a model directory in transformers' standard layout (and dtype).
@@ -68,9 +68,9 @@ fn main() {
         Command::Pretrain(a) => commands::pretrain::run(*a),
         Command::Plot(a) => commands::plot::run(a),
         Command::Finetune(a) => commands::finetune::run(*a),
-        Command::Eval(a) => commands::finetune::eval(a),
-        Command::Predict(a) => commands::finetune::predict(a),
-        Command::Merge(a) => commands::finetune::merge(a),
+        Command::Eval(a) => commands::predict::eval(a),
+        Command::Predict(a) => commands::predict::predict(a),
+        Command::Merge(a) => commands::merge::merge(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

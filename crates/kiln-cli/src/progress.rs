@@ -148,3 +148,54 @@ fn clock(secs: f64) -> String {
     let s = secs.round() as u64;
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
+
+/// A bar over the items of an inference command (lines, examples) on a terminal, so a long
+/// input shows how far it has got; nothing when standard error is not a terminal.
+pub struct Items {
+    bar: Option<ProgressBar>,
+}
+
+impl Items {
+    /// A bar for `total` items (unknown: a counter); `what` names them.
+    pub fn new(total: Option<u64>, what: &str) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(4));
+            let template = match total {
+                Some(_) => format!(
+                    "{{bar:30.cyan/blue}} {{pos}}/{{len}} {what} [{{elapsed_precise}} < {{eta_precise}}]"
+                ),
+                None => format!("{{spinner}} {{pos}} {what} [{{elapsed_precise}}]"),
+            };
+            b.set_style(
+                ProgressStyle::with_template(&template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            b
+        });
+        Items { bar }
+    }
+
+    /// `done` of `total` (the total may be refined as the work is split up).
+    pub fn set(&self, done: usize, total: usize) {
+        if let Some(b) = &self.bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    }
+
+    /// `n` more items done.
+    pub fn inc(&self, n: usize) {
+        if let Some(b) = &self.bar {
+            b.inc(n as u64);
+        }
+    }
+}
+
+impl Drop for Items {
+    fn drop(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -488,8 +488,9 @@ fn finetune_eval_predict_classify() {
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 40);
     for l in &lines {
-        // The data wrote integer labels: predictions do too, with probabilities in id order.
-        assert!(l["label"].is_u64(), "{l}");
+        // The data wrote integer labels and the labels file names them: predictions give the
+        // names, with probabilities in id order.
+        assert!(l["label"] == "negative" || l["label"] == "positive", "{l}");
         let probs = l["probabilities"].as_array().unwrap();
         assert_eq!(probs.len(), 2);
         let sum: f64 = probs.iter().map(|p| p.as_f64().unwrap()).sum();
@@ -993,5 +994,116 @@ fn init_refuses_a_model_too_large_for_memory_with_the_figures() {
         "{err}"
     );
     assert!(!dir.join("m").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn predict_reads_stdin_takes_the_task_from_the_head_and_answers_every_line_in_place() {
+    let tag = fixture("tiny-bert-tag");
+    let tag = tag.to_str().unwrap();
+    // Standard input, no --task (the model has a token head); ids carried; no words, no tags.
+    let (ok, out, err) = kiln(
+        &["predict", "--model", tag],
+        "{\"id\": \"a\", \"tokens\": [\"the\", \"cat\"]}\n{\"id\": 7, \"tokens\": []}\n{\"tokens\": [\"sat\"]}\n",
+    );
+    assert!(ok, "{err}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["id"], "a");
+    assert_eq!(lines[0]["tags"].as_array().unwrap().len(), 2);
+    assert_eq!(lines[1]["id"], 7);
+    assert_eq!(lines[1]["tags"], serde_json::json!([]));
+    assert!(lines[2].get("id").is_none());
+    // A sentence far longer than --max-length: every word is tagged (overlapping windows).
+    let words: Vec<String> = (0..60)
+        .map(|i| ["the", "cat", "sat", "on", "mat"][i % 5].into())
+        .collect();
+    let (ok, out, err) = kiln(
+        &["predict", "--model", tag, "--max-length", "8"],
+        &format!("{}\n", serde_json::json!({ "tokens": words })),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(json_lines(&out)[0]["tags"].as_array().unwrap().len(), 60);
+    // --skip-invalid answers a malformed line and a record without words in their place.
+    let input = "{\"tokens\": [\"a\"]}\nnot json\n{\"id\": \"x\", \"words\": [\"b\"]}\n{\"tokens\": [\"c\"]}\n";
+    let (ok, _, err) = kiln(&["predict", "--model", tag], input);
+    assert!(!ok && err.contains("<stdin> line 2"), "{err}");
+    let (ok, out, err) = kiln(&["predict", "--model", tag, "--skip-invalid"], input);
+    assert!(ok, "{err}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[0]["tags"].is_array() && lines[3]["tags"].is_array());
+    assert_eq!(lines[1]["line"], 2);
+    assert!(lines[1]["error"].as_str().unwrap().contains("JSON"));
+    assert_eq!(
+        (&lines[2]["id"], &lines[2]["line"]),
+        (&"x".into(), &3.into())
+    );
+    assert!(
+        lines[2]["error"].as_str().unwrap().contains("tokens"),
+        "{}",
+        lines[2]
+    );
+    // A --task the model has no head for names the head it has.
+    let (ok, _, err) = kiln(&["predict", "--model", tag, "--task", "classify"], input);
+    assert!(
+        !ok && err.contains("token-classification head (--task tag)"),
+        "{err}"
+    );
+    // eval reads standard input too, and scores on 0-100.
+    let gold = "{\"tokens\": [\"the\", \"cat\"], \"tags\": [\"O\", \"B-PER\"]}\n";
+    let (ok, out, err) = kiln(&["eval", "--model", tag, "--json"], gold);
+    assert!(ok, "{err}");
+    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let acc = m["token_accuracy"].as_f64().unwrap();
+    assert!([0.0, 50.0, 100.0].contains(&acc), "{m}");
+}
+
+#[test]
+fn csv_and_tsv_integer_labels_work_with_named_classes_and_lines_count_the_header() {
+    let dir = scratch("csv-labels");
+    let m = fixture("tiny-bert-cls"); // labels neg, neutral, pos
+    for (ext, sep) in [("csv", ","), ("tsv", "\t")] {
+        let path = dir.join(format!("data.{ext}"));
+        std::fs::write(
+            &path,
+            format!("text{sep}label\nthe cat{sep}2\nthe dog{sep}0\nbad row{sep}9\n"),
+        )
+        .unwrap();
+        let (ok, _, err) = kiln(
+            &[
+                "eval",
+                "--model",
+                m.to_str().unwrap(),
+                "--data",
+                path.to_str().unwrap(),
+            ],
+            "",
+        );
+        // Line 4 of the file (the header is line 1) holds label 9, which no class has.
+        assert!(!ok, "{ext}");
+        assert!(
+            err.contains(&format!("data.{ext} line 4")) && err.contains("label"),
+            "{ext}: {err}"
+        );
+        std::fs::write(
+            &path,
+            format!("text{sep}label\nthe cat{sep}2\nthe dog{sep}0\n"),
+        )
+        .unwrap();
+        let (ok, out, err) = kiln(
+            &[
+                "eval",
+                "--model",
+                m.to_str().unwrap(),
+                "--data",
+                path.to_str().unwrap(),
+                "--json",
+            ],
+            "",
+        );
+        assert!(ok, "{ext}: {err}");
+        assert_eq!(json_lines(&out)[0]["examples"], 2);
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

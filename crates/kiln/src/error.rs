@@ -83,6 +83,9 @@ pub enum Error {
         free: String,
         last: String,
     },
+    /// A model's output turned NaN or infinite on some input (finite weights that overflow).
+    #[error("{0}")]
+    NonFinite(String),
     /// Rendering an image failed.
     #[error("plot {path}: {msg}")]
     Plot { path: PathBuf, msg: String },

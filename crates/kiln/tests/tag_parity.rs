@@ -14,7 +14,7 @@ use kiln::infer::tag::{token_logits, word_labels};
 use kiln::model::Batch;
 use kiln::tokenize::Tokenizer;
 use kiln::train::backprop::zeros_like;
-use kiln::train::tag::{encode_tag_examples, tag_batch, token_loss, TagExample};
+use kiln::train::tag::{encode_tag_examples, tag_batch, token_loss, LongSentences, TagExample};
 use std::path::PathBuf;
 
 /// Longer than every fixture sentence: nothing is truncated.
@@ -80,6 +80,7 @@ fn encode(p: &Pretrained, tok: &Tokenizer, all_pieces: bool) -> Vec<TagExample> 
         Some(labels),
         MAX_LEN,
         all_pieces,
+        LongSentences::Truncate,
     )
     .unwrap()
 }
@@ -316,7 +317,7 @@ fn saved_tagger_is_the_transformers_checkpoint() {
 
 /// The arg-max at each word's first piece decides the word's label; later pieces, special
 /// tokens and word ids past `words` are ignored, and words without a piece (cut off by
-/// truncation) get the fallback.
+/// truncation) have none.
 #[test]
 fn word_labels_read_first_pieces() {
     const K: usize = 3;
@@ -332,8 +333,10 @@ fn word_labels_read_first_pieces() {
     ];
     let ids = [None, Some(0), Some(0), Some(1), Some(2), Some(2), Some(5)];
     // Four words; the fourth was truncated away.
-    assert_eq!(word_labels(&logits, K, &ids, 4, 2), [1, 0, 0, 2]);
-    assert_eq!(word_labels(&logits, K, &ids, 4, 1), [1, 0, 0, 1]);
-    // No word survived: every word falls back.
-    assert_eq!(word_labels(&logits[..K], K, &ids[..1], 2, 0), [0, 0]);
+    assert_eq!(
+        word_labels(&logits, K, &ids, 4),
+        [Some(1), Some(0), Some(0), None]
+    );
+    // No word survived.
+    assert_eq!(word_labels(&logits[..K], K, &ids[..1], 2), [None, None]);
 }

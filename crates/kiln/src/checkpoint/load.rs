@@ -51,6 +51,20 @@ impl Pretrained {
         })
     }
 
+    /// What head the model has, for messages: "a token-classification head (--task tag)".
+    pub fn head_description(&self) -> String {
+        match (&self.task, &self.mlm_head, &self.lm_head) {
+            (Some(t), _, _) => match t.kind {
+                HeadKind::Sequence => "a sequence-classification head (--task classify)".into(),
+                HeadKind::Token => "a token-classification head (--task tag)".into(),
+                HeadKind::Span => "an extractive-QA span head (--task qa)".into(),
+            },
+            (None, Some(_), _) => "a masked-LM head (kiln fill-mask, or --task seq2seq)".into(),
+            (None, None, Some(_)) => "a causal-LM head (kiln generate, or --task seq2seq)".into(),
+            (None, None, None) => "no head (a base model: kiln embed)".into(),
+        }
+    }
+
     /// Makes `linear` the fine-tuning head of `kind` for `labels`, with the dropout
     /// transformers puts before it, and drops the pre-training heads it replaces — and, for a
     /// token or span head, the pooler: BertForTokenClassification and BertForQuestionAnswering

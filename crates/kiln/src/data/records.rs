@@ -72,7 +72,13 @@ impl Format {
     }
 }
 
+/// The name `-` reads standard input (as JSON Lines).
+pub const STDIN: &str = "-";
+
 fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+    if path == Path::new(STDIN) {
+        return Ok(Box::new(BufReader::new(std::io::stdin())));
+    }
     let f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     let r: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(flate2::read::MultiGzDecoder::new(f))
@@ -82,22 +88,45 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>> {
     Ok(Box::new(BufReader::with_capacity(1 << 20, r)))
 }
 
-/// The records of a data file and how many malformed lines `skip_invalid` passed over.
+/// A line (or CoNLL sentence) that could not be read as a record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invalid {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub msg: String,
+}
+
+/// The records of a data file and the malformed lines `skip_invalid` passed over.
 #[derive(Clone, Debug)]
 pub struct DataFile {
     /// The records, in file order.
     pub records: Vec<Record>,
-    /// Malformed lines skipped (always 0 without `skip_invalid`).
-    pub skipped: usize,
+    /// Malformed lines skipped, in file order (always empty without `skip_invalid`).
+    pub invalid: Vec<Invalid>,
 }
 
-/// Reads every record of `path`. A malformed line is an error naming the file and line, unless
-/// `skip_invalid`, which counts it instead (the count is returned).
-pub fn read_records(path: &Path, skip_invalid: bool) -> Result<(Vec<Record>, usize)> {
-    let format = Format::of(path)?;
+impl DataFile {
+    /// How many malformed lines were skipped.
+    pub fn skipped(&self) -> usize {
+        self.invalid.len()
+    }
+}
+
+/// Reads every record of `path` (`-`: standard input, JSON Lines). A malformed line is an
+/// error naming the file and line, unless `skip_invalid`, which lists it instead. Blank lines
+/// are not records.
+pub fn read_records(path: &Path, skip_invalid: bool) -> Result<DataFile> {
+    let stdin = path == Path::new(STDIN);
+    let format = if stdin {
+        Format::Jsonl
+    } else {
+        Format::of(path)?
+    };
     let reader = open(path)?;
+    let path: &Path = if stdin { Path::new("<stdin>") } else { path };
     let mut out = Vec::new();
-    let mut skipped = 0;
+    let mut invalid = Vec::new();
     let at =
         |line: usize, msg: String| Error::Input(format!("{} line {line}: {msg}", path.display()));
     match format {
@@ -113,9 +142,15 @@ pub fn read_records(path: &Path, skip_invalid: bool) -> Result<(Vec<Record>, usi
                         path: path.to_path_buf(),
                         line: i + 1,
                     }),
-                    Ok(_) if skip_invalid => skipped += 1,
+                    Ok(_) if skip_invalid => invalid.push(Invalid {
+                        line: i + 1,
+                        msg: "expected a JSON object".into(),
+                    }),
                     Ok(_) => return Err(at(i + 1, "expected a JSON object".into())),
-                    Err(_) if skip_invalid => skipped += 1,
+                    Err(e) if skip_invalid => invalid.push(Invalid {
+                        line: i + 1,
+                        msg: format!("invalid JSON: {e}"),
+                    }),
                     Err(e) => return Err(at(i + 1, format!("invalid JSON: {e}"))),
                 }
             }
@@ -162,7 +197,14 @@ pub fn read_records(path: &Path, skip_invalid: bool) -> Result<(Vec<Record>, usi
                 if cols.len() < 2 || cols.len() != width {
                     if skip_invalid {
                         if !bad {
-                            skipped += 1;
+                            invalid.push(Invalid {
+                                line: i + 1,
+                                msg: format!(
+                                    "expected {} columns (word, then tags), found {}",
+                                    width.max(2),
+                                    cols.len()
+                                ),
+                            });
                         }
                         bad = true;
                         rows.push(vec![String::new(); width.max(2)]);
@@ -197,8 +239,11 @@ pub fn read_records(path: &Path, skip_invalid: bool) -> Result<(Vec<Record>, usi
             for row in r.records() {
                 let row = match row {
                     Ok(row) => row,
-                    Err(_) if skip_invalid => {
-                        skipped += 1;
+                    Err(e) if skip_invalid => {
+                        invalid.push(Invalid {
+                            line: e.position().map_or(0, |p| p.line() as usize),
+                            msg: format!("malformed row: {e}"),
+                        });
                         continue;
                     }
                     Err(e) => {
@@ -220,5 +265,8 @@ pub fn read_records(path: &Path, skip_invalid: bool) -> Result<(Vec<Record>, usi
             }
         }
     }
-    Ok((out, skipped))
+    Ok(DataFile {
+        records: out,
+        invalid,
+    })
 }

@@ -145,14 +145,13 @@ impl Labels {
         self.names.iter().position(|n| n == name)
     }
 
-    /// A label as the training data wrote it: an integer stays an integer.
+    /// A label as a prediction shows it: its name ("positive"), or, for classes the training
+    /// data wrote as integers without names, the integer.
     pub fn json(&self, id: usize) -> serde_json::Value {
         let name = self.names.get(id).cloned().unwrap_or_default();
-        if self.integer {
-            // Integer labels with named classes (a label file): the integer is the id.
-            name.parse::<i64>().unwrap_or(id as i64).into()
-        } else {
-            name.into()
+        match name.parse::<i64>() {
+            Ok(i) if self.integer => i.into(),
+            _ => name.into(),
         }
     }
 }

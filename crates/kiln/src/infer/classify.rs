@@ -13,8 +13,9 @@ pub fn sequence_head(p: &Pretrained) -> Result<&TaskHead> {
     match &p.task {
         Some(t) if t.kind == HeadKind::Sequence => Ok(t),
         _ => Err(Error::Input(format!(
-            "{} has no sequence-classification head (fine-tune it with `kiln finetune --task classify`)",
-            p.dir.display()
+            "{} has no sequence-classification head; it has {} (fine-tune one with `kiln finetune --task classify`)",
+            p.dir.display(),
+            p.head_description()
         ))),
     }
 }

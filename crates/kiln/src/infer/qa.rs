@@ -13,8 +13,9 @@ pub fn span_head(p: &Pretrained) -> Result<&TaskHead> {
     match &p.task {
         Some(t) if t.kind == HeadKind::Span => Ok(t),
         _ => Err(Error::Input(format!(
-            "{} has no question-answering head (fine-tune it with `kiln finetune --task qa`)",
-            p.dir.display()
+            "{} has no question-answering head; it has {} (fine-tune one with `kiln finetune --task qa`)",
+            p.dir.display(),
+            p.head_description()
         ))),
     }
 }

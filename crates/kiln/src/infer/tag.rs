@@ -11,8 +11,9 @@ pub fn token_head(p: &Pretrained) -> Result<&TaskHead> {
     match &p.task {
         Some(t) if t.kind == HeadKind::Token => Ok(t),
         _ => Err(Error::Input(format!(
-            "{} has no token-classification head (fine-tune it with `kiln finetune --task tag`)",
-            p.dir.display()
+            "{} has no token-classification head; it has {} (fine-tune one with `kiln finetune --task tag`)",
+            p.dir.display(),
+            p.head_description()
         ))),
     }
 }
@@ -24,15 +25,14 @@ pub fn token_logits(p: &Pretrained, batch: &Batch) -> Result<Vec<f32>> {
     head.linear.forward(hidden.data(), hidden.rows())
 }
 
-/// One label id per word from the logits of a sequence's tokens: the arg-max at each word's
-/// first piece. Words cut off by truncation get label `fallback`.
+/// One label id per word of a sequence from the logits of its tokens: the arg-max at each
+/// word's first piece; `None` for a word with no token (cut off by truncation).
 pub fn word_labels(
     logits: &[f32],
     k: usize,
     word_ids: &[Option<u32>],
     words: usize,
-    fallback: usize,
-) -> Vec<usize> {
+) -> Vec<Option<usize>> {
     let mut out = vec![None; words];
     for (t, w) in word_ids.iter().enumerate() {
         if let Some(w) = w.map(|w| w as usize).filter(|&w| w < words) {
@@ -49,5 +49,5 @@ pub fn word_labels(
             }
         }
     }
-    out.into_iter().map(|l| l.unwrap_or(fallback)).collect()
+    out
 }

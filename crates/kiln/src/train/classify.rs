@@ -195,8 +195,13 @@ pub fn label_of(r: &Record, field: &str, labels: &Labels) -> Result<f32> {
     if let Some(id) = labels.id(&name) {
         return Ok(id as f32);
     }
-    // Integer labels with named classes (a label file): the integer is the id.
-    match v.as_u64() {
+    // Integer labels with named classes (a label file): the integer is the id, whether the
+    // file wrote it as a number (JSONL) or as text (CSV/TSV).
+    let as_int = match v {
+        serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => v.as_u64(),
+    };
+    match as_int {
         Some(i)
             if (i as usize) < labels.names.len()
                 && labels.names.iter().all(|n| n.parse::<i64>().is_err()) =>
@@ -402,12 +407,23 @@ pub fn sequence_loss(
 }
 
 /// Metrics of `p` on labelled examples: `valid_loss`, `accuracy` and `macro_f1`
-/// (classification) or `mse`, `pearson` and `spearman` (regression).
+/// (classification) or `mse`, `pearson` and `spearman` (regression); every metric 0–100
+/// (correlations × 100), as docs/metrics.md says.
 pub fn evaluate_examples(p: &Pretrained, examples: &[Example]) -> Result<serde_json::Value> {
+    evaluate_examples_with(p, examples, &|_, _| {})
+}
+
+/// [`evaluate_examples`], calling `progress(done, total)` (in examples) as it goes.
+pub fn evaluate_examples_with(
+    p: &Pretrained,
+    examples: &[Example],
+    progress: &dyn Fn(usize, usize),
+) -> Result<serde_json::Value> {
     let head = sequence_head(p)?;
     let k = head.linear.out_features();
     let (mut logits, mut gold) = (Vec::new(), Vec::new());
     for chunk in examples.chunks(64) {
+        progress(logits.len() / k, examples.len());
         let refs: Vec<&Example> = chunk.iter().collect();
         logits.extend(sequence_logits(p, &batch_of(&refs)?)?);
         for e in chunk {
@@ -428,7 +444,7 @@ pub fn evaluate_examples(p: &Pretrained, examples: &[Example]) -> Result<serde_j
             / g.len().max(1) as f64;
         return Ok(serde_json::json!({
             "valid_loss": mse, "mse": mse,
-            "pearson": pearson(&pred, &g), "spearman": spearman(&pred, &g),
+            "pearson": 100.0 * pearson(&pred, &g), "spearman": 100.0 * spearman(&pred, &g),
         }));
     }
     let targets: Vec<i64> = gold.iter().map(|&l| l as i64).collect();
@@ -437,21 +453,21 @@ pub fn evaluate_examples(p: &Pretrained, examples: &[Example]) -> Result<serde_j
     let g: Vec<usize> = gold.iter().map(|&l| l as usize).collect();
     Ok(serde_json::json!({
         "valid_loss": loss,
-        "accuracy": accuracy(&pred, &g),
-        "macro_f1": macro_f1(&pred, &g, k),
+        "accuracy": 100.0 * accuracy(&pred, &g),
+        "macro_f1": 100.0 * macro_f1(&pred, &g, k),
     }))
 }
 
 /// Reads a data file's records (at least one) and counts the malformed lines skipped.
 pub fn read_data(path: &Path, skip_invalid: bool) -> Result<DataFile> {
-    let (records, skipped) = read_records(path, skip_invalid)?;
-    if records.is_empty() {
+    let data = read_records(path, skip_invalid)?;
+    if data.records.is_empty() {
         return Err(Error::Input(format!(
             "{} holds no examples",
             path.display()
         )));
     }
-    Ok(DataFile { records, skipped })
+    Ok(data)
 }
 
 /// Prepares sequence classification: the label set (from `--labels` or the data), the head

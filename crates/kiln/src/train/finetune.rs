@@ -280,8 +280,8 @@ pub fn finetune(
     let mut valid = cfg.valid_file.as_deref().map(read).transpose()?;
     let skipped_lines: Vec<(PathBuf, usize)> = std::iter::once((&cfg.train_file, &train))
         .chain(cfg.valid_file.iter().zip(&valid))
-        .filter(|(_, d)| d.skipped > 0)
-        .map(|(f, d)| (f.clone(), d.skipped))
+        .filter(|(_, d)| d.skipped() > 0)
+        .map(|(f, d)| (f.clone(), d.skipped()))
         .collect();
     let records = &train.records[..];
     if let (Some(d), Some(n)) = (valid.as_mut(), cfg.max_eval_samples) {

@@ -198,7 +198,7 @@ fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_jso
     let loss = (loss_sum / count.max(1) as f64) as f32;
     let mut out = serde_json::json!({ "valid_loss": loss, "perplexity": (loss as f64).exp() });
     if obj.objective == Objective::Mlm {
-        out["mlm_accuracy"] = (correct as f64 / count.max(1) as f64).into();
+        out["mlm_accuracy"] = (100.0 * correct as f64 / count.max(1) as f64).into();
     }
     Ok(out)
 }

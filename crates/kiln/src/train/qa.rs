@@ -172,7 +172,7 @@ pub fn read_qa_data(path: &Path, skip_invalid: bool) -> Result<DataFile> {
                 let records = squad_records(path, data)?;
                 return Ok(DataFile {
                     records,
-                    skipped: 0,
+                    invalid: Vec::new(),
                 });
             }
         }
@@ -396,9 +396,20 @@ pub fn answer_questions(
     features: &[QaFeature],
     d: &Decode,
 ) -> Result<(Answered, f32)> {
+    answer_questions_with(p, features, d, &|_, _| {})
+}
+
+/// [`answer_questions`], calling `progress(done, total)` (in windows) as it goes.
+pub fn answer_questions_with(
+    p: &Pretrained,
+    features: &[QaFeature],
+    d: &Decode,
+    progress: &dyn Fn(usize, usize),
+) -> Result<(Answered, f32)> {
     let mut logits: Vec<Vec<f32>> = Vec::with_capacity(features.len());
     let (mut loss, mut windows) = (0.0f64, 0usize);
     for chunk in features.chunks(32) {
+        progress(windows, features.len());
         let refs: Vec<&QaFeature> = chunk.iter().collect();
         let batch = qa_batch(&refs)?;
         let l = span_logits(p, &batch)?;
@@ -440,7 +451,17 @@ pub fn evaluate_qa(
     features: &[QaFeature],
     d: &Decode,
 ) -> Result<serde_json::Value> {
-    let (answers, loss) = answer_questions(p, features, d)?;
+    evaluate_qa_with(p, features, d, &|_, _| {})
+}
+
+/// [`evaluate_qa`], calling `progress(done, total)` (in windows) as it goes.
+pub fn evaluate_qa_with(
+    p: &Pretrained,
+    features: &[QaFeature],
+    d: &Decode,
+    progress: &dyn Fn(usize, usize),
+) -> Result<serde_json::Value> {
+    let (answers, loss) = answer_questions_with(p, features, d, progress)?;
     let golds: Vec<Vec<String>> = answers
         .iter()
         .map(|(ex, _)| ex.answers.iter().map(|a| a.text.clone()).collect())

@@ -279,6 +279,18 @@ pub fn evaluate_seq2seq(
     length_penalty: f32,
     max_target_length: usize,
 ) -> Result<serde_json::Value> {
+    let decoding = (num_beams, length_penalty, max_target_length);
+    evaluate_seq2seq_with(p, examples, decoding, &|_, _| {})
+}
+
+/// [`evaluate_seq2seq`] with (beams, length penalty, max target length), calling
+/// `progress(done, total)` (in generated targets) as it goes.
+pub fn evaluate_seq2seq_with(
+    p: &Pretrained,
+    examples: &[Seq2SeqExample],
+    (num_beams, length_penalty, max_target_length): (usize, f32, usize),
+    progress: &dyn Fn(usize, usize),
+) -> Result<serde_json::Value> {
     let (mut loss, mut n) = (0.0f64, 0usize);
     let (h, v) = (p.config().hidden_size, p.config().vocab_size);
     let word = &p.model.embeddings.word;
@@ -306,7 +318,17 @@ pub fn evaluate_seq2seq(
         loss += l as f64 * rows.len() as f64;
         n += rows.len();
     }
-    let hyps = generate_targets(p, examples, num_beams, length_penalty, max_target_length)?;
+    let mut hyps = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(16) {
+        progress(hyps.len(), examples.len());
+        hyps.extend(generate_targets(
+            p,
+            chunk,
+            num_beams,
+            length_penalty,
+            max_target_length,
+        )?);
+    }
     let refs: Vec<String> = examples.iter().map(|e| e.target.clone()).collect();
     let tok = BleuTokenize::for_refs(&refs);
     let bleu = corpus_bleu(&hyps, &refs, tok);

@@ -21,19 +21,23 @@ use crate::model::Batch;
 use crate::tokenize::{Tokenizer, Truncation};
 use rayon::prelude::*;
 
-/// One encoded sentence.
+/// One encoded sentence, or one window of a sentence longer than the model reads at once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TagExample {
     /// Token ids with special tokens.
     pub ids: Vec<u32>,
-    /// Word index of each token (`None` for special tokens).
+    /// Word index of each token within this window (`None` for special tokens).
     pub word_ids: Vec<Option<u32>>,
-    /// Words in the sentence (some may be cut by truncation).
+    /// Words in this window (some may be cut by truncation).
     pub words: usize,
     /// Training target of each token (label id, or -100 where ignored).
     pub targets: Vec<i64>,
-    /// Gold label id of each word, when the data has tags.
+    /// Gold label id of each word of the window, when the data has tags.
     pub gold: Option<Vec<usize>>,
+    /// The sentence (record index) this window belongs to.
+    pub sentence: usize,
+    /// The sentence's index of the window's first word.
+    pub first_word: usize,
 }
 
 /// A list-of-strings field of a record (the words, or the tags); `flag` names the option that
@@ -86,8 +90,19 @@ pub fn collect_tags(records: &[Record], field: &str, names: Option<Vec<String>>)
     })
 }
 
-/// Encodes sentences given as words, truncated to `max_len` tokens; with `labels`, the tags
-/// become targets on each word's first piece (every piece with `all_pieces`).
+/// How a sentence longer than `max_len` tokens is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LongSentences {
+    /// Cut at `max_len` (training: the words past it are not learned from).
+    Truncate,
+    /// Overlapping windows of whole words, each within `max_len`, so every word is tagged
+    /// (evaluation and prediction); neighbouring windows share about half their tokens.
+    Windows,
+}
+
+/// Encodes sentences given as words; with `labels`, the tags become targets on each word's
+/// first piece (every piece with `all_pieces`). Windows of one sentence are adjacent.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_tag_examples(
     tok: &Tokenizer,
     records: &[Record],
@@ -96,17 +111,20 @@ pub fn encode_tag_examples(
     labels: Option<&Labels>,
     max_len: usize,
     all_pieces: bool,
+    long: LongSentences,
 ) -> Result<Vec<TagExample>> {
-    let mut tok = tok.clone();
-    tok.set_truncation(Some(max_len), Truncation::LongestFirst)?;
-    records
+    let mut cut = tok.clone();
+    cut.set_truncation(Some(max_len), Truncation::LongestFirst)?;
+    let mut whole = tok.clone();
+    whole.set_truncation(None, Truncation::LongestFirst)?;
+    let per_sentence: Vec<Vec<TagExample>> = records
         .par_iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(sentence, r)| {
             let words = words_of(r, tokens_field, "--tokens-field")?;
             if words.is_empty() {
                 return Err(r.error("the sentence has no words"));
             }
-            let enc = tok.encode_words(&words).map_err(|e| r.error(e))?;
             let gold = match labels {
                 Some(l) => {
                     let tags = words_of(r, tag_field, "--tag-field")?;
@@ -132,31 +150,121 @@ pub fn encode_tag_examples(
                 }
                 None => None,
             };
-            let mut targets = vec![IGNORE; enc.ids.len()];
-            if let (Some(g), Some(l)) = (&gold, labels) {
-                let mut prev = None;
-                for (t, w) in enc.word_ids.iter().enumerate() {
-                    if let Some(w) = *w {
-                        let id = g[w as usize];
-                        if prev != Some(w) {
-                            targets[t] = id as i64;
-                        } else if all_pieces {
-                            // Later pieces of a B- word continue it (transformers' run_ner).
-                            targets[t] = inside_of(l, id) as i64;
+            let spans = match long {
+                LongSentences::Truncate => vec![(0, words.len())],
+                LongSentences::Windows => {
+                    let full = whole.encode_words(&words).map_err(|e| r.error(e))?;
+                    word_windows(&full.word_ids, words.len(), max_len)
+                }
+            };
+            spans
+                .into_iter()
+                .map(|(a, b)| {
+                    let enc = cut.encode_words(&words[a..b]).map_err(|e| r.error(e))?;
+                    let gold = gold.as_ref().map(|g| g[a..b].to_vec());
+                    let mut targets = vec![IGNORE; enc.ids.len()];
+                    if let (Some(g), Some(l)) = (&gold, labels) {
+                        let mut prev = None;
+                        for (t, w) in enc.word_ids.iter().enumerate() {
+                            if let Some(w) = *w {
+                                let id = g[w as usize];
+                                if prev != Some(w) {
+                                    targets[t] = id as i64;
+                                } else if all_pieces {
+                                    // Later pieces of a B- word continue it (transformers' run_ner).
+                                    targets[t] = inside_of(l, id) as i64;
+                                }
+                            }
+                            prev = *w;
                         }
                     }
-                    prev = *w;
-                }
-            }
-            Ok(TagExample {
-                ids: enc.ids,
-                word_ids: enc.word_ids,
-                words: words.len(),
-                targets,
-                gold,
-            })
+                    Ok(TagExample {
+                        ids: enc.ids,
+                        word_ids: enc.word_ids,
+                        words: b - a,
+                        targets,
+                        gold,
+                        sentence,
+                        first_word: a,
+                    })
+                })
+                .collect()
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(per_sentence.into_iter().flatten().collect())
+}
+
+/// Word ranges `[a, b)` of overlapping windows covering a sentence whose full encoding has
+/// `word_ids`, each within `max_len` tokens; the next window starts about half a window back.
+/// A word longer than a window on its own is a window of its own (its first piece is kept,
+/// the rest cut).
+fn word_windows(word_ids: &[Option<u32>], words: usize, max_len: usize) -> Vec<(usize, usize)> {
+    let mut pieces = vec![0usize; words];
+    for w in word_ids.iter().flatten() {
+        pieces[*w as usize] += 1;
+    }
+    let specials = word_ids.iter().filter(|w| w.is_none()).count();
+    let budget = max_len.saturating_sub(specials).max(1);
+    let mut out = Vec::new();
+    let mut a = 0;
+    while a < words {
+        let (mut b, mut used) = (a, 0);
+        while b < words && used + pieces[b] <= budget {
+            used += pieces[b];
+            b += 1;
+        }
+        let b = b.max(a + 1);
+        out.push((a, b));
+        if b >= words {
+            break;
+        }
+        // The next window shares at least the last word (so it gets context on its right),
+        // then words up to half a window.
+        let mut next = b;
+        let mut tail = 0;
+        while next - 1 > a && (next == b || tail + pieces[next - 1] <= budget / 2) {
+            tail += pieces[next - 1];
+            next -= 1;
+        }
+        a = next;
+    }
+    out
+}
+
+/// Merges per-window word labels into one label per word of each sentence: a word seen by
+/// several windows takes the label of the window where it has the most context on both sides.
+/// `labels(i)` gives window `i`'s labels for its words, or `None` for a word cut off.
+fn merge_windows(
+    examples: &[TagExample],
+    fallback: usize,
+    labels: impl Fn(usize) -> Vec<Option<usize>>,
+) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut context: Vec<i64> = Vec::new();
+    let mut current = None;
+    for (i, e) in examples.iter().enumerate() {
+        if current != Some(e.sentence) {
+            out.push(Vec::new());
+            context.clear();
+            current = Some(e.sentence);
+        }
+        let words = out.last_mut().expect("pushed above");
+        let need = e.first_word + e.words;
+        if words.len() < need {
+            words.resize(need, fallback);
+            context.resize(need, -1);
+        }
+        for (j, l) in labels(i).into_iter().enumerate() {
+            let Some(l) = l else { continue };
+            let ctx = j.min(e.words - 1 - j) as i64;
+            let w = e.first_word + j;
+            if ctx > context[w] {
+                context[w] = ctx;
+                words[w] = l;
+            }
+        }
+    }
+    out
 }
 
 /// The I- label continuing a B- label (itself when there is none).
@@ -252,39 +360,60 @@ pub fn token_loss(
     Ok(loss)
 }
 
-/// Predicted tag ids per word of each example.
+/// Predicted tag ids per word of each sentence (windows of a sentence merged).
 pub fn predict_tags(p: &Pretrained, examples: &[TagExample]) -> Result<Vec<Vec<usize>>> {
+    predict_tags_with(p, examples, &|_, _| {})
+}
+
+/// [`predict_tags`], calling `progress(done, total)` (in windows) as it goes.
+pub fn predict_tags_with(
+    p: &Pretrained,
+    examples: &[TagExample],
+    progress: &dyn Fn(usize, usize),
+) -> Result<Vec<Vec<usize>>> {
     let head = token_head(p)?;
     let k = head.linear.out_features();
     let fallback = head.labels.id("O").unwrap_or(0);
-    let mut out = Vec::with_capacity(examples.len());
+    let mut windows: Vec<Vec<Option<usize>>> = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(64) {
+        progress(windows.len(), examples.len());
         let refs: Vec<&TagExample> = chunk.iter().collect();
         let batch = tag_batch(&refs)?;
         let logits = token_logits(p, &batch)?;
         let mut off = 0;
         for e in chunk {
             let n = e.ids.len();
-            out.push(word_labels(
+            windows.push(word_labels(
                 &logits[off * k..(off + n) * k],
                 k,
                 &e.word_ids,
                 e.words,
-                fallback,
             ));
             off += n;
         }
     }
-    Ok(out)
+    Ok(merge_windows(examples, fallback, |i| windows[i].clone()))
 }
 
-/// Metrics on tagged examples: `valid_loss` (over first pieces), `token_accuracy` (over words,
-/// 0–1) and entity `precision`/`recall`/`f1` (0–100, seqeval's micro average).
+/// Metrics on tagged examples: `valid_loss` (over first pieces), `token_accuracy` (over words)
+/// and entity `precision`/`recall`/`f1` (seqeval's micro average), all 0–100.
 pub fn evaluate_tags(p: &Pretrained, examples: &[TagExample]) -> Result<serde_json::Value> {
+    evaluate_tags_with(p, examples, &|_, _| {})
+}
+
+/// [`evaluate_tags`], calling `progress(done, total)` (in windows, twice over: the loss, then
+/// the tags) as it goes.
+pub fn evaluate_tags_with(
+    p: &Pretrained,
+    examples: &[TagExample],
+    progress: &dyn Fn(usize, usize),
+) -> Result<serde_json::Value> {
     let head = token_head(p)?;
     let k = head.linear.out_features();
     let (mut loss_sum, mut count) = (0.0f64, 0usize);
-    for chunk in examples.chunks(64) {
+    let total = 2 * examples.len();
+    for (i, chunk) in examples.chunks(64).enumerate() {
+        progress(i * 64, total);
         let refs: Vec<&TagExample> = chunk.iter().collect();
         let batch = tag_batch(&refs)?;
         let logits = token_logits(p, &batch)?;
@@ -296,23 +425,28 @@ pub fn evaluate_tags(p: &Pretrained, examples: &[TagExample]) -> Result<serde_js
         loss_sum += l as f64 * n as f64;
         count += n;
     }
-    let pred = predict_tags(p, examples)?;
+    let pred = predict_tags_with(p, examples, &|done, _| {
+        progress(examples.len() + done, total)
+    })?;
     let names = &head.labels.names;
     let to_names = |ids: &[usize]| ids.iter().map(|&i| names[i].clone()).collect::<Vec<_>>();
-    let gold: Vec<Vec<String>> = examples
-        .iter()
-        .map(|e| {
-            e.gold
-                .as_deref()
-                .map(to_names)
-                .ok_or_else(|| Error::Input("evaluation data needs tags".into()))
-        })
-        .collect::<Result<_>>()?;
+    if examples.iter().any(|e| e.gold.is_none()) {
+        return Err(Error::Input("evaluation data needs tags".into()));
+    }
+    let gold = merge_windows(examples, 0, |i| {
+        examples[i]
+            .gold
+            .iter()
+            .flatten()
+            .map(|&g| Some(g))
+            .collect()
+    });
+    let gold: Vec<Vec<String>> = gold.iter().map(|g| to_names(g)).collect();
     let pred: Vec<Vec<String>> = pred.iter().map(|p| to_names(p)).collect();
     let (pr, rc, f1) = entity_prf(&gold, &pred);
     Ok(serde_json::json!({
         "valid_loss": loss_sum / count.max(1) as f64,
-        "token_accuracy": token_accuracy(&gold, &pred),
+        "token_accuracy": 100.0 * token_accuracy(&gold, &pred),
         "precision": 100.0 * pr, "recall": 100.0 * rc, "f1": 100.0 * f1,
     }))
 }
@@ -345,7 +479,8 @@ pub(crate) fn prepare(
     }
     let tok = p.tokenizer()?.clone();
     let max_len = cfg.max_length.min(p.config().max_positions);
-    let enc = |recs: &[Record]| {
+    // Training learns from what fits; evaluation tags every word, as `kiln eval` does.
+    let enc = |recs: &[Record], long| {
         encode_tag_examples(
             &tok,
             recs,
@@ -354,10 +489,11 @@ pub(crate) fn prepare(
             Some(&labels),
             max_len,
             cfg.label_all_pieces,
+            long,
         )
     };
-    let train = enc(records)?;
-    let valid = enc(valid)?;
+    let train = enc(records, LongSentences::Truncate)?;
+    let valid = enc(valid, LongSentences::Windows)?;
     let metric = pick_metric(
         cfg.metric.as_deref(),
         &["f1", "precision", "recall", "token_accuracy"],
@@ -380,4 +516,68 @@ pub(crate) fn prepare(
         loss: token_loss,
         evaluate: Box::new(evaluate_tags),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The word ids of `[CLS] pieces... [SEP]` for words of the given piece counts.
+    fn word_ids(pieces: &[usize]) -> Vec<Option<u32>> {
+        let mut v = vec![None];
+        for (w, &n) in pieces.iter().enumerate() {
+            v.extend(std::iter::repeat_n(Some(w as u32), n));
+        }
+        v.push(None);
+        v
+    }
+
+    #[test]
+    fn windows_cover_every_word_within_the_length_and_overlap() {
+        let pieces = [1, 3, 1, 2, 1, 1, 4, 1, 1, 2, 1, 1, 1, 2];
+        let max_len = 8; // 6 text tokens per window
+        let w = word_windows(&word_ids(&pieces), pieces.len(), max_len);
+        assert_eq!(w.first().map(|x| x.0), Some(0));
+        assert_eq!(w.last().map(|x| x.1), Some(pieces.len()));
+        for pair in w.windows(2) {
+            assert!(pair[1].0 > pair[0].0, "progress: {w:?}");
+            assert!(pair[1].0 < pair[0].1, "neighbours overlap: {w:?}");
+        }
+        for &(a, b) in &w {
+            assert!(pieces[a..b].iter().sum::<usize>() <= 6, "{w:?}");
+        }
+        // A sentence that fits is one window; a word longer than a window is one of its own.
+        assert_eq!(word_windows(&word_ids(&[1, 2]), 2, 8), vec![(0, 2)]);
+        assert_eq!(
+            word_windows(&word_ids(&[1, 9, 1]), 3, 8),
+            vec![(0, 1), (1, 2), (2, 3)]
+        );
+    }
+
+    #[test]
+    fn merged_windows_take_each_words_most_central_label() {
+        let window = |sentence, first_word, words| TagExample {
+            ids: Vec::new(),
+            word_ids: Vec::new(),
+            words,
+            targets: Vec::new(),
+            gold: None,
+            sentence,
+            first_word,
+        };
+        // Sentence 0: words 0-4 and 2-6; sentence 1: one window of 2 words.
+        let ex = [window(0, 0, 5), window(0, 2, 5), window(1, 0, 2)];
+        let labels = |i: usize| match i {
+            0 => vec![Some(1); 5],
+            1 => vec![Some(2), Some(2), Some(2), None, Some(2)],
+            _ => vec![Some(3), None],
+        };
+        // Word 2: centre of window 0 (2 each side) beats the edge of window 1; word 3 sits one
+        // from window 0's edge and one into window 1: the first keeps it; word 4: window 1.
+        // Word 5 was cut off in window 1 (no label): the fallback 0.
+        assert_eq!(
+            merge_windows(&ex, 0, labels),
+            vec![vec![1, 1, 1, 1, 2, 0, 2], vec![3, 0]]
+        );
+    }
 }
