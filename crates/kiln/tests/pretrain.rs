@@ -641,3 +641,36 @@ fn a_run_removes_the_temporaries_a_killed_run_left() {
     assert!(left.is_empty(), "{left:?}");
     std::fs::remove_dir_all(out).unwrap();
 }
+
+#[test]
+fn the_epoch_counts_passes_over_the_corpus_not_shuffle_pool_refills() {
+    // The default pool (10,000 sequences) reads this small corpus hundreds of times over
+    // before the first step; the epoch must follow the sequences trained on.
+    let out = scratch("epochs");
+    let cfg = config(Objective::Mlm, 10);
+    assert!(cfg.shuffle_buffer >= 10_000);
+    run_pt(&fixture("tiny-bert"), &out, &cfg, false).unwrap();
+    let tok = kiln::tokenize::Tokenizer::from_dir(&fixture("tiny-bert"))
+        .unwrap()
+        .unwrap();
+    let corpus = kiln::data::Corpus::new(cfg.corpus.clone(), "text").unwrap();
+    let framing = kiln::data::Framing::Bert {
+        cls: tok.token_to_id("[CLS]").unwrap(),
+        sep: tok.token_to_id("[SEP]").unwrap(),
+    };
+    let mut packer = kiln::data::Packer::new(&corpus, &tok, framing, cfg.seq_len);
+    while packer.epoch == 0 {
+        packer.next_sequence().unwrap();
+    }
+    let per_pass = packer.per_pass.unwrap();
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["epoch"].as_u64(), Some(10 * 4 / per_pass), "{last}");
+    std::fs::remove_dir_all(out).unwrap();
+}

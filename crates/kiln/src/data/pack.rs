@@ -25,8 +25,11 @@ pub struct Packer<'a> {
     buffer: Vec<u32>,
     /// Sequences produced so far (the data position saved in checkpoints).
     pub produced: u64,
-    /// Completed passes over the corpus.
+    /// Completed passes over the corpus (by the reader, which a shuffle pool runs ahead of
+    /// training; see [`Packer::passes_at`]).
     pub epoch: u64,
+    /// Sequences made from one whole pass (known once the first pass is complete).
+    pub per_pass: Option<u64>,
 }
 
 impl<'a> Packer<'a> {
@@ -46,6 +49,17 @@ impl<'a> Packer<'a> {
             buffer: Vec::new(),
             produced: 0,
             epoch: 0,
+            per_pass: None,
+        }
+    }
+
+    /// Complete passes over the corpus that the first `sequences` sequences make up.
+    pub fn passes_at(&self, sequences: u64) -> u64 {
+        match self.per_pass {
+            Some(n) if n > 0 => sequences / n,
+            // A pass shorter than one sequence: passes per sequence as read so far.
+            _ if self.produced > 0 => sequences * self.epoch / self.produced,
+            _ => 0,
         }
     }
 
@@ -77,6 +91,7 @@ impl<'a> Packer<'a> {
                     // End of the corpus: start the next epoch.
                     self.texts = self.corpus.texts();
                     self.epoch += 1;
+                    self.per_pass.get_or_insert(self.produced);
                     empty_passes += 1;
                     if empty_passes > 1 && self.buffer.is_empty() {
                         return Ok(None);

@@ -31,9 +31,10 @@ impl<'a> Shuffled<'a> {
         }
     }
 
-    /// Completed passes of the underlying stream.
+    /// Complete passes over the corpus that the sequences handed out so far make up (not the
+    /// passes the pool has read ahead to fill itself).
     pub fn epoch(&self) -> u64 {
-        self.packer.epoch
+        self.packer.passes_at(self.produced)
     }
 
     /// The next sequence; `None` only when the corpus holds no tokens at all.
