@@ -55,6 +55,15 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Pretrain(_) | Command::Finetune(_)) {
+        // Output piped into `head` and the like: a closed pipe ends the command quietly, as it
+        // does other Unix tools. Training keeps Rust's default (a write error), so a closed
+        // log pipe never kills a run before it checkpoints.
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     kiln::engine::par::init_threads(cli.threads);
     let result = match cli.command {
         Command::Info(a) => commands::info::run(a),

@@ -1107,3 +1107,79 @@ fn csv_and_tsv_integer_labels_work_with_named_classes_and_lines_count_the_header
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn messages_say_each_thing_once_and_in_words() {
+    // The OS error once, not once per layer of context.
+    let (ok, _, err) = kiln(
+        &[
+            "predict",
+            "--model",
+            fixture("tiny-bert-cls").to_str().unwrap(),
+            "--input",
+            "/nonexistent/kiln-input.jsonl",
+        ],
+        "",
+    );
+    assert!(!ok);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // An adapter for another base names both widths.
+    let m = crate_minilm();
+    let (ok, _, err) = kiln(
+        &[
+            "predict",
+            "--model",
+            m.to_str().unwrap(),
+            "--adapter",
+            fixture("peft-bert-cls").to_str().unwrap(),
+        ],
+        "{\"text\": \"hi\"}\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("made for a base with hidden size 96, this base has 384"),
+        "{err}"
+    );
+    assert_eq!(err.matches("peft-bert-cls").count(), 1, "{err}");
+}
+
+/// all-MiniLM-L6-v2 from `../shared/models/get-minilm.sh` (`.ci/run` fetches it).
+fn crate_minilm() -> PathBuf {
+    let out = Command::new(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/get-minilm.sh"),
+    )
+    .output()
+    .expect("run ../shared/models/get-minilm.sh");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    // As `kiln embed ... | head -1`: the reader goes away after one line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["embed", "--model", fixture("tiny-bert").to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for _ in 0..20_000 {
+            if stdin.write_all(b"a sentence to embed\n").is_err() {
+                break;
+            }
+        }
+    });
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(child.stdout.take().unwrap());
+        r.read_line(&mut first).unwrap();
+    } // stdout closed here
+    let out = child.wait_with_output().unwrap();
+    let _ = feeder.join();
+    assert!(first.starts_with("{\"embedding\""));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim().is_empty(), "{err}");
+}

@@ -9,13 +9,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in Kiln.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be opened, read or written.
-    #[error("{op} {path}: {source}")]
+    /// A file could not be opened, read or written. The OS error is part of the message and
+    /// deliberately not a `source`, so a report of the error chain says it once.
+    #[error("{op} {path}: {err}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// A required file of a model directory is absent.
     #[error("missing file {path}: {hint}")]
@@ -93,11 +93,11 @@ pub enum Error {
 
 impl Error {
     /// Helper for I/O errors with the path they concern.
-    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            err,
         }
     }
 

@@ -420,9 +420,14 @@ fn toml_settings_fill_both_levels_and_unknown_keys_are_named() {
         err.contains("run.toml") && err.contains("line 3") && err.contains("learning_rate"),
         "{err}"
     );
-    std::fs::write(&f, "lr = \"fast\"\n").unwrap();
+    // A value of the wrong type names its key and line (also inside the flattened loop
+    // settings).
+    std::fs::write(&f, "seq_len = 32\n# speed\nlr = \"fast\"\n").unwrap();
     let err = PretrainConfig::from_toml(&f).unwrap_err().to_string();
-    assert!(err.contains("run.toml"), "{err}");
+    assert!(
+        err.contains("run.toml") && err.contains("lr (line 3)") && err.contains("fast"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -19,8 +19,7 @@ pub struct MergeArgs {
 
 pub fn merge(a: MergeArgs) -> Result<()> {
     let mut p = super::load(&a.model)?;
-    kiln::peft::files::load_adapter(&mut p, &a.adapter, "default")
-        .with_context(|| format!("cannot load adapter {}", a.adapter.display()))?;
+    kiln::peft::files::load_adapter(&mut p, &a.adapter, "default")?;
     kiln::peft::merge_and_unload(&mut p)?;
     kiln::checkpoint::save(&p, &a.out, kiln::checkpoint::SaveDtype::F32)
         .with_context(|| format!("cannot save {}", a.out.display()))?;

@@ -4,7 +4,7 @@
 use super::finetune::{DataArgs, GenArgs, QaArgs};
 use crate::io::Output;
 use crate::progress::Items;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use kiln::data::records::{DataFile, Invalid, Record, STDIN};
 use kiln::infer::{Predictor, TaskForm};
 use kiln::train::FinetuneConfig;
@@ -239,8 +239,7 @@ impl AdapterArgs {
                     i + 1
                 ),
             };
-            kiln::peft::files::load_adapter(&mut p, &dir, &name)
-                .with_context(|| format!("cannot load adapter {}", dir.display()))?;
+            kiln::peft::files::load_adapter(&mut p, &dir, &name)?;
             first.get_or_insert(name);
         }
         match (&self.use_name, first) {

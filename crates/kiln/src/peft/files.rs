@@ -291,9 +291,37 @@ pub fn load_adapter(p: &mut Pretrained, dir: &Path, name: &str) -> Result<()> {
                 put_parts(p, parts);
                 p.peft = Some(old);
             }
-            Err(e)
+            Err(for_another_base(e, dir, p.config().hidden_size))
         }
     }
+}
+
+/// A tensor of the wrong shape usually means an adapter made for another base model: say so,
+/// with the hidden size it was made for when the differing dimension is the base's width.
+fn for_another_base(e: Error, dir: &Path, hidden: usize) -> Error {
+    let Error::TensorShape {
+        name,
+        found,
+        expected,
+        ..
+    } = &e
+    else {
+        return e;
+    };
+    let differs = found
+        .iter()
+        .zip(expected)
+        .find(|(f, &x)| **f != x && x == hidden);
+    let why = match differs {
+        Some((f, _)) => {
+            format!("made for a base with hidden size {f}, this base has {hidden}")
+        }
+        None => format!("made for another base model (tensor `{name}` has shape {found:?}, this base needs {expected:?})"),
+    };
+    Error::Input(format!(
+        "adapter {} was {why}; give the base model it was trained on with --model",
+        dir.display()
+    ))
 }
 
 /// Finds an adapter tensor by its name relative to the base model (`encoder.layer.0...`),

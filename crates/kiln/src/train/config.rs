@@ -142,10 +142,33 @@ pub fn read_toml<T: DeserializeOwned + Serialize + Default>(path: &Path) -> Resu
             });
         }
     }
-    T::deserialize(toml::Value::Table(table)).map_err(|e| Error::Config {
-        path: path.to_path_buf(),
-        field: "?".into(),
-        msg: e.to_string(),
+    T::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+        // serde cannot name a key inside the flattened loop settings: find the culprit by
+        // reading the keys one at a time.
+        let culprit = table.iter().find_map(|(k, v)| {
+            let one: toml::Table = std::iter::once((k.clone(), v.clone())).collect();
+            T::deserialize(toml::Value::Table(one))
+                .err()
+                .map(|e| (k.clone(), e))
+        });
+        match culprit {
+            Some((key, e)) => {
+                let at = text
+                    .lines()
+                    .position(|l| l.trim_start().starts_with(key.as_str()))
+                    .map_or(0, |i| i + 1);
+                Error::Config {
+                    path: path.to_path_buf(),
+                    field: format!("{key} (line {at})"),
+                    msg: e.to_string(),
+                }
+            }
+            None => Error::Config {
+                path: path.to_path_buf(),
+                field: "?".into(),
+                msg: e.to_string(),
+            },
+        }
     })
 }
 

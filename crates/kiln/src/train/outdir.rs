@@ -173,9 +173,9 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
 /// Whether an error is the disk (or quota) running out of space.
 pub fn is_disk_full(e: &Error) -> bool {
     match e {
-        Error::Io { source, .. } => {
-            source.kind() == std::io::ErrorKind::StorageFull
-                || source.kind() == std::io::ErrorKind::QuotaExceeded
+        Error::Io { err, .. } => {
+            err.kind() == std::io::ErrorKind::StorageFull
+                || err.kind() == std::io::ErrorKind::QuotaExceeded
         }
         _ => false,
     }
