@@ -65,6 +65,23 @@ impl LineBlocks {
     }
 }
 
+/// Lines in a file, for a progress bar's length (`None` for standard input, or when the file
+/// cannot be read: the reading itself will then say why).
+pub fn count_lines(input: Option<&Path>) -> Option<u64> {
+    let f = std::fs::File::open(input?).ok()?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut n = 0u64;
+    loop {
+        let buf = r.fill_buf().ok()?;
+        if buf.is_empty() {
+            return Some(n);
+        }
+        n += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        let len = buf.len();
+        r.consume(len);
+    }
+}
+
 /// Reads every item, one per line, from a file or standard input.
 pub fn read_lines(input: Option<&Path>) -> Result<Vec<String>> {
     let mut r = LineBlocks::open(input)?;

@@ -1183,3 +1183,72 @@ fn a_closed_output_pipe_ends_quietly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.trim().is_empty(), "{err}");
 }
+
+/// Runs `kiln ARGS` under a pseudo-terminal (util-linux `script`), returning what the terminal
+/// showed.
+fn on_terminal(args: &[&str]) -> String {
+    let cmd = std::iter::once(env!("CARGO_BIN_EXE_kiln").to_string())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux `script`");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).replace('\r', "\n")
+}
+
+#[test]
+fn long_inference_inputs_show_progress_on_a_terminal_only() {
+    let dir = scratch("progress");
+    let lines: String = (0..3000)
+        .map(|i| format!("sentence number {i}\n"))
+        .collect();
+    std::fs::write(dir.join("lines.txt"), &lines).unwrap();
+    let records: String = (0..600)
+        .map(|i| {
+            format!(
+                "{{\"text\": \"sentence {i}\", \"label\": \"{}\"}}\n",
+                ["neg", "pos"][i % 2]
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("data.jsonl"), &records).unwrap();
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let (bert, cls) = (fixture("tiny-bert"), fixture("tiny-bert-cls"));
+    let (bert, cls) = (bert.to_str().unwrap(), cls.to_str().unwrap());
+    let embed = [
+        "embed",
+        "--model",
+        bert,
+        "--input",
+        &d("lines.txt"),
+        "--output",
+        &d("e.jsonl"),
+    ];
+    let shown = on_terminal(&embed);
+    assert!(shown.contains("3000/3000 lines"), "{shown}");
+    let predict = [
+        "predict",
+        "--model",
+        cls,
+        "--input",
+        &d("data.jsonl"),
+        "--output",
+        &d("p.jsonl"),
+    ];
+    let shown = on_terminal(&predict);
+    assert!(shown.contains("600/600 inputs"), "{shown}");
+    // Not on a terminal: nothing on standard error.
+    let (ok, _, err) = kiln(&embed, "");
+    assert!(ok && err.is_empty(), "{err}");
+    let (ok, _, err) = kiln(&predict, "");
+    assert!(ok && err.is_empty(), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,6 +1,7 @@
 //! `kiln embed`.
 
-use crate::io::{check_finite, LineBlocks, Output};
+use crate::io::{check_finite, count_lines, LineBlocks, Output};
+use crate::progress::Items;
 use anyhow::{bail, Result};
 use kiln::checkpoint::sentence::Pooling;
 use kiln::infer::{EmbedOptions, Embedder};
@@ -60,6 +61,7 @@ pub fn run(a: Args) -> Result<()> {
     opts.batch_size = a.batch_size;
     let embedder = Embedder::new(&p, opts)?;
     let mut input = LineBlocks::open(a.input.as_deref())?;
+    let bar = Items::new(count_lines(a.input.as_deref()), "lines");
     let mut out = Output::open(a.output.as_deref())?;
     if a.format == "npy" {
         // The .npy header needs the row count up front, so vectors are collected first.
@@ -75,6 +77,7 @@ pub fn run(a: Args) -> Result<()> {
                 check_finite(&v, input.name(), first + i)?;
                 vecs.push(v);
             }
+            bar.inc(block.len());
         }
         out.bytes(&npy_f32(&vecs, embedder.dim()))?;
     } else {
@@ -91,6 +94,7 @@ pub fn run(a: Args) -> Result<()> {
                 // Serializing the f32 slice directly keeps the shortest f32 decimal form.
                 out.line(&serde_json::to_string(&Row { embedding: &v })?)?;
             }
+            bar.inc(block.len());
         }
     }
     out.finish()
