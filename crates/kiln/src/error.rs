@@ -83,6 +83,13 @@ pub enum Error {
         free: String,
         last: String,
     },
+    /// A hub id that is neither in the local hub cache nor downloadable.
+    #[error("model \"{id}\" is not a local directory and not in the hub cache ({cache}): {msg}; give a model directory, or a hub id with a reachable hub (HF_ENDPOINT)")]
+    Hub {
+        id: String,
+        cache: PathBuf,
+        msg: String,
+    },
     /// A model's output turned NaN or infinite on some input (finite weights that overflow).
     #[error("{0}")]
     NonFinite(String),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// it as a standard transformers directory, optionally in another dtype.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model directory to read.
+    /// The model directory to read, or a hub id (org/name: from the hub cache or downloaded).
     #[arg(long)]
     model: PathBuf,
     /// The directory to write (created if needed).

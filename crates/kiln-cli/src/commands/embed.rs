@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// normalization, max_seq_length); otherwise mean pooling, no normalization.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model directory.
+    /// The model directory, or a hub id (org/name: from the hub cache or downloaded).
     #[arg(long)]
     model: PathBuf,
     /// How token vectors become one vector: mean, cls or max.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// For each input line, the most likely tokens at each [MASK] position, left to right.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model directory (a BertForMaskedLM checkpoint).
+    /// The model directory (a BertForMaskedLM checkpoint), or a hub id.
     #[arg(long)]
     model: PathBuf,
     /// Candidates per mask.

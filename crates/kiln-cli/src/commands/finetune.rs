@@ -208,7 +208,7 @@ impl PeftArgs {
 /// adapter_model.safetensors, PEFT's layout); use it with --model BASE --adapter OUT.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The pretrained model directory.
+    /// The pretrained model directory, or a hub id (org/name: from the hub cache or downloaded).
     #[arg(long)]
     model: PathBuf,
     /// Output directory.
@@ -309,7 +309,7 @@ pub fn run(a: Args) -> Result<()> {
     let stop = stop_on_ctrl_c();
     let mut progress = Reporter::new();
     let summary = finetune(
-        &a.model,
+        &super::resolve(&a.model)?,
         &a.out,
         &c,
         a.resume,

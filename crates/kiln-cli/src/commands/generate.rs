@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// model's position limit.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model directory (a GPT2LMHeadModel checkpoint).
+    /// The model directory (a GPT2LMHeadModel checkpoint), or a hub id.
     #[arg(long)]
     model: PathBuf,
     /// The prompt (otherwise one prompt per line of --input or standard input).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// Describe a model directory.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model directory.
+    /// The model directory, or a hub id.
     model: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -65,7 +65,7 @@ pub fn run(a: Args) -> Result<()> {
         "vocab": c.vocab_size,
         "max_positions": c.max_positions,
         "parameters": params,
-        "bytes_on_disk": dir_bytes(&a.model),
+        "bytes_on_disk": dir_bytes(&super::resolve(&a.model)?),
         "tokenizer": p.tokenizer.as_ref().map(|t| format!("{:?}", t.kind()).to_lowercase()),
         "task_heads": heads,
         "sentence_transformers": p.sentence.as_ref().map(|s| serde_json::json!({

@@ -16,9 +16,15 @@ pub mod tokenizer;
 pub mod train_args;
 
 use anyhow::{Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Loads a model directory with the path in the error.
-pub fn load(dir: &Path) -> Result<kiln::checkpoint::Pretrained> {
-    kiln::checkpoint::load(dir).with_context(|| format!("cannot load model {}", dir.display()))
+/// Loads `--model`: a model directory, or a hub id (from the local hub cache, or downloaded).
+pub fn load(model: &Path) -> Result<kiln::checkpoint::Pretrained> {
+    let dir = resolve(model)?;
+    kiln::checkpoint::load(&dir).with_context(|| format!("cannot load model {}", model.display()))
+}
+
+/// The local directory of `--model` (a hub id is looked up or downloaded).
+pub fn resolve(model: &Path) -> Result<PathBuf> {
+    Ok(kiln::checkpoint::hub::resolve(model)?)
 }

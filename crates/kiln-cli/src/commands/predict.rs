@@ -63,7 +63,7 @@ fn read_input(data: Option<&Path>, d: &DataArgs, form: TaskForm) -> Result<DataF
 /// Score a fine-tuned model on labelled data with the task's metrics (every metric 0–100).
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// The fine-tuned model directory (or the base model of --adapter).
+    /// The fine-tuned model directory (or the base model of --adapter), or a hub id.
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
@@ -116,7 +116,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 /// gets {"line": N, "error": "..."} in its place, so outputs stay aligned with inputs.
 #[derive(clap::Args)]
 pub struct PredictArgs {
-    /// The fine-tuned model directory (or the base model of --adapter).
+    /// The fine-tuned model directory (or the base model of --adapter), or a hub id.
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 /// Ctrl-C writes a checkpoint and exits; --resume continues from the latest one.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model directory to start from (e.g. from `kiln init`).
+    /// The model directory to start from (e.g. from `kiln init`), or a hub id.
     #[arg(long)]
     model: PathBuf,
     /// Output directory.
@@ -91,7 +91,7 @@ pub fn run(a: Args) -> Result<()> {
     let stop = super::train_args::stop_on_ctrl_c();
     let mut progress = Reporter::new();
     let summary = pretrain(
-        &a.model,
+        &super::resolve(&a.model)?,
         &a.out,
         &c,
         a.resume,

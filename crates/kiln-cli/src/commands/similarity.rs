@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// heatmap PNG and optionally the CSV matrix.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model directory.
+    /// The model directory, or a hub id.
     #[arg(long)]
     model: PathBuf,
     /// The word to compare across sentences.

@@ -3,6 +3,7 @@
 //! `from_pretrained` loads.
 
 pub mod fingerprint;
+pub mod hub;
 pub mod load;
 pub mod save;
 pub mod sentence;
