@@ -86,7 +86,7 @@ os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
 def default_model_dir():
-    # Same location as ../shared/models/get-minilm.sh.
+    # Same location as scripts/get-minilm.sh.
     cache = os.environ.get("KILN_MODEL_CACHE") or str(Path.home() / ".cache" / "kiln-models")
     return Path(cache) / "all-MiniLM-L6-v2"
 
@@ -97,7 +97,7 @@ def parse_args():
                    help="kiln binary (default: target/release/kiln)")
     p.add_argument("--model", type=Path, default=default_model_dir(),
                    help="all-MiniLM-L6-v2 sentence-transformers directory "
-                        "(default: what ../shared/models/get-minilm.sh prints)")
+                        "(default: what scripts/get-minilm.sh prints)")
     p.add_argument("--data", type=Path, default=SHARED / "data",
                    help="shared data folder with sst2/ and corpora/en_gutenberg/")
     p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per workload")
@@ -392,7 +392,7 @@ def main():
     load = os.getloadavg()  # before this process adds its own
     check_versions(PINNED if args.skip_ort else {**PINNED, **PINNED_EXPORT}, SETUP_HINT)
     if not (args.model / "model.safetensors").exists():
-        raise SetupError(f"no all-MiniLM-L6-v2 at {args.model}; run {SHARED / 'models' / 'get-minilm.sh'} "
+        raise SetupError(f"no all-MiniLM-L6-v2 at {args.model}; run {REPO / 'scripts' / 'get-minilm.sh'} "
                          "and pass the directory it prints with --model")
 
     import numpy as np

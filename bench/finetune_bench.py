@@ -25,7 +25,7 @@ table reports the median over rounds per side and the ratio of the medians. Each
 figure, long-run steps x 32 / t_long (fixed costs included), is printed too.
 
 Usage (from the repository root, after `cargo build --release`, ../shared/reference/setup-python.sh
-and ../shared/models/get-minilm.sh):
+and scripts/get-minilm.sh):
     ~/.cache/kiln-ref-venv/bin/python bench/finetune_bench.py [--rounds 3] [--steps 60]
         [--short-steps 10] [--quick] [--kiln target/release/kiln] [--model DIR] [--json FILE]
 --quick is a smoke test (1 round, 3 and 8 steps): it proves the script works, its numbers are not
@@ -229,7 +229,7 @@ def main():
         raise SetupError(f"no kiln binary at {args.kiln}; run `cargo build --release`")
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (args.model / f).exists():
-            raise SetupError(f"missing {args.model / f}; run ../shared/models/get-minilm.sh "
+            raise SetupError(f"missing {args.model / f}; run scripts/get-minilm.sh "
                              "or pass --model")
     source = args.data / "sst2" / "train.jsonl"
     labels = args.data / "sst2" / "labels.json"

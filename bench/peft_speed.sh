@@ -15,7 +15,7 @@ D=${DATA:-../shared/data}
 THREADS=${THREADS:-2}
 STEPS=${1:-150}
 ROUNDS=${2:-2}
-M=${MINILM:-$("${GET_MINILM:-../shared/models/get-minilm.sh}")}
+M=${MINILM:-$("${GET_MINILM:-scripts/get-minilm.sh}")}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 head -32 "$D/sst2/validation.jsonl" > "$WORK/valid.jsonl"

@@ -23,7 +23,7 @@ RUNS=${RUNS:-bench/results/runs}
 PRETRAINED=${PRETRAINED:-$RUNS/bert-mini-gutenberg}
 GPT=${GPT:-$RUNS/gpt-mini-en-zh}
 THREADS=${THREADS:-2}
-minilm() { "${GET_MINILM:-../shared/models/get-minilm.sh}"; }
+minilm() { "${GET_MINILM:-scripts/get-minilm.sh}"; }
 mkdir -p "$RUNS"
 
 record() { # name task data

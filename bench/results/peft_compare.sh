@@ -17,7 +17,7 @@ KILN=${KILN:-target/release/kiln}
 D=${DATA:-../shared/data}
 RUNS=${RUNS:-bench/results/runs}
 THREADS=${THREADS:-2}
-M=${MINILM:-$("${GET_MINILM:-../shared/models/get-minilm.sh}")}
+M=${MINILM:-$("${GET_MINILM:-scripts/get-minilm.sh}")}
 mkdir -p "$RUNS"
 
 # method flags per run: full fine-tuning at transformers' usual rate, LoRA r=8 alpha=16 on

@@ -1143,13 +1143,13 @@ fn messages_say_each_thing_once_and_in_words() {
     assert_eq!(err.matches("peft-bert-cls").count(), 1, "{err}");
 }
 
-/// all-MiniLM-L6-v2 from `../shared/models/get-minilm.sh` (`.ci/run` fetches it).
+/// all-MiniLM-L6-v2 from `scripts/get-minilm.sh` (`.ci/run` fetches it).
 fn crate_minilm() -> PathBuf {
     let out = Command::new(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/get-minilm.sh"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/get-minilm.sh"),
     )
     .output()
-    .expect("run ../shared/models/get-minilm.sh");
+    .expect("run scripts/get-minilm.sh");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 

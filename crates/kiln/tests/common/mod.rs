@@ -55,7 +55,7 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// The all-MiniLM-L6-v2 directory obtained by `../shared/models/get-minilm.sh`. Tests that need
+/// The all-MiniLM-L6-v2 directory obtained by `scripts/get-minilm.sh`. Tests that need
 /// it fail (not skip) when it is missing: `.ci/run` obtains it.
 pub fn minilm_dir() -> PathBuf {
     let dir = std::env::var("KILN_MINILM_DIR")
@@ -71,7 +71,7 @@ pub fn minilm_dir() -> PathBuf {
         });
     assert!(
         dir.join("model.safetensors").exists(),
-        "all-MiniLM-L6-v2 not found at {}: run ../shared/models/get-minilm.sh (or set KILN_MINILM_DIR)",
+        "all-MiniLM-L6-v2 not found at {}: run scripts/get-minilm.sh (or set KILN_MINILM_DIR)",
         dir.display()
     );
     dir
