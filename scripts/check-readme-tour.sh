@@ -13,10 +13,14 @@ git clone --quiet "$repo" "$clone"
 cd "$clone"
 cargo build --release 2>&1 | tail -1
 # The tour's shell blocks, in order.
-awk '/^## A tour of the commands/{on=1} /^## Speed/{on=0}
-     on && /^```sh$/{code=1; next} on && /^```$/{code=0; next} code' README.md > tour.sh
+# (PS4 is set inside: bash does not take it from the environment when running as root.)
+{
+  echo "PS4='+ [\$(date +%s)] '; set -x"
+  awk '/^## A tour of the commands/{on=1} /^## Speed/{on=0}
+       on && /^```sh$/{code=1; next} on && /^```$/{code=0; next} code' README.md
+} > tour.sh
 rm -rf /tmp/kiln-tour
-PS4='+ [$(date +%s)] ' bash -eux -o pipefail tour.sh 2> tour.log > tour.out || {
+bash -eu -o pipefail tour.sh 2> tour.log > tour.out || {
   tail -30 tour.log
   echo "README tour FAILED in $clone (log: $clone/tour.log)"
   exit 1

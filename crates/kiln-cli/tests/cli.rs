@@ -855,6 +855,43 @@ fn an_output_that_overflows_names_the_input_line() {
         "{err}"
     );
     std::fs::remove_dir_all(m).unwrap();
+    // Generation: a NaN is not picked as a token; the prompt's line is named.
+    let tok = kiln::tokenize::Tokenizer::from_dir(&fixture("tiny-gpt2"))
+        .unwrap()
+        .unwrap();
+    let bad = tok.encode_plain("zebra").unwrap().ids;
+    let good = tok.encode_plain("the cat").unwrap().ids;
+    assert!(good.iter().all(|i| !bad.contains(i)));
+    let g = edited_model("overflow-gpt", "tiny-gpt2", |t| {
+        let name = t
+            .keys()
+            .find(|n| n.ends_with("wte.weight"))
+            .unwrap()
+            .clone();
+        let shape = t[&name].shape().to_vec();
+        let mut w = t[&name].data().to_vec();
+        for &id in &bad {
+            let id = id as usize;
+            w[id * shape[1]..(id + 1) * shape[1]].fill(3e38);
+        }
+        t.insert(name, kiln::engine::Tensor::new(shape, w).unwrap());
+    });
+    let (ok, _, err) = kiln(
+        &[
+            "generate",
+            "--model",
+            g.to_str().unwrap(),
+            "--max-new-tokens",
+            "3",
+        ],
+        "the cat\nzebra\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("<stdin> line 2") && err.contains("not finite"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(g).unwrap();
 }
 
 #[test]
@@ -1145,11 +1182,10 @@ fn messages_say_each_thing_once_and_in_words() {
 
 /// all-MiniLM-L6-v2 from `scripts/get-minilm.sh` (`.ci/run` fetches it).
 fn crate_minilm() -> PathBuf {
-    let out = Command::new(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/get-minilm.sh"),
-    )
-    .output()
-    .expect("run scripts/get-minilm.sh");
+    let out =
+        Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/get-minilm.sh"))
+            .output()
+            .expect("run scripts/get-minilm.sh");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 

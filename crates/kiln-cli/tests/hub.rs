@@ -160,14 +160,8 @@ fn dead_endpoint() -> String {
 fn a_hub_id_is_downloaded_once_then_found_in_the_cache_offline() {
     let cache = scratch("cache");
     let local = fixture("tiny-bert");
-    let info = |model: &str, endpoint: &str| {
-        kiln(
-            &["info", model, "--json"],
-            &cache,
-            endpoint,
-            false,
-        )
-    };
+    let info =
+        |model: &str, endpoint: &str| kiln(&["info", model, "--json"], &cache, endpoint, false);
     let (ok, expected, err) = info(local.to_str().unwrap(), &dead_endpoint());
     assert!(ok, "{err}");
     let (endpoint, log) = mock_hub();

@@ -124,22 +124,7 @@ fn resumed_run_is_bit_identical_to_uninterrupted() {
         .unwrap();
 
         let part = scratch(&format!("part-{model}"));
-        let stop = AtomicBool::new(false);
-        let s = pretrain(
-            &fixture(model),
-            &part,
-            &cfg,
-            false,
-            &stop,
-            |_| {},
-            |line| {
-                if line.step == 4 {
-                    stop.store(true, Ordering::SeqCst); // as Ctrl-C would
-                }
-            },
-        )
-        .unwrap();
-        assert!(s.interrupted && s.step == 4);
+        stopped_at(&fixture(model), &part, &cfg, 4); // as Ctrl-C would
         let s = pretrain(
             &fixture(model),
             &part,
@@ -449,6 +434,32 @@ fn run_pt(
     )
 }
 
+/// A new run stopped (as by Ctrl-C) after `step` steps.
+fn stopped_at(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    cfg: &PretrainConfig,
+    step: u64,
+) -> kiln::train::Summary {
+    let stop = AtomicBool::new(false);
+    let s = pretrain(
+        model,
+        out,
+        cfg,
+        false,
+        &stop,
+        |_| {},
+        |p| {
+            if p.step == step {
+                stop.store(true, Ordering::SeqCst);
+            }
+        },
+    )
+    .unwrap();
+    assert!(s.interrupted && s.step == step);
+    s
+}
+
 /// The notes a run reports before its first step (or its error).
 fn notes_of(
     model: &std::path::Path,
@@ -553,21 +564,7 @@ fn resume_checks_the_model_and_the_settings() {
     copy_dir(&fixture("tiny-bert"), &model);
     let mut cfg = config(Objective::Mlm, 6);
     cfg.train.save_every = 2;
-    let stop = AtomicBool::new(false);
-    pretrain(
-        &model,
-        &out,
-        &cfg,
-        false,
-        &stop,
-        |_| {},
-        |p| {
-            if p.step == 2 {
-                stop.store(true, Ordering::SeqCst);
-            }
-        },
-    )
-    .unwrap();
+    stopped_at(&model, &out, &cfg, 2);
     // Another model (same shapes, other weights) under the same path: refused.
     let moved = scratch("resume-model-moved");
     std::fs::rename(&model, &moved).unwrap();
@@ -613,21 +610,7 @@ fn a_run_removes_the_temporaries_a_killed_run_left() {
     let out = scratch("leftovers");
     let mut cfg = config(Objective::Clm, 4);
     cfg.train.save_every = 2;
-    let stop = AtomicBool::new(false);
-    pretrain(
-        &fixture("tiny-gpt2"),
-        &out,
-        &cfg,
-        false,
-        &stop,
-        |_| {},
-        |p| {
-            if p.step == 2 {
-                stop.store(true, Ordering::SeqCst);
-            }
-        },
-    )
-    .unwrap();
+    stopped_at(&fixture("tiny-gpt2"), &out, &cfg, 2);
     // What kill -9 during a save leaves: a temporary checkpoint and a half-written file.
     std::fs::create_dir_all(out.join(".tmp-checkpoint-3-4242")).unwrap();
     std::fs::write(

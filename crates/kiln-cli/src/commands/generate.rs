@@ -1,7 +1,7 @@
 //! `kiln generate`.
 
 use crate::io::{read_lines, Output};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use kiln::infer::{GenerateOptions, Generator, Strategy, TextStream};
 use std::path::PathBuf;
 
@@ -48,6 +48,45 @@ pub struct Args {
     json: bool,
 }
 
+/// Generates the continuation of one prompt: streamed text, or one JSON line with `json`.
+fn continue_prompt(
+    gen: &Generator,
+    tok: &kiln::tokenize::Tokenizer,
+    prompt: &str,
+    opts: &GenerateOptions,
+    json: bool,
+    out: &mut Output,
+) -> Result<()> {
+    let ids = tok.encode_plain(prompt)?.ids;
+    if json {
+        let new = gen.generate(&ids, opts, |_| {})?;
+        let text = tok.decode(&new, true)?;
+        return out.line(
+            &serde_json::json!({ "prompt": prompt, "token_ids": new, "text": text }).to_string(),
+        );
+    }
+    out.bytes(prompt.as_bytes())?;
+    out.flush()?;
+    let mut stream = TextStream::new(tok);
+    let mut err = None;
+    gen.generate(&ids, opts, |t| match stream.push(t) {
+        Ok(piece) if !piece.is_empty() => {
+            if let Err(e) = out.bytes(piece.as_bytes()).and_then(|_| out.flush()) {
+                err.get_or_insert(e);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            err.get_or_insert(e.into());
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    out.bytes(stream.finish()?.as_bytes())?;
+    out.line("")
+}
+
 pub fn run(a: Args) -> Result<()> {
     let p = super::load(&a.model)?;
     let tok = p.tokenizer()?;
@@ -72,42 +111,24 @@ pub fn run(a: Args) -> Result<()> {
         strategy,
         seed: a.seed,
     };
-    let prompts = match a.prompt {
-        Some(pr) => vec![pr],
-        None => read_lines(a.input.as_deref())?,
+    let (prompts, source) = match a.prompt {
+        Some(pr) => (vec![pr], None),
+        None => (
+            read_lines(a.input.as_deref())?,
+            Some(
+                a.input
+                    .as_ref()
+                    .map_or("<stdin>".into(), |p| p.display().to_string()),
+            ),
+        ),
     };
     let mut out = Output::open(None)?;
-    for prompt in prompts {
-        let ids = tok.encode_plain(&prompt)?.ids;
-        if a.json {
-            let new = gen.generate(&ids, &opts, |_| {})?;
-            let text = tok.decode(&new, true)?;
-            out.line(
-                &serde_json::json!({ "prompt": prompt, "token_ids": new, "text": text })
-                    .to_string(),
-            )?;
-        } else {
-            out.bytes(prompt.as_bytes())?;
-            out.flush()?;
-            let mut stream = TextStream::new(tok);
-            let mut err = None;
-            gen.generate(&ids, &opts, |t| match stream.push(t) {
-                Ok(piece) if !piece.is_empty() => {
-                    if let Err(e) = out.bytes(piece.as_bytes()).and_then(|_| out.flush()) {
-                        err.get_or_insert(e);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    err.get_or_insert(e.into());
-                }
-            })?;
-            if let Some(e) = err {
-                return Err(e);
-            }
-            out.bytes(stream.finish()?.as_bytes())?;
-            out.line("")?;
-        }
+    for (i, prompt) in prompts.iter().enumerate() {
+        let where_ = || match &source {
+            Some(name) => format!("{name} line {}", i + 1),
+            None => "--prompt".into(),
+        };
+        continue_prompt(&gen, tok, prompt, &opts, a.json, &mut out).with_context(where_)?;
     }
     out.finish()
 }

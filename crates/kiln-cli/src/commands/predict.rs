@@ -10,9 +10,14 @@ use kiln::infer::{Predictor, TaskForm};
 use kiln::train::FinetuneConfig;
 use std::path::{Path, PathBuf};
 
-/// The task form: classify, tag, qa or seq2seq; default: the form of the model's head.
+/// The model to run and the task form.
 #[derive(clap::Args, Clone)]
-pub struct TaskArg {
+pub struct ModelArgs {
+    /// The fine-tuned model directory (or the base model of --adapter), or a hub id.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    adapters: AdapterArgs,
     /// classify, tag, qa or seq2seq [default: what the model's head does: a sequence head
     /// classifies, a token head tags, a span head answers questions, a language-model head
     /// generates (seq2seq)].
@@ -20,16 +25,15 @@ pub struct TaskArg {
     task: Option<String>,
 }
 
-impl TaskArg {
-    fn form(&self) -> Result<Option<TaskForm>> {
-        Ok(self.task.as_deref().map(str::parse).transpose()?)
-    }
+/// The model of the flags, with its adapters.
+fn load(m: &ModelArgs) -> Result<kiln::checkpoint::Pretrained> {
+    m.adapters.load(&m.model)
 }
 
 /// The predictor for the flags.
 fn predictor<'a>(
     p: &'a kiln::checkpoint::Pretrained,
-    task: &TaskArg,
+    m: &ModelArgs,
     d: &DataArgs,
     qa: &QaArgs,
     gen: &GenArgs,
@@ -38,7 +42,8 @@ fn predictor<'a>(
     d.apply(&mut c);
     qa.apply(&mut c);
     gen.apply(&mut c);
-    Ok(Predictor::new(p, task.form()?, c, d.max_length())?)
+    let form: Option<TaskForm> = m.task.as_deref().map(str::parse).transpose()?;
+    Ok(Predictor::new(p, form, c, d.max_length())?)
 }
 
 /// Reads the records of `data` (`None` or `-`: standard input, JSON lines; SQuAD JSON too for
@@ -63,13 +68,8 @@ fn read_input(data: Option<&Path>, d: &DataArgs, form: TaskForm) -> Result<DataF
 /// Score a fine-tuned model on labelled data with the task's metrics (every metric 0–100).
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// The fine-tuned model directory (or the base model of --adapter), or a hub id.
-    #[arg(long)]
-    model: PathBuf,
     #[command(flatten)]
-    adapters: AdapterArgs,
-    #[command(flatten)]
-    task: TaskArg,
+    model: ModelArgs,
     /// Labelled data (JSONL, CSV, TSV or CoNLL; .gz accepted) [default: standard input, JSON
     /// lines; also `-`].
     #[arg(long)]
@@ -86,8 +86,8 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let p = a.adapters.load(&a.model)?;
-    let pr = predictor(&p, &a.task, &a.fields, &a.qa, &a.gen)?;
+    let p = load(&a.model)?;
+    let pr = predictor(&p, &a.model, &a.fields, &a.qa, &a.gen)?;
     let data = read_input(a.data.as_deref(), &a.fields, pr.form())?;
     anyhow::ensure!(
         !data.records.is_empty(),
@@ -116,13 +116,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 /// gets {"line": N, "error": "..."} in its place, so outputs stay aligned with inputs.
 #[derive(clap::Args)]
 pub struct PredictArgs {
-    /// The fine-tuned model directory (or the base model of --adapter), or a hub id.
-    #[arg(long)]
-    model: PathBuf,
     #[command(flatten)]
-    adapters: AdapterArgs,
-    #[command(flatten)]
-    task: TaskArg,
+    model: ModelArgs,
     /// Input data with the training data's fields, labels not needed (JSONL, CSV, TSV or
     /// CoNLL; .gz accepted) [default: standard input, JSON lines; also `-`].
     #[arg(long)]
@@ -178,8 +173,8 @@ fn predict_chunk(
 }
 
 pub fn predict(a: PredictArgs) -> Result<()> {
-    let p = a.adapters.load(&a.model)?;
-    let pr = predictor(&p, &a.task, &a.fields, &a.qa, &a.gen)?;
+    let p = load(&a.model)?;
+    let pr = predictor(&p, &a.model, &a.fields, &a.qa, &a.gen)?;
     let data = read_input(a.input.as_deref(), &a.fields, pr.form())?;
     let skip = a.fields.skip_invalid();
     let mut out = Output::open(a.output.as_deref())?;

@@ -71,21 +71,12 @@ fn offline() -> bool {
 /// tokenizer, sentence-transformers modules. (Repositories also carry ONNX, TensorFlow and
 /// PyTorch-pickle copies of the weights, which are skipped.)
 fn wanted(name: &str) -> bool {
-    const TOP: &[&str] = &[
-        "config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "vocab.txt",
-        "vocab.json",
-        "merges.txt",
-        "model.safetensors.index.json",
-        "modules.json",
-        "sentence_bert_config.json",
-        "config_sentence_transformers.json",
-    ];
     match name.split_once('/') {
-        None => TOP.contains(&name) || name.ends_with(".safetensors"),
+        None => {
+            super::TOKENIZER_FILES.contains(&name)
+                || super::CONFIG_FILES.contains(&name)
+                || name.ends_with(".safetensors")
+        }
         // sentence-transformers module folders: `1_Pooling/config.json`, ...
         Some((folder, file)) => {
             folder

@@ -15,6 +15,26 @@ pub use save::{named_tensors, save};
 pub use weights::{SaveDtype, WeightStore};
 
 use crate::error::{Error, Result};
+
+/// Tokenizer and metadata files copied along with a model.
+pub const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+];
+
+/// The other top-level files of a model directory besides its weights: the config, a shard
+/// index, and the sentence-transformers module list and settings.
+pub const CONFIG_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors.index.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+];
 use std::io::Write;
 use std::path::Path;
 

@@ -1,9 +1,9 @@
 //! Saving a model directory that transformers' `from_pretrained` loads: the inverse of the
 //! name table in `load.rs` (q/k/v split back apart, Conv1D weights transposed back).
 
-use super::atomic_write;
 use super::load::Pretrained;
 use super::weights::{write_safetensors, SaveDtype};
+use super::{atomic_write, TOKENIZER_FILES};
 use crate::engine::{LayerNorm, Linear, Tensor};
 use crate::error::{Error, Result};
 use crate::heads::LmHead;
@@ -11,16 +11,6 @@ use crate::model::arch::QkvNames;
 use crate::model::{Arch, Transformer};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// Tokenizer and metadata files copied along with a model.
-const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-];
 
 /// The transformers class a saved directory represents.
 pub fn architecture_name(p: &Pretrained) -> &'static str {

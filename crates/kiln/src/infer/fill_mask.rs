@@ -70,6 +70,11 @@ pub fn fill_mask(
         .collect();
     let _ = h;
     let mut logits = head.forward(&rows, positions.len(), &p.model.embeddings.word)?;
+    if !logits.iter().all(|v| v.is_finite()) {
+        return Err(Error::NonFinite(
+            "the model's output is not finite (NaN or infinity); its weights overflow on this input".into(),
+        ));
+    }
     let v = p.config().vocab_size;
     softmax_rows(&mut logits, v);
     Ok(logits

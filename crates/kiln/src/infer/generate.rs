@@ -119,6 +119,12 @@ impl<'a> Generator<'a> {
             .model
             .forward(&batch, mask, Some(std::slice::from_mut(cache)))?;
         let last = hidden.row(hidden.rows() - 1);
+        // A NaN would be picked as a token like any other: the overflow is named instead.
+        if !last.iter().all(|v| v.is_finite()) {
+            return Err(crate::error::Error::NonFinite(
+                "the model's output is not finite (NaN or infinity); its weights overflow on this input".into(),
+            ));
+        }
         let word = &self.p.model.embeddings.word;
         match self.head {
             NextToken::Lm(h) => h.forward(last, 1, word),

@@ -147,6 +147,24 @@ impl<'a> Predictor<'a> {
         )
     }
 
+    /// Sentences in windows over every word (with gold tags when `labels` is given).
+    fn tag_windows(
+        &self,
+        records: &[Record],
+        labels: Option<&crate::heads::Labels>,
+    ) -> Result<Vec<crate::train::tag::TagExample>> {
+        encode_tag_examples(
+            self.p.tokenizer()?,
+            records,
+            &self.cfg.tokens_field,
+            &self.cfg.tag_field,
+            labels,
+            self.max_len(),
+            false,
+            LongSentences::Windows,
+        )
+    }
+
     /// One answer per record, in order. An error names the record at fault.
     pub fn predict(&self, records: &[Record]) -> Result<Vec<serde_json::Value>> {
         let p = self.p;
@@ -201,16 +219,7 @@ impl<'a> Predictor<'a> {
                     .filter(|(_, e)| !**e)
                     .map(|(r, _)| r.clone())
                     .collect();
-                let ex = encode_tag_examples(
-                    p.tokenizer()?,
-                    &words,
-                    &self.cfg.tokens_field,
-                    &self.cfg.tag_field,
-                    None,
-                    self.max_len(),
-                    false,
-                    LongSentences::Windows,
-                )?;
+                let ex = self.tag_windows(&words, None)?;
                 let mut tagged = predict_tags(p, &ex)?.into_iter();
                 let mut out = Vec::with_capacity(records.len());
                 for e in empty {
@@ -302,16 +311,7 @@ impl<'a> Predictor<'a> {
             }
             TaskForm::Tag => {
                 let head = crate::infer::tag::token_head(p)?;
-                let ex = encode_tag_examples(
-                    p.tokenizer()?,
-                    records,
-                    &self.cfg.tokens_field,
-                    &self.cfg.tag_field,
-                    Some(&head.labels),
-                    self.max_len(),
-                    false,
-                    LongSentences::Windows,
-                )?;
+                let ex = self.tag_windows(records, Some(&head.labels))?;
                 (evaluate_tags_with(p, &ex, progress)?, records.len())
             }
             TaskForm::Qa => {

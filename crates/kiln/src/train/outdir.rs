@@ -4,6 +4,7 @@
 //! holds another run's files unless told to replace them — so two runs never interleave their
 //! checkpoints and a finished model is never overwritten by accident.
 
+use crate::checkpoint;
 use crate::error::{Error, Result};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -11,24 +12,12 @@ use std::path::{Path, PathBuf};
 /// The lock file inside an output directory; it holds the PID of the run that has the lock.
 pub const LOCK_FILE: &str = ".kiln.lock";
 
-/// Files a model directory or a run's output holds, which `--overwrite` removes along with the
-/// `checkpoint-*` directories (anything else in the directory is left alone).
+/// Files of a run's output besides the model's own (`--overwrite` removes them along with the
+/// model files and the `checkpoint-*` directories; anything else in the directory is left).
 const RUN_FILES: &[&str] = &[
     "metrics.jsonl",
-    "config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
     "adapter_config.json",
     "adapter_model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "modules.json",
-    "sentence_bert_config.json",
-    "config_sentence_transformers.json",
 ];
 
 /// An output directory under this process's exclusive lock; the lock is released on drop.
@@ -128,7 +117,9 @@ impl OutDir {
             if super::state::step_of(&path).is_some() {
                 std::fs::remove_dir_all(&path).map_err(|e| Error::io("remove", &path, e))?;
             } else if RUN_FILES.contains(&name.as_str())
-                || (name.starts_with("model-") && name.ends_with(".safetensors"))
+                || checkpoint::TOKENIZER_FILES.contains(&name.as_str())
+                || checkpoint::CONFIG_FILES.contains(&name.as_str())
+                || (name.starts_with("model") && name.ends_with(".safetensors"))
             {
                 std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
             }
