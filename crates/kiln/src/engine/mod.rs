@@ -11,6 +11,7 @@ pub mod attention;
 pub mod dropout;
 pub mod embedding;
 pub mod grad;
+pub mod int8;
 pub mod linear;
 pub mod math;
 pub mod matmul;
