@@ -45,6 +45,8 @@ enum Command {
     Predict(commands::predict::PredictArgs),
     /// Fold a LoRA adapter into its base model and save a plain transformers model directory.
     Merge(commands::merge::MergeArgs),
+    /// Quantize a model to int8 (linear layers of the blocks; per-channel weights).
+    Quantize(commands::quantize::Args),
     /// Draw training/validation loss curves from metrics.jsonl files into a PNG.
     Plot(commands::plot::Args),
     /// Re-save a model directory in transformers' standard layout (and dtype).
@@ -72,6 +74,7 @@ fn main() {
         Command::Generate(a) => commands::generate::run(a),
         Command::Similarity(a) => commands::similarity::run(a),
         Command::Convert(a) => commands::convert::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
         Command::Tokenizer(a) => commands::tokenizer::run(a),
         Command::Init(a) => commands::init::run(a),
         Command::Pretrain(a) => commands::pretrain::run(*a),

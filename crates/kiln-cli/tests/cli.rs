@@ -1288,3 +1288,79 @@ fn long_inference_inputs_show_progress_on_a_terminal_only() {
     assert!(ok && err.is_empty(), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_quantized_model_runs_in_every_command_and_converts_back() {
+    let dir = scratch("quantized");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let run = |args: &[&str], input: &str| {
+        let (ok, out, err) = kiln(args, input);
+        assert!(ok, "kiln {args:?}: {err}");
+        (out, err)
+    };
+    for (model, out) in [
+        ("tiny-bert", "qb"),
+        ("tiny-gpt2", "qg"),
+        ("tiny-bert-tag", "qt"),
+    ] {
+        let m = fixture(model);
+        let (_, err) = run(
+            &["quantize", "--model", m.to_str().unwrap(), "--out", &d(out)],
+            "",
+        );
+        assert!(err.contains("linear layers int8"), "{err}");
+    }
+    let (info, _) = run(&["info", &d("qb"), "--json"], "");
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert!(
+        info["quantization"]
+            .as_str()
+            .unwrap()
+            .starts_with("kiln_int8"),
+        "{info}"
+    );
+    let (out, _) = run(&["embed", "--model", &d("qb")], "the cat sat\n");
+    assert_eq!(
+        json_lines(&out)[0]["embedding"].as_array().unwrap().len(),
+        96
+    );
+    let (out, _) = run(&["fill-mask", "--model", &d("qb")], "the [MASK] sat\n");
+    assert_eq!(json_lines(&out)[0]["masks"].as_array().unwrap().len(), 1);
+    let (out, _) = run(
+        &[
+            "generate",
+            "--model",
+            &d("qg"),
+            "--prompt",
+            "Hello",
+            "--json",
+        ],
+        "",
+    );
+    assert!(json_lines(&out)[0]["token_ids"].is_array());
+    let (out, _) = run(
+        &["predict", "--model", &d("qt")],
+        "{\"tokens\": [\"the\", \"cat\"]}\n",
+    );
+    assert_eq!(json_lines(&out)[0]["tags"].as_array().unwrap().len(), 2);
+    let (out, _) = run(
+        &["eval", "--model", &d("qt"), "--json"],
+        "{\"tokens\": [\"the\", \"cat\"], \"tags\": [\"O\", \"B-PER\"]}\n",
+    );
+    assert!(json_lines(&out)[0]["f1"].is_number());
+    // Back to f32 (what transformers loads): no quantization_config, f32 weights only.
+    run(&["convert", "--model", &d("qb"), "--out", &d("f32")], "");
+    let cfg = std::fs::read_to_string(dir.join("f32/config.json")).unwrap();
+    assert!(!cfg.contains("quantization_config"), "{cfg}");
+    let store = kiln::checkpoint::WeightStore::open_dir(&dir.join("f32")).unwrap();
+    assert!(store
+        .names()
+        .iter()
+        .all(|n| !store.is_i8(n) && !n.ends_with("weight_scale")));
+    // Quantizing again, or into the model's own directory, is refused.
+    let (ok, _, err) = kiln(&["quantize", "--model", &d("qb"), "--out", &d("qq")], "");
+    assert!(!ok && err.contains("already quantized"), "{err}");
+    let (ok, _, err) = kiln(&["quantize", "--model", &d("f32"), "--out", &d("f32")], "");
+    assert!(!ok && err.contains("--model directory"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -6,6 +6,7 @@
 //! and [`infer`] (the inference tasks behind the CLI).
 
 pub mod checkpoint;
+pub mod compress;
 pub mod data;
 pub mod engine;
 pub mod error;

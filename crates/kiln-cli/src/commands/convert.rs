@@ -4,8 +4,9 @@ use anyhow::{Context, Result};
 use kiln::checkpoint::SaveDtype;
 use std::path::PathBuf;
 
-/// Load a model directory (any accepted naming: legacy, prefix-less, sharded, f16/bf16) and save
-/// it as a standard transformers directory, optionally in another dtype.
+/// Load a model directory (any accepted naming: legacy, prefix-less, sharded, f16/bf16, Kiln's
+/// int8) and save it as a standard transformers directory, optionally in another dtype. An int8
+/// model is written dequantized: the f32 weights its int8 values stand for.
 #[derive(clap::Args)]
 pub struct Args {
     /// The model directory to read, or a hub id (org/name: from the hub cache or downloaded).
@@ -20,7 +21,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let p = super::load(&a.model)?;
+    let mut p = super::load(&a.model)?;
+    kiln::compress::dequantize(&mut p);
     let dtype = match a.dtype.as_str() {
         "f16" => SaveDtype::F16,
         "bf16" => SaveDtype::BF16,

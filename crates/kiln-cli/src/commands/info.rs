@@ -73,6 +73,11 @@ pub fn run(a: Args) -> Result<()> {
             "normalize": s.normalize,
             "max_seq_length": s.max_seq_length,
         })),
+        "quantization": c.is_quantized().then(|| {
+            let int8 = p.model.blocks.iter().flat_map(|b| [&b.qkv, &b.attn_out, &b.ffn_in, &b.ffn_out])
+                .filter(|l| l.int8.is_some()).count();
+            format!("kiln_int8: {int8} of {} block linear layers int8 (per-channel weights, per-row dynamic activations)", 4 * p.model.blocks.len())
+        }),
         "unused_tensors": p.unused_tensors,
     });
     if a.json {

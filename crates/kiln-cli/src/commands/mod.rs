@@ -11,6 +11,7 @@ pub mod merge;
 pub mod plot;
 pub mod predict;
 pub mod pretrain;
+pub mod quantize;
 pub mod similarity;
 pub mod tokenizer;
 pub mod train_args;

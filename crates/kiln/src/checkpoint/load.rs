@@ -4,6 +4,7 @@
 
 use super::sentence::SentenceConfig;
 use super::weights::WeightStore;
+use crate::engine::int8::Int8Weight;
 use crate::engine::{LayerNorm, Linear, Tensor};
 use crate::error::{Error, Result};
 use crate::heads::{HeadKind, Labels, LmHead, MlmHead, Pooler, TaskHead};
@@ -387,7 +388,6 @@ fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer
 
 /// Stacks linears that share an input into one (q, k, v -> qkv) so one GEMM computes them all.
 pub(crate) fn fuse_rows(parts: &[Linear]) -> Result<Linear> {
-    let w: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
     let bias = if parts.iter().all(|l| l.bias.is_some()) {
         let b: Vec<f32> = parts
             .iter()
@@ -397,6 +397,23 @@ pub(crate) fn fuse_rows(parts: &[Linear]) -> Result<Linear> {
     } else {
         None
     };
+    if parts.iter().all(|l| l.int8.is_some()) {
+        let q: Vec<&Int8Weight> = parts.iter().filter_map(|l| l.int8.as_ref()).collect();
+        let k = q[0].in_features();
+        if q.iter().any(|w| w.in_features() != k) {
+            return Err(Error::shape("fuse_rows", "int8 parts of different widths"));
+        }
+        let n = q.iter().map(|w| w.out_features()).sum();
+        let data = q.iter().flat_map(|w| w.data.iter().copied()).collect();
+        let scale = q.iter().flat_map(|w| w.scale.iter().copied()).collect();
+        return Ok(Linear::quantized(
+            Int8Weight::from_parts(data, scale, n, k),
+            bias,
+        ));
+    }
+    // f32 (or mixed: any int8 part dequantized).
+    let w: Vec<std::borrow::Cow<Tensor>> = parts.iter().map(|l| l.f32_weight()).collect();
+    let w: Vec<&Tensor> = w.iter().map(|c| c.as_ref()).collect();
     Ok(Linear::new(Tensor::concat_rows(&w)?, bias))
 }
 
@@ -464,16 +481,35 @@ impl Reader<'_> {
     }
 
     /// A linear layer `[out, in]`; Conv1D checkpoints store `[in, out]` and are transposed here.
+    /// A quantized layer (`module.weight_scale` present) is int8 `[out, in]` in every
+    /// architecture.
     fn linear(&mut self, module: &str, base: bool, out: usize, inp: usize) -> Result<Linear> {
+        let bias = match self.find(&format!("{module}.bias"), base) {
+            Some(_) => Some(self.tensor(&format!("{module}.bias"), base, &[out])?),
+            None => None,
+        };
+        if self.find(&format!("{module}.weight_scale"), base).is_some() {
+            let scale = self.tensor(&format!("{module}.weight_scale"), base, &[out])?;
+            let Some(wname) = self.find(&format!("{module}.weight"), base) else {
+                return Err(Error::MissingTensor {
+                    path: self.weights_path(),
+                    name: format!("{module}.weight"),
+                    tried: "an int8 weight beside its weight_scale".into(),
+                    arch: self.arch.model_type().into(),
+                });
+            };
+            let data = self.store.get_i8(&wname, &[out, inp])?;
+            self.used.insert(wname);
+            return Ok(Linear::quantized(
+                Int8Weight::from_parts(data, scale.into_data(), out, inp),
+                bias,
+            ));
+        }
         let weight = if self.names.conv1d {
             self.tensor(&format!("{module}.weight"), base, &[inp, out])?
                 .transpose2d()?
         } else {
             self.tensor(&format!("{module}.weight"), base, &[out, inp])?
-        };
-        let bias = match self.find(&format!("{module}.bias"), base) {
-            Some(_) => Some(self.tensor(&format!("{module}.bias"), base, &[out])?),
-            None => None,
         };
         Ok(Linear::new(weight, bias))
     }

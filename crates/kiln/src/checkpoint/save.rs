@@ -2,8 +2,9 @@
 //! name table in `load.rs` (q/k/v split back apart, Conv1D weights transposed back).
 
 use super::load::Pretrained;
-use super::weights::{write_safetensors, SaveDtype};
+use super::weights::{write_safetensors_with_i8, I8Tensor, SaveDtype};
 use super::{atomic_write, TOKENIZER_FILES};
+use crate::engine::int8::Int8Weight;
 use crate::engine::{LayerNorm, Linear, Tensor};
 use crate::error::{Error, Result};
 use crate::heads::LmHead;
@@ -29,25 +30,76 @@ pub fn architecture_name(p: &Pretrained) -> &'static str {
     }
 }
 
-/// Every tensor of `p` under its Hugging Face name.
+/// Every f32 tensor of `p` under its Hugging Face name (a quantized model's int8 weights are in
+/// [`all_tensors`]).
 pub fn named_tensors(p: &Pretrained) -> Result<BTreeMap<String, Tensor>> {
+    Ok(all_tensors(p)?.f32)
+}
+
+/// The tensors of a model under their checkpoint names.
+#[derive(Default)]
+pub struct Tensors {
+    /// f32 tensors (saved in the chosen dtype).
+    pub f32: BTreeMap<String, Tensor>,
+    /// Int8 weights of quantized layers (saved as I8).
+    pub i8: BTreeMap<String, I8Tensor>,
+}
+
+impl Tensors {
+    fn insert(&mut self, name: String, t: Tensor) {
+        self.f32.insert(name, t);
+    }
+
+    /// A linear layer: `module.weight` (Conv1D layout `[in, out]` when `conv1d`) and
+    /// `module.bias`; an int8 layer as `module.weight` I8 `[out, in]` (whatever the
+    /// architecture's f32 layout) and `module.weight_scale` `[out]`.
+    fn linear(&mut self, module: &str, l: &Linear, conv1d: bool) -> Result<()> {
+        match &l.int8 {
+            Some(q) => {
+                let (n, k) = (q.out_features(), q.in_features());
+                self.i8
+                    .insert(format!("{module}.weight"), (vec![n, k], q.data.clone()));
+                self.insert(
+                    format!("{module}.weight_scale"),
+                    Tensor::new(vec![n], q.scale.clone())?,
+                );
+            }
+            None => {
+                let w = if conv1d {
+                    l.weight.transpose2d()?
+                } else {
+                    l.weight.clone()
+                };
+                self.insert(format!("{module}.weight"), w);
+            }
+        }
+        if let Some(b) = &l.bias {
+            self.insert(format!("{module}.bias"), b.clone());
+        }
+        Ok(())
+    }
+
+    fn norm(&mut self, module: &str, ln: &LayerNorm) {
+        self.insert(format!("{module}.weight"), ln.weight.clone());
+        self.insert(format!("{module}.bias"), ln.bias.clone());
+    }
+}
+
+/// Every tensor of `p` under its name: the f32 ones, and the int8 weights of quantized layers
+/// (see docs/quantization.md).
+pub fn all_tensors(p: &Pretrained) -> Result<Tensors> {
     let cfg = p.config();
     let names = cfg.arch.names();
     let with_head = p.mlm_head.is_some() || p.lm_head.is_some() || p.task.is_some();
     let prefix = if with_head { names.base_prefix } else { "" };
-    let mut out = BTreeMap::new();
+    let mut out = Tensors::default();
     base_tensors(&p.model, prefix, &mut out)?;
     if let (Some(pooler), Some(m)) = (&p.pooler, names.pooler) {
-        put_linear(&mut out, &format!("{prefix}{m}"), &pooler.dense, false)?;
+        out.linear(&format!("{prefix}{m}"), &pooler.dense, false)?;
     }
     if let Some(head) = &p.mlm_head {
-        put_linear(
-            &mut out,
-            "cls.predictions.transform.dense",
-            &head.transform,
-            false,
-        )?;
-        put_norm(&mut out, "cls.predictions.transform.LayerNorm", &head.norm);
+        out.linear("cls.predictions.transform.dense", &head.transform, false)?;
+        out.norm("cls.predictions.transform.LayerNorm", &head.norm);
         out.insert("cls.predictions.bias".into(), head.bias.clone());
         if let Some(d) = &head.decoder {
             out.insert("cls.predictions.decoder.weight".into(), d.clone());
@@ -58,12 +110,39 @@ pub fn named_tensors(p: &Pretrained) -> Result<BTreeMap<String, Tensor>> {
     }
     if let Some(t) = &p.task {
         // Task heads are nn.Linear in every architecture (no Conv1D layout).
-        put_linear(&mut out, t.kind.module(cfg.arch), &t.linear, false)?;
+        out.linear(t.kind.module(cfg.arch), &t.linear, false)?;
     }
     Ok(out)
 }
 
-fn base_tensors(m: &Transformer, prefix: &str, out: &mut BTreeMap<String, Tensor>) -> Result<()> {
+/// The rows `[at, at + len)` of a linear layer (the q, k or v part of a fused projection).
+fn rows_of(l: &Linear, at: usize, len: usize) -> Result<Linear> {
+    let bias = match &l.bias {
+        Some(b) => Some(Tensor::new(vec![len], b.data()[at..at + len].to_vec())?),
+        None => None,
+    };
+    Ok(match &l.int8 {
+        Some(q) => {
+            let k = q.in_features();
+            Linear::quantized(
+                Int8Weight::from_parts(
+                    q.data[at * k..(at + len) * k].to_vec(),
+                    q.scale[at..at + len].to_vec(),
+                    len,
+                    k,
+                ),
+                bias,
+            )
+        }
+        None => {
+            let k = l.in_features();
+            let w = l.weight.data()[at * k..(at + len) * k].to_vec();
+            Linear::new(Tensor::new(vec![len, k], w)?, bias)
+        }
+    })
+}
+
+fn base_tensors(m: &Transformer, prefix: &str, out: &mut Tensors) -> Result<()> {
     let n = m.config.arch.names();
     let conv = n.conv1d;
     let e = &m.embeddings;
@@ -76,61 +155,29 @@ fn base_tensors(m: &Transformer, prefix: &str, out: &mut BTreeMap<String, Tensor
         out.insert(format!("{prefix}{name}"), t.clone());
     }
     if let (Some(ln), Some(name)) = (&e.norm, n.embeddings_norm) {
-        put_norm(out, &format!("{prefix}{name}"), ln);
+        out.norm(&format!("{prefix}{name}"), ln);
     }
     let h = m.config.hidden_size;
     for (l, b) in m.blocks.iter().enumerate() {
         let p = format!("{prefix}{}{l}.", n.layer);
         match n.qkv {
             QkvNames::Separate(parts) => {
-                let ws = b.qkv.weight.split_rows(&[h, h, h])?;
-                let bs: Vec<Option<Tensor>> = match &b.qkv.bias {
-                    Some(bias) => bias
-                        .data()
-                        .chunks(h)
-                        .map(|c| Tensor::new(vec![h], c.to_vec()).map(Some))
-                        .collect::<Result<_>>()?,
-                    None => vec![None, None, None],
-                };
-                for ((name, w), bias) in parts.iter().zip(ws).zip(bs) {
-                    put_linear(out, &format!("{p}{name}"), &Linear::new(w, bias), conv)?;
+                for (i, name) in parts.iter().enumerate() {
+                    out.linear(&format!("{p}{name}"), &rows_of(&b.qkv, i * h, h)?, conv)?;
                 }
             }
-            QkvNames::Fused(name) => put_linear(out, &format!("{p}{name}"), &b.qkv, conv)?,
+            QkvNames::Fused(name) => out.linear(&format!("{p}{name}"), &b.qkv, conv)?,
         }
-        put_linear(out, &format!("{p}{}", n.attn_out), &b.attn_out, conv)?;
-        put_norm(out, &format!("{p}{}", n.ln_attn), &b.ln_attn);
-        put_linear(out, &format!("{p}{}", n.ffn_in), &b.ffn_in, conv)?;
-        put_linear(out, &format!("{p}{}", n.ffn_out), &b.ffn_out, conv)?;
-        put_norm(out, &format!("{p}{}", n.ln_ffn), &b.ln_ffn);
+        out.linear(&format!("{p}{}", n.attn_out), &b.attn_out, conv)?;
+        out.norm(&format!("{p}{}", n.ln_attn), &b.ln_attn);
+        out.linear(&format!("{p}{}", n.ffn_in), &b.ffn_in, conv)?;
+        out.linear(&format!("{p}{}", n.ffn_out), &b.ffn_out, conv)?;
+        out.norm(&format!("{p}{}", n.ln_ffn), &b.ln_ffn);
     }
     if let (Some(ln), Some(name)) = (&m.final_norm, n.final_norm) {
-        put_norm(out, &format!("{prefix}{name}"), ln);
+        out.norm(&format!("{prefix}{name}"), ln);
     }
     Ok(())
-}
-
-fn put_linear(
-    out: &mut BTreeMap<String, Tensor>,
-    module: &str,
-    l: &Linear,
-    conv1d: bool,
-) -> Result<()> {
-    let w = if conv1d {
-        l.weight.transpose2d()?
-    } else {
-        l.weight.clone()
-    };
-    out.insert(format!("{module}.weight"), w);
-    if let Some(b) = &l.bias {
-        out.insert(format!("{module}.bias"), b.clone());
-    }
-    Ok(())
-}
-
-fn put_norm(out: &mut BTreeMap<String, Tensor>, module: &str, ln: &LayerNorm) {
-    out.insert(format!("{module}.weight"), ln.weight.clone());
-    out.insert(format!("{module}.bias"), ln.bias.clone());
 }
 
 /// Saves `p` as a Hugging Face model directory at `dir` (created if needed). Every file is
@@ -143,8 +190,13 @@ pub fn save(p: &Pretrained, dir: &Path, dtype: SaveDtype) -> Result<()> {
         return crate::peft::files::save_adapter(p, dir);
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    let tensors = named_tensors(p)?;
-    write_safetensors(&dir.join("model.safetensors"), &tensors, dtype)?;
+    let tensors = all_tensors(p)?;
+    write_safetensors_with_i8(
+        &dir.join("model.safetensors"),
+        &tensors.f32,
+        dtype,
+        &tensors.i8,
+    )?;
     let mut cfg = p.config().to_json();
     cfg["architectures"] = serde_json::json!([architecture_name(p)]);
     if let Some(t) = &p.task {
@@ -175,6 +227,9 @@ pub fn save(p: &Pretrained, dir: &Path, dtype: SaveDtype) -> Result<()> {
     // Added tokens live only in our tokenizer.json (transformers prefers that file).
     let changed = p.tokenizer.as_ref().is_some_and(|t| t.changed());
     if src.canonicalize().ok() != dir.canonicalize().ok() {
+        if p.sentence.is_some() {
+            super::sentence::copy_files(src, dir)?;
+        }
         for f in TOKENIZER_FILES {
             let from = src.join(f);
             if from.is_file() && !(changed && *f == "tokenizer.json") {

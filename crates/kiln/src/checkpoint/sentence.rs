@@ -1,7 +1,7 @@
 //! sentence-transformers directories: `modules.json`, `1_Pooling/config.json`,
 //! `sentence_bert_config.json` and a `Normalize` module become `kiln embed`'s defaults.
 
-use super::read_json;
+use super::{atomic_write, read_json};
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -103,4 +103,61 @@ impl SentenceConfig {
         }
         Ok(Some(cfg))
     }
+}
+
+/// Copies the sentence-transformers files of `src` to the model directory `dst` (a saved copy of
+/// the model: quantized, converted): `modules.json`, the settings, and the module folders
+/// (`1_Pooling/`, ...). The transformer module is the directory itself in the copy.
+pub fn copy_files(src: &Path, dst: &Path) -> Result<()> {
+    let modules_path = src.join("modules.json");
+    if !modules_path.exists() {
+        return Ok(());
+    }
+    let mut modules = read_json(&modules_path)?;
+    let copy = |from: &Path, to: &Path| -> Result<()> {
+        let bytes = std::fs::read(from).map_err(|e| Error::io("read", from, e))?;
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io("create directory", parent, e))?;
+        }
+        atomic_write(to, &bytes)
+    };
+    for m in modules.as_array_mut().into_iter().flatten() {
+        let ty = m
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("")
+            .to_string();
+        let path = m
+            .get("path")
+            .and_then(|t| t.as_str())
+            .unwrap_or("")
+            .to_string();
+        let from = src.join(&path);
+        if ty.ends_with(".Transformer") {
+            for name in [
+                "sentence_bert_config.json",
+                "sentence_distilbert_config.json",
+            ] {
+                if from.join(name).is_file() {
+                    copy(&from.join(name), &dst.join(name))?;
+                }
+            }
+            m["path"] = "".into();
+        } else if !path.is_empty() && from.is_dir() {
+            let rd = std::fs::read_dir(&from).map_err(|e| Error::io("read", &from, e))?;
+            for e in rd.flatten().filter(|e| e.path().is_file()) {
+                copy(&e.path(), &dst.join(&path).join(e.file_name()))?;
+            }
+        }
+    }
+    let other = src.join("config_sentence_transformers.json");
+    if other.is_file() {
+        copy(&other, &dst.join("config_sentence_transformers.json"))?;
+    }
+    let text = serde_json::to_string_pretty(&modules).map_err(|e| Error::Json {
+        path: dst.join("modules.json"),
+        msg: e.to_string(),
+    })?;
+    atomic_write(&dst.join("modules.json"), text.as_bytes())
 }

@@ -109,6 +109,41 @@ impl WeightStore {
         self.index.get(name).map(|(_, i)| i.shape.as_slice())
     }
 
+    /// Whether a tensor is stored as int8.
+    pub fn is_i8(&self, name: &str) -> bool {
+        self.index
+            .get(name)
+            .is_some_and(|(_, i)| i.dtype == Dtype::I8)
+    }
+
+    /// Reads an int8 tensor (a quantized weight), checking its shape.
+    pub fn get_i8(&self, name: &str, shape: &[usize]) -> Result<Vec<i8>> {
+        let (fi, info) = self.index.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.path_of(name).to_path_buf(),
+            name: name.into(),
+            tried: name.into(),
+            arch: "the expected".into(),
+        })?;
+        let (path, mmap, base) = &self.files[*fi];
+        if info.dtype != Dtype::I8 {
+            return Err(Error::TensorDtype {
+                path: path.clone(),
+                name: name.into(),
+                dtype: format!("{:?} (an int8 weight was expected)", info.dtype),
+            });
+        }
+        if info.shape != shape {
+            return Err(Error::TensorShape {
+                path: path.clone(),
+                name: name.into(),
+                found: info.shape.clone(),
+                expected: shape.to_vec(),
+            });
+        }
+        let bytes = &mmap[base + info.data_offsets.0..base + info.data_offsets.1];
+        Ok(bytes.iter().map(|&b| b as i8).collect())
+    }
+
     /// Reads a tensor as f32.
     pub fn get(&self, name: &str) -> Result<Tensor> {
         let (fi, info) = self.index.get(name).ok_or_else(|| Error::MissingTensor {
@@ -172,13 +207,27 @@ pub enum SaveDtype {
     BF16,
 }
 
+/// An int8 tensor to save: its shape and values.
+pub type I8Tensor = (Vec<usize>, Vec<i8>);
+
 /// Writes named tensors to a safetensors file atomically (temporary file, then rename).
 pub fn write_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
     dtype: SaveDtype,
 ) -> Result<()> {
-    let mut raw: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(tensors.len());
+    write_safetensors_with_i8(path, tensors, dtype, &BTreeMap::new())
+}
+
+/// [`write_safetensors`] plus int8 tensors (quantized weights), stored as I8.
+pub fn write_safetensors_with_i8(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    dtype: SaveDtype,
+    int8: &BTreeMap<String, I8Tensor>,
+) -> Result<()> {
+    let mut raw: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> =
+        Vec::with_capacity(tensors.len() + int8.len());
     for (name, t) in tensors {
         let bytes: Vec<u8> = match dtype {
             SaveDtype::F32 => t.data().iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -193,17 +242,21 @@ pub fn write_safetensors(
                 .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
                 .collect(),
         };
-        raw.push((name.clone(), bytes, t.shape().to_vec()));
+        let st_dtype = match dtype {
+            SaveDtype::F32 => Dtype::F32,
+            SaveDtype::F16 => Dtype::F16,
+            SaveDtype::BF16 => Dtype::BF16,
+        };
+        raw.push((name.clone(), bytes, t.shape().to_vec(), st_dtype));
     }
-    let st_dtype = match dtype {
-        SaveDtype::F32 => Dtype::F32,
-        SaveDtype::F16 => Dtype::F16,
-        SaveDtype::BF16 => Dtype::BF16,
-    };
+    for (name, (shape, values)) in int8 {
+        let bytes = values.iter().map(|&v| v as u8).collect();
+        raw.push((name.clone(), bytes, shape.clone(), Dtype::I8));
+    }
     let mut views = Vec::with_capacity(raw.len());
-    for (name, bytes, shape) in &raw {
+    for (name, bytes, shape, st_dtype) in &raw {
         let v =
-            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map_err(|e| {
+            safetensors::tensor::TensorView::new(*st_dtype, shape.clone(), bytes).map_err(|e| {
                 Error::Safetensors {
                     path: path.to_path_buf(),
                     msg: format!("tensor `{name}`: {e}"),

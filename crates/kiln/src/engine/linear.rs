@@ -1,7 +1,10 @@
 //! The linear layer: `y = x Wᵀ + b`, with the bias (and optionally the activation) fused into
-//! one pass after the matrix multiply, or accumulated straight into a residual stream.
+//! one pass after the matrix multiply, or accumulated straight into a residual stream. The
+//! weight is f32, or int8 with a scale per output row (`kiln quantize`): one layer type, so
+//! every command runs quantized models.
 
 use super::activation::{bias_act_inplace, Activation};
+use super::int8::Int8Weight;
 use super::matmul::{matmul, MatMut, MatRef, Par};
 use super::packed::{PackedWeight, MIN_ROWS};
 use super::tensor::Tensor;
@@ -12,7 +15,7 @@ use std::sync::OnceLock;
 /// A dense layer holding `weight: [out, in]` (PyTorch `nn.Linear` layout) and `bias: [out]`.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// `[out_features, in_features]`.
+    /// `[out_features, in_features]`; empty when the layer is int8 (see `int8`).
     pub weight: Tensor,
     /// `[out_features]`, if any.
     pub bias: Option<Tensor>,
@@ -21,6 +24,8 @@ pub struct Linear {
     /// The weight packed for the AVX-512 kernel, made on first use. Whoever changes `weight`
     /// in place must call [`Linear::weights_changed`].
     packed: OnceLock<Option<PackedWeight>>,
+    /// The weight in int8, when the layer is quantized (`weight` is then empty).
+    pub int8: Option<Int8Weight>,
 }
 
 /// What a linear layer does with its result.
@@ -42,6 +47,40 @@ impl Linear {
             bias,
             lora: Vec::new(),
             packed: OnceLock::new(),
+            int8: None,
+        }
+    }
+
+    /// An int8 layer.
+    pub fn quantized(weight: Int8Weight, bias: Option<Tensor>) -> Self {
+        Linear {
+            int8: Some(weight),
+            ..Linear::new(Tensor::zeros(&[0]), bias)
+        }
+    }
+
+    /// Turns the weight into int8 (a scale per output row); the f32 weight is dropped.
+    pub fn quantize(&mut self) {
+        if self.int8.is_none() {
+            self.int8 = Some(Int8Weight::quantize(&self.weight));
+            self.weight = Tensor::zeros(&[0]);
+            self.weights_changed();
+        }
+    }
+
+    /// Turns an int8 layer back into f32 (the weight its int8 values stand for).
+    pub fn dequantize(&mut self) {
+        if let Some(q) = self.int8.take() {
+            self.weight = q.dequantize();
+            self.weights_changed();
+        }
+    }
+
+    /// The f32 weight: the layer's own, or its int8 weight dequantized.
+    pub fn f32_weight(&self) -> std::borrow::Cow<'_, Tensor> {
+        match &self.int8 {
+            Some(q) => std::borrow::Cow::Owned(q.dequantize()),
+            None => std::borrow::Cow::Borrowed(&self.weight),
         }
     }
 
@@ -52,12 +91,18 @@ impl Linear {
 
     /// Input width.
     pub fn in_features(&self) -> usize {
-        self.weight.shape()[1]
+        match &self.int8 {
+            Some(q) => q.in_features(),
+            None => self.weight.shape()[1],
+        }
     }
 
     /// Output width.
     pub fn out_features(&self) -> usize {
-        self.weight.shape()[0]
+        match &self.int8 {
+            Some(q) => q.out_features(),
+            None => self.weight.shape()[0],
+        }
     }
 
     /// Whether an unmerged LoRA bypass adds to this layer's output.
@@ -101,6 +146,20 @@ impl Linear {
         mode: LinearOut,
     ) -> Result<()> {
         let (o, i) = (self.out_features(), self.in_features());
+        if let Some(q) = &self.int8 {
+            if x.len() != rows * i || out.len() != rows * o {
+                return Err(Error::shape(
+                    "Linear::forward",
+                    format!(
+                        "int8 weight [{o}, {i}] with {rows} rows: x of {}, out of {}",
+                        x.len(),
+                        out.len()
+                    ),
+                ));
+            }
+            q.forward_into(x, rows, self.bias.as_ref().map(|b| b.data()), out, mode);
+            return Ok(());
+        }
         if rows >= MIN_ROWS && x.len() == rows * i && out.len() == rows * o {
             let packed = self.packed.get_or_init(|| {
                 PackedWeight::supported().then(|| PackedWeight::pack(&self.weight))

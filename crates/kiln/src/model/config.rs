@@ -5,6 +5,9 @@ use crate::engine::Activation;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// `quantization_config.quant_method` of a model `kiln quantize` wrote.
+pub const KILN_INT8: &str = "kiln_int8";
+
 /// Where each block applies its layer norms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormPlacement {
@@ -113,9 +116,33 @@ impl ModelConfig {
             model_type: model_type.clone(),
             supported: Arch::supported().join(", "),
         })?;
+        if let Some(q) = raw.get("quantization_config") {
+            let method = q
+                .get("quant_method")
+                .and_then(|m| m.as_str())
+                .unwrap_or("?");
+            if method != KILN_INT8 {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    field: "quantization_config.quant_method".into(),
+                    msg: format!(
+                        "\"{method}\": Kiln runs f32/f16/bf16 models and its own \"{KILN_INT8}\"; give the unquantized model (and `kiln quantize` it)"
+                    ),
+                });
+            }
+        }
         let cfg = arch.parse_config(raw, path)?;
         cfg.validate(path)?;
         Ok(cfg)
+    }
+
+    /// Whether config.json says the model is Kiln-int8 quantized.
+    pub fn is_quantized(&self) -> bool {
+        self.raw
+            .get("quantization_config")
+            .and_then(|q| q.get("quant_method"))
+            .and_then(|m| m.as_str())
+            == Some(KILN_INT8)
     }
 
     /// Checks sizes once so no kernel ever sees an impossible shape.

@@ -104,8 +104,9 @@ impl Transformer {
     pub fn num_parameters(&self) -> usize {
         let e = &self.embeddings;
         let ln = |n: &LayerNorm| n.weight.numel() + n.bias.numel();
-        let lin =
-            |l: &crate::engine::Linear| l.weight.numel() + l.bias.as_ref().map_or(0, |b| b.numel());
+        let lin = |l: &crate::engine::Linear| {
+            l.in_features() * l.out_features() + l.bias.as_ref().map_or(0, |b| b.numel())
+        };
         let mut n =
             e.word.numel() + e.position.numel() + e.token_type.as_ref().map_or(0, |t| t.numel());
         n += e.norm.as_ref().map_or(0, ln);

@@ -278,6 +278,7 @@ pub fn unmerge(p: &mut Pretrained) -> Result<()> {
 }
 
 fn fold(p: &mut Pretrained, sign: f32) -> Result<()> {
+    crate::compress::refuse_training(p, "merging an adapter into it")?;
     let want_merged = sign < 0.0;
     for s in lora_sites(p) {
         let Some(l) = linear_mut(p, &s) else { continue };

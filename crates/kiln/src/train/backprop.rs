@@ -190,8 +190,18 @@ pub(crate) fn lin_fwd(
     seed: Option<u64>,
     site: u64,
 ) -> Result<()> {
-    // Training changes weights every step: use the unpacked path (no cached packing).
-    linear_forward(&l.weight, l.bias.as_ref(), x, rows, out, LinearOut::Write)?;
+    match &l.int8 {
+        // A frozen int8 base (adapters trained on a quantized model).
+        Some(q) => q.forward_into(
+            x,
+            rows,
+            l.bias.as_ref().map(|b| b.data()),
+            out,
+            LinearOut::Write,
+        ),
+        // Training changes weights every step: use the unpacked path (no cached packing).
+        None => linear_forward(&l.weight, l.bias.as_ref(), x, rows, out, LinearOut::Write)?,
+    }
     let o = l.out_features();
     for (k, piece) in l.lora.iter().enumerate() {
         piece.forward_add(x, rows, out, o, lora_drop(piece, seed, site, k))?;
@@ -430,9 +440,10 @@ pub(crate) fn lin_back(
     seed: Option<u64>,
     site: u64,
 ) -> Result<()> {
+    // An int8 weight is frozen; its input gradient runs through the weight it stands for.
     linear_backward(
         x,
-        &l.weight,
+        &l.f32_weight(),
         dy,
         rows,
         dx.as_deref_mut(),

@@ -298,6 +298,9 @@ pub fn finetune(
         resume,
     )?;
     let p = &mut begun.p;
+    if cfg.peft.method == Method::Full {
+        crate::compress::refuse_training(p, "full fine-tuning")?;
+    }
     let had_pooler = p.pooler.is_some();
     let added_tokens = if cfg.extend_vocab {
         extend_vocab(p, cfg, records)?

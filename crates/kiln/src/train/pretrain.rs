@@ -307,6 +307,7 @@ pub fn pretrain(
         &cfg.train,
         resume,
     )?;
+    crate::compress::refuse_training(&begun.p, "pre-training")?;
     let p = &begun.p;
     let obj = Objectives::new(p, cfg)?;
     let tok = p.tokenizer()?.clone();

@@ -1,0 +1,139 @@
+//! int8 quantization of a model (`kiln quantize`): every linear layer of the transformer blocks
+//! becomes int8 with a scale per output channel (weights symmetric; activations quantized per
+//! token row at run time by the kernel, `engine/int8.rs`), except the modules the user keeps in
+//! f32. Embeddings, LayerNorms, the pooler and task heads stay f32. The layout on disk is
+//! described in docs/quantization.md.
+
+use crate::checkpoint::Pretrained;
+use crate::error::{Error, Result};
+use crate::model::config::KILN_INT8;
+use crate::peft::targets::{linear_mut, lora_sites, matches, Site, Slot};
+
+/// What to quantize.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizeOptions {
+    /// Module names kept in f32, matched as `--lora-targets` are (a name selects every module
+    /// whose full name equals it or ends with `.name`). BERT's query, key and value are one
+    /// fused layer in Kiln: keeping any of them keeps all three.
+    pub keep_f32: Vec<String>,
+}
+
+/// One linear layer of the blocks after quantization.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerReport {
+    /// Its module names (three for BERT's fused query/key/value).
+    pub modules: Vec<String>,
+    /// Whether it is int8 now (else it was kept in f32 by `keep_f32`).
+    pub int8: bool,
+    /// ‖W − Ŵ‖ / ‖W‖ of the int8 weight Ŵ (0 when kept).
+    pub weight_error: f32,
+}
+
+/// Quantizes the linear layers of `p`'s blocks in place and marks its config
+/// (`quantization_config`); returns a report per layer.
+pub fn quantize(p: &mut Pretrained, opts: &QuantizeOptions) -> Result<Vec<LayerReport>> {
+    if p.config().is_quantized() || p.model.blocks.iter().any(|b| b.qkv.int8.is_some()) {
+        return Err(Error::Input(format!(
+            "{} is already quantized (kiln_int8); quantize the f32 model",
+            p.dir.display()
+        )));
+    }
+    if p.peft.is_some() {
+        return Err(Error::Input(
+            "the model carries an adapter: quantize the base model, then load the adapter on it (or merge it first)".into(),
+        ));
+    }
+    let sites: Vec<Site> = lora_sites(p)
+        .into_iter()
+        .filter(|s| s.slot != Slot::Pooler)
+        .collect();
+    for k in &opts.keep_f32 {
+        if !sites.iter().any(|s| matches(k, &s.module)) {
+            return Err(Error::Input(format!(
+                "--keep-f32: \"{k}\" matches no linear module of the blocks (they are named like {})",
+                sites.first().map_or("?", |s| s.module.as_str())
+            )));
+        }
+    }
+    // One report per Kiln layer: the sites of a (block, slot) pair are one fused layer.
+    let mut groups: Vec<(Site, Vec<String>)> = Vec::new();
+    for s in sites {
+        match groups
+            .iter_mut()
+            .find(|(g, _)| g.layer == s.layer && g.slot == s.slot)
+        {
+            Some((_, names)) => names.push(s.module.clone()),
+            None => {
+                let m = s.module.clone();
+                groups.push((s, vec![m]));
+            }
+        }
+    }
+    let mut report = Vec::with_capacity(groups.len());
+    for (site, modules) in groups {
+        let keep = modules
+            .iter()
+            .any(|m| opts.keep_f32.iter().any(|k| matches(k, m)));
+        let weight_error = if keep {
+            0.0
+        } else {
+            let l = linear_mut(p, &site).ok_or_else(|| Error::Input("no such layer".into()))?;
+            let w = l.weight.clone();
+            l.quantize();
+            relative_error(&w, &l.f32_weight())
+        };
+        report.push(LayerReport {
+            modules,
+            int8: !keep,
+            weight_error,
+        });
+    }
+    let kept: Vec<&String> = report
+        .iter()
+        .filter(|r| !r.int8)
+        .flat_map(|r| &r.modules)
+        .collect();
+    p.model.config.raw["quantization_config"] = serde_json::json!({
+        "quant_method": KILN_INT8,
+        "weights": "int8, symmetric, one scale per output channel (<module>.weight I8 [out, in], <module>.weight_scale F32 [out])",
+        "activations": "u8 per token row with a zero point, quantized at run time",
+        "accumulation": "int32",
+        "modules_in_f32": kept,
+        "also_f32": "embeddings, layer norms, pooler, task and language-model heads",
+    });
+    Ok(report)
+}
+
+/// ‖W − Ŵ‖ / ‖W‖.
+fn relative_error(w: &crate::engine::Tensor, q: &crate::engine::Tensor) -> f32 {
+    let (mut err2, mut norm2) = (0.0f64, 0.0f64);
+    for (&a, &b) in w.data().iter().zip(q.data()) {
+        err2 += ((a - b) as f64).powi(2);
+        norm2 += (a as f64).powi(2);
+    }
+    (err2 / norm2.max(1e-30)).sqrt() as f32
+}
+
+/// Turns every int8 layer of `p` back into f32 (the weights the int8 values stand for) and drops
+/// `quantization_config`: what `kiln convert` writes, a model transformers loads.
+pub fn dequantize(p: &mut Pretrained) {
+    for b in &mut p.model.blocks {
+        for l in [&mut b.qkv, &mut b.attn_out, &mut b.ffn_in, &mut b.ffn_out] {
+            l.dequantize();
+        }
+    }
+    if let Some(o) = p.model.config.raw.as_object_mut() {
+        o.remove("quantization_config");
+    }
+}
+
+/// An error when `p` has int8 layers: they cannot be trained (adapters on them can).
+pub fn refuse_training(p: &Pretrained, what: &str) -> Result<()> {
+    if p.config().is_quantized() {
+        return Err(Error::Input(format!(
+            "{} is quantized (int8): {what} would change its int8 weights; train LoRA or adapters on it (--method lora|adapter), or use the f32 model",
+            p.dir.display()
+        )));
+    }
+    Ok(())
+}
