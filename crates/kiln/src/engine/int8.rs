@@ -15,9 +15,31 @@
 
 use super::activation::act_slice;
 use super::linear::LinearOut;
+use super::simd::dispatch;
 use super::tensor::Tensor;
 use rayon::prelude::*;
 use std::sync::OnceLock;
+
+/// Calls `$f::<R>(args)` for the runtime row count `$rows` (1..=12): the row loop of a tile
+/// must have a constant trip count, or its accumulators leave the registers for the stack.
+macro_rules! with_rows {
+    ($rows:expr, $f:ident($($arg:expr),*)) => {
+        match $rows {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            9 => $f::<9>($($arg),*),
+            10 => $f::<10>($($arg),*),
+            11 => $f::<11>($($arg),*),
+            _ => $f::<12>($($arg),*),
+        }
+    };
+}
 
 /// The integer kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,30 +147,16 @@ pub struct QuantRows {
 }
 
 /// Quantizes `x: [rows, k]` row by row to u8 over each row's range (zero included, so 0.0 is
-/// exact), rounding to nearest.
+/// exact), rounding to nearest (ties to even).
 pub fn quantize_rows(x: &[f32], rows: usize, k: usize) -> QuantRows {
     let kp = k.div_ceil(4) * 4;
     let mut q = vec![0u8; rows * kp];
-    let mut scale = vec![0.0f32; rows];
-    let mut zero = vec![0i32; rows];
+    let mut params = vec![(0.0f32, 0i32); rows];
     q.par_chunks_mut(kp)
-        .zip(scale.par_iter_mut().zip(zero.par_iter_mut()))
+        .zip(params.par_iter_mut())
         .enumerate()
-        .for_each(|(r, (qr, (s, z)))| {
-            let row = &x[r * k..(r + 1) * k];
-            let (lo, hi) = row
-                .iter()
-                .fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
-            let sc = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
-            let zp = (-lo / sc).round().clamp(0.0, 255.0);
-            let inv = 1.0 / sc;
-            for (o, &v) in qr.iter_mut().zip(row) {
-                *o = (v * inv + zp).round().clamp(0.0, 255.0) as u8;
-            }
-            qr[k..].fill(zp as u8);
-            *s = sc;
-            *z = zp as i32;
-        });
+        .for_each(|(r, (qr, pr))| quantize_row(&x[r * k..(r + 1) * k], qr, pr));
+    let (scale, zero) = params.into_iter().unzip();
     QuantRows {
         q,
         scale,
@@ -156,6 +164,108 @@ pub fn quantize_rows(x: &[f32], rows: usize, k: usize) -> QuantRows {
         rows,
         k,
         kp,
+    }
+}
+
+/// The scale and zero point of a row whose values span `[lo, hi]` (zero included).
+fn row_params(lo: f32, hi: f32) -> (f32, f32) {
+    let sc = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+    (sc, (-lo / sc).round_ties_even().clamp(0.0, 255.0))
+}
+
+/// One row: `out` (padded past the row with the zero point) and (scale, zero point). Values
+/// round to nearest, ties to even, on every path.
+fn quantize_row(row: &[f32], out: &mut [u8], params: &mut (f32, i32)) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { quantize_row_avx512(row, out, params) };
+        return;
+    }
+    quantize_row_lanes(row, out, params)
+}
+
+dispatch! {
+    fn quantize_row_lanes(row: &[f32], out: &mut [u8], params: &mut (f32, i32)) {
+        let (mut lo, mut hi) = ([0.0f32; 8], [0.0f32; 8]);
+        let chunks = row.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for i in 0..8 {
+                lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+                hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+            }
+        }
+        let lo = lo.iter().chain(rest).fold(0.0f32, |a, &b| a.min(b));
+        let hi = hi.iter().chain(rest).fold(0.0f32, |a, &b| a.max(b));
+        let (sc, zp) = row_params(lo, hi);
+        let inv = 1.0 / sc;
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = (v * inv + zp).round_ties_even().clamp(0.0, 255.0) as u8;
+        }
+        out[row.len()..].fill(zp as u8);
+        *params = (sc, zp as i32);
+    }
+}
+
+/// [`quantize_row`] in AVX-512: a range pass, then 16 values per conversion and unsigned
+/// saturating narrowing to bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8], params: &mut (f32, i32)) {
+    use std::arch::x86_64::*;
+    let n = row.len();
+    let full = n / 16 * 16;
+    let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for i in (0..full).step_by(16) {
+        let v = _mm512_loadu_ps(row.as_ptr().add(i));
+        lo = _mm512_min_ps(lo, v);
+        hi = _mm512_max_ps(hi, v);
+    }
+    let tail = &row[full..];
+    let lo = tail.iter().fold(_mm512_reduce_min_ps(lo), |a, &b| a.min(b));
+    let hi = tail.iter().fold(_mm512_reduce_max_ps(hi), |a, &b| a.max(b));
+    let (sc, zp) = row_params(lo, hi);
+    let (inv, z) = (_mm512_set1_ps(1.0 / sc), _mm512_set1_ps(zp));
+    for i in (0..full).step_by(16) {
+        let v = _mm512_fmadd_ps(_mm512_loadu_ps(row.as_ptr().add(i)), inv, z);
+        // Round to nearest even (the default mode), clamp below at 0, narrow with unsigned
+        // saturation at 255.
+        let q = _mm512_max_epi32(_mm512_cvtps_epi32(v), _mm512_setzero_si512());
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(i) as *mut __m128i,
+            _mm512_cvtusepi32_epi8(q),
+        );
+    }
+    for (o, &v) in out[full..].iter_mut().zip(tail) {
+        *o = (v * (1.0 / sc) + zp).round_ties_even().clamp(0.0, 255.0) as u8;
+    }
+    out[n..].fill(zp as u8);
+    *params = (sc, zp as i32);
+}
+
+dispatch! {
+    /// The epilogue of one tile row: `dst (=|+=) acc · a[c] − b · c2[c] + bias[c]`, where
+    /// `a[c] = sx · sw[c]`, `b = sx · zx` and `c2[c] = sw[c] · Σₖ w[c, k]`.
+    fn dequantize_row(
+        acc: &[i32],
+        sw: &[f32],
+        csw: &[f32],
+        bias: &[f32],
+        sx: f32,
+        sxz: f32,
+        dst: &mut [f32],
+        accumulate: bool,
+    ) {
+        if accumulate {
+            for (((d, &a), (&s, &c)), &b) in dst.iter_mut().zip(acc).zip(sw.iter().zip(csw)).zip(bias) {
+                *d += a as f32 * (sx * s) - sxz * c + b;
+            }
+        } else {
+            for (((d, &a), (&s, &c)), &b) in dst.iter_mut().zip(acc).zip(sw.iter().zip(csw)).zip(bias) {
+                *d = a as f32 * (sx * s) - sxz * c + b;
+            }
+        }
     }
 }
 
@@ -167,8 +277,9 @@ pub struct Int8Weight {
     pub data: Vec<i8>,
     /// `[n]` scales: `w[c, k] ≈ scale[c] · data[c, k]`.
     pub scale: Vec<f32>,
-    /// `Σₖ data[c, k]`, the zero-point correction of each column of the product.
-    colsum: Vec<i32>,
+    /// `scale[c] · Σₖ data[c, k]`: the zero-point correction of each column, in the
+    /// epilogue's units.
+    csw: Vec<f32>,
     packed: OnceLock<(Kernel, Vec<u8>)>,
 }
 
@@ -209,16 +320,17 @@ impl Int8Weight {
 
     /// A weight from its stored int8 values `[n, k]` and scales `[n]`.
     pub fn from_parts(data: Vec<i8>, scale: Vec<f32>, n: usize, k: usize) -> Self {
-        let colsum = data
+        let csw = data
             .chunks(k.max(1))
-            .map(|r| r.iter().map(|&v| v as i32).sum())
+            .zip(&scale)
+            .map(|(r, &s)| r.iter().map(|&v| v as i32).sum::<i32>() as f32 * s)
             .collect();
         Int8Weight {
             n,
             k,
             data,
             scale,
-            colsum,
+            csw,
             packed: OnceLock::new(),
         }
     }
@@ -304,26 +416,34 @@ impl Int8Weight {
     ) {
         let q = quantize_rows(x, rows, self.k);
         let n = self.n;
+        let zeros;
+        let bias = match bias {
+            Some(b) => b,
+            None => {
+                zeros = vec![0.0f32; n];
+                &zeros
+            }
+        };
         let out_ptr = SendPtr(out.as_mut_ptr());
         self.run(&q, Kernel::chosen(), |r0, c0, tile, nr, rows_t, cols| {
+            let cs = c0..c0 + cols;
             for i in 0..rows_t {
                 let r = r0 + i;
-                let (sx, zx) = (q.scale[r], q.zero[r]);
+                let sx = q.scale[r];
                 // SAFETY: tiles cover disjoint (row, column) blocks of `out`, which holds
                 // rows · n values; each task writes only its own block.
                 let dst =
                     unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(r * n + c0), cols) };
-                let acc = &tile[i * nr..i * nr + cols];
-                for (j, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {
-                    let c = c0 + j;
-                    let v =
-                        sx * self.scale[c] * (a as i64 - zx as i64 * self.colsum[c] as i64) as f32
-                            + bias.map_or(0.0, |b| b[c]);
-                    match mode {
-                        LinearOut::Accumulate => *d += v,
-                        _ => *d = v,
-                    }
-                }
+                dequantize_row(
+                    &tile[i * nr..i * nr + cols],
+                    &self.scale[cs.clone()],
+                    &self.csw[cs.clone()],
+                    &bias[cs.clone()],
+                    sx,
+                    sx * q.zero[r] as f32,
+                    dst,
+                    mode == LinearOut::Accumulate,
+                );
                 if let LinearOut::WriteAct(act) = mode {
                     act_slice(dst, act);
                 }
@@ -374,38 +494,35 @@ impl Int8Weight {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let r0 = rt * mr;
             let rows = mr.min(x.rows - r0);
+            // Every kernel writes all `rows × nr` sums of its tile; rows past `rows` are unread.
             let mut tile = vec![0i32; mr * nr];
             for p in ct * panels_per_task..((ct + 1) * panels_per_task).min(np) {
                 let c0 = p * nr;
                 let cols = nr.min(self.n - c0);
-                tile.fill(0);
                 match (kernel, &packed, &wide) {
                     #[cfg(target_arch = "x86_64")]
                     (Kernel::Vnni, Some(pk), _) => {
-                        let panel = &pk[p * (x.kp * nr)..(p + 1) * (x.kp * nr)];
+                        let panel = pk[p * (x.kp * nr)..].as_ptr();
+                        let a = x.q[r0 * x.kp..].as_ptr();
                         // SAFETY: the CPU has the features (checked above); the panel holds
-                        // kp·NR bytes and each row of `q` kp bytes past `r0`.
-                        unsafe {
-                            vnni_tile(&x.q[r0 * x.kp..], x.kp, rows, panel, &mut tile);
-                        }
+                        // kp·NR bytes, `q` rows·kp bytes past `r0`, `tile` MR·NR values.
+                        unsafe { with_rows!(rows, vnni_tile(a, x.kp, panel, tile.as_mut_ptr())) }
                     }
                     #[cfg(target_arch = "x86_64")]
                     (Kernel::Avx512Bw, Some(pk), Some(w16)) => {
-                        let bytes = x.kp * nr * 2;
-                        let panel = &pk[p * bytes..(p + 1) * bytes];
+                        let panel = pk[p * (x.kp * nr * 2)..].as_ptr();
+                        let a = w16[r0 * x.kp..].as_ptr();
                         // SAFETY: as above, with 16-bit elements.
                         unsafe {
-                            avx512bw_tile(&w16[r0 * x.kp..], x.kp, rows, panel, &mut tile);
+                            with_rows!(rows, avx512bw_tile(a, x.kp, panel, tile.as_mut_ptr()))
                         }
                     }
                     #[cfg(target_arch = "x86_64")]
                     (Kernel::Avx2, Some(pk), Some(w16)) => {
-                        let bytes = x.kp * nr * 2;
-                        let panel = &pk[p * bytes..(p + 1) * bytes];
-                        // SAFETY: as above, with 16-bit elements.
-                        unsafe {
-                            avx2_tile(&w16[r0 * x.kp..], x.kp, rows, panel, &mut tile);
-                        }
+                        let panel = pk[p * (x.kp * nr * 2)..].as_ptr();
+                        let a = w16[r0 * x.kp..].as_ptr();
+                        // SAFETY: as above; AVX2 tiles have at most 6 rows.
+                        unsafe { with_rows!(rows, avx2_tile(a, x.kp, panel, tile.as_mut_ptr())) }
                     }
                     _ => self.scalar_tile(x, r0, rows, c0, cols, nr, &mut tile),
                 }
@@ -450,76 +567,75 @@ impl<T> SendPtr<T> {
     }
 }
 
-/// One VNNI tile: up to 12 rows × 32 columns. `a` holds rows of `kp` u8 values, `panel` the
-/// packed weights (`kp/4` groups of 32 columns × 4 bytes); `tile` receives `rows × 32` sums.
+/// One VNNI tile: `R` rows × 32 columns. `a` holds rows of `kp` u8 values, `panel` the packed
+/// weights (`kp/4` groups of 32 columns × 4 bytes); `tile` receives `R × 32` sums.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn vnni_tile(a: &[u8], kp: usize, rows: usize, panel: &[u8], tile: &mut [i32]) {
+unsafe fn vnni_tile<const R: usize>(a: *const u8, kp: usize, panel: *const u8, tile: *mut i32) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_si512(); 2]; 12];
-    let groups = kp / 4;
-    for g in 0..groups {
-        let w = panel.as_ptr().add(g * 128);
+    let mut acc = [[_mm512_setzero_si512(); 2]; R];
+    for g in 0..kp / 4 {
+        let w = panel.add(g * 128);
         let w0 = _mm512_loadu_si512(w as *const _);
         let w1 = _mm512_loadu_si512(w.add(64) as *const _);
-        for (r, acc_r) in acc.iter_mut().enumerate().take(rows) {
-            let quad = (a.as_ptr().add(r * kp + g * 4) as *const i32).read_unaligned();
-            let x = _mm512_set1_epi32(quad);
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_epi32((a.add(r * kp + g * 4) as *const i32).read_unaligned());
             acc_r[0] = _mm512_dpbusd_epi32(acc_r[0], x, w0);
             acc_r[1] = _mm512_dpbusd_epi32(acc_r[1], x, w1);
         }
     }
-    for (r, acc_r) in acc.iter().enumerate().take(rows) {
-        _mm512_storeu_si512(tile.as_mut_ptr().add(r * 32) as *mut _, acc_r[0]);
-        _mm512_storeu_si512(tile.as_mut_ptr().add(r * 32 + 16) as *mut _, acc_r[1]);
+    for (r, acc_r) in acc.iter().enumerate() {
+        _mm512_storeu_si512(tile.add(r * 32) as *mut _, acc_r[0]);
+        _mm512_storeu_si512(tile.add(r * 32 + 16) as *mut _, acc_r[1]);
     }
 }
 
-/// One AVX-512BW tile: up to 12 rows × 32 columns on 16-bit operands (`kp/2` pairs).
+/// One AVX-512BW tile: `R` rows × 32 columns on 16-bit operands (`kp/2` pairs).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn avx512bw_tile(a: &[i16], kp: usize, rows: usize, panel: &[u8], tile: &mut [i32]) {
+unsafe fn avx512bw_tile<const R: usize>(
+    a: *const i16,
+    kp: usize,
+    panel: *const u8,
+    tile: *mut i32,
+) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_si512(); 2]; 12];
-    let pairs = kp / 2;
-    for g in 0..pairs {
-        let w = panel.as_ptr().add(g * 128);
+    let mut acc = [[_mm512_setzero_si512(); 2]; R];
+    for g in 0..kp / 2 {
+        let w = panel.add(g * 128);
         let w0 = _mm512_loadu_si512(w as *const _);
         let w1 = _mm512_loadu_si512(w.add(64) as *const _);
-        for (r, acc_r) in acc.iter_mut().enumerate().take(rows) {
-            let pair = (a.as_ptr().add(r * kp + g * 2) as *const i32).read_unaligned();
-            let x = _mm512_set1_epi32(pair);
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_epi32((a.add(r * kp + g * 2) as *const i32).read_unaligned());
             acc_r[0] = _mm512_add_epi32(acc_r[0], _mm512_madd_epi16(x, w0));
             acc_r[1] = _mm512_add_epi32(acc_r[1], _mm512_madd_epi16(x, w1));
         }
     }
-    for (r, acc_r) in acc.iter().enumerate().take(rows) {
-        _mm512_storeu_si512(tile.as_mut_ptr().add(r * 32) as *mut _, acc_r[0]);
-        _mm512_storeu_si512(tile.as_mut_ptr().add(r * 32 + 16) as *mut _, acc_r[1]);
+    for (r, acc_r) in acc.iter().enumerate() {
+        _mm512_storeu_si512(tile.add(r * 32) as *mut _, acc_r[0]);
+        _mm512_storeu_si512(tile.add(r * 32 + 16) as *mut _, acc_r[1]);
     }
 }
 
-/// One AVX2 tile: up to 6 rows × 16 columns on 16-bit operands.
+/// One AVX2 tile: `R` (at most 6) rows × 16 columns on 16-bit operands.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn avx2_tile(a: &[i16], kp: usize, rows: usize, panel: &[u8], tile: &mut [i32]) {
+unsafe fn avx2_tile<const R: usize>(a: *const i16, kp: usize, panel: *const u8, tile: *mut i32) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_si256(); 2]; 6];
-    let pairs = kp / 2;
-    for g in 0..pairs {
-        let w = panel.as_ptr().add(g * 64);
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    for g in 0..kp / 2 {
+        let w = panel.add(g * 64);
         let w0 = _mm256_loadu_si256(w as *const __m256i);
         let w1 = _mm256_loadu_si256(w.add(32) as *const __m256i);
-        for (r, acc_r) in acc.iter_mut().enumerate().take(rows) {
-            let pair = (a.as_ptr().add(r * kp + g * 2) as *const i32).read_unaligned();
-            let x = _mm256_set1_epi32(pair);
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let x = _mm256_set1_epi32((a.add(r * kp + g * 2) as *const i32).read_unaligned());
             acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(x, w0));
             acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(x, w1));
         }
     }
-    for (r, acc_r) in acc.iter().enumerate().take(rows) {
-        _mm256_storeu_si256(tile.as_mut_ptr().add(r * 16) as *mut __m256i, acc_r[0]);
-        _mm256_storeu_si256(tile.as_mut_ptr().add(r * 16 + 8) as *mut __m256i, acc_r[1]);
+    for (r, acc_r) in acc.iter().enumerate() {
+        _mm256_storeu_si256(tile.add(r * 16) as *mut __m256i, acc_r[0]);
+        _mm256_storeu_si256(tile.add(r * 16 + 8) as *mut __m256i, acc_r[1]);
     }
 }
 
