@@ -244,25 +244,22 @@ unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8], params: &mut (f32, i3
     *params = (sc, zp as i32);
 }
 
+/// A tile column range's epilogue factors: per-channel scales, zero-point corrections and bias.
+type Columns<'a> = (&'a [f32], &'a [f32], &'a [f32]);
+
 dispatch! {
-    /// The epilogue of one tile row: `dst (=|+=) acc · a[c] − b · c2[c] + bias[c]`, where
-    /// `a[c] = sx · sw[c]`, `b = sx · zx` and `c2[c] = sw[c] · Σₖ w[c, k]`.
-    fn dequantize_row(
-        acc: &[i32],
-        sw: &[f32],
-        csw: &[f32],
-        bias: &[f32],
-        sx: f32,
-        sxz: f32,
-        dst: &mut [f32],
-        accumulate: bool,
-    ) {
+    /// The epilogue of one tile row: `dst (=|+=) acc · sx · sw[c] − sxz · csw[c] + bias[c]`,
+    /// with `(sw, csw, bias)` the columns' factors, `(sx, sxz)` the row's scale and scale ×
+    /// zero point, and `csw[c] = sw[c] · Σₖ w[c, k]`.
+    fn dequantize_row(acc: &[i32], cols: Columns, row: (f32, f32), dst: &mut [f32], accumulate: bool) {
+        let ((sw, csw, bias), (sx, sxz)) = (cols, row);
+        let terms = acc.iter().zip(sw.iter().zip(csw)).zip(bias);
         if accumulate {
-            for (((d, &a), (&s, &c)), &b) in dst.iter_mut().zip(acc).zip(sw.iter().zip(csw)).zip(bias) {
+            for (d, ((&a, (&s, &c)), &b)) in dst.iter_mut().zip(terms) {
                 *d += a as f32 * (sx * s) - sxz * c + b;
             }
         } else {
-            for (((d, &a), (&s, &c)), &b) in dst.iter_mut().zip(acc).zip(sw.iter().zip(csw)).zip(bias) {
+            for (d, ((&a, (&s, &c)), &b)) in dst.iter_mut().zip(terms) {
                 *d = a as f32 * (sx * s) - sxz * c + b;
             }
         }
@@ -436,11 +433,12 @@ impl Int8Weight {
                     unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(r * n + c0), cols) };
                 dequantize_row(
                     &tile[i * nr..i * nr + cols],
-                    &self.scale[cs.clone()],
-                    &self.csw[cs.clone()],
-                    &bias[cs.clone()],
-                    sx,
-                    sx * q.zero[r] as f32,
+                    (
+                        &self.scale[cs.clone()],
+                        &self.csw[cs.clone()],
+                        &bias[cs.clone()],
+                    ),
+                    (sx, sx * q.zero[r] as f32),
                     dst,
                     mode == LinearOut::Accumulate,
                 );
