@@ -1308,7 +1308,7 @@ fn a_quantized_model_runs_in_every_command_and_converts_back() {
             &["quantize", "--model", m.to_str().unwrap(), "--out", &d(out)],
             "",
         );
-        assert!(err.contains("linear layers int8"), "{err}");
+        assert!(err.contains("layers int8"), "{err}");
     }
     let (info, _) = run(&["info", &d("qb"), "--json"], "");
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();

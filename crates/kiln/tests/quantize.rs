@@ -33,7 +33,9 @@ fn quantized_models_save_load_and_compute_like_f32() {
         let f32_model = checkpoint::load(&fixture(model)).unwrap();
         let mut p = checkpoint::load(&fixture(model)).unwrap();
         let report = quantize(&mut p, &QuantizeOptions::default()).unwrap();
-        assert_eq!(report.len(), 4 * p.model.blocks.len(), "{model}");
+        // Every block linear layer and the word embeddings.
+        assert_eq!(report.len(), 4 * p.model.blocks.len() + 1, "{model}");
+        assert!(p.model.embeddings.word.int8.is_some());
         assert!(
             report.iter().all(|r| r.int8 && r.weight_error < 0.02),
             "{report:?}"
@@ -43,8 +45,9 @@ fn quantized_models_save_load_and_compute_like_f32() {
         let q = checkpoint::load(&out).unwrap();
         assert!(q.config().is_quantized());
         // Every int8 value and scale survives the round trip.
+        let words = (&p.model.embeddings.word, &q.model.embeddings.word);
         for (a, b) in p.model.blocks.iter().zip(&q.model.blocks) {
-            for (x, y) in [(&a.qkv, &b.qkv), (&a.ffn_out, &b.ffn_out)] {
+            for (x, y) in [(&a.qkv, &b.qkv), (&a.ffn_out, &b.ffn_out), words] {
                 let (x, y) = (x.int8.as_ref().unwrap(), y.int8.as_ref().unwrap());
                 assert_eq!((&x.data, &x.scale), (&y.data, &y.scale), "{model}");
             }
@@ -84,9 +87,10 @@ fn kept_layers_stay_f32_and_mistakes_are_refused() {
         assert!(b.qkv.int8.is_none() && b.attn_out.int8.is_none() && b.ffn_out.int8.is_none());
         assert!(b.ffn_in.int8.is_some());
     }
+    // The FFN input layers and the word embeddings.
     assert_eq!(
         report.iter().filter(|r| r.int8).count(),
-        p.model.blocks.len()
+        p.model.blocks.len() + 1
     );
     let err = quantize(&mut p, &QuantizeOptions::default())
         .unwrap_err()

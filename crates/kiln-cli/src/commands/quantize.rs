@@ -5,9 +5,10 @@ use kiln::compress::{quantize, QuantizeOptions};
 use std::path::PathBuf;
 
 /// Quantize a model to int8: every linear layer of the transformer blocks int8 with a scale per
-/// output channel, activations quantized per token row at run time, int32 accumulation.
-/// Embeddings, layer norms, the pooler and task heads stay f32. The output is a model directory
-/// every command runs (docs/quantization.md); `kiln convert` turns it back into f32.
+/// output channel, activations quantized per token row at run time, int32 accumulation; the
+/// word embeddings int8 with a scale per row (a tied output projection runs in int8 too).
+/// Position embeddings, layer norms, the pooler and task heads stay f32. The output is a model
+/// directory every command runs (docs/quantization.md); `kiln convert` turns it back into f32.
 #[derive(clap::Args)]
 pub struct Args {
     /// The model directory to quantize, or a hub id.
@@ -17,7 +18,8 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Comma-separated module names to keep in f32, matched as --lora-targets are (a name
-    /// selects every module whose full name equals it or ends with .name).
+    /// selects every module whose full name equals it or ends with .name); the word embeddings
+    /// are word_embeddings (BERT) or wte (GPT-2).
     #[arg(long, value_delimiter = ',')]
     keep_f32: Vec<String>,
 }
@@ -52,7 +54,7 @@ pub fn run(a: Args) -> Result<()> {
         |d: &std::path::Path| std::fs::metadata(d.join("model.safetensors")).map_or(0, |m| m.len());
     let (before, after) = (bytes(&dir), bytes(&a.out));
     eprintln!(
-        "{} of {} linear layers int8; model.safetensors {:.1} MB -> {:.1} MB; model in {}",
+        "{} of {} layers int8 (block linear layers and word embeddings); model.safetensors {:.1} MB -> {:.1} MB; model in {}",
         report.iter().filter(|r| r.int8).count(),
         report.len(),
         before as f64 / 1e6,

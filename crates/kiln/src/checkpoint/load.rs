@@ -337,7 +337,7 @@ fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let eps = cfg.layer_norm_eps as f32;
     let embeddings = Embeddings {
-        word: r.tensor(n.word_embeddings, true, &[cfg.vocab_size, h])?,
+        word: r.table(n.word_embeddings, cfg.vocab_size, h)?,
         position: r.tensor(n.position_embeddings, true, &[cfg.max_positions, h])?,
         token_type: match n.token_type_embeddings {
             Some(name) if cfg.type_vocab_size > 0 => {
@@ -512,6 +512,23 @@ impl Reader<'_> {
             self.tensor(&format!("{module}.weight"), base, &[out, inp])?
         };
         Ok(Linear::new(weight, bias))
+    }
+
+    /// An embedding table `[rows, h]` (base model), as a bias-free layer: f32, or int8 with
+    /// `<name>_scale` (`...weight_scale`, a scale per row) beside it. Never Conv1D-transposed.
+    fn table(&mut self, name: &str, rows: usize, h: usize) -> Result<Linear> {
+        let scale_name = format!("{name}_scale");
+        if let Some(found_scale) = self.find(&scale_name, true) {
+            let scale = self.tensor(&scale_name, true, &[rows])?;
+            let wname = found_scale.trim_end_matches("_scale").to_string();
+            let data = self.store.get_i8(&wname, &[rows, h])?;
+            self.used.insert(wname);
+            return Ok(Linear::quantized(
+                Int8Weight::from_parts(data, scale.into_data(), rows, h),
+                None,
+            ));
+        }
+        Ok(Linear::new(self.tensor(name, true, &[rows, h])?, None))
     }
 
     fn layer_norm(&mut self, module: &str, base: bool, h: usize, eps: f32) -> Result<LayerNorm> {

@@ -146,7 +146,8 @@ fn base_tensors(m: &Transformer, prefix: &str, out: &mut Tensors) -> Result<()> 
     let n = m.config.arch.names();
     let conv = n.conv1d;
     let e = &m.embeddings;
-    out.insert(format!("{prefix}{}", n.word_embeddings), e.word.clone());
+    let word = format!("{prefix}{}", n.word_embeddings);
+    out.linear(word.trim_end_matches(".weight"), &e.word, false)?;
     out.insert(
         format!("{prefix}{}", n.position_embeddings),
         e.position.clone(),

@@ -1,8 +1,8 @@
 //! int8 quantization of a model (`kiln quantize`): every linear layer of the transformer blocks
 //! becomes int8 with a scale per output channel (weights symmetric; activations quantized per
-//! token row at run time by the kernel, `engine/int8.rs`), except the modules the user keeps in
-//! f32. Embeddings, LayerNorms, the pooler and task heads stay f32. The layout on disk is
-//! described in docs/quantization.md.
+//! token row at run time by the kernel, `engine/int8.rs`), and the word embeddings int8 with a
+//! scale per row, except what the user keeps in f32. Position embeddings, LayerNorms, the
+//! pooler and task heads stay f32. The layout on disk is described in docs/quantization.md.
 
 use crate::checkpoint::Pretrained;
 use crate::error::{Error, Result};
@@ -13,12 +13,13 @@ use crate::peft::targets::{linear_mut, lora_sites, matches, Site, Slot};
 #[derive(Clone, Debug, Default)]
 pub struct QuantizeOptions {
     /// Module names kept in f32, matched as `--lora-targets` are (a name selects every module
-    /// whose full name equals it or ends with `.name`). BERT's query, key and value are one
-    /// fused layer in Kiln: keeping any of them keeps all three.
+    /// whose full name equals it or ends with `.name`); the word embeddings are
+    /// `word_embeddings` (BERT) or `wte` (GPT-2). BERT's query, key and value are one fused
+    /// layer in Kiln: keeping any of them keeps all three.
     pub keep_f32: Vec<String>,
 }
 
-/// One linear layer of the blocks after quantization.
+/// One linear layer of the blocks (or the word embeddings) after quantization.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerReport {
     /// Its module names (three for BERT's fused query/key/value).
@@ -47,10 +48,16 @@ pub fn quantize(p: &mut Pretrained, opts: &QuantizeOptions) -> Result<Vec<LayerR
         .into_iter()
         .filter(|s| s.slot != Slot::Pooler)
         .collect();
+    let names = p.config().arch.names();
+    let table = format!(
+        "{}{}",
+        crate::peft::targets::module_prefix(p),
+        names.word_embeddings.trim_end_matches(".weight")
+    );
     for k in &opts.keep_f32 {
-        if !sites.iter().any(|s| matches(k, &s.module)) {
+        if !sites.iter().any(|s| matches(k, &s.module)) && !matches(k, &table) {
             return Err(Error::Input(format!(
-                "--keep-f32: \"{k}\" matches no linear module of the blocks (they are named like {})",
+                "--keep-f32: \"{k}\" matches no linear module of the blocks nor the word embeddings (named like {} and {table})",
                 sites.first().map_or("?", |s| s.module.as_str())
             )));
         }
@@ -88,6 +95,22 @@ pub fn quantize(p: &mut Pretrained, opts: &QuantizeOptions) -> Result<Vec<LayerR
             weight_error,
         });
     }
+    // The word embeddings: a scale per row (gathered rows are dequantized; a tied output
+    // projection runs through the int8 kernel).
+    let keep_table = opts.keep_f32.iter().any(|k| matches(k, &table));
+    let word = &mut p.model.embeddings.word;
+    let weight_error = if keep_table {
+        0.0
+    } else {
+        let w = word.weight.clone();
+        word.quantize();
+        relative_error(&w, &word.f32_weight())
+    };
+    report.push(LayerReport {
+        modules: vec![table],
+        int8: !keep_table,
+        weight_error,
+    });
     let kept: Vec<&String> = report
         .iter()
         .filter(|r| !r.int8)
@@ -99,7 +122,7 @@ pub fn quantize(p: &mut Pretrained, opts: &QuantizeOptions) -> Result<Vec<LayerR
         "activations": "u8 per token row with a zero point, quantized at run time",
         "accumulation": "int32",
         "modules_in_f32": kept,
-        "also_f32": "embeddings, layer norms, pooler, task and language-model heads",
+        "also_f32": "position and segment embeddings, layer norms, pooler, task heads and untied language-model heads",
     });
     Ok(report)
 }
@@ -122,6 +145,7 @@ pub fn dequantize(p: &mut Pretrained) {
             l.dequantize();
         }
     }
+    p.model.embeddings.word.dequantize();
     if let Some(o) = p.model.config.raw.as_object_mut() {
         o.remove("quantization_config");
     }

@@ -1,5 +1,6 @@
 //! Embedding gather: one row of each table per token, summed.
 
+use super::linear::Linear;
 use super::par::for_each_row;
 use super::tensor::Tensor;
 use crate::error::{Error, Result};
@@ -8,7 +9,7 @@ use crate::error::{Error, Result};
 ///
 /// out: [tokens, hidden]
 pub fn gather_sum(
-    word: &Tensor,
+    word: &Linear,
     position: Option<&Tensor>,
     token_type: Option<&Tensor>,
     ids: &[u32],
@@ -16,8 +17,8 @@ pub fn gather_sum(
     types: &[u32],
     out: &mut [f32],
 ) -> Result<()> {
-    let h = word.cols();
-    check_ids("token id", ids, word.rows())?;
+    let h = word.in_features();
+    check_ids("token id", ids, word.out_features())?;
     if let Some(p) = position {
         check_ids("position", positions, p.rows())?;
     }
@@ -31,7 +32,17 @@ pub fn gather_sum(
         ));
     }
     for_each_row(out, h, |t, row| {
-        row.copy_from_slice(word.row(ids[t] as usize));
+        let id = ids[t] as usize;
+        match &word.int8 {
+            // A quantized table: the row dequantized.
+            Some(q) => {
+                let s = q.scale[id];
+                for (o, &v) in row.iter_mut().zip(&q.data[id * h..(id + 1) * h]) {
+                    *o = v as f32 * s;
+                }
+            }
+            None => row.copy_from_slice(word.weight.row(id)),
+        }
         if let Some(p) = position {
             row.iter_mut()
                 .zip(p.row(positions[t] as usize))
@@ -60,7 +71,10 @@ mod tests {
 
     #[test]
     fn gather_sums_the_right_rows() {
-        let word = Tensor::new(vec![3, 2], vec![1., 2., 3., 4., 5., 6.]).unwrap();
+        let word = Linear::new(
+            Tensor::new(vec![3, 2], vec![1., 2., 3., 4., 5., 6.]).unwrap(),
+            None,
+        );
         let pos = Tensor::new(vec![2, 2], vec![10., 20., 30., 40.]).unwrap();
         let ty = Tensor::new(vec![2, 2], vec![100., 200., 300., 400.]).unwrap();
         let mut out = vec![0.0; 4];
@@ -88,5 +102,11 @@ mod tests {
             err.to_string().contains("token id 3 is out of range"),
             "{err}"
         );
+        // A quantized table gives its rows dequantized.
+        let mut q = word.clone();
+        q.quantize();
+        gather_sum(&q, None, None, &[2], &[0], &[], &mut out[..2]).unwrap();
+        let s = 6.0 / 127.0;
+        assert_eq!(out[..2], [(5.0f32 / s).round() * s, 127.0 * s]);
     }
 }

@@ -2,7 +2,7 @@
 //! tied to the word embeddings unless the checkpoint says otherwise.
 
 use crate::engine::linear::linear_forward;
-use crate::engine::{LinearOut, Tensor};
+use crate::engine::{Linear, LinearOut, Tensor};
 use crate::error::Result;
 
 /// The LM head's weights.
@@ -14,10 +14,13 @@ pub struct LmHead {
 
 impl LmHead {
     /// hidden: [n, hidden] -> logits [n, vocab]
-    pub fn forward(&self, hidden: &[f32], n: usize, word_embeddings: &Tensor) -> Result<Vec<f32>> {
-        let w = self.weight.as_ref().unwrap_or(word_embeddings);
-        let mut logits = vec![0.0; n * w.rows()];
-        linear_forward(w, None, hidden, n, &mut logits, LinearOut::Write)?;
+    /// The word embeddings project when tied (through the int8 kernel for a quantized table).
+    pub fn forward(&self, hidden: &[f32], n: usize, word_embeddings: &Linear) -> Result<Vec<f32>> {
+        let mut logits = vec![0.0; n * word_embeddings.out_features()];
+        match &self.weight {
+            Some(w) => linear_forward(w, None, hidden, n, &mut logits, LinearOut::Write)?,
+            None => word_embeddings.forward_into(hidden, n, &mut logits, LinearOut::Write)?,
+        }
         Ok(logits)
     }
 }

@@ -3,6 +3,7 @@
 //! Callers pass only the rows they need (the masked positions), so the vocabulary projection,
 //! the largest matrix multiply of a step, is never computed for the others.
 
+use crate::engine::activation::bias_act_inplace;
 use crate::engine::linear::linear_forward;
 use crate::engine::{Activation, LayerNorm, Linear, LinearOut, Tensor};
 use crate::error::Result;
@@ -24,14 +25,19 @@ pub struct MlmHead {
 
 impl MlmHead {
     /// hidden: [n, hidden] -> logits [n, vocab]; `word_embeddings` is used when tied.
-    pub fn forward(&self, hidden: &[f32], n: usize, word_embeddings: &Tensor) -> Result<Vec<f32>> {
+    pub fn forward(&self, hidden: &[f32], n: usize, word_embeddings: &Linear) -> Result<Vec<f32>> {
         let mut t = vec![0.0; n * self.transform.out_features()];
         self.transform
             .forward_into(hidden, n, &mut t, LinearOut::WriteAct(self.activation))?;
         self.norm.forward_inplace(&mut t);
-        let w = self.decoder.as_ref().unwrap_or(word_embeddings);
-        let mut logits = vec![0.0; n * w.rows()];
-        linear_forward(w, Some(&self.bias), &t, n, &mut logits, LinearOut::Write)?;
+        let mut logits = vec![0.0; n * self.bias.numel()];
+        match &self.decoder {
+            Some(d) => linear_forward(d, Some(&self.bias), &t, n, &mut logits, LinearOut::Write)?,
+            None => {
+                word_embeddings.forward_into(&t, n, &mut logits, LinearOut::Write)?;
+                bias_act_inplace(&mut logits, Some(self.bias.data()), None);
+            }
+        }
         Ok(logits)
     }
 }

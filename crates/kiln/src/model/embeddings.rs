@@ -1,14 +1,16 @@
 //! The input embeddings: word + learned absolute position (+ segment), optionally normalized.
 
 use crate::engine::embedding::gather_sum;
-use crate::engine::{LayerNorm, Tensor};
+use crate::engine::{LayerNorm, Linear, Tensor};
 use crate::error::Result;
 
 /// Embedding tables of one model.
 #[derive(Clone, Debug)]
 pub struct Embeddings {
-    /// `[vocab, hidden]`; also the output projection when embeddings are tied.
-    pub word: Tensor,
+    /// `[vocab, hidden]` as a bias-free linear layer (f32, or int8 with a scale per row): a
+    /// gathered row is a token's vector, and the layer itself is the output projection when
+    /// embeddings are tied.
+    pub word: Linear,
     /// `[max_positions, hidden]`.
     pub position: Tensor,
     /// `[type_vocab, hidden]`, if the model has segments.

@@ -171,7 +171,7 @@ pub fn random_model(
         }
     }
     let embeddings = Embeddings {
-        word,
+        word: crate::engine::Linear::new(word, None),
         position: r.normal(&[cfg.max_positions, h], std),
         token_type: (cfg.type_vocab_size > 0).then(|| r.normal(&[cfg.type_vocab_size, h], std)),
         norm: cfg.embedding_norm.then(|| Init::norm(h, eps)),

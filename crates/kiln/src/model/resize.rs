@@ -32,7 +32,8 @@ pub fn grow_vocab(p: &mut Pretrained, new_size: usize, seed: u64) -> Result<()> 
     let h = p.config().hidden_size;
     let mut init = Init::new(crate::engine::dropout::mix(seed ^ 0x7E57_0CAB), 1.0);
     let word = &mut p.model.embeddings.word;
-    *word = grow_rows(word, old, new_size, h, &mut init)?;
+    word.weight = grow_rows(&word.weight, old, new_size, h, &mut init)?;
+    word.weights_changed();
     if let Some(m) = &mut p.mlm_head {
         if let Some(d) = &mut m.decoder {
             *d = grow_rows(d, old, new_size, h, &mut init)?;

@@ -107,8 +107,9 @@ impl Transformer {
         let lin = |l: &crate::engine::Linear| {
             l.in_features() * l.out_features() + l.bias.as_ref().map_or(0, |b| b.numel())
         };
-        let mut n =
-            e.word.numel() + e.position.numel() + e.token_type.as_ref().map_or(0, |t| t.numel());
+        let mut n = e.word.in_features() * e.word.out_features()
+            + e.position.numel()
+            + e.token_type.as_ref().map_or(0, |t| t.numel());
         n += e.norm.as_ref().map_or(0, ln);
         for b in &self.blocks {
             n += lin(&b.qkv)

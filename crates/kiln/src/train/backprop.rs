@@ -79,7 +79,12 @@ pub fn parameters(p: &mut Pretrained) -> Vec<(String, &mut Tensor, bool)> {
         out.push((format!("{name}.bias"), &mut n.bias, false));
     }
     let m = &mut p.model;
-    out.push(("embeddings.word".into(), &mut m.embeddings.word, true));
+    m.embeddings.word.weights_changed();
+    out.push((
+        "embeddings.word".into(),
+        &mut m.embeddings.word.weight,
+        true,
+    ));
     out.push((
         "embeddings.position".into(),
         &mut m.embeddings.position,
@@ -607,7 +612,7 @@ pub fn backward(
     }
     let e = &model.embeddings;
     let ge = &mut grads.embeddings;
-    let frozen = ge.word.numel() == 0
+    let frozen = ge.word.weight.numel() == 0
         && ge.position.numel() == 0
         && ge.token_type.as_ref().is_none_or(|t| t.numel() == 0)
         && ge
@@ -622,7 +627,7 @@ pub fn backward(
         (Some(n), Some(gn)) => ln_back(n, gn, &acts.emb, &dx),
         _ => dx,
     };
-    if let Some(g) = non_empty(&mut ge.word) {
+    if let Some(g) = non_empty(&mut ge.word.weight) {
         embedding_backward(&batch.ids, &de, h, g);
     }
     if let Some(g) = non_empty(&mut ge.position) {
@@ -710,8 +715,8 @@ pub fn mlm_loss(
     lin_fwd(&head.transform, &hs, n, &mut u, None, 0)?;
     let a = activated(&u, head.activation);
     let nrm = ln_fwd(&head.norm, &a);
-    let word = &p.model.embeddings.word;
-    let dec = head.decoder.as_ref().unwrap_or(word);
+    let word = p.model.embeddings.word.f32_weight();
+    let dec = head.decoder.as_ref().unwrap_or(&word);
     let mut buf = LOGITS.with(|b| b.take());
     let (loss, dlogits) = project_loss(
         &mut buf,
@@ -731,7 +736,7 @@ pub fn mlm_loss(
     let mut dnrm = vec![0.0; n * h];
     let dw = match &mut gh.decoder {
         Some(d) => non_empty(d),
-        None => non_empty(&mut grads.model.embeddings.word),
+        None => non_empty(&mut grads.model.embeddings.word.weight),
     };
     linear_backward(
         &nrm,
@@ -831,14 +836,14 @@ pub fn lm_loss(
             .collect::<Vec<f32>>()
             .into()
     };
-    let word = &p.model.embeddings.word;
-    let w = head.weight.as_ref().unwrap_or(word);
+    let word = p.model.embeddings.word.f32_weight();
+    let w = head.weight.as_ref().unwrap_or(&word);
     let mut buf = LOGITS.with(|b| b.take());
     let (loss, dlogits) = project_loss(&mut buf, w, None, &hs, n, v, &kept, grad_scale)?;
     let mut dhs = vec![0.0; n * h];
     let gw = match grads.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
         Some(g) => non_empty(g),
-        None => non_empty(&mut grads.model.embeddings.word),
+        None => non_empty(&mut grads.model.embeddings.word.weight),
     };
     linear_backward(&hs, w, dlogits, n, Some(&mut dhs), gw, None)?;
     LOGITS.with(|b| b.replace(buf));
