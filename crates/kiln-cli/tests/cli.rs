@@ -1357,6 +1357,35 @@ fn a_quantized_model_runs_in_every_command_and_converts_back() {
         .names()
         .iter()
         .all(|n| !store.is_i8(n) && !n.ends_with("weight_scale")));
+    // Calibration measures every block layer and says what it chose.
+    let calib = fixture("apple_sentences.txt");
+    let bert = fixture("tiny-bert");
+    let (_, err) = run(
+        &[
+            "quantize",
+            "--model",
+            bert.to_str().unwrap(),
+            "--out",
+            &d("qc"),
+            "--calibration",
+            calib.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(err.matches("output error plain").count(), 12, "{err}");
+    let (ok, _, err) = kiln(
+        &[
+            "quantize",
+            "--model",
+            bert.to_str().unwrap(),
+            "--out",
+            &d("qm"),
+            "--max-error",
+            "0.1",
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("--calibration"), "{err}");
     // Quantizing again, or into the model's own directory, is refused.
     let (ok, _, err) = kiln(&["quantize", "--model", &d("qb"), "--out", &d("qq")], "");
     assert!(!ok && err.contains("already quantized"), "{err}");

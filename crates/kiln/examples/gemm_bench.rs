@@ -49,7 +49,7 @@ fn main() {
             "{{\"rows\": {rows}, \"k\": {k}, \"n\": {n}, \"path\": \"int8 {:?} (with row quantization)\", \"gops\": {full:.1}}}",
             Kernel::chosen()
         );
-        let qx = quantize_rows(&x, rows, k);
+        let qx = quantize_rows(&x, rows, k, None);
         for kernel in [Kernel::Vnni, Kernel::Avx512Bw, Kernel::Avx2, Kernel::Scalar] {
             if !kernel.supported() || (kernel == Kernel::Scalar && rows > 64) {
                 continue;

@@ -32,7 +32,7 @@ fn quantized_models_save_load_and_compute_like_f32() {
     for model in ["tiny-bert-cls", "tiny-gpt2-cls"] {
         let f32_model = checkpoint::load(&fixture(model)).unwrap();
         let mut p = checkpoint::load(&fixture(model)).unwrap();
-        let report = quantize(&mut p, &QuantizeOptions::default()).unwrap();
+        let report = quantize(&mut p, &QuantizeOptions::plain()).unwrap();
         // Every block linear layer and the word embeddings.
         assert_eq!(report.len(), 4 * p.model.blocks.len() + 1, "{model}");
         assert!(p.model.embeddings.word.int8.is_some());
@@ -80,6 +80,7 @@ fn kept_layers_stay_f32_and_mistakes_are_refused() {
     let mut p = checkpoint::load(&fixture("tiny-bert")).unwrap();
     let opts = QuantizeOptions {
         keep_f32: vec!["key".into(), "output.dense".into()],
+        ..QuantizeOptions::plain()
     };
     let report = quantize(&mut p, &opts).unwrap();
     for b in &p.model.blocks {
@@ -92,7 +93,7 @@ fn kept_layers_stay_f32_and_mistakes_are_refused() {
         report.iter().filter(|r| r.int8).count(),
         p.model.blocks.len() + 1
     );
-    let err = quantize(&mut p, &QuantizeOptions::default())
+    let err = quantize(&mut p, &QuantizeOptions::plain())
         .unwrap_err()
         .to_string();
     assert!(err.contains("already quantized"), "{err}");
@@ -101,6 +102,7 @@ fn kept_layers_stay_f32_and_mistakes_are_refused() {
         &mut fresh,
         &QuantizeOptions {
             keep_f32: vec!["querry".into()],
+            ..QuantizeOptions::plain()
         },
     )
     .unwrap_err()
@@ -115,7 +117,7 @@ fn kept_layers_stay_f32_and_mistakes_are_refused() {
 fn an_int8_base_trains_adapters_but_not_its_own_weights() {
     let dir = scratch("lora");
     let mut p = checkpoint::load(&fixture("tiny-bert")).unwrap();
-    quantize(&mut p, &QuantizeOptions::default()).unwrap();
+    quantize(&mut p, &QuantizeOptions::plain()).unwrap();
     let base = dir.join("q");
     checkpoint::save(&p, &base, SaveDtype::F32).unwrap();
     let data = dir.join("train.jsonl");
@@ -171,4 +173,67 @@ fn an_int8_base_trains_adapters_but_not_its_own_weights() {
         .to_string();
     assert!(err.contains("quantized"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn calibration_smooths_layers_and_the_smoothing_survives_saving() {
+    let mut p = checkpoint::load(&fixture("tiny-bert-cls")).unwrap();
+    let texts: Vec<String> = std::fs::read_to_string(fixture("apple_sentences.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let opts = QuantizeOptions {
+        calibration: texts,
+        max_error: Some(1e-9),
+        ..QuantizeOptions::plain()
+    };
+    // An error budget nothing meets keeps every block layer in f32, saying why.
+    let report = quantize(&mut p, &opts).unwrap();
+    let blocks: Vec<_> = report.iter().filter(|r| r.output_error.is_some()).collect();
+    assert_eq!(blocks.len(), 4 * p.model.blocks.len());
+    assert!(blocks
+        .iter()
+        .all(|r| !r.int8 && r.kept_because.as_deref().unwrap().contains("--max-error")));
+    // A generous budget: every layer int8, smoothed where that measured better.
+    let mut p = checkpoint::load(&fixture("tiny-bert-cls")).unwrap();
+    let f32_model = checkpoint::load(&fixture("tiny-bert-cls")).unwrap();
+    let report = quantize(
+        &mut p,
+        &QuantizeOptions {
+            max_error: Some(1.0),
+            ..opts
+        },
+    )
+    .unwrap();
+    assert!(report.iter().all(|r| r.int8));
+    for r in report.iter().filter(|r| r.output_error.is_some()) {
+        let (plain, smooth) = r.output_error.unwrap();
+        assert_eq!(r.smoothed, smooth < plain, "{r:?}");
+    }
+    assert!(report.iter().any(|r| r.smoothed), "{report:?}");
+    let out = scratch("smoothed");
+    checkpoint::save(&p, &out, SaveDtype::F32).unwrap();
+    let q = checkpoint::load(&out).unwrap();
+    for (a, b) in p.model.blocks.iter().zip(&q.model.blocks) {
+        for (x, y) in [
+            (&a.qkv, &b.qkv),
+            (&a.ffn_in, &b.ffn_in),
+            (&a.ffn_out, &b.ffn_out),
+        ] {
+            assert_eq!(
+                x.int8.as_ref().unwrap().smooth,
+                y.int8.as_ref().unwrap().smooth
+            );
+        }
+    }
+    let b = batch(&f32_model);
+    let want = kiln::infer::classify::sequence_logits(&f32_model, &b).unwrap();
+    let got = kiln::infer::classify::sequence_logits(&q, &b).unwrap();
+    let spread = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+    assert!(
+        max_diff(&got, &want) <= INT8_LOGIT_RTOL * spread,
+        "{got:?} vs {want:?}"
+    );
+    std::fs::remove_dir_all(out).unwrap();
 }

@@ -22,6 +22,18 @@ pub struct Args {
     /// are word_embeddings (BERT) or wte (GPT-2).
     #[arg(long, value_delimiter = ',')]
     keep_f32: Vec<String>,
+    /// Text lines to calibrate on (a few hundred sentences of the task's kind): each layer is
+    /// measured on the inputs the f32 model gives it, smoothed (SmoothQuant) where that lowers
+    /// its output error, and kept in f32 when the error stays above --max-error.
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
+    /// SmoothQuant's migration strength alpha in [0, 1] [default: 0.5].
+    #[arg(long, default_value_t = 0.5)]
+    smooth_alpha: f32,
+    /// With --calibration: keep a layer in f32 when its relative output error stays above this
+    /// fraction (e.g. 0.05) [default: never].
+    #[arg(long)]
+    max_error: Option<f32>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -33,19 +45,44 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let mut p = super::load(&a.model)?;
+    if !(0.0..=1.0).contains(&a.smooth_alpha) {
+        bail!("--smooth-alpha must be in [0, 1], got {}", a.smooth_alpha);
+    }
+    if a.max_error.is_some() && a.calibration.is_none() {
+        bail!("--max-error needs --calibration data to measure the error on");
+    }
+    let calibration = match &a.calibration {
+        Some(f) => {
+            let lines = crate::io::read_lines(Some(f))?;
+            let lines: Vec<String> = lines.into_iter().filter(|l| !l.trim().is_empty()).collect();
+            anyhow::ensure!(!lines.is_empty(), "--calibration {}: no text", f.display());
+            lines
+        }
+        None => Vec::new(),
+    };
     let opts = QuantizeOptions {
         keep_f32: a.keep_f32.iter().map(|s| s.trim().to_string()).collect(),
+        calibration,
+        alpha: a.smooth_alpha,
+        max_error: a.max_error,
     };
     let report = quantize(&mut p, &opts)?;
     for r in &report {
         let name = r.modules.join(" + ");
-        if r.int8 {
-            eprintln!(
-                "int8  {name}  (weight error {:.2} %)",
+        let measured = r.output_error.map_or(String::new(), |(plain, smooth)| {
+            format!(
+                "; output error plain {:.2} %, smoothed {:.2} %",
+                100.0 * plain,
+                100.0 * smooth
+            )
+        });
+        match &r.kept_because {
+            None => eprintln!(
+                "int8{}  {name}  (weight error {:.2} %{measured})",
+                if r.smoothed { " smoothed" } else { "" },
                 100.0 * r.weight_error
-            );
-        } else {
-            eprintln!("f32   {name}  (--keep-f32)");
+            ),
+            Some(why) => eprintln!("f32   {name}  ({why}{measured})"),
         }
     }
     kiln::checkpoint::save(&p, &a.out, kiln::checkpoint::SaveDtype::F32)

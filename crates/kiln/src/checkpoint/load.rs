@@ -397,8 +397,10 @@ pub(crate) fn fuse_rows(parts: &[Linear]) -> Result<Linear> {
     } else {
         None
     };
-    if parts.iter().all(|l| l.int8.is_some()) {
-        let q: Vec<&Int8Weight> = parts.iter().filter_map(|l| l.int8.as_ref()).collect();
+    let int8: Vec<&Int8Weight> = parts.iter().filter_map(|l| l.int8.as_ref()).collect();
+    // Parts fuse in int8 when they all are, with one smoothing (they share their input).
+    if int8.len() == parts.len() && int8.iter().all(|q| q.smooth == int8[0].smooth) {
+        let q = int8;
         let k = q[0].in_features();
         if q.iter().any(|w| w.in_features() != k) {
             return Err(Error::shape("fuse_rows", "int8 parts of different widths"));
@@ -407,7 +409,7 @@ pub(crate) fn fuse_rows(parts: &[Linear]) -> Result<Linear> {
         let data = q.iter().flat_map(|w| w.data.iter().copied()).collect();
         let scale = q.iter().flat_map(|w| w.scale.iter().copied()).collect();
         return Ok(Linear::quantized(
-            Int8Weight::from_parts(data, scale, n, k),
+            Int8Weight::from_parts(data, scale, n, k).with_smooth(q[0].smooth.clone()),
             bias,
         ));
     }
@@ -500,8 +502,15 @@ impl Reader<'_> {
             };
             let data = self.store.get_i8(&wname, &[out, inp])?;
             self.used.insert(wname);
+            let smooth = match self.find(&format!("{module}.input_smooth"), base) {
+                Some(_) => Some(
+                    self.tensor(&format!("{module}.input_smooth"), base, &[inp])?
+                        .into_data(),
+                ),
+                None => None,
+            };
             return Ok(Linear::quantized(
-                Int8Weight::from_parts(data, scale.into_data(), out, inp),
+                Int8Weight::from_parts(data, scale.into_data(), out, inp).with_smooth(smooth),
                 bias,
             ));
         }

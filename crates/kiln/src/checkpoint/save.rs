@@ -63,6 +63,12 @@ impl Tensors {
                     format!("{module}.weight_scale"),
                     Tensor::new(vec![n], q.scale.clone())?,
                 );
+                if let Some(s) = &q.smooth {
+                    self.insert(
+                        format!("{module}.input_smooth"),
+                        Tensor::new(vec![k], s.clone())?,
+                    );
+                }
             }
             None => {
                 let w = if conv1d {
@@ -130,7 +136,8 @@ fn rows_of(l: &Linear, at: usize, len: usize) -> Result<Linear> {
                     q.scale[at..at + len].to_vec(),
                     len,
                     k,
-                ),
+                )
+                .with_smooth(q.smooth.clone()),
                 bias,
             )
         }

@@ -10,13 +10,34 @@ use crate::model::config::KILN_INT8;
 use crate::peft::targets::{linear_mut, lora_sites, matches, Site, Slot};
 
 /// What to quantize.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct QuantizeOptions {
     /// Module names kept in f32, matched as `--lora-targets` are (a name selects every module
     /// whose full name equals it or ends with `.name`); the word embeddings are
     /// `word_embeddings` (BERT) or `wte` (GPT-2). BERT's query, key and value are one fused
     /// layer in Kiln: keeping any of them keeps all three.
     pub keep_f32: Vec<String>,
+    /// Texts to calibrate on: each block layer is then measured on the inputs the f32 model
+    /// gives it, smoothed (SmoothQuant) where that lowers its output error, and kept in f32
+    /// when its error stays above `max_error`. Empty: plain int8, nothing measured.
+    pub calibration: Vec<String>,
+    /// SmoothQuant's migration strength α (0: weights take none of the activations'
+    /// difficulty, 1: all of it).
+    pub alpha: f32,
+    /// With calibration: a layer whose relative output error stays above this is kept in f32.
+    pub max_error: Option<f32>,
+}
+
+impl QuantizeOptions {
+    /// No kept layers, no calibration, α = 0.5.
+    pub fn plain() -> Self {
+        QuantizeOptions {
+            keep_f32: Vec::new(),
+            calibration: Vec::new(),
+            alpha: 0.5,
+            max_error: None,
+        }
+    }
 }
 
 /// One linear layer of the blocks (or the word embeddings) after quantization.
@@ -28,6 +49,13 @@ pub struct LayerReport {
     pub int8: bool,
     /// ‖W − Ŵ‖ / ‖W‖ of the int8 weight Ŵ (0 when kept).
     pub weight_error: f32,
+    /// With calibration: the relative output error of plain int8 and of smoothed int8 on the
+    /// calibration inputs.
+    pub output_error: Option<(f32, f32)>,
+    /// Whether SmoothQuant smoothing was applied.
+    pub smoothed: bool,
+    /// Why the layer stayed f32, when it did.
+    pub kept_because: Option<String>,
 }
 
 /// Quantizes the linear layers of `p`'s blocks in place and marks its config
@@ -76,24 +104,63 @@ pub fn quantize(p: &mut Pretrained, opts: &QuantizeOptions) -> Result<Vec<LayerR
             }
         }
     }
+    // The inputs every layer sees, measured once on the f32 model.
+    let inputs = if opts.calibration.is_empty() {
+        None
+    } else {
+        Some(super::calibrate::layer_inputs(p, &opts.calibration, 4096)?)
+    };
     let mut report = Vec::with_capacity(groups.len());
     for (site, modules) in groups {
-        let keep = modules
+        let named = modules
             .iter()
             .any(|m| opts.keep_f32.iter().any(|k| matches(k, m)));
-        let weight_error = if keep {
-            0.0
-        } else {
-            let l = linear_mut(p, &site).ok_or_else(|| Error::Input("no such layer".into()))?;
-            let w = l.weight.clone();
-            l.quantize();
-            relative_error(&w, &l.f32_weight())
-        };
-        report.push(LayerReport {
+        let l = linear_mut(p, &site).ok_or_else(|| Error::Input("no such layer".into()))?;
+        let w = l.weight.clone();
+        let mut r = LayerReport {
             modules,
-            int8: !keep,
-            weight_error,
-        });
+            int8: false,
+            weight_error: 0.0,
+            output_error: None,
+            smoothed: false,
+            kept_because: named.then(|| "--keep-f32".to_string()),
+        };
+        if !named {
+            let slot = match site.slot {
+                Slot::Qkv => 0,
+                Slot::AttnOut => 1,
+                Slot::FfnIn => 2,
+                _ => 3,
+            };
+            match inputs.as_ref().map(|i| &i[site.layer][slot]) {
+                Some(x) if !x.is_empty() => {
+                    let c = super::calibrate::calibrate(&w, x, opts.alpha)?;
+                    let best = c.plain_error.min(c.smoothed_error);
+                    r.output_error = Some((c.plain_error, c.smoothed_error));
+                    match opts.max_error.filter(|&m| best > m) {
+                        Some(m) => {
+                            r.kept_because = Some(format!(
+                                "output error {:.2} % above --max-error {:.2} %",
+                                100.0 * best,
+                                100.0 * m
+                            ))
+                        }
+                        None => {
+                            r.smoothed = c.smoothed;
+                            l.int8 = Some(c.weight);
+                            l.weight = crate::engine::Tensor::zeros(&[0]);
+                            l.weights_changed();
+                        }
+                    }
+                }
+                _ => l.quantize(),
+            }
+            if l.int8.is_some() {
+                r.int8 = true;
+                r.weight_error = relative_error(&w, &l.f32_weight());
+            }
+        }
+        report.push(r);
     }
     // The word embeddings: a scale per row (gathered rows are dequantized; a tied output
     // projection runs through the int8 kernel).
@@ -110,10 +177,18 @@ pub fn quantize(p: &mut Pretrained, opts: &QuantizeOptions) -> Result<Vec<LayerR
         modules: vec![table],
         int8: !keep_table,
         weight_error,
+        output_error: None,
+        smoothed: false,
+        kept_because: keep_table.then(|| "--keep-f32".to_string()),
     });
     let kept: Vec<&String> = report
         .iter()
         .filter(|r| !r.int8)
+        .flat_map(|r| &r.modules)
+        .collect();
+    let smoothed: Vec<&String> = report
+        .iter()
+        .filter(|r| r.smoothed)
         .flat_map(|r| &r.modules)
         .collect();
     p.model.config.raw["quantization_config"] = serde_json::json!({
@@ -122,6 +197,11 @@ pub fn quantize(p: &mut Pretrained, opts: &QuantizeOptions) -> Result<Vec<LayerR
         "activations": "u8 per token row with a zero point, quantized at run time",
         "accumulation": "int32",
         "modules_in_f32": kept,
+        "smoothquant": {
+            "alpha": opts.alpha,
+            "modules": smoothed,
+            "input_smooth": "<module>.input_smooth F32 [in]: activations are multiplied by it before quantization",
+        },
         "also_f32": "position and segment embeddings, layer norms, pooler, task heads and untied language-model heads",
     });
     Ok(report)

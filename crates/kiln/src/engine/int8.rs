@@ -147,15 +147,26 @@ pub struct QuantRows {
 }
 
 /// Quantizes `x: [rows, k]` row by row to u8 over each row's range (zero included, so 0.0 is
-/// exact), rounding to nearest (ties to even).
-pub fn quantize_rows(x: &[f32], rows: usize, k: usize) -> QuantRows {
+/// exact), rounding to nearest (ties to even). With `smooth`, each column is first multiplied
+/// by its factor (SmoothQuant's division of the activations, the weights carrying the inverse).
+pub fn quantize_rows(x: &[f32], rows: usize, k: usize, smooth: Option<&[f32]>) -> QuantRows {
     let kp = k.div_ceil(4) * 4;
     let mut q = vec![0u8; rows * kp];
     let mut params = vec![(0.0f32, 0i32); rows];
     q.par_chunks_mut(kp)
         .zip(params.par_iter_mut())
         .enumerate()
-        .for_each(|(r, (qr, pr))| quantize_row(&x[r * k..(r + 1) * k], qr, pr));
+        .for_each_init(Vec::new, |buf, (r, (qr, pr))| {
+            let row = &x[r * k..(r + 1) * k];
+            match smooth {
+                Some(s) => {
+                    buf.clear();
+                    buf.extend(row.iter().zip(s).map(|(v, f)| v * f));
+                    quantize_row(buf, qr, pr)
+                }
+                None => quantize_row(row, qr, pr),
+            }
+        });
     let (scale, zero) = params.into_iter().unzip();
     QuantRows {
         q,
@@ -272,8 +283,11 @@ pub struct Int8Weight {
     k: usize,
     /// `[n, k]` int8 values, PyTorch layout (what is saved).
     pub data: Vec<i8>,
-    /// `[n]` scales: `w[c, k] ≈ scale[c] · data[c, k]`.
+    /// `[n]` scales: `w[c, k] ≈ scale[c] · data[c, k] / smooth[k]`.
     pub scale: Vec<f32>,
+    /// SmoothQuant factors `[k]` the activations are multiplied by before quantization (the
+    /// int8 weight holds `w[c, k] / smooth[k]`), when calibration chose them.
+    pub smooth: Option<Vec<f32>>,
     /// `scale[c] · Σₖ data[c, k]`: the zero-point correction of each column, in the
     /// epilogue's units.
     csw: Vec<f32>,
@@ -289,6 +303,7 @@ impl std::fmt::Debug for Int8Weight {
 impl Clone for Int8Weight {
     fn clone(&self) -> Self {
         Int8Weight::from_parts(self.data.clone(), self.scale.clone(), self.n, self.k)
+            .with_smooth(self.smooth.clone())
     }
 }
 
@@ -327,9 +342,29 @@ impl Int8Weight {
             k,
             data,
             scale,
+            smooth: None,
             csw,
             packed: OnceLock::new(),
         }
+    }
+
+    /// Quantizes `w · diag(1 / smooth)` (SmoothQuant: the activations are multiplied by
+    /// `smooth` before quantization, so the product is unchanged).
+    pub fn quantize_smoothed(w: &Tensor, smooth: &[f32]) -> Self {
+        let k = w.cols();
+        let scaled: Vec<f32> = w
+            .data()
+            .chunks(k.max(1))
+            .flat_map(|row| row.iter().zip(smooth).map(|(v, s)| v / s))
+            .collect();
+        let t = Tensor::new(w.shape().to_vec(), scaled).expect("same shape");
+        Int8Weight::quantize(&t).with_smooth(Some(smooth.to_vec()))
+    }
+
+    /// The weight with SmoothQuant factors (as stored: `data` already holds `w / smooth`).
+    pub fn with_smooth(mut self, smooth: Option<Vec<f32>>) -> Self {
+        self.smooth = smooth;
+        self
     }
 
     /// Output width.
@@ -342,13 +377,21 @@ impl Int8Weight {
         self.k
     }
 
-    /// The f32 weight the int8 values stand for.
+    /// The f32 weight the int8 values stand for (smoothing undone).
     pub fn dequantize(&self) -> Tensor {
+        let ones;
+        let smooth = match &self.smooth {
+            Some(s) => s.as_slice(),
+            None => {
+                ones = vec![1.0f32; self.k];
+                &ones
+            }
+        };
         let data = self
             .data
             .chunks(self.k.max(1))
             .zip(&self.scale)
-            .flat_map(|(r, &s)| r.iter().map(move |&v| v as f32 * s))
+            .flat_map(|(r, &s)| r.iter().zip(smooth).map(move |(&v, &f)| v as f32 * s * f))
             .collect();
         Tensor::new(vec![self.n, self.k], data).expect("n·k values")
     }
@@ -411,7 +454,7 @@ impl Int8Weight {
         out: &mut [f32],
         mode: LinearOut,
     ) {
-        let q = quantize_rows(x, rows, self.k);
+        let q = quantize_rows(x, rows, self.k, self.smooth.as_deref());
         let n = self.n;
         let zeros;
         let bias = match bias {
@@ -675,7 +718,7 @@ mod tests {
             (40, 130, 17),
         ] {
             let (x, w) = random(&mut rng, rows, k, n);
-            let q = quantize_rows(&x, rows, k);
+            let q = quantize_rows(&x, rows, k, None);
             // Extremes: 255 against ±127 in every lane, the case vpmaddubsw would saturate.
             let mut q = q;
             q.q[..k].fill(255);
@@ -746,7 +789,7 @@ mod tests {
     #[test]
     fn rows_quantize_with_zero_exact_and_within_half_a_step() {
         let x = [0.0, -1.0, 2.0, 0.5, 7.0, -3.0];
-        let q = quantize_rows(&x, 2, 3);
+        let q = quantize_rows(&x, 2, 3, None);
         for r in 0..2 {
             for i in 0..3 {
                 let back = q.scale[r] * (q.q[r * q.kp + i] as i32 - q.zero[r]) as f32;

@@ -166,6 +166,21 @@ pub struct Activations {
     pre_final: Vec<f32>,
 }
 
+impl Activations {
+    /// The inputs of block `l`'s four linear layers (query/key/value, attention output,
+    /// feed-forward in and out), `[tokens, in]` each: what calibration measures.
+    pub fn linear_inputs(&self, l: usize, act: crate::engine::Activation) -> [Vec<f32>; 4] {
+        let b = &self.blocks[l];
+        let qkv_in = if b.a_in.is_empty() { &b.x_in } else { &b.a_in };
+        [
+            qkv_in.clone(),
+            b.ctx.clone(),
+            b.f_in.clone(),
+            activated(&b.u, act),
+        ]
+    }
+}
+
 fn ln_fwd(n: &LayerNorm, x: &[f32]) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
     n.forward(x, &mut y);
