@@ -22,9 +22,11 @@ pub struct Args {
     /// are word_embeddings (BERT) or wte (GPT-2).
     #[arg(long, value_delimiter = ',')]
     keep_f32: Vec<String>,
-    /// Text lines to calibrate on (a few hundred sentences of the task's kind): each layer is
-    /// measured on the inputs the f32 model gives it, smoothed (SmoothQuant) where that lowers
-    /// its output error, and kept in f32 when the error stays above --max-error.
+    /// Texts to calibrate on, a few hundred of the task's kind: a text file (one per line) or
+    /// task data (JSONL, CSV, TSV: the text, sentence-pair, word-list, question/context or
+    /// source fields; the first 512 records). Each layer is measured on the inputs the f32
+    /// model gives it, smoothed (SmoothQuant) where that lowers its output error, and kept in
+    /// f32 when the error stays above --max-error.
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
     /// SmoothQuant's migration strength alpha in [0, 1] [default: 0.5].
@@ -52,12 +54,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--max-error needs --calibration data to measure the error on");
     }
     let calibration = match &a.calibration {
-        Some(f) => {
-            let lines = crate::io::read_lines(Some(f))?;
-            let lines: Vec<String> = lines.into_iter().filter(|l| !l.trim().is_empty()).collect();
-            anyhow::ensure!(!lines.is_empty(), "--calibration {}: no text", f.display());
-            lines
-        }
+        Some(f) => calibration_texts(f)?,
         None => Vec::new(),
     };
     let opts = QuantizeOptions {
@@ -99,4 +96,43 @@ pub fn run(a: Args) -> Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// Calibration texts are at most this many (more adds time, not accuracy).
+const CALIBRATION_TEXTS: usize = 512;
+
+/// The texts of a calibration file: its lines, or the text fields of task data.
+fn calibration_texts(path: &std::path::Path) -> Result<Vec<String>> {
+    let texts: Vec<String> = match kiln::data::records::Format::of(path) {
+        Ok(_) => kiln::data::read_records(path, true)?
+            .records
+            .iter()
+            .take(CALIBRATION_TEXTS)
+            .filter_map(|r| {
+                let s = |k: &str| r.fields.get(k).and_then(|v| v.as_str());
+                if let Some(words) = r.fields.get("tokens").and_then(|v| v.as_array()) {
+                    let w: Vec<&str> = words.iter().filter_map(|x| x.as_str()).collect();
+                    return Some(w.join(" "));
+                }
+                match (s("text"), s("text_a"), s("question"), s("source")) {
+                    (Some(t), _, _, _) => Some(t.to_string()),
+                    (_, Some(a), _, _) => Some(format!("{a} {}", s("text_b").unwrap_or(""))),
+                    (_, _, Some(q), _) => Some(format!("{q} {}", s("context").unwrap_or(""))),
+                    (_, _, _, Some(src)) => Some(src.to_string()),
+                    _ => None,
+                }
+            })
+            .collect(),
+        Err(_) => crate::io::read_lines(Some(path))?
+            .into_iter()
+            .take(CALIBRATION_TEXTS)
+            .collect(),
+    };
+    let texts: Vec<String> = texts.into_iter().filter(|t| !t.trim().is_empty()).collect();
+    anyhow::ensure!(
+        !texts.is_empty(),
+        "--calibration {}: no text found (give text lines, or JSONL/CSV/TSV with a text field)",
+        path.display()
+    );
+    Ok(texts)
 }
