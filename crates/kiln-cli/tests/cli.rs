@@ -1348,6 +1348,28 @@ fn a_quantized_model_runs_in_every_command_and_converts_back() {
         "{\"tokens\": [\"the\", \"cat\"], \"tags\": [\"O\", \"B-PER\"]}\n",
     );
     assert!(json_lines(&out)[0]["f1"].is_number());
+    // A language model's perplexity on a corpus, f32 and int8 alike.
+    let corpus = fixture("apple_sentences.txt");
+    let ppl = |m: &str| {
+        let (out, _) = run(
+            &[
+                "eval",
+                "--model",
+                m,
+                "--task",
+                "lm",
+                "--data",
+                corpus.to_str().unwrap(),
+                "--seq-len",
+                "16",
+                "--json",
+            ],
+            "",
+        );
+        json_lines(&out)[0]["perplexity"].as_f64().unwrap()
+    };
+    let (f, q) = (ppl(fixture("tiny-gpt2").to_str().unwrap()), ppl(&d("qg")));
+    assert!((q / f - 1.0).abs() < 0.05, "perplexity f32 {f}, int8 {q}");
     // Back to f32 (what transformers loads): no quantization_config, f32 weights only.
     run(&["convert", "--model", &d("qb"), "--out", &d("f32")], "");
     let cfg = std::fs::read_to_string(dir.join("f32/config.json")).unwrap();

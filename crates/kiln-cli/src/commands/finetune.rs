@@ -55,6 +55,11 @@ impl DataArgs {
         c.skip_invalid |= self.skip_invalid;
     }
 
+    /// `--text-field`, if given.
+    pub fn text_field(&self) -> Option<&str> {
+        self.text_field.as_deref()
+    }
+
     /// `--max-length`, if given.
     pub fn max_length(&self) -> Option<usize> {
         self.max_length

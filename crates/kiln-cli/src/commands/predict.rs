@@ -20,8 +20,9 @@ pub struct ModelArgs {
     adapters: AdapterArgs,
     /// classify, tag, qa or seq2seq [default: what the model's head does: a sequence head
     /// classifies, a token head tags, a span head answers questions, a language-model head
-    /// generates (seq2seq)].
-    #[arg(long, value_parser = ["classify", "tag", "qa", "seq2seq"])]
+    /// generates (seq2seq)]; for `kiln eval` also lm: held-out loss and perplexity of a
+    /// language model on a text corpus.
+    #[arg(long, value_parser = ["classify", "tag", "qa", "seq2seq", "lm"])]
     task: Option<String>,
 }
 
@@ -83,10 +84,44 @@ pub struct EvalArgs {
     /// Print one JSON object (metric names as keys) instead of text.
     #[arg(long)]
     json: bool,
+    /// lm: tokens per evaluated sequence [default: 128].
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// lm: sequences evaluated, from the start of the corpus [default: 256].
+    #[arg(long, default_value_t = 256)]
+    eval_sequences: usize,
+}
+
+/// `kiln eval --task lm`: loss and perplexity on a corpus, as pre-training evaluates.
+fn eval_lm(p: &kiln::checkpoint::Pretrained, a: &EvalArgs) -> Result<serde_json::Value> {
+    let data = a
+        .data
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--task lm: give the corpus with --data"))?;
+    let cfg = kiln::train::PretrainConfig {
+        objective: if p.mlm_head.is_some() {
+            kiln::train::Objective::Mlm
+        } else {
+            kiln::train::Objective::Clm
+        },
+        corpus: vec![data.clone()],
+        valid: vec![data],
+        text_field: a.fields.text_field().unwrap_or("text").to_string(),
+        seq_len: a.seq_len,
+        eval_sequences: a.eval_sequences,
+        ..Default::default()
+    };
+    anyhow::ensure!(a.seq_len >= 4, "--seq-len must be at least 4");
+    anyhow::ensure!(a.eval_sequences >= 1, "--eval-sequences must be at least 1");
+    Ok(kiln::train::evaluate_corpus(p, &cfg)?)
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     let p = load(&a.model)?;
+    if a.model.task.as_deref() == Some("lm") {
+        let m = eval_lm(&p, &a)?;
+        return print_metrics(&m, a.json);
+    }
     let pr = predictor(&p, &a.model, &a.fields, &a.qa, &a.gen)?;
     let data = read_input(a.data.as_deref(), &a.fields, pr.form())?;
     anyhow::ensure!(
@@ -97,13 +132,20 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let bar = Items::new(None, "");
     let m = pr.evaluate(&data.records, &|done, total| bar.set(done, total))?;
     drop(bar);
+    print_metrics(&m, a.json)
+}
+
+/// Metrics as one JSON object, or a line each.
+fn print_metrics(m: &serde_json::Value, json: bool) -> Result<()> {
     let mut out = Output::open(None)?;
-    if a.json {
+    if json {
         out.line(&m.to_string())?;
     } else if let Some(o) = m.as_object() {
         for (k, v) in o {
             match v.as_f64() {
-                Some(x) if k != "examples" => out.line(&format!("{k:>10}  {x:.4}"))?,
+                Some(x) if k != "examples" && k != "sequences" => {
+                    out.line(&format!("{k:>10}  {x:.4}"))?
+                }
                 _ => out.line(&format!("{k:>10}  {v}"))?,
             }
         }

@@ -18,6 +18,6 @@ pub mod trainer;
 pub use config::{FinetuneConfig, Objective, PretrainConfig, TrainConfig};
 pub use finetune::finetune;
 pub use optim::{clip_grad_norm, AdamW, Param};
-pub use pretrain::pretrain;
+pub use pretrain::{evaluate_corpus, pretrain};
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{Progress, Started, Summary, Task};

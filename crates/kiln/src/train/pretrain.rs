@@ -203,6 +203,61 @@ fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_jso
     Ok(out)
 }
 
+/// The held-out set: the first `eval_sequences` sequences of the held-out text, masked once
+/// (fixed seed), so every evaluation scores the same targets.
+fn held_out_set(
+    obj: &Objectives,
+    corpus: &Corpus,
+    tok: &Tokenizer,
+    cfg: &PretrainConfig,
+) -> Result<Vec<Micro>> {
+    let mut eval_set = Vec::new();
+    let mut vp = Packer::new(corpus, tok, obj.framing, cfg.seq_len);
+    let mut rng = rng_for(cfg.train.seed, u64::MAX, 0);
+    let mut left = cfg.eval_sequences;
+    while left > 0 && vp.epoch == 0 {
+        let mut seqs = Vec::new();
+        while seqs.len() < cfg.train.batch_size.min(left) {
+            match vp.next_sequence()? {
+                Some(s) if vp.epoch == 0 => seqs.push(s),
+                _ => break,
+            }
+        }
+        if seqs.is_empty() {
+            break;
+        }
+        left -= seqs.len();
+        eval_set.push(obj.micro(seqs, &mut rng)?);
+    }
+    Ok(eval_set)
+}
+
+/// Held-out loss and perplexity (and, for a masked LM, accuracy) of `p` on `cfg.valid`, as
+/// pre-training evaluates it: the first `eval_sequences` sequences of `seq_len` tokens, masked
+/// once with `seed`; the objective is `cfg.objective`. What `kiln eval --task lm` reports.
+pub fn evaluate_corpus(p: &Pretrained, cfg: &PretrainConfig) -> Result<serde_json::Value> {
+    let obj = Objectives::new(p, cfg)?;
+    let corpus = Corpus::new(cfg.valid.clone(), &cfg.text_field)?;
+    let set = held_out_set(&obj, &corpus, p.tokenizer()?, cfg)?;
+    if set.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: no text to evaluate on",
+            cfg.valid
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let mut m = evaluate(p, &obj, &set)?;
+    m["sequences"] = set
+        .iter()
+        .map(|s| s.batch.seq_lens.len())
+        .sum::<usize>()
+        .into();
+    Ok(m)
+}
+
 /// The pre-training task over a corpus.
 struct PretrainTask<'a> {
     obj: Objectives,
@@ -322,28 +377,10 @@ pub fn pretrain(
             None => (all, Some(Corpus::new(cfg.valid.clone(), &cfg.text_field)?)),
         }
     };
-    // The held-out set: the first sequences of the held-out text, masked once (fixed seed), so
-    // every evaluation scores the same targets.
-    let mut eval_set = Vec::new();
-    if let Some(vc) = held_out {
-        let mut vp = Packer::new(&vc, &tok, obj.framing, cfg.seq_len);
-        let mut rng = rng_for(cfg.train.seed, u64::MAX, 0);
-        let mut left = cfg.eval_sequences;
-        while left > 0 && vp.epoch == 0 {
-            let mut seqs = Vec::new();
-            while seqs.len() < cfg.train.batch_size.min(left) {
-                match vp.next_sequence()? {
-                    Some(s) if vp.epoch == 0 => seqs.push(s),
-                    _ => break,
-                }
-            }
-            if seqs.is_empty() {
-                break;
-            }
-            left -= seqs.len();
-            eval_set.push(obj.micro(seqs, &mut rng)?);
-        }
-    }
+    let eval_set = match held_out {
+        Some(vc) => held_out_set(&obj, &vc, &tok, cfg)?,
+        None => Vec::new(),
+    };
     let mut task = PretrainTask {
         stream: Shuffled::new(
             Packer::new(&corpus, &tok, obj.framing, cfg.seq_len),
