@@ -43,7 +43,7 @@ for round in $(seq "$ROUNDS"); do
     /usr/bin/time -v "$KILN" finetune --model "$base" --task classify --train "$D/sst2/train.jsonl" \
       --valid "$WORK/valid.jsonl" --labels "$D/sst2/labels.json" --batch-size 32 \
       --max-length 66 --max-steps "$STEPS" --warmup-steps 10 --eval-every 0 --save-every 0 --save-minutes 0 \
-      --threads "$THREADS" --out "$WORK/$m" $(flags $m) 2> "$WORK/$m.log" > /dev/null
+      --threads "$THREADS" --overwrite --out "$WORK/$m" $(flags $m) 2> "$WORK/$m.log" > /dev/null
     wall=$(grep "Elapsed (wall clock)" "$WORK/$m.log" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
     rss=$(grep "Maximum resident set size" "$WORK/$m.log" | awk '{print $NF}')
     eps=$(python3 -c "print(round($STEPS * 32 / $wall, 1))")

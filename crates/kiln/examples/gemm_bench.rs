@@ -43,6 +43,14 @@ fn main() {
         println!(
             "{{\"rows\": {rows}, \"k\": {k}, \"n\": {n}, \"path\": \"f32\", \"gops\": {f32_rate:.1}}}"
         );
+        // Kiln's f32 path on CPUs without AVX-512: the `gemm` crate's AVX2 kernels.
+        let avx2_rate = time(&mut || {
+            kiln::engine::linear::linear_forward(&w, None, &x, rows, &mut out, LinearOut::Write)
+                .unwrap()
+        });
+        println!(
+            "{{\"rows\": {rows}, \"k\": {k}, \"n\": {n}, \"path\": \"f32 gemm crate (AVX2)\", \"gops\": {avx2_rate:.1}}}"
+        );
         let q = Int8Weight::quantize(&w);
         let full = time(&mut || q.forward_into(&x, rows, None, &mut out, LinearOut::Write));
         println!(

@@ -129,6 +129,9 @@ impl Kernel {
     }
 }
 
+/// Below this many multiply-adds a product runs on the calling thread alone.
+const SERIAL_MACS: usize = 1 << 22;
+
 /// Activations quantized per row: `x ≈ scale · (q − zero)`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantRows {
@@ -153,20 +156,29 @@ pub fn quantize_rows(x: &[f32], rows: usize, k: usize, smooth: Option<&[f32]>) -
     let kp = k.div_ceil(4) * 4;
     let mut q = vec![0u8; rows * kp];
     let mut params = vec![(0.0f32, 0i32); rows];
-    q.par_chunks_mut(kp)
-        .zip(params.par_iter_mut())
-        .enumerate()
-        .for_each_init(Vec::new, |buf, (r, (qr, pr))| {
-            let row = &x[r * k..(r + 1) * k];
-            match smooth {
-                Some(s) => {
-                    buf.clear();
-                    buf.extend(row.iter().zip(s).map(|(v, f)| v * f));
-                    quantize_row(buf, qr, pr)
-                }
-                None => quantize_row(row, qr, pr),
+    let one = |buf: &mut Vec<f32>, (r, (qr, pr)): (usize, (&mut [u8], &mut (f32, i32)))| {
+        let row = &x[r * k..(r + 1) * k];
+        match smooth {
+            Some(s) => {
+                buf.clear();
+                buf.extend(row.iter().zip(s).map(|(v, f)| v * f));
+                quantize_row(buf, qr, pr)
             }
-        });
+            None => quantize_row(row, qr, pr),
+        }
+    };
+    if rows * k < SERIAL_MACS / 64 {
+        let mut buf = Vec::new();
+        q.chunks_mut(kp)
+            .zip(params.iter_mut())
+            .enumerate()
+            .for_each(|item| one(&mut buf, item));
+    } else {
+        q.par_chunks_mut(kp)
+            .zip(params.par_iter_mut())
+            .enumerate()
+            .for_each_init(Vec::new, one);
+    }
     let (scale, zero) = params.into_iter().unzip();
     QuantRows {
         q,
@@ -531,7 +543,7 @@ impl Int8Weight {
             np.div_ceil(threads.div_ceil(row_tiles)).max(1)
         };
         let col_tasks = np.div_ceil(panels_per_task);
-        (0..row_tiles * col_tasks).into_par_iter().for_each(|t| {
+        let task = |t: usize| {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let r0 = rt * mr;
             let rows = mr.min(x.rows - r0);
@@ -569,7 +581,14 @@ impl Int8Weight {
                 }
                 emit(r0, c0, &tile, nr, rows, cols);
             }
-        });
+        };
+        // A small product (a decoding step's one row) takes microseconds: waking the pool's
+        // threads for it costs more than it saves.
+        if x.rows * self.n * self.k < SERIAL_MACS {
+            (0..row_tiles * col_tasks).for_each(task);
+        } else {
+            (0..row_tiles * col_tasks).into_par_iter().for_each(task);
+        }
     }
 
     /// The reference: plain integer sums.
