@@ -39,6 +39,8 @@ enum Command {
     Pretrain(Box<commands::pretrain::Args>),
     /// Fine-tune a pretrained model on labelled data: classify, tag, qa or seq2seq (full, LoRA or adapters).
     Finetune(Box<commands::finetune::Args>),
+    /// Distil a fine-tuned teacher into a smaller student (classify, tag, qa).
+    Distill(Box<commands::distill::Args>),
     /// Score a fine-tuned model on labelled data with the task's metrics.
     Eval(commands::predict::EvalArgs),
     /// Predict with a fine-tuned model, one JSON line per input line.
@@ -57,7 +59,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Pretrain(_) | Command::Finetune(_)) {
+    if !matches!(
+        cli.command,
+        Command::Pretrain(_) | Command::Finetune(_) | Command::Distill(_)
+    ) {
         // Output piped into `head` and the like: a closed pipe ends the command quietly, as it
         // does other Unix tools. Training keeps Rust's default (a write error), so a closed
         // log pipe never kills a run before it checkpoints.
@@ -80,6 +85,7 @@ fn main() {
         Command::Pretrain(a) => commands::pretrain::run(*a),
         Command::Plot(a) => commands::plot::run(a),
         Command::Finetune(a) => commands::finetune::run(*a),
+        Command::Distill(a) => commands::distill::run(*a),
         Command::Eval(a) => commands::predict::eval(a),
         Command::Predict(a) => commands::predict::predict(a),
         Command::Merge(a) => commands::merge::merge(a),

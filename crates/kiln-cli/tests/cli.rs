@@ -1415,3 +1415,78 @@ fn a_quantized_model_runs_in_every_command_and_converts_back() {
     assert!(!ok && err.contains("--model directory"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn distill_cuts_the_teacher_and_writes_a_smaller_model_that_predicts() {
+    let dir = scratch("distill");
+    let data = dir.join("train.jsonl");
+    let lines: Vec<String> = (0..24)
+        .map(|i| {
+            let label = ["neg", "neutral", "pos"][i % 3];
+            serde_json::json!({"text": format!("item {i} is {label}"), "label": label}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let teacher = fixture("tiny-bert-cls");
+    let out = dir.join("student");
+    let (t, d, o) = (
+        teacher.to_str().unwrap(),
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let base = [
+        "distill",
+        "--teacher",
+        t,
+        "--task",
+        "classify",
+        "--train",
+        d,
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--out",
+        o,
+    ];
+    let (ok, _, err) = kiln(&base, "");
+    assert!(!ok && err.contains("--student-layers 0,2,4"), "{err}");
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain([
+            "--student-layers",
+            "0,2",
+            "--alpha-ce",
+            "0.5",
+            "--temperature",
+            "3",
+        ])
+        .collect();
+    let (ok, _, err) = kiln(&args, "");
+    assert!(ok, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_hidden_layers"], 2);
+    let (ok, info, err) = kiln(&["info", o, "--json"], "");
+    assert!(ok, "{err}");
+    assert_eq!(json_lines(&info)[0]["layers"], 2, "{info}");
+    let (ok, pred, err) = kiln(
+        &["predict", "--model", o],
+        "{\"text\": \"item 5 is good\"}\n",
+    );
+    assert!(ok, "{err}");
+    assert!(["neg", "neutral", "pos"]
+        .iter()
+        .any(|l| json_lines(&pred)[0]["label"] == *l));
+    let (ok, _, err) = kiln(
+        &args
+            .iter()
+            .copied()
+            .chain(["--overwrite", "--student-layers", "0,5"])
+            .collect::<Vec<_>>(),
+        "",
+    );
+    assert!(!ok && err.contains("layer 5 does not exist"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

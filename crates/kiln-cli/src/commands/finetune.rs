@@ -216,6 +216,13 @@ pub struct Args {
     /// The pretrained model directory, or a hub id (org/name: from the hub cache or downloaded).
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Every flag of a fine-tuning run but the model it starts from (`kiln distill` shares them).
+#[derive(clap::Args)]
+pub struct RunArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
@@ -271,80 +278,95 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut c = match &a.config {
-        Some(path) => FinetuneConfig::from_toml(path)?,
-        None => FinetuneConfig::default(),
-    };
-    a.train_args.apply(&mut c.train);
-    a.peft.apply(&mut c.peft);
-    a.qa.apply(&mut c);
-    a.gen.apply(&mut c);
-    if let Some(t) = &a.task {
-        c.task = t.clone();
+    let c = a.run.config()?;
+    a.run.execute(&super::resolve(&a.model)?, c)
+}
+
+impl RunArgs {
+    /// The run's settings: the TOML file's, with the flags given over them.
+    pub fn config(&self) -> Result<FinetuneConfig> {
+        let a = self;
+        let mut c = match &a.config {
+            Some(path) => FinetuneConfig::from_toml(path)?,
+            None => FinetuneConfig::default(),
+        };
+        a.train_args.apply(&mut c.train);
+        a.peft.apply(&mut c.peft);
+        a.qa.apply(&mut c);
+        a.gen.apply(&mut c);
+        if let Some(t) = &a.task {
+            c.task = t.clone();
+        }
+        if let Some(t) = &a.train {
+            c.train_file = t.clone();
+        }
+        if a.valid.is_some() {
+            c.valid_file = a.valid.clone();
+        }
+        let d = &a.data;
+        d.apply(&mut c);
+        if let Some(m) = d.max_length {
+            c.max_length = m;
+        } else if c.task == "qa" && c.max_length == FinetuneConfig::default().max_length {
+            // QA windows hold a question and a long context: transformers' run_qa.py uses 384.
+            c.max_length = 384;
+        }
+        c.label_all_pieces |= a.label_all_pieces;
+        if a.labels.is_some() {
+            c.labels = a.labels.clone();
+        }
+        c.regression |= a.regression;
+        c.extend_vocab |= a.extend_vocab;
+        if a.metric.is_some() {
+            c.metric = a.metric.clone();
+        }
+        if a.patience.is_some() {
+            c.patience = a.patience;
+        }
+        if a.max_eval_samples.is_some() {
+            c.max_eval_samples = a.max_eval_samples;
+        }
+        Ok(c)
     }
-    if let Some(t) = &a.train {
-        c.train_file = t.clone();
+
+    /// Runs fine-tuning (or distillation, when `c.distill` is set) from `model` with `c`.
+    pub fn execute(&self, model: &std::path::Path, c: FinetuneConfig) -> Result<()> {
+        let a = self;
+        let stop = stop_on_ctrl_c();
+        let mut progress = Reporter::new();
+        let summary = finetune(
+            model,
+            &a.out,
+            &c,
+            a.resume,
+            &stop,
+            super::train_args::report_started,
+            |p| progress.step(p),
+        )
+        .with_context(|| format!("fine-tuning into {}", a.out.display()))?;
+        progress.finish(&summary, &a.out);
+        let adapter = a.out.join(kiln::peft::files::WEIGHTS);
+        if let Ok(m) = std::fs::metadata(&adapter) {
+            eprintln!(
+                "adapter {} on disk: {:.1} KiB",
+                adapter.display(),
+                m.len() as f64 / 1024.0
+            );
+        }
+        if let Some((step, v)) = summary.best {
+            eprintln!(
+                "best {} {v:.4} at step {step}{}",
+                summary.metric.as_deref().unwrap_or("metric"),
+                if summary.early_stopped {
+                    " (stopped early)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if summary.interrupted {
+            std::process::exit(130);
+        }
+        Ok(())
     }
-    if a.valid.is_some() {
-        c.valid_file = a.valid.clone();
-    }
-    let d = &a.data;
-    d.apply(&mut c);
-    if let Some(m) = d.max_length {
-        c.max_length = m;
-    } else if c.task == "qa" && c.max_length == FinetuneConfig::default().max_length {
-        // QA windows hold a question and a long context: transformers' run_qa.py uses 384.
-        c.max_length = 384;
-    }
-    c.label_all_pieces |= a.label_all_pieces;
-    if a.labels.is_some() {
-        c.labels = a.labels.clone();
-    }
-    c.regression |= a.regression;
-    c.extend_vocab |= a.extend_vocab;
-    if a.metric.is_some() {
-        c.metric = a.metric.clone();
-    }
-    if a.patience.is_some() {
-        c.patience = a.patience;
-    }
-    if a.max_eval_samples.is_some() {
-        c.max_eval_samples = a.max_eval_samples;
-    }
-    let stop = stop_on_ctrl_c();
-    let mut progress = Reporter::new();
-    let summary = finetune(
-        &super::resolve(&a.model)?,
-        &a.out,
-        &c,
-        a.resume,
-        &stop,
-        super::train_args::report_started,
-        |p| progress.step(p),
-    )
-    .with_context(|| format!("fine-tuning into {}", a.out.display()))?;
-    progress.finish(&summary, &a.out);
-    let adapter = a.out.join(kiln::peft::files::WEIGHTS);
-    if let Ok(m) = std::fs::metadata(&adapter) {
-        eprintln!(
-            "adapter {} on disk: {:.1} KiB",
-            adapter.display(),
-            m.len() as f64 / 1024.0
-        );
-    }
-    if let Some((step, v)) = summary.best {
-        eprintln!(
-            "best {} {v:.4} at step {step}{}",
-            summary.metric.as_deref().unwrap_or("metric"),
-            if summary.early_stopped {
-                " (stopped early)"
-            } else {
-                ""
-            }
-        );
-    }
-    if summary.interrupted {
-        std::process::exit(130);
-    }
-    Ok(())
 }

@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod convert;
+pub mod distill;
 pub mod embed;
 pub mod fill_mask;
 pub mod finetune;

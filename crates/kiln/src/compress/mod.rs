@@ -1,7 +1,9 @@
 //! Making models smaller: int8 quantization of the linear layers (`quantize.rs`), with
-//! calibration and SmoothQuant smoothing (`calibrate.rs`).
+//! calibration and SmoothQuant smoothing (`calibrate.rs`); knowledge distillation's losses and
+//! settings (`distill.rs`; the run itself is `train/distill.rs`).
 
 pub mod calibrate;
+pub mod distill;
 pub mod quantize;
 
 pub use quantize::{dequantize, quantize, refuse_training, LayerReport, QuantizeOptions};

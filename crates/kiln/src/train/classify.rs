@@ -5,7 +5,7 @@
 
 use super::backprop::{backward, forward, scatter_rows};
 use super::config::FinetuneConfig;
-use super::finetune::{pick_metric, ExampleTask, Order};
+use super::finetune::{pick_metric, Criterion, ExampleTask, Order};
 use crate::checkpoint::Pretrained;
 use crate::data::records::{read_records, DataFile, Record};
 use crate::engine::dropout::{mix, Dropout};
@@ -298,6 +298,42 @@ pub fn sequence_loss(
     if labels.len() != n {
         return Err(Error::shape("sequence_loss", "one label per sequence"));
     }
+    let (k, regression) = (head.linear.out_features(), head.labels.regression);
+    sequence_loss_with(
+        p,
+        batch,
+        grads,
+        grad_scale,
+        dropout_seed,
+        &|logits, dlogits| {
+            if regression {
+                let mut sum = 0.0f64;
+                for i in 0..n {
+                    let diff = logits[i] - labels[i];
+                    sum += (diff as f64) * (diff as f64);
+                    dlogits[i] = 2.0 * diff / n as f32;
+                }
+                Ok((sum / n as f64) as f32)
+            } else {
+                let targets: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+                Ok(cross_entropy(logits, k, &targets, -100, Some(dlogits))?.0)
+            }
+        },
+    )
+}
+
+/// The sequence head's forward and backward around `criterion`, which turns the `[sequences,
+/// outputs]` logits into the mean loss and writes its gradient (see [`Criterion`]).
+pub(crate) fn sequence_loss_with(
+    p: &Pretrained,
+    batch: &Batch,
+    grads: &mut Pretrained,
+    grad_scale: f32,
+    dropout_seed: Option<u64>,
+    criterion: Criterion,
+) -> Result<f32> {
+    let head = sequence_head(p)?;
+    let n = batch.seq_lens.len();
     let h = p.config().hidden_size;
     let k = head.linear.out_features();
     let mask = p.model.default_mask();
@@ -336,18 +372,7 @@ pub fn sequence_loss(
     head.linear
         .forward_into(&d, n, &mut logits, LinearOut::Write)?;
     let mut dlogits = vec![0.0; n * k];
-    let loss = if head.labels.regression {
-        let mut sum = 0.0f64;
-        for i in 0..n {
-            let diff = logits[i] - labels[i];
-            sum += (diff as f64) * (diff as f64);
-            dlogits[i] = 2.0 * diff / n as f32;
-        }
-        (sum / n as f64) as f32
-    } else {
-        let targets: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
-        cross_entropy(&logits, k, &targets, -100, Some(&mut dlogits))?.0
-    };
+    let loss = criterion(&logits, &mut dlogits)?;
     dlogits.iter_mut().for_each(|g| *g *= grad_scale);
 
     let gt = grads
@@ -470,14 +495,16 @@ pub fn read_data(path: &Path, skip_invalid: bool) -> Result<DataFile> {
     Ok(data)
 }
 
-/// Prepares sequence classification: the label set (from `--labels` or the data), the head
-/// (new unless the model already has one for the same labels), and the encoded examples.
+/// Prepares sequence classification: the label set (from `--labels`, else `default_names`,
+/// else the data), the head (new unless the model already has one for the same labels), and
+/// the encoded examples.
 pub(crate) fn prepare(
     p: &mut Pretrained,
     cfg: &FinetuneConfig,
     records: &[Record],
     valid: &[Record],
     resume: bool,
+    default_names: Option<Vec<String>>,
 ) -> Result<ExampleTask<Example, f32>> {
     let fields = Fields::resolve(
         cfg.text_field.as_deref(),
@@ -489,7 +516,8 @@ pub(crate) fn prepare(
         .labels
         .as_deref()
         .map(|f| read_label_file(f, &fields.label))
-        .transpose()?;
+        .transpose()?
+        .or(default_names);
     let labels = collect_labels(records, &fields.label, names, cfg.regression)?;
     let keep = p
         .task
@@ -528,12 +556,13 @@ pub(crate) fn prepare(
         train,
         valid,
         metric,
-        micro: |refs| {
-            let labels = refs.iter().map(|e| e.label.unwrap_or(0.0)).collect();
+        micro: Box::new(|refs| {
+            // An example without a label (distillation's unlabelled texts) is marked -100.
+            let labels = refs.iter().map(|e| e.label.unwrap_or(-100.0)).collect();
             Ok((batch_of(refs)?, labels))
-        },
-        count: |labels| labels.len(),
-        loss: sequence_loss,
+        }),
+        count: Box::new(|labels| labels.len()),
+        loss: Box::new(sequence_loss),
         evaluate: Box::new(evaluate_examples),
     })
 }

@@ -318,6 +318,9 @@ pub struct FinetuneConfig {
     /// Full fine-tuning, LoRA or bottleneck adapters, and their settings.
     #[serde(flatten)]
     pub peft: crate::peft::PeftConfig,
+    /// Knowledge distillation (`kiln distill`): the teacher and the loss weights; `None` for a
+    /// plain fine-tuning run.
+    pub distill: Option<crate::compress::distill::DistillConfig>,
 }
 
 impl Default for FinetuneConfig {
@@ -353,6 +356,7 @@ impl Default for FinetuneConfig {
             length_penalty: 1.0,
             extend_vocab: false,
             peft: crate::peft::PeftConfig::default(),
+            distill: None,
         }
     }
 }

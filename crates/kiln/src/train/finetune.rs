@@ -4,7 +4,7 @@
 
 use super::config::FinetuneConfig;
 use super::trainer::{run, start, Progress, Started, Summary, Task};
-use super::{classify, qa, seq2seq, tag};
+use super::{classify, distill, qa, seq2seq, tag};
 use crate::checkpoint::Pretrained;
 use crate::data::records::Record;
 use crate::engine::dropout::mix;
@@ -65,10 +65,19 @@ impl Order {
 }
 
 /// Builds a packed batch and its targets from examples.
-pub(crate) type MicroFn<E, T> = fn(&[&E]) -> Result<(Batch, Vec<T>)>;
+pub(crate) type MicroFn<E, T> = Box<dyn Fn(&[&E]) -> Result<(Batch, Vec<T>)> + Send + Sync>;
 /// A head's loss: (model, batch, targets, gradients, grad scale, dropout seed) -> mean loss.
-pub(crate) type LossFn<T> =
-    fn(&Pretrained, &Batch, &[T], &mut Pretrained, f32, Option<u64>) -> Result<f32>;
+pub(crate) type LossFn<T> = Box<
+    dyn Fn(&Pretrained, &Batch, &[T], &mut Pretrained, f32, Option<u64>) -> Result<f32>
+        + Send
+        + Sync,
+>;
+/// Targets that count in a micro-batch's loss.
+pub(crate) type CountFn<T> = Box<dyn Fn(&[T]) -> usize + Send + Sync>;
+/// What a head does with its logits in training: returns the mean loss and writes its gradient
+/// with respect to the logits into the second buffer (zeros on entry; the caller scales it).
+/// Gold-label cross-entropy and distillation's soft targets are both criteria of one head.
+pub(crate) type Criterion<'a> = &'a dyn Fn(&[f32], &mut [f32]) -> Result<f32>;
 
 /// Held-out metrics of a model on examples.
 pub(crate) type EvalFn<E> = dyn Fn(&Pretrained, &[E]) -> Result<serde_json::Value>;
@@ -84,7 +93,7 @@ pub(crate) struct ExampleTask<E, T> {
     /// A packed batch and its targets from examples.
     pub micro: MicroFn<E, T>,
     /// Targets that count in the loss (the micro-batch's weight in an accumulated step).
-    pub count: fn(&[T]) -> usize,
+    pub count: CountFn<T>,
     /// Mean loss and gradients (see [`Task::loss`]).
     pub loss: LossFn<T>,
     /// Held-out metrics.
@@ -254,6 +263,17 @@ fn extend_vocab(p: &mut Pretrained, cfg: &FinetuneConfig, records: &[Record]) ->
     Ok(added)
 }
 
+/// Loads the teacher of a distillation run and checks it fits the student.
+fn distill_teacher(
+    d: &crate::compress::distill::DistillConfig,
+    student: &Pretrained,
+    cfg: &FinetuneConfig,
+) -> Result<Pretrained> {
+    let teacher = crate::checkpoint::load(&d.teacher)?;
+    distill::check_teacher(&teacher, student, &cfg.task)?;
+    Ok(teacher)
+}
+
 /// Fine-tunes (or, with `resume`, continues fine-tuning) the model in `model_dir` for the task
 /// form `cfg.task` (classify, tag), fully or with LoRA / adapters (`cfg.peft`), writing
 /// checkpoints, `metrics.jsonl` and the best (with validation data) or final model — or
@@ -288,7 +308,14 @@ pub fn finetune(
         d.records.truncate(n);
     }
     let valid = valid.as_ref().map_or(&[][..], |d| &d.records[..]);
-    let config = serde_json::to_value(cfg).map_err(|e| Error::Input(e.to_string()))?;
+    let mut cfg_seen = cfg.clone();
+    if let Some(d) = cfg_seen.distill.as_mut() {
+        d.validate()?;
+        // Resuming against another teacher would mix two teachers' targets: the fingerprint
+        // is a compared setting.
+        d.teacher_fingerprint = crate::checkpoint::fingerprint(&d.teacher)?;
+    }
+    let config = serde_json::to_value(&cfg_seen).map_err(|e| Error::Input(e.to_string()))?;
     let mut begun = start(
         model_dir,
         out,
@@ -319,15 +346,37 @@ pub fn finetune(
             run(begun, &mut task, &cfg.train, cfg.patience, stop, report)
         }};
     }
+    if let Some(d) = &cfg.distill {
+        let teacher = distill_teacher(d, &begun.p, cfg)?;
+        if !resume && !d.student_layers.is_empty() {
+            distill::cut_layers(&mut begun.p, &d.student_layers)?;
+        }
+        let p = &mut begun.p;
+        return match cfg.task.as_str() {
+            "classify" => train!(distill::classify(
+                p, &teacher, cfg, d, records, valid, resume
+            )?),
+            "tag" => train!(distill::tag(p, &teacher, cfg, d, records, valid, resume)?),
+            _ => train!(distill::qa(p, &teacher, cfg, d, records, valid, resume)?),
+        };
+    }
     match cfg.task.as_str() {
         "classify" => train!(classify::prepare(
             &mut begun.p,
             cfg,
             records,
             valid,
-            resume
+            resume,
+            None
         )?),
-        "tag" => train!(tag::prepare(&mut begun.p, cfg, records, valid, resume)?),
+        "tag" => train!(tag::prepare(
+            &mut begun.p,
+            cfg,
+            records,
+            valid,
+            resume,
+            None
+        )?),
         "qa" => train!(qa::prepare(&mut begun.p, cfg, records, valid, resume)?),
         "seq2seq" => train!(seq2seq::prepare(&mut begun.p, cfg, records, valid)?),
         other => Err(Error::Input(format!(

@@ -4,6 +4,7 @@
 pub mod backprop;
 pub mod classify;
 pub mod config;
+pub mod distill;
 pub mod finetune;
 pub mod optim;
 pub mod outdir;

@@ -8,7 +8,7 @@
 use super::backprop::{backward, forward};
 use super::classify::read_data;
 use super::config::FinetuneConfig;
-use super::finetune::{pick_metric, ExampleTask, Order};
+use super::finetune::{pick_metric, Criterion, ExampleTask, Order};
 use crate::checkpoint::Pretrained;
 use crate::data::records::{DataFile, Record};
 use crate::engine::dropout::mix;
@@ -318,19 +318,43 @@ pub fn span_loss(
     grad_scale: f32,
     dropout_seed: Option<u64>,
 ) -> Result<f32> {
-    let head = span_head(p)?;
     let n = batch.seq_lens.len();
     if targets.len() != n {
         return Err(Error::shape("span_loss", "one target per window"));
     }
+    span_loss_with(
+        p,
+        batch,
+        grads,
+        grad_scale,
+        dropout_seed,
+        &|logits, dlogits| {
+            let loss = span_ce(logits, batch, targets, Some(&mut *dlogits))?;
+            let mean = 1.0 / (2 * n) as f32;
+            dlogits.iter_mut().for_each(|g| *g *= mean);
+            Ok(loss)
+        },
+    )
+}
+
+/// The span head's forward and backward around `criterion`, which turns the `[tokens, 2]`
+/// logits (start, end) into the mean loss and writes its gradient (see [`Criterion`]).
+pub(crate) fn span_loss_with(
+    p: &Pretrained,
+    batch: &Batch,
+    grads: &mut Pretrained,
+    grad_scale: f32,
+    dropout_seed: Option<u64>,
+    criterion: Criterion,
+) -> Result<f32> {
+    let head = span_head(p)?;
     let (t, h) = (batch.tokens(), p.config().hidden_size);
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
     let logits = head.linear.forward(&hidden, t)?;
     let mut dlogits = vec![0.0; t * 2];
-    let loss = span_ce(&logits, batch, targets, Some(&mut dlogits))?;
-    let scale = grad_scale / (2 * n) as f32;
-    dlogits.iter_mut().for_each(|g| *g *= scale);
+    let loss = criterion(&logits, &mut dlogits)?;
+    dlogits.iter_mut().for_each(|g| *g *= grad_scale);
     let gt = grads
         .task
         .as_mut()
@@ -359,7 +383,7 @@ pub fn span_loss(
 
 /// The span loss of `[tokens, 2]` logits; with `dlogits`, the unscaled gradient of the summed
 /// cross-entropies (softmax minus one-hot, per window and column).
-fn span_ce(
+pub(crate) fn span_ce(
     logits: &[f32],
     batch: &Batch,
     targets: &[(usize, usize)],
@@ -554,12 +578,12 @@ pub(crate) fn prepare(
         train,
         valid,
         metric,
-        micro: |refs| {
+        micro: Box::new(|refs| {
             let targets = refs.iter().map(|f| f.target).collect();
             Ok((qa_batch(refs)?, targets))
-        },
-        count: |targets| targets.len(),
-        loss: span_loss,
+        }),
+        count: Box::new(|targets| targets.len()),
+        loss: Box::new(span_loss),
         evaluate: Box::new(move |p, f| evaluate_qa(p, f, &d)),
     })
 }

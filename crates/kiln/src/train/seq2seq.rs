@@ -383,12 +383,12 @@ pub(crate) fn prepare(
         // Saved as BertForMaskedLM, which has no pooler (transformers would list it as unexpected).
         p.pooler = None;
         p.model.config.raw["kiln_generation"] = "prefix_lm".into();
-        prefix_lm_loss
+        Box::new(prefix_lm_loss)
     } else {
         if p.lm_head.is_none() {
             p.lm_head = Some(LmHead { weight: None });
         }
-        lm_loss
+        Box::new(lm_loss)
     };
     let (eos, cls) = specials(p)?;
     let len = lengths_of(cfg, p);
@@ -407,8 +407,8 @@ pub(crate) fn prepare(
         train,
         valid,
         metric,
-        micro: seq2seq_batch,
-        count: |t| t.iter().filter(|&&x| x != IGNORE).count(),
+        micro: Box::new(seq2seq_batch),
+        count: Box::new(|t| t.iter().filter(|&&x| x != IGNORE).count()),
         loss,
         evaluate: Box::new(move |p, e| evaluate_seq2seq(p, e, beams, lp, mt)),
     })

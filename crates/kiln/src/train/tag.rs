@@ -6,7 +6,7 @@
 use super::backprop::{backward, forward, IGNORE};
 use super::classify::read_label_file;
 use super::config::FinetuneConfig;
-use super::finetune::{pick_metric, ExampleTask, Order};
+use super::finetune::{pick_metric, Criterion, ExampleTask, Order};
 use crate::checkpoint::Pretrained;
 use crate::data::records::Record;
 use crate::engine::dropout::{mix, Dropout};
@@ -307,6 +307,29 @@ pub fn token_loss(
     if targets.len() != t {
         return Err(Error::shape("token_loss", "one target per token"));
     }
+    let k = head.linear.out_features();
+    token_loss_with(
+        p,
+        batch,
+        grads,
+        grad_scale,
+        dropout_seed,
+        &|logits, dlogits| Ok(cross_entropy(logits, k, targets, IGNORE, Some(dlogits))?.0),
+    )
+}
+
+/// The token head's forward and backward around `criterion`, which turns the `[tokens, tags]`
+/// logits into the mean loss and writes its gradient (see [`Criterion`]).
+pub(crate) fn token_loss_with(
+    p: &Pretrained,
+    batch: &Batch,
+    grads: &mut Pretrained,
+    grad_scale: f32,
+    dropout_seed: Option<u64>,
+    criterion: Criterion,
+) -> Result<f32> {
+    let head = token_head(p)?;
+    let t = batch.tokens();
     let (h, k) = (p.config().hidden_size, head.linear.out_features());
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
@@ -329,7 +352,7 @@ pub fn token_loss(
     head.linear
         .forward_into(&d, t, &mut logits, LinearOut::Write)?;
     let mut dlogits = vec![0.0; t * k];
-    let (loss, _) = cross_entropy(&logits, k, targets, IGNORE, Some(&mut dlogits))?;
+    let loss = criterion(&logits, &mut dlogits)?;
     dlogits.iter_mut().for_each(|g| *g *= grad_scale);
     let gt = grads
         .task
@@ -458,12 +481,14 @@ pub(crate) fn prepare(
     records: &[Record],
     valid: &[Record],
     resume: bool,
+    default_names: Option<Vec<String>>,
 ) -> Result<ExampleTask<TagExample, i64>> {
     let names = cfg
         .labels
         .as_deref()
         .map(|f| read_label_file(f, &cfg.tag_field))
-        .transpose()?;
+        .transpose()?
+        .or(default_names);
     let labels = collect_tags(records, &cfg.tag_field, names)?;
     let keep = p
         .task
@@ -505,15 +530,15 @@ pub(crate) fn prepare(
         train,
         valid,
         metric,
-        micro: |refs| {
+        micro: Box::new(|refs| {
             let targets = refs
                 .iter()
                 .flat_map(|e| e.targets.iter().copied())
                 .collect();
             Ok((tag_batch(refs)?, targets))
-        },
-        count: |targets| targets.iter().filter(|&&t| t != IGNORE).count(),
-        loss: token_loss,
+        }),
+        count: Box::new(|targets| targets.iter().filter(|&&t| t != IGNORE).count()),
+        loss: Box::new(token_loss),
         evaluate: Box::new(evaluate_tags),
     })
 }

@@ -1,0 +1,273 @@
+//! Knowledge distillation's losses: the student matches the teacher's softened output
+//! distributions (Hinton et al. 2015), as DistilBERT and transformers' distillation scripts
+//! compute it: `T² · KL(softmax(t/T) ‖ softmax(s/T))`, averaged over distributions
+//! (`reduction="batchmean"`), where a distribution is one softmax of the head: a sequence's
+//! classes, a token's tags, a QA window's start (or end) positions.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// The distillation settings a run is made with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistillConfig {
+    /// The teacher model directory (a model with the task's head).
+    pub teacher: std::path::PathBuf,
+    /// The student is the teacher cut to these blocks (0-based, in order), with the teacher's
+    /// embeddings and head, as DistilBERT was initialised; empty: the student is `--student`
+    /// (or, for a run given no student, the teacher's full architecture).
+    pub student_layers: Vec<usize>,
+    /// Weight of the soft-target loss `T² · KL(teacher ‖ student)`.
+    pub alpha_kd: f32,
+    /// Weight of the cross-entropy on gold labels (where the data has them).
+    pub alpha_ce: f32,
+    /// Softmax temperature of both distributions in the soft-target loss.
+    pub temperature: f32,
+    /// Texts without labels: the teacher's soft targets are the student's only signal on them.
+    pub unlabeled: Option<std::path::PathBuf>,
+    /// Unlabelled examples added per labelled example (0.5: half as many as the labelled
+    /// data; the first ones of the file).
+    pub unlabeled_ratio: f32,
+    /// The teacher's fingerprint (content hash), so a resumed run checks it has the same one.
+    pub teacher_fingerprint: String,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig {
+            teacher: Default::default(),
+            student_layers: Vec::new(),
+            alpha_kd: 1.0,
+            alpha_ce: 0.0,
+            temperature: 2.0,
+            unlabeled: None,
+            unlabeled_ratio: 1.0,
+            teacher_fingerprint: String::new(),
+        }
+    }
+}
+
+impl DistillConfig {
+    /// Refuses settings that cannot train, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::Input(format!(
+                "--temperature {} must be a positive number",
+                self.temperature
+            )));
+        }
+        for (flag, v) in [("--alpha-kd", self.alpha_kd), ("--alpha-ce", self.alpha_ce)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::Input(format!("{flag} {v} must be zero or positive")));
+            }
+        }
+        if self.alpha_kd == 0.0 && self.alpha_ce == 0.0 {
+            return Err(Error::Input(
+                "--alpha-kd and --alpha-ce are both 0: the student would learn nothing".into(),
+            ));
+        }
+        if !(self.unlabeled_ratio.is_finite() && self.unlabeled_ratio >= 0.0) {
+            return Err(Error::Input(format!(
+                "--unlabeled-ratio {} must be zero or positive",
+                self.unlabeled_ratio
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One softmax of a head's logits: `len` values starting at `start`, `stride` apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dist {
+    /// Index of the first logit.
+    pub start: usize,
+    /// Distance between consecutive logits of the distribution.
+    pub stride: usize,
+    /// Number of values.
+    pub len: usize,
+}
+
+impl Dist {
+    /// A row of `k` contiguous values (classes of a sequence, tags of a token).
+    pub fn row(r: usize, k: usize) -> Dist {
+        Dist {
+            start: r * k,
+            stride: 1,
+            len: k,
+        }
+    }
+
+    fn index(&self, i: usize) -> usize {
+        self.start + i * self.stride
+    }
+}
+
+/// Log-softmax of `z / t` over a distribution's values, in f64.
+fn log_softmax(z: &[f32], d: &Dist, t: f32) -> Vec<f64> {
+    let v: Vec<f64> = (0..d.len).map(|i| (z[d.index(i)] / t) as f64).collect();
+    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = max + v.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+    v.iter().map(|x| x - lse).collect()
+}
+
+/// The soft-target loss `T² · KL(softmax(teacher/T) ‖ softmax(student/T))` averaged over
+/// `dists` (the same positions in both logit buffers). With `grad`, adds `weight ·` its
+/// gradient with respect to the student's logits, `T · (p_student − p_teacher) / n`, into it.
+pub fn kd_loss(
+    student: &[f32],
+    teacher: &[f32],
+    dists: &[Dist],
+    temperature: f32,
+    weight: f32,
+    mut grad: Option<&mut [f32]>,
+) -> Result<f32> {
+    if student.len() != teacher.len() {
+        return Err(Error::shape(
+            "kd_loss",
+            format!(
+                "the student has {} logits where the teacher has {}",
+                student.len(),
+                teacher.len()
+            ),
+        ));
+    }
+    if let Some(d) = dists
+        .iter()
+        .find(|d| d.len == 0 || d.index(d.len - 1) >= student.len())
+    {
+        return Err(Error::shape(
+            "kd_loss",
+            format!("distribution {d:?} outside the logits"),
+        ));
+    }
+    let n = dists.len().max(1) as f64;
+    let t = temperature;
+    let mut total = 0.0f64;
+    for d in dists {
+        let ls = log_softmax(student, d, t);
+        let lt = log_softmax(teacher, d, t);
+        let kl: f64 = lt.iter().zip(&ls).map(|(a, b)| a.exp() * (a - b)).sum();
+        total += kl;
+        if let Some(g) = grad.as_deref_mut() {
+            let c = (weight * t) as f64 / n;
+            for i in 0..d.len {
+                g[d.index(i)] += (c * (ls[i].exp() - lt[i].exp())) as f32;
+            }
+        }
+    }
+    Ok((t as f64 * t as f64 * total / n) as f32)
+}
+
+/// A gold-label loss: returns the mean loss of the logits and writes its gradient.
+pub type GoldLoss<'a> = &'a dyn Fn(&[f32], &mut [f32]) -> Result<f32>;
+
+/// The loss a distilled head trains on, `alpha_ce · gold + alpha_kd · soft-target loss`, its
+/// gradient with respect to the logits added into `dlogits`. `gold` returns the mean gold loss
+/// and writes its gradient (`None`: no gold labels in this micro-batch).
+pub fn distill_loss(
+    d: &DistillConfig,
+    logits: &[f32],
+    teacher: &[f32],
+    dists: &[Dist],
+    gold: Option<GoldLoss>,
+    dlogits: &mut [f32],
+) -> Result<f32> {
+    let mut loss = 0.0;
+    if let Some(gold) = gold.filter(|_| d.alpha_ce > 0.0) {
+        let mut g = vec![0.0; logits.len()];
+        loss += d.alpha_ce * gold(logits, &mut g)?;
+        for (o, v) in dlogits.iter_mut().zip(&g) {
+            *o += d.alpha_ce * v;
+        }
+    }
+    if d.alpha_kd > 0.0 {
+        loss += d.alpha_kd
+            * kd_loss(
+                logits,
+                teacher,
+                dists,
+                d.temperature,
+                d.alpha_kd,
+                Some(dlogits),
+            )?;
+    }
+    Ok(loss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_distributions_cost_nothing_and_push_nowhere() {
+        let z = [0.3f32, -1.0, 2.0, 0.5, 0.5, 0.5];
+        let mut g = vec![0.0; 6];
+        let l = kd_loss(
+            &z,
+            &z,
+            &[Dist::row(0, 3), Dist::row(1, 3)],
+            2.0,
+            1.0,
+            Some(&mut g),
+        )
+        .unwrap();
+        assert!(l.abs() < 1e-7);
+        assert!(g.iter().all(|v| v.abs() < 1e-7));
+    }
+
+    #[test]
+    fn the_gradient_matches_finite_differences_for_strided_distributions() {
+        // Two QA-style columns interleaved: start logits at even, end logits at odd indices.
+        let s = [0.2f32, -0.3, 1.1, 0.4, -0.7, 0.9, 0.05, -1.2];
+        let t = [1.0f32, 0.1, -0.5, 0.3, 0.2, -0.4, 0.8, 0.6];
+        let dists = [
+            Dist {
+                start: 0,
+                stride: 2,
+                len: 4,
+            },
+            Dist {
+                start: 1,
+                stride: 2,
+                len: 4,
+            },
+        ];
+        let mut g = vec![0.0; 8];
+        kd_loss(&s, &t, &dists, 3.0, 0.5, Some(&mut g)).unwrap();
+        for i in 0..8 {
+            let eps = 1e-3;
+            let (mut up, mut down) = (s, s);
+            up[i] += eps;
+            down[i] -= eps;
+            let f = |z: &[f32]| kd_loss(z, &t, &dists, 3.0, 1.0, None).unwrap() as f64;
+            let numeric = 0.5 * (f(&up) - f(&down)) / (2.0 * eps as f64);
+            assert!(
+                (numeric - g[i] as f64).abs() < 2e-4,
+                "{i}: {numeric} vs {}",
+                g[i]
+            );
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let c = DistillConfig {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--temperature"));
+        let c = DistillConfig {
+            alpha_kd: 0.0,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("learn nothing"));
+    }
+}

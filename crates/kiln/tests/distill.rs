@@ -1,0 +1,428 @@
+//! Knowledge distillation: the losses and their gradients against PyTorch, a student cut from
+//! its teacher's layers, students that learn classification, tagging and QA from the teacher's
+//! soft targets (and from unlabelled texts), exact resume, and the errors a mismatched teacher
+//! gets.
+
+mod common;
+
+use common::*;
+use kiln::checkpoint;
+use kiln::compress::distill::{distill_loss, Dist, DistillConfig};
+use kiln::engine::grad::cross_entropy;
+use kiln::train::classify::{encode_examples, evaluate_examples, read_data, Fields};
+use kiln::train::distill::cut_layers;
+use kiln::train::{finetune, FinetuneConfig, TrainConfig};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+const WORDS: &[&str] = &[
+    "token", "every", "small", "away", "cafe", "into", "last", "model", "morning", "makes", "open",
+    "read", "sing", "times", "they", "water", "with", "while",
+];
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-distill-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn sentence(rng: &mut rand::rngs::StdRng, rain: bool) -> String {
+    let n = rng.gen_range(4..8);
+    let mut w: Vec<&str> = (0..n).map(|_| *WORDS.choose(rng).unwrap()).collect();
+    if rain {
+        let at = rng.gen_range(0..=w.len());
+        w.insert(at, "rain");
+    }
+    w.join(" ")
+}
+
+/// `n` sentences labelled wet (with "rain") or dry; without labels when `labelled` is false.
+fn rain_file(path: &Path, n: usize, seed: u64, labelled: bool) -> PathBuf {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut f = std::fs::File::create(path).unwrap();
+    for i in 0..n {
+        let rain = i % 2 == 0;
+        let mut line = serde_json::json!({ "text": sentence(&mut rng, rain) });
+        if labelled {
+            line["label"] = (if rain { "wet" } else { "dry" }).into();
+        }
+        writeln!(f, "{line}").unwrap();
+    }
+    path.to_path_buf()
+}
+
+fn config(task: &str, train: &Path, valid: Option<&Path>, steps: u64) -> FinetuneConfig {
+    FinetuneConfig {
+        task: task.into(),
+        train_file: train.to_path_buf(),
+        valid_file: valid.map(Path::to_path_buf),
+        train: TrainConfig {
+            lr: 2e-3,
+            batch_size: 16,
+            max_steps: Some(steps),
+            warmup_steps: 5,
+            eval_every: 20,
+            log_every: 1,
+            seed: 3,
+            ..TrainConfig::default()
+        },
+        ..FinetuneConfig::default()
+    }
+}
+
+fn distilled(cfg: FinetuneConfig, teacher: &Path, d: DistillConfig) -> FinetuneConfig {
+    FinetuneConfig {
+        distill: Some(DistillConfig {
+            teacher: teacher.to_path_buf(),
+            ..d
+        }),
+        ..cfg
+    }
+}
+
+/// The losses of metrics.jsonl, in order.
+fn losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect()
+}
+
+#[test]
+fn distillation_losses_and_gradients_match_pytorch() {
+    let fx = json(&fixture("distill-expected.json"));
+    for (i, case) in fx["cases"].as_array().unwrap().iter().enumerate() {
+        let s = floats(&case["student"]);
+        let t = floats(&case["teacher"]);
+        let d = DistillConfig {
+            temperature: case["temperature"].as_f64().unwrap() as f32,
+            alpha_kd: case["alpha_kd"].as_f64().unwrap() as f32,
+            alpha_ce: case["alpha_ce"].as_f64().unwrap() as f32,
+            ..DistillConfig::default()
+        };
+        let mut g = vec![0.0; s.len()];
+        let loss = if case["kind"] == "rows" {
+            let k = case["k"].as_u64().unwrap() as usize;
+            let labels: Vec<i64> = case["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            let dists: Vec<Dist> = (0..labels.len()).map(|r| Dist::row(r, k)).collect();
+            let gold =
+                |z: &[f32], dz: &mut [f32]| Ok(cross_entropy(z, k, &labels, -100, Some(dz))?.0);
+            distill_loss(&d, &s, &t, &dists, Some(&gold), &mut g).unwrap()
+        } else {
+            let lens: Vec<usize> = case["lens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            let targets: Vec<[usize; 2]> = case["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    [
+                        p[0].as_u64().unwrap() as usize,
+                        p[1].as_u64().unwrap() as usize,
+                    ]
+                })
+                .collect();
+            let mut dists = Vec::new();
+            let mut o = 0;
+            for &l in &lens {
+                for col in 0..2 {
+                    dists.push(Dist {
+                        start: o * 2 + col,
+                        stride: 2,
+                        len: l,
+                    });
+                }
+                o += l;
+            }
+            // The span gold loss: a cross-entropy per window and column, averaged over them.
+            let gold = |z: &[f32], dz: &mut [f32]| {
+                let mut total = 0.0;
+                for (w, dist) in dists.iter().enumerate() {
+                    let row: Vec<f32> = (0..dist.len).map(|i| z[dist.start + 2 * i]).collect();
+                    let mut drow = vec![0.0; dist.len];
+                    let target = targets[w / 2][w % 2] as i64;
+                    total += cross_entropy(&row, dist.len, &[target], -100, Some(&mut drow))?.0;
+                    for (i, v) in drow.iter().enumerate() {
+                        dz[dist.start + 2 * i] = v / dists.len() as f32;
+                    }
+                }
+                Ok(total / dists.len() as f32)
+            };
+            distill_loss(&d, &s, &t, &dists, Some(&gold), &mut g).unwrap()
+        };
+        let want = case["loss"].as_f64().unwrap() as f32;
+        assert!(
+            (loss - want).abs() < 1e-5 * want.abs().max(1.0),
+            "case {i}: loss {loss} vs {want}"
+        );
+        let dg = max_diff(&g, &floats(&case["grad"]));
+        assert!(dg < 1e-6, "case {i}: gradient differs by {dg}");
+    }
+}
+
+#[test]
+fn a_cut_student_keeps_the_chosen_blocks_embeddings_and_head() {
+    let teacher = checkpoint::load(&fixture("tiny-bert-cls")).unwrap();
+    let mut student = checkpoint::load(&fixture("tiny-bert-cls")).unwrap();
+    cut_layers(&mut student, &[0, 2]).unwrap();
+    assert_eq!(student.config().num_layers, 2);
+    let (t, s) = (
+        checkpoint::named_tensors(&teacher).unwrap(),
+        checkpoint::named_tensors(&student).unwrap(),
+    );
+    let layer = |name: &str, from: &str, to: &str| name.replacen(from, to, 1);
+    for (name, tensor) in &s {
+        let source = if name.contains(".layer.1.") {
+            layer(name, ".layer.1.", ".layer.2.")
+        } else {
+            name.clone()
+        };
+        assert_eq!(tensor.data(), t[&source].data(), "{name} from {source}");
+    }
+    assert!(s.keys().any(|n| n.starts_with("classifier.")));
+    assert!(!s.keys().any(|n| n.contains(".layer.2.")));
+    for bad in [&[][..], &[3], &[2, 0], &[1, 1]] {
+        let e = cut_layers(
+            &mut checkpoint::load(&fixture("tiny-bert-cls")).unwrap(),
+            bad,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--student-layers"), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn a_cut_student_learns_classification_from_its_teacher_and_unlabelled_texts() {
+    let dir = scratch("classify");
+    let train = rain_file(&dir.join("train.jsonl"), 400, 1, true);
+    let valid = rain_file(&dir.join("valid.jsonl"), 60, 2, true);
+    let test = rain_file(&dir.join("test.jsonl"), 100, 3, true);
+    let few = rain_file(&dir.join("few.jsonl"), 40, 4, true);
+    let unlabeled = rain_file(&dir.join("unlabeled.jsonl"), 400, 5, false);
+    let teacher = dir.join("teacher");
+    run_finetune(
+        &fixture("tiny-bert"),
+        &teacher,
+        &config("classify", &train, Some(&valid), 200),
+        false,
+    )
+    .unwrap();
+    // The student sees 40 labelled sentences and, through the teacher, 400 unlabelled ones;
+    // it learns from the soft targets alone (alpha_ce = 0).
+    let out = dir.join("student");
+    let cfg = distilled(
+        config("classify", &few, Some(&valid), 150),
+        &teacher,
+        DistillConfig {
+            student_layers: vec![0, 2],
+            unlabeled: Some(unlabeled),
+            unlabeled_ratio: 10.0,
+            ..DistillConfig::default()
+        },
+    );
+    run_finetune(&teacher, &out, &cfg, false).unwrap();
+    let p = checkpoint::load(&out).unwrap();
+    assert_eq!(p.config().num_layers, 2);
+    let labels = &p.task.as_ref().unwrap().labels;
+    assert_eq!(labels.names, ["dry", "wet"]);
+    let recs = read_data(&test, false).unwrap().records;
+    let fields = Fields::resolve(None, None, "label", None);
+    let ex = encode_examples(p.tokenizer().unwrap(), &recs, &fields, Some(labels), 64).unwrap();
+    let acc = evaluate_examples(&p, &ex).unwrap()["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!(acc >= 95.0, "student's held-out accuracy {acc}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// CoNLL-style sentences: "rain" is a WET entity.
+fn tag_file(path: &Path, n: usize, seed: u64) -> PathBuf {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut f = std::fs::File::create(path).unwrap();
+    for _ in 0..n {
+        let wet = rng.gen_bool(0.7);
+        let s = sentence(&mut rng, wet);
+        let tokens: Vec<&str> = s.split(' ').collect();
+        let tags: Vec<&str> = tokens
+            .iter()
+            .map(|w| if *w == "rain" { "B-WET" } else { "O" })
+            .collect();
+        writeln!(f, "{}", serde_json::json!({"tokens": tokens, "tags": tags})).unwrap();
+    }
+    path.to_path_buf()
+}
+
+#[test]
+fn tagging_and_qa_students_learn_their_teachers_distributions() {
+    let dir = scratch("tag-qa");
+    // Tagging: a trained teacher, a one-layer student on soft targets and gold tags.
+    let train = tag_file(&dir.join("tags.jsonl"), 200, 6);
+    let teacher = dir.join("tag-teacher");
+    let init = fresh_tiny_model(kiln::model::Arch::Bert, &dir.join("init"));
+    let t = run_finetune(
+        &init,
+        &teacher,
+        &config("tag", &train, Some(&train), 150),
+        false,
+    )
+    .unwrap();
+    assert!(t.best.unwrap().1 >= 90.0, "the teacher's F1 {:?}", t.best);
+    let out = dir.join("tag-student");
+    let cfg = distilled(
+        config("tag", &train, Some(&train), 100),
+        &teacher,
+        DistillConfig {
+            student_layers: vec![1],
+            alpha_ce: 0.5,
+            ..DistillConfig::default()
+        },
+    );
+    let s = run_finetune(&teacher, &out, &cfg, false).unwrap();
+    let l = losses(&out);
+    assert!(l[l.len() - 1] < 0.5 * l[0], "tag losses {l:?}");
+    let f1 = s.best.unwrap().1;
+    assert!(f1 >= 90.0, "student's entity F1 {f1}");
+    assert_eq!(checkpoint::load(&out).unwrap().config().num_layers, 1);
+
+    // QA: the fixture QA model as teacher; the student matches its start/end distributions.
+    let qa = fixture("qa-sample.jsonl");
+    let out = dir.join("qa-student");
+    let mut cfg = distilled(
+        config("qa", &qa, None, 30),
+        &fixture("tiny-bert-qa"),
+        DistillConfig {
+            student_layers: vec![0],
+            ..DistillConfig::default()
+        },
+    );
+    cfg.max_length = 48;
+    cfg.doc_stride = 16;
+    cfg.train.batch_size = 4;
+    run_finetune(&fixture("tiny-bert-qa"), &out, &cfg, false).unwrap();
+    // Noisy steps of four windows: the first five against the last five.
+    let l = losses(&out);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&l[..5]), mean(&l[l.len() - 5..]));
+    assert!(last < 0.8 * first, "qa losses {l:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn resumed_distillation_is_bit_identical() {
+    let dir = scratch("resume");
+    let train = rain_file(&dir.join("train.jsonl"), 40, 7, true);
+    let teacher = fixture("tiny-bert-cls");
+    // In the fixture teacher's label names (neg, neutral, pos).
+    let data = dir.join("named.jsonl");
+    let text = std::fs::read_to_string(&train)
+        .unwrap()
+        .replace("\"wet\"", "\"pos\"")
+        .replace("\"dry\"", "\"neg\"");
+    std::fs::write(&data, text).unwrap();
+    let mut cfg = distilled(
+        config("classify", &data, Some(&data), 9),
+        &teacher,
+        DistillConfig {
+            student_layers: vec![0, 1],
+            alpha_ce: 0.3,
+            ..DistillConfig::default()
+        },
+    );
+    cfg.train.save_every = 4;
+    cfg.train.batch_size = 8;
+    cfg.train.eval_every = 2;
+    let full = dir.join("full");
+    run_finetune(&teacher, &full, &cfg, false).unwrap();
+    let part = dir.join("part");
+    let stop = AtomicBool::new(false);
+    let s = finetune(
+        &teacher,
+        &part,
+        &cfg,
+        false,
+        &stop,
+        |_| {},
+        |p| {
+            if p.step == 5 {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        },
+    )
+    .unwrap();
+    assert!(s.interrupted && s.step == 5);
+    let s = run_finetune(&teacher, &part, &cfg, true).unwrap();
+    assert_eq!(s.step, 9);
+    assert_eq!(
+        checkpoint::named_tensors(&checkpoint::load(&full.join("checkpoint-9")).unwrap()).unwrap(),
+        checkpoint::named_tensors(&checkpoint::load(&part.join("checkpoint-9")).unwrap()).unwrap(),
+    );
+    // Another teacher is another run.
+    let mut other = cfg.clone();
+    other.distill.as_mut().unwrap().teacher = fixture("tiny-bert-reg");
+    let e = run_finetune(&teacher, &part, &other, true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("other settings") && e.contains("distill"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_teacher_that_cannot_teach_the_student_is_refused_by_name() {
+    let dir = scratch("errors");
+    let train = rain_file(&dir.join("train.jsonl"), 20, 8, true);
+    let cfg = |teacher: &str, layers: Vec<usize>| {
+        distilled(
+            config("classify", &train, None, 2),
+            &fixture(teacher),
+            DistillConfig {
+                student_layers: layers,
+                ..DistillConfig::default()
+            },
+        )
+    };
+    let e = run_finetune(
+        &fixture("tiny-bert"),
+        &dir.join("a"),
+        &cfg("tiny-bert", vec![0]),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("needs a teacher fine-tuned for it"), "{e}");
+    // A student with another vocabulary would read other token ids.
+    let e = run_finetune(
+        &fixture("tiny-gpt2"),
+        &dir.join("b"),
+        &cfg("tiny-bert-cls", vec![]),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tokenizer") && e.contains("same token ids"),
+        "{e}"
+    );
+    let mut bad = cfg("tiny-bert-cls", vec![0]);
+    bad.distill.as_mut().unwrap().temperature = -1.0;
+    let e = run_finetune(&fixture("tiny-bert-cls"), &dir.join("c"), &bad, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--temperature"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
