@@ -49,6 +49,8 @@ enum Command {
     Merge(commands::merge::MergeArgs),
     /// Quantize a model to int8 (linear layers of the blocks; per-channel weights).
     Quantize(commands::quantize::Args),
+    /// Remove the least important attention heads, feed-forward neurons or blocks.
+    Prune(commands::prune::Args),
     /// Draw training/validation loss curves from metrics.jsonl files into a PNG.
     Plot(commands::plot::Args),
     /// Re-save a model directory in transformers' standard layout (and dtype).
@@ -80,6 +82,7 @@ fn main() {
         Command::Similarity(a) => commands::similarity::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
+        Command::Prune(a) => commands::prune::run(a),
         Command::Tokenizer(a) => commands::tokenizer::run(a),
         Command::Init(a) => commands::init::run(a),
         Command::Pretrain(a) => commands::pretrain::run(*a),

@@ -1490,3 +1490,96 @@ fn distill_cuts_the_teacher_and_writes_a_smaller_model_that_predicts() {
     assert!(!ok && err.contains("layer 5 does not exist"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn prune_shrinks_the_model_every_command_runs_it_and_convert_dense_restores_the_shape() {
+    let dir = scratch("prune");
+    let data = dir.join("data.jsonl");
+    let lines: Vec<String> = (0..24)
+        .map(|i| {
+            let label = ["neg", "neutral", "pos"][i % 3];
+            serde_json::json!({"text": format!("item {i} is {label}"), "label": label}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let model = fixture("tiny-bert-cls");
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let pruned = dir.join("pruned");
+    let pr = pruned.to_str().unwrap();
+    let (ok, _, err) = kiln(
+        &[
+            "prune", "--model", m, "--out", pr, "--heads", "0.34", "--ffn", "0.5", "--data", d,
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("importance from data"), "{err}");
+    let (ok, info, err) = kiln(&["info", pr, "--json"], "");
+    assert!(ok, "{err}");
+    let info = &json_lines(&info)[0];
+    let heads: u64 = info["pruned"]["heads_per_layer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(heads, 6, "{info}");
+    assert_eq!(info["task_heads"][1], "sequence-classification");
+    let input = "{\"text\": \"item 5 is good\"}\n";
+    let (ok, before, err) = kiln(&["predict", "--model", pr], input);
+    assert!(ok, "{err}");
+    // Dense again: the same predictions from a standard-shaped directory.
+    let dense = dir.join("dense");
+    let (ok, _, err) = kiln(
+        &[
+            "convert",
+            "--model",
+            pr,
+            "--out",
+            dense.to_str().unwrap(),
+            "--dense",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let (ok, after, err) = kiln(&["predict", "--model", dense.to_str().unwrap()], input);
+    assert!(ok, "{err}");
+    let score = |s: &str| json_lines(s)[0]["score"].as_f64().unwrap();
+    assert_eq!(
+        json_lines(&before)[0]["label"],
+        json_lines(&after)[0]["label"]
+    );
+    assert!((score(&before) - score(&after)).abs() < 1e-5);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dense.join("config.json")).unwrap()).unwrap();
+    assert!(config.get("pruned_heads").is_none());
+    // Recovery fine-tuning on the pruned model, with LoRA too.
+    let (ok, _, err) = kiln(
+        &[
+            "finetune",
+            "--model",
+            pr,
+            "--task",
+            "classify",
+            "--train",
+            d,
+            "--max-steps",
+            "2",
+            "--method",
+            "lora",
+            "--out",
+            dir.join("lora").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    // Bad requests are named.
+    let (ok, _, err) = kiln(&["prune", "--model", m, "--out", pr, "--heads", "1.0"], "");
+    assert!(!ok && err.contains("--heads 1"), "{err}");
+    let (ok, _, err) = kiln(
+        &["prune", "--model", m, "--out", pr, "--drop-layers", "7"],
+        "",
+    );
+    assert!(!ok && err.contains("layer 7 does not exist"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

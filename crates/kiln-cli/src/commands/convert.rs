@@ -18,11 +18,20 @@ pub struct Args {
     /// Stored dtype of the weights: f32, f16 or bf16.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     dtype: String,
+    /// Pad a pruned model back to the standard shape (removed heads and neurons as zeros, the
+    /// outputs unchanged), so transformers loads it.
+    #[arg(long)]
+    dense: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let mut p = super::load(&a.model)?;
     kiln::compress::dequantize(&mut p);
+    if a.dense {
+        kiln::compress::prune::densify(&mut p)?;
+    } else if p.config().is_pruned() {
+        eprintln!("note: the model is pruned (per-layer sizes in config.json); give --dense for a directory transformers loads");
+    }
     let dtype = match a.dtype.as_str() {
         "f16" => SaveDtype::F16,
         "bf16" => SaveDtype::BF16,

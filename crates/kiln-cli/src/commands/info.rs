@@ -40,6 +40,13 @@ pub fn run(a: Args) -> Result<()> {
     if p.lm_head.is_some() {
         heads.push("causal-lm");
     }
+    if let Some(t) = &p.task {
+        heads.push(match t.kind {
+            kiln::heads::HeadKind::Sequence => "sequence-classification",
+            kiln::heads::HeadKind::Token => "token-classification",
+            kiln::heads::HeadKind::Span => "question-answering",
+        });
+    }
     let mut params = p.model.num_parameters();
     params += p
         .pooler
@@ -78,6 +85,10 @@ pub fn run(a: Args) -> Result<()> {
                 .filter(|l| l.int8.is_some()).count();
             format!("kiln_int8: {int8} of {} block linear layers int8 (per-channel weights, per-row dynamic activations)", 4 * p.model.blocks.len())
         }),
+        "pruned": c.is_pruned().then(|| serde_json::json!({
+            "heads_per_layer": (0..c.num_layers).map(|l| c.heads_at(l)).collect::<Vec<_>>(),
+            "intermediate_per_layer": (0..c.num_layers).map(|l| c.intermediate_at(l)).collect::<Vec<_>>(),
+        })),
         "unused_tensors": p.unused_tensors,
     });
     if a.json {

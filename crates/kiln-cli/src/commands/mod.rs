@@ -12,6 +12,7 @@ pub mod merge;
 pub mod plot;
 pub mod predict;
 pub mod pretrain;
+pub mod prune;
 pub mod quantize;
 pub mod similarity;
 pub mod tokenizer;

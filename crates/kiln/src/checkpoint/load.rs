@@ -334,7 +334,7 @@ fn load_task_head(r: &mut Reader<'_>, config: &ModelConfig) -> Result<Option<Tas
 
 fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer> {
     let n = r.names;
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let h = cfg.hidden_size;
     let eps = cfg.layer_norm_eps as f32;
     let embeddings = Embeddings {
         word: r.table(n.word_embeddings, cfg.vocab_size, h)?,
@@ -353,19 +353,21 @@ fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer
     let mut blocks = Vec::with_capacity(cfg.num_layers);
     for l in 0..cfg.num_layers {
         let p = format!("{}{l}.", n.layer);
+        // A pruned block is narrower: its own heads and feed-forward width.
+        let (w, i) = (cfg.attention_width_at(l), cfg.intermediate_at(l));
         let qkv = match n.qkv {
             QkvNames::Separate(names) => {
                 let parts = names
                     .iter()
-                    .map(|m| r.linear(&format!("{p}{m}"), true, h, h))
+                    .map(|m| r.linear(&format!("{p}{m}"), true, w, h))
                     .collect::<Result<Vec<_>>>()?;
                 fuse_rows(&parts)?
             }
-            QkvNames::Fused(m) => r.linear(&format!("{p}{m}"), true, 3 * h, h)?,
+            QkvNames::Fused(m) => r.linear(&format!("{p}{m}"), true, 3 * w, h)?,
         };
         blocks.push(Block {
             qkv,
-            attn_out: r.linear(&format!("{p}{}", n.attn_out), true, h, h)?,
+            attn_out: r.linear(&format!("{p}{}", n.attn_out), true, h, w)?,
             ln_attn: r.layer_norm(&format!("{p}{}", n.ln_attn), true, h, eps)?,
             ffn_in: r.linear(&format!("{p}{}", n.ffn_in), true, i, h)?,
             ffn_out: r.linear(&format!("{p}{}", n.ffn_out), true, h, i)?,

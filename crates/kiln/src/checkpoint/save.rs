@@ -165,13 +165,13 @@ fn base_tensors(m: &Transformer, prefix: &str, out: &mut Tensors) -> Result<()> 
     if let (Some(ln), Some(name)) = (&e.norm, n.embeddings_norm) {
         out.norm(&format!("{prefix}{name}"), ln);
     }
-    let h = m.config.hidden_size;
     for (l, b) in m.blocks.iter().enumerate() {
         let p = format!("{prefix}{}{l}.", n.layer);
+        let w = b.attention_width();
         match n.qkv {
             QkvNames::Separate(parts) => {
                 for (i, name) in parts.iter().enumerate() {
-                    out.linear(&format!("{p}{name}"), &rows_of(&b.qkv, i * h, h)?, conv)?;
+                    out.linear(&format!("{p}{name}"), &rows_of(&b.qkv, i * w, w)?, conv)?;
                 }
             }
             QkvNames::Fused(name) => out.linear(&format!("{p}{name}"), &b.qkv, conv)?,

@@ -42,16 +42,27 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    fn size(&mut self, tokens: usize, cfg: &ModelConfig) {
-        let h = cfg.hidden_size;
-        self.qkv.resize(tokens * 3 * h, 0.0);
-        self.ctx.resize(tokens * h, 0.0);
-        self.normed.resize(tokens * h, 0.0);
-        self.ffn.resize(tokens * cfg.intermediate_size, 0.0);
+    fn size(&mut self, tokens: usize, hidden: usize, block: &Block) {
+        let w = block.attention_width();
+        self.qkv.resize(tokens * 3 * w, 0.0);
+        self.ctx.resize(tokens * w, 0.0);
+        self.normed.resize(tokens * hidden, 0.0);
+        self.ffn.resize(tokens * block.ffn_in.out_features(), 0.0);
     }
 }
 
 impl Block {
+    /// Width of the attention: heads × head width (the hidden size unless heads were pruned),
+    /// read from the weights so a pruned block needs no other record.
+    pub fn attention_width(&self) -> usize {
+        self.attn_out.in_features()
+    }
+
+    /// Attention heads of this block.
+    pub fn heads(&self, cfg: &ModelConfig) -> usize {
+        self.attention_width() / cfg.head_dim()
+    }
+
     /// x: [tokens, hidden] -> x: [tokens, hidden], updated in place.
     ///
     /// With `cache`, each sequence's new keys and values are appended to layer `layer` of its
@@ -66,8 +77,8 @@ impl Block {
         ws: &mut Workspace,
     ) -> Result<()> {
         let t = batch.tokens();
-        let h = cfg.hidden_size;
-        ws.size(t, cfg);
+        let h = self.attention_width();
+        ws.size(t, cfg.hidden_size, self);
         let pre = cfg.norm == NormPlacement::Pre;
 
         // Attention sublayer.
@@ -114,7 +125,7 @@ impl Block {
                         }
                     })
                     .collect();
-                attention(&seqs, cfg.num_heads, cfg.head_dim(), mask, &mut ws.ctx)?;
+                attention(&seqs, self.heads(cfg), cfg.head_dim(), mask, &mut ws.ctx)?;
             }
             None => {
                 let seqs = packed_self_attention(
@@ -124,7 +135,7 @@ impl Block {
                     batch.key_mask.as_deref(),
                     batch.prefix_lens.as_deref(),
                 );
-                attention(&seqs, cfg.num_heads, cfg.head_dim(), mask, &mut ws.ctx)?;
+                attention(&seqs, self.heads(cfg), cfg.head_dim(), mask, &mut ws.ctx)?;
             }
         }
         sublayer_out(

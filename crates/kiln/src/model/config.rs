@@ -60,6 +60,12 @@ pub struct ModelConfig {
     pub hidden_dropout: f64,
     /// Dropout on attention probabilities (used in training).
     pub attention_dropout: f64,
+    /// Heads removed from each pruned block, by their index in the unpruned block
+    /// (`config.json`'s `pruned_heads`, as transformers 4 wrote it); empty for an unpruned model.
+    pub pruned_heads: std::collections::BTreeMap<usize, Vec<usize>>,
+    /// Feed-forward width of each block when pruning made them differ
+    /// (`kiln_intermediate_sizes`); empty: every block has `intermediate_size`.
+    pub intermediate_sizes: Vec<usize>,
     /// The original config.json, written back on save so no field is lost.
     pub raw: serde_json::Value,
 }
@@ -70,15 +76,141 @@ impl ModelConfig {
         self.hidden_size / self.num_heads
     }
 
+    /// Attention heads of block `layer` (fewer than `num_heads` once pruned).
+    pub fn heads_at(&self, layer: usize) -> usize {
+        self.num_heads - self.pruned_heads.get(&layer).map_or(0, Vec::len)
+    }
+
+    /// Width of block `layer`'s attention (its heads × head width): the rows of each of its
+    /// query, key and value projections.
+    pub fn attention_width_at(&self, layer: usize) -> usize {
+        self.heads_at(layer) * self.head_dim()
+    }
+
+    /// Feed-forward width of block `layer`.
+    pub fn intermediate_at(&self, layer: usize) -> usize {
+        self.intermediate_sizes
+            .get(layer)
+            .copied()
+            .unwrap_or(self.intermediate_size)
+    }
+
+    /// Whether some block has fewer heads or feed-forward neurons than the config's sizes.
+    pub fn is_pruned(&self) -> bool {
+        !self.pruned_heads.is_empty() || !self.intermediate_sizes.is_empty()
+    }
+
+    /// Keeps the blocks `layers` (increasing indices), carrying their pruned sizes along.
+    pub fn keep_layers(&mut self, layers: &[usize]) {
+        self.pruned_heads = layers
+            .iter()
+            .enumerate()
+            .filter_map(|(new, old)| self.pruned_heads.get(old).map(|h| (new, h.clone())))
+            .collect();
+        if !self.intermediate_sizes.is_empty() {
+            self.intermediate_sizes = layers.iter().map(|&l| self.intermediate_at(l)).collect();
+        }
+        self.num_layers = layers.len();
+    }
+
     /// Parameters of the base model (embeddings, blocks, norms), without task heads; in u128
     /// so absurd sizes are counted rather than overflowed.
     pub fn parameter_count(&self) -> u128 {
-        let (h, i) = (self.hidden_size as u128, self.intermediate_size as u128);
+        let h = self.hidden_size as u128;
         let embeddings = (self.vocab_size + self.max_positions + self.type_vocab_size) as u128 * h
             + if self.embedding_norm { 2 * h } else { 0 };
-        // q, k, v and output projections, both FFN linears, two norms, with biases.
-        let block = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h;
-        embeddings + self.num_layers as u128 * block + if self.final_norm { 2 * h } else { 0 }
+        // q, k, v (w wide) and output projections, both FFN linears, two norms, with biases.
+        let blocks: u128 = (0..self.num_layers)
+            .map(|l| {
+                let (w, i) = (
+                    self.attention_width_at(l) as u128,
+                    self.intermediate_at(l) as u128,
+                );
+                3 * (w * h + w) + (w * h + h) + (h * i + i) + (i * h + h) + 4 * h
+            })
+            .sum();
+        embeddings + blocks + if self.final_norm { 2 * h } else { 0 }
+    }
+
+    /// Reads the pruned sizes (`pruned_heads`, `kiln_intermediate_sizes`) from `raw`.
+    fn read_pruned(&mut self, path: &Path) -> Result<()> {
+        let bad = |field: &str, msg: String| Error::Config {
+            path: PathBuf::from(path),
+            field: field.into(),
+            msg,
+        };
+        if let Some(ph) = self.raw.get("pruned_heads").filter(|v| !v.is_null()) {
+            let map = ph.as_object().ok_or_else(|| {
+                bad(
+                    "pruned_heads",
+                    "expected an object of layer -> list of head indices".into(),
+                )
+            })?;
+            for (layer, heads) in map {
+                let l: usize = layer
+                    .parse()
+                    .ok()
+                    .filter(|&l| l < self.num_layers)
+                    .ok_or_else(|| {
+                        bad(
+                            "pruned_heads",
+                            format!(
+                                "\"{layer}\" is not a layer of this {}-layer model",
+                                self.num_layers
+                            ),
+                        )
+                    })?;
+                let mut list: Vec<usize> = heads
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|h| h.as_u64().map(|h| h as usize))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                list.sort_unstable();
+                list.dedup();
+                if list.iter().any(|&h| h >= self.num_heads) || list.len() >= self.num_heads {
+                    return Err(bad(
+                        &format!("pruned_heads.{layer}"),
+                        format!(
+                            "{heads}: head indices must be below {} and leave at least one head",
+                            self.num_heads
+                        ),
+                    ));
+                }
+                if !list.is_empty() {
+                    self.pruned_heads.insert(l, list);
+                }
+            }
+        }
+        if let Some(sizes) = self
+            .raw
+            .get("kiln_intermediate_sizes")
+            .filter(|v| !v.is_null())
+        {
+            let list: Vec<usize> = sizes
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_u64().map(|v| v as usize))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if list.len() != self.num_layers || list.contains(&0) {
+                return Err(bad(
+                    "kiln_intermediate_sizes",
+                    format!(
+                        "{sizes}: expected {} positive feed-forward widths, one per layer",
+                        self.num_layers
+                    ),
+                ));
+            }
+            if list.iter().any(|&i| i != self.intermediate_size) {
+                self.intermediate_sizes = list;
+            }
+        }
+        Ok(())
     }
 
     /// Reads and validates `config.json`.
@@ -131,8 +263,9 @@ impl ModelConfig {
                 });
             }
         }
-        let cfg = arch.parse_config(raw, path)?;
+        let mut cfg = arch.parse_config(raw, path)?;
         cfg.validate(path)?;
+        cfg.read_pruned(path)?;
         Ok(cfg)
     }
 
@@ -185,7 +318,26 @@ impl ModelConfig {
     /// The config.json to write on save: the original keys, with Kiln's values for the ones it
     /// knows (so edits such as pruning layers are reflected).
     pub fn to_json(&self) -> serde_json::Value {
-        self.arch.write_config(self)
+        let mut v = self.arch.write_config(self);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("pruned_heads");
+            o.remove("kiln_intermediate_sizes");
+            if !self.pruned_heads.is_empty() {
+                let map: serde_json::Map<String, serde_json::Value> = self
+                    .pruned_heads
+                    .iter()
+                    .map(|(l, h)| (l.to_string(), serde_json::json!(h)))
+                    .collect();
+                o.insert("pruned_heads".into(), map.into());
+            }
+            if !self.intermediate_sizes.is_empty() {
+                o.insert(
+                    "kiln_intermediate_sizes".into(),
+                    serde_json::json!(self.intermediate_sizes),
+                );
+            }
+        }
+        v
     }
 }
 

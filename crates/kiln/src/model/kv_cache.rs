@@ -4,34 +4,34 @@
 /// The cache of one sequence.
 #[derive(Clone, Debug)]
 pub struct KvCache {
-    /// Per layer: keys `[len, hidden]` and values `[len, hidden]`, row-major.
+    /// Per layer: keys `[len, width]` and values `[len, width]`, row-major.
     pub layers: Vec<(Vec<f32>, Vec<f32>)>,
     /// Tokens cached.
     pub len: usize,
-    hidden: usize,
+    /// Per layer: the width of its rows (its heads × head width; narrower in pruned layers).
+    widths: Vec<usize>,
 }
 
 impl KvCache {
-    /// An empty cache for a model with `num_layers` blocks of width `hidden`.
-    pub fn new(num_layers: usize, hidden: usize) -> Self {
+    /// An empty cache for a model whose blocks have attention widths `widths`.
+    pub fn new(widths: Vec<usize>) -> Self {
         KvCache {
-            layers: vec![(Vec::new(), Vec::new()); num_layers],
+            layers: vec![(Vec::new(), Vec::new()); widths.len()],
             len: 0,
-            hidden,
+            widths,
         }
     }
 
-    /// Width of the cached rows.
-    pub fn hidden(&self) -> usize {
-        self.hidden
+    /// Width of the cached rows of each layer.
+    pub fn widths(&self) -> &[usize] {
+        &self.widths
     }
 
     /// Drops everything after the first `len` tokens.
     pub fn truncate(&mut self, len: usize) {
-        let h = self.hidden;
-        for (k, v) in &mut self.layers {
-            k.truncate(len * h);
-            v.truncate(len * h);
+        for ((k, v), &w) in self.layers.iter_mut().zip(&self.widths) {
+            k.truncate(len * w);
+            v.truncate(len * w);
         }
         self.len = self.len.min(len);
     }

@@ -61,10 +61,12 @@ impl Transformer {
                     "one KV cache per sequence",
                 ));
             }
-            if let Some(s) = c
-                .iter()
-                .position(|c| c.layers.len() != self.blocks.len() || c.hidden() != h)
-            {
+            if let Some(s) = c.iter().position(|c| {
+                !c.widths()
+                    .iter()
+                    .copied()
+                    .eq(self.blocks.iter().map(Block::attention_width))
+            }) {
                 return Err(Error::shape(
                     "Transformer::forward",
                     format!("cache {s} was made for another model"),
@@ -97,7 +99,7 @@ impl Transformer {
 
     /// A fresh KV cache for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.blocks.len(), self.config.hidden_size)
+        KvCache::new(self.blocks.iter().map(Block::attention_width).collect())
     }
 
     /// Number of parameters (tied matrices counted once).

@@ -54,7 +54,9 @@ pub fn lora_sites(p: &Pretrained) -> Vec<Site> {
     let prefix = module_prefix(p);
     let h = cfg.hidden_size;
     let mut out = Vec::new();
-    for l in 0..p.model.blocks.len() {
+    for (l, b) in p.model.blocks.iter().enumerate() {
+        // A pruned block's query/key/value and feed-forward layers are narrower.
+        let (w, inter) = (b.attention_width(), b.ffn_in.out_features());
         let at = format!("{prefix}{}{l}.", n.layer);
         let site = |name: &str, slot, offset, len| Site {
             module: format!("{at}{name}"),
@@ -66,13 +68,13 @@ pub fn lora_sites(p: &Pretrained) -> Vec<Site> {
         match n.qkv {
             QkvNames::Separate(parts) => {
                 for (k, part) in parts.iter().enumerate() {
-                    out.push(site(part, Slot::Qkv, k * h, h));
+                    out.push(site(part, Slot::Qkv, k * w, w));
                 }
             }
-            QkvNames::Fused(name) => out.push(site(name, Slot::Qkv, 0, 3 * h)),
+            QkvNames::Fused(name) => out.push(site(name, Slot::Qkv, 0, 3 * w)),
         }
         out.push(site(n.attn_out, Slot::AttnOut, 0, h));
-        out.push(site(n.ffn_in, Slot::FfnIn, 0, cfg.intermediate_size));
+        out.push(site(n.ffn_in, Slot::FfnIn, 0, inter));
         out.push(site(n.ffn_out, Slot::FfnOut, 0, h));
     }
     if let (Some(_), Some(name)) = (&p.pooler, n.pooler) {

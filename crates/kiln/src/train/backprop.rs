@@ -15,7 +15,7 @@ use crate::engine::grad::{
 use crate::engine::linear::linear_forward;
 use crate::engine::{LayerNorm, Linear, LinearOut, MaskKind, Tensor};
 use crate::error::{Error, Result};
-use crate::model::{Batch, NormPlacement, Transformer};
+use crate::model::{Batch, Block, NormPlacement, Transformer};
 use crate::peft::bottleneck::{non_empty, Bottleneck};
 use crate::peft::lora::Lora;
 
@@ -231,6 +231,7 @@ pub(crate) fn lin_fwd(
 
 fn attn_fwd(
     model: &Transformer,
+    block: &Block,
     qkv: &[f32],
     batch: &Batch,
     mask: MaskKind,
@@ -239,14 +240,14 @@ fn attn_fwd(
 ) -> Result<()> {
     let seqs = packed_self_attention(
         qkv,
-        model.config.hidden_size,
+        block.attention_width(),
         &batch.seq_lens,
         batch.key_mask.as_deref(),
         batch.prefix_lens.as_deref(),
     );
     attention_dropout(
         &seqs,
-        model.config.num_heads,
+        block.heads(&model.config),
         model.config.head_dim(),
         mask,
         out,
@@ -310,7 +311,7 @@ pub fn forward(
 ) -> Result<(Vec<f32>, Activations)> {
     let drops = Drops::new(model, dropout_seed);
     let cfg = &model.config;
-    let (t, h, inter) = (batch.tokens(), cfg.hidden_size, cfg.intermediate_size);
+    let (t, h) = (batch.tokens(), cfg.hidden_size);
     let e = &model.embeddings;
     let mut emb = vec![0.0; t * h];
     let types: &[u32] = if e.token_type.is_some() {
@@ -341,7 +342,9 @@ pub fn forward(
         } else {
             Vec::new()
         };
-        let mut qkv = vec![0.0; t * 3 * h];
+        // A pruned block's attention (w) and feed-forward (inter) are narrower.
+        let (w, inter) = (b.attention_width(), b.ffn_in.out_features());
+        let mut qkv = vec![0.0; t * 3 * w];
         lin_fwd(
             &b.qkv,
             if pre { &a_in } else { &x },
@@ -350,9 +353,10 @@ pub fn forward(
             dropout_seed,
             site,
         )?;
-        let mut ctx = vec![0.0; t * h];
+        let mut ctx = vec![0.0; t * w];
         attn_fwd(
             model,
+            b,
             &qkv,
             batch,
             mask,
@@ -509,6 +513,78 @@ fn ln_back(n: &LayerNorm, g: &mut LayerNorm, x: &[f32], dy: &[f32]) -> Vec<f32> 
     dx
 }
 
+/// Gradients of the loss with respect to a mask on each attention head's output and on each
+/// feed-forward neuron (masks of ones, so the model is unchanged): Michel et al. 2019's
+/// importance, `|∂L/∂mask|` summed over the backward passes run inside [`with_mask_grads`].
+#[derive(Clone, Debug, Default)]
+pub struct MaskGrads {
+    /// Per layer, per head.
+    pub heads: Vec<Vec<f64>>,
+    /// Per layer, per feed-forward neuron.
+    pub neurons: Vec<Vec<f64>>,
+}
+
+thread_local! {
+    /// The mask gradients being gathered on this thread, if any. A thread-local rather than a
+    /// parameter: the task losses that run the backward pass need not know of it.
+    static MASK_GRADS: std::cell::RefCell<Option<MaskGrads>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, gathering the head and neuron mask gradients of every backward pass it makes on
+/// this thread.
+pub fn with_mask_grads<R>(f: impl FnOnce() -> R) -> (R, MaskGrads) {
+    MASK_GRADS.with(|m| *m.borrow_mut() = Some(MaskGrads::default()));
+    let r = f();
+    let g = MASK_GRADS
+        .with(|m| m.borrow_mut().take())
+        .unwrap_or_default();
+    (r, g)
+}
+
+/// Adds `|Σ_t Σ_{j ∈ group} x[t, j] · dx[t, j]|` for each group of `size` columns of `[t, width]`
+/// buffers into `acc` (grown to fit).
+fn tap(acc: &mut Vec<f64>, x: &[f32], dx: &[f32], width: usize, size: usize) {
+    let groups = width / size;
+    acc.resize(groups, 0.0);
+    let mut sums = vec![0.0f64; groups];
+    for (xr, dr) in x.chunks(width).zip(dx.chunks(width)) {
+        for (j, (a, b)) in xr.iter().zip(dr).enumerate() {
+            sums[j / size] += (*a as f64) * (*b as f64);
+        }
+    }
+    for (a, s) in acc.iter_mut().zip(sums) {
+        *a += s.abs();
+    }
+}
+
+/// Records a block's mask gradients when [`with_mask_grads`] is gathering them.
+fn tap_block(
+    layer: usize,
+    head_dim: usize,
+    ctx: &[f32],
+    dctx: &[f32],
+    w: usize,
+    g: &[f32],
+    dg: &[f32],
+    inter: usize,
+) {
+    MASK_GRADS.with(|m| {
+        if let Some(mg) = m.borrow_mut().as_mut() {
+            if mg.heads.len() <= layer {
+                mg.heads.resize(layer + 1, Vec::new());
+                mg.neurons.resize(layer + 1, Vec::new());
+            }
+            tap(&mut mg.heads[layer], ctx, dctx, w, head_dim);
+            tap(&mut mg.neurons[layer], g, dg, inter, 1);
+        }
+    });
+}
+
+/// Whether mask gradients are being gathered on this thread.
+fn tapping() -> bool {
+    MASK_GRADS.with(|m| m.borrow().is_some())
+}
+
 /// Backward pass from `dhidden` (gradient of the loss w.r.t. the forward's output);
 /// parameter gradients are added into `grads`.
 pub fn backward(
@@ -553,6 +629,8 @@ pub fn backward(
             dropout_seed,
             site + 3,
         )?;
+        // du is ∂L/∂g here, before the activation's derivative: the neuron masks' gradient.
+        let dg = if tapping() { du.clone() } else { Vec::new() };
         activation_backward(cfg.activation, &a.u, &mut du);
         let mut df_in = vec![0.0; t * h];
         lin_back(
@@ -580,7 +658,8 @@ pub fn backward(
             _ => dr1.clone(),
         };
         drop_inplace(drops.and_then(|d| d.attn_out(l)), &mut do1);
-        let mut dctx = vec![0.0; t * h];
+        let w = b.attention_width();
+        let mut dctx = vec![0.0; t * w];
         lin_back(
             &b.attn_out,
             &mut gb.attn_out,
@@ -591,13 +670,17 @@ pub fn backward(
             dropout_seed,
             site + 1,
         )?;
-        let mut dqkv = vec![0.0; t * 3 * h];
+        if !dg.is_empty() {
+            let inter = b.ffn_in.out_features();
+            tap_block(l, cfg.head_dim(), &a.ctx, &dctx, w, &g, &dg, inter);
+        }
+        let mut dqkv = vec![0.0; t * 3 * w];
         attention_backward(
             &a.qkv,
             &dctx,
             &mut dqkv,
             &batch.seq_lens,
-            cfg.num_heads,
+            b.heads(cfg),
             cfg.head_dim(),
             mask,
             batch.key_mask.as_deref(),

@@ -72,7 +72,7 @@ pub fn cut_layers(p: &mut Pretrained, layers: &[usize]) -> Result<()> {
         .filter(|(i, _)| layers.contains(i))
         .map(|(_, b)| b)
         .collect();
-    p.model.config.num_layers = layers.len();
+    p.model.config.keep_layers(layers);
     Ok(())
 }
 

@@ -122,6 +122,8 @@ pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelC
         initializer_range: c.initializer_range,
         hidden_dropout: c.hidden_dropout_prob,
         attention_dropout: c.attention_probs_dropout_prob,
+        pruned_heads: Default::default(),
+        intermediate_sizes: Vec::new(),
         raw,
     })
 }

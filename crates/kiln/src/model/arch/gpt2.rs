@@ -121,6 +121,8 @@ pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelC
         initializer_range: c.initializer_range,
         hidden_dropout: c.resid_pdrop,
         attention_dropout: c.attn_pdrop,
+        pruned_heads: Default::default(),
+        intermediate_sizes: Vec::new(),
         raw,
     })
 }
