@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Distillation on SST-2: a 3-layer student cut from a fine-tuned all-MiniLM-L6-v2 teacher
-# (--student-layers 0,2,4), trained on the teacher's soft targets + gold labels, against the
-# same student trained on gold labels alone, and the teacher itself: validation accuracy,
-# parameters, size on disk and `kiln predict` sentences/s, measured in one run. Appends one JSON
-# line per model to bench/results/compress.jsonl and prints the table.
+# Distillation on SST-2: 3-layer students cut from a fine-tuned all-MiniLM-L6-v2 teacher
+# (--student-layers 0,2,4; embeddings, those blocks and the head copied), against the same
+# student trained on gold labels alone and against the teacher, with all labels and with only
+# LABELLED of them (+ the rest of the training texts as --unlabeled for the distilled one):
+# validation accuracy, parameters, size on disk and `kiln predict` sentences/s, measured in one
+# run. Appends one JSON line per model to bench/results/compress.jsonl and prints the table.
 #
-#   bench/compress/distill_sst2.sh [STEPS] [THREADS]
+#   bench/compress/distill_sst2.sh [STEPS] [THREADS] [LABELLED]
 #
-# TEACHER=dir uses a teacher you have; otherwise the README tour's SST-2 model is trained first
-# (600 steps, ~5 min on 2 cores). Needs `cargo build --release` and scripts/get-minilm.sh.
+# TEACHER=dir uses a teacher you have; otherwise one is fine-tuned first (one epoch of SST-2,
+# 2,105 steps of 32, about 17 min on 2 cores). Needs `cargo build --release` and
+# scripts/get-minilm.sh. Students: STEPS (1000) steps of 32, lr 1e-4, about 8 min each.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-STEPS=${1:-1200}
+STEPS=${1:-1000}
 THREADS=${2:-2}
+LABELLED=${3:-2000}
 K=$PWD/target/release/kiln
 D=${DATA:-$(cd ../shared/data && pwd)}
 W=${WORK:-$HOME/.cache/kiln-bench/distill}
@@ -22,20 +25,33 @@ mkdir -p "$W"
 T=${TEACHER:-$W/teacher}
 if [ ! -f "$T/model.safetensors" ]; then
   $K finetune --model "$M" --task classify --train $D/sst2/train.jsonl --valid $D/sst2/validation.jsonl \
-    --labels $D/sst2/labels.json --max-steps 600 --lr 5e-5 --batch-size 32 --eval-every 300 \
+    --labels $D/sst2/labels.json --epochs 1 --lr 5e-5 --batch-size 32 --eval-every 700 \
     --threads "$THREADS" --out "$T" --overwrite
 fi
-common=(--teacher "$T" --student-layers 0,2,4 --task classify --train $D/sst2/train.jsonl
-  --valid $D/sst2/validation.jsonl --max-steps "$STEPS" --lr 1e-4 --batch-size 32
-  --eval-every 300 --threads "$THREADS" --overwrite)
-$K distill "${common[@]}" --alpha-kd 0.5 --alpha-ce 0.5 --temperature 2 --out "$W/kd"
-$K distill "${common[@]}" --alpha-kd 0 --alpha-ce 1 --out "$W/ce-only"
+head -n "$LABELLED" $D/sst2/train.jsonl > "$W/labelled.jsonl"
+tail -n +"$((LABELLED + 1))" $D/sst2/train.jsonl | python3 -c '
+import json, sys
+for l in sys.stdin:
+    print(json.dumps({"text": json.loads(l)["text"]}))' > "$W/unlabelled.jsonl"
+UNLABELLED=$(wc -l < "$W/unlabelled.jsonl")
+student() { # out train extra-flags...
+  local out=$1 train=$2
+  shift 2
+  $K distill --teacher "$T" --student-layers 0,2,4 --task classify --train "$train" \
+    --valid $D/sst2/validation.jsonl --max-steps "$STEPS" --lr 1e-4 --batch-size 32 \
+    --eval-every 250 --threads "$THREADS" --overwrite --out "$W/$out" "$@"
+}
+student kd $D/sst2/train.jsonl --alpha-kd 0.5 --alpha-ce 0.5 --temperature 2
+student ce $D/sst2/train.jsonl --alpha-kd 0 --alpha-ce 1
+student ce-few "$W/labelled.jsonl" --alpha-kd 0 --alpha-ce 1
+student kd-few-unlabelled "$W/labelled.jsonl" --alpha-kd 0.5 --alpha-ce 0.5 --temperature 2 \
+  --unlabeled "$W/unlabelled.jsonl" --unlabeled-ratio "$(python3 -c "print($UNLABELLED / $LABELLED)")"
 
 # Speed: the first 4,000 training sentences through `kiln predict`, best of 3.
 head -4000 $D/sst2/train.jsonl > "$W/speed.jsonl"
-measure() { # name dir
+measure() { # method dir labels
   local acc params bytes best=999999 t0 t1 s
-  acc=$($K eval --model "$2" --data $D/sst2/validation.jsonl --threads "$THREADS" 2>/dev/null \
+  acc=$($K eval --model "$2" --data $D/sst2/validation.jsonl --threads "$THREADS" --json 2>/dev/null \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["accuracy"])')
   params=$($K info "$2" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["parameters"])')
   bytes=$(stat -c %s "$2/model.safetensors")
@@ -46,21 +62,24 @@ measure() { # name dir
     best=$(python3 -c "print(min($best, $t1 - $t0))")
   done
   s=$(python3 -c "print(round(4000 / $best, 1))")
-  printf '{"bench":"distill_sst2","method":"%s","model":"%s","steps":%s,"accuracy":%s,"parameters":%s,"bytes":%s,"sentences_per_s":%s,"threads":%s,"date":"%s","commit":"%s"}\n' \
-    "$1" "$2" "$STEPS" "$acc" "$params" "$bytes" "$s" "$THREADS" "$(date -u +%FT%TZ)" "$(git rev-parse --short HEAD)" | tee -a "$OUT"
+  printf '{"bench":"distill_sst2","method":"%s","labels":"%s","steps":%s,"accuracy":%s,"parameters":%s,"bytes":%s,"sentences_per_s":%s,"threads":%s,"date":"%s","commit":"%s"}\n' \
+    "$1" "$3" "$STEPS" "$acc" "$params" "$bytes" "$s" "$THREADS" "$(date -u +%FT%TZ)" "$(git rev-parse --short HEAD)"
 }
 {
-  measure teacher "$T"
-  measure distilled-3L "$W/kd"
-  measure labels-only-3L "$W/ce-only"
+  measure "teacher (6 layers)" "$T" all
+  measure "distilled 3L" "$W/kd" all
+  measure "labels-only 3L" "$W/ce" all
+  measure "labels-only 3L" "$W/ce-few" "$LABELLED"
+  measure "distilled 3L + unlabelled" "$W/kd-few-unlabelled" "$LABELLED + $UNLABELLED unlabelled"
 } > "$W/rows.jsonl"
+cat "$W/rows.jsonl" >> "$OUT"
 python3 - "$W/rows.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 t = rows[0]
-print(f"{'model':<16}{'accuracy':>10}{'% teacher':>11}{'params':>12}{'MB':>8}{'sent/s':>9}{'speed-up':>10}")
+print(f"{'model':<27}{'labels':>24}{'accuracy':>10}{'% teacher':>11}{'params':>12}{'MB':>7}{'sent/s':>9}{'speed-up':>10}")
 for r in rows:
-    print(f"{r['method']:<16}{r['accuracy']:>10.2f}{100*r['accuracy']/t['accuracy']:>11.1f}"
-          f"{r['parameters']:>12,}{r['bytes']/1e6:>8.1f}{r['sentences_per_s']:>9.1f}"
+    print(f"{r['method']:<27}{r['labels']:>24}{r['accuracy']:>10.2f}{100*r['accuracy']/t['accuracy']:>11.1f}"
+          f"{r['parameters']:>12,}{r['bytes']/1e6:>7.1f}{r['sentences_per_s']:>9.1f}"
           f"{r['sentences_per_s']/t['sentences_per_s']:>9.2f}x")
 PY

@@ -290,3 +290,115 @@ fn a_pruned_model_fine_tunes_and_prunes_again_keeping_its_structure() {
         .is_none_or(|b| b.iter().all(|h| gone.contains(h))));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Sixteen labelled sentences and a fine-tuning config of `steps` steps pruning to `sparsity`.
+fn sparse_run(
+    dir: &std::path::Path,
+    steps: u64,
+    sparsity: f32,
+    method: &str,
+    scope: &str,
+) -> FinetuneConfig {
+    let data = dir.join("data.jsonl");
+    let lines: Vec<String> = (0..16)
+        .map(|i| {
+            let label = ["neg", "pos"][i % 2];
+            serde_json::json!({"text": format!("model {i} reads water"), "label": label})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    FinetuneConfig {
+        train_file: data,
+        train: TrainConfig {
+            batch_size: 8,
+            max_steps: Some(steps),
+            save_every: 10,
+            keep_last: 10,
+            lr: 1e-3,
+            sparsity: kiln::compress::sparsity::SparsityConfig {
+                prune_to: Some(sparsity),
+                prune_method: method.into(),
+                prune_start: 0,
+                prune_end: Some(20),
+                prune_scope: scope.into(),
+            },
+            ..TrainConfig::default()
+        },
+        ..FinetuneConfig::default()
+    }
+}
+
+/// Zero positions of every block linear weight.
+fn zeros(p: &Pretrained) -> Vec<Vec<bool>> {
+    p.model
+        .blocks
+        .iter()
+        .flat_map(|b| [&b.qkv, &b.attn_out, &b.ffn_in, &b.ffn_out])
+        .map(|l| l.weight.data().iter().map(|&v| v == 0.0).collect())
+        .collect()
+}
+
+#[test]
+fn unstructured_pruning_reaches_its_sparsity_and_pruned_weights_stay_zero() {
+    let dir = scratch("sparse");
+    for (method, scope) in [("magnitude", "global"), ("movement", "layer")] {
+        let cfg = sparse_run(&dir, 30, 0.6, method, scope);
+        let out = dir.join(format!("{method}-{scope}"));
+        run_finetune(&fixture("tiny-bert-cls"), &out, &cfg, false).unwrap();
+        let mut last = checkpoint::load(&out).unwrap();
+        let (per_layer, overall) = kiln::compress::sparsity::sparsity(&mut last);
+        assert!((overall - 0.6).abs() < 0.005, "{method}: {overall}");
+        if scope == "layer" {
+            for (name, s) in &per_layer {
+                assert!((s - 0.6).abs() < 0.005, "{name}: {s}");
+            }
+        }
+        // Reached at step 20; the ten steps after it train the rest and keep the zeros.
+        let at20 = checkpoint::load(&out.join("checkpoint-20")).unwrap();
+        assert_eq!(
+            zeros(&at20),
+            zeros(&last),
+            "{method}: the mask changed after step 20"
+        );
+        let at10 = checkpoint::load(&out.join("checkpoint-10")).unwrap();
+        let (z10, z20) = (zeros(&at10), zeros(&at20));
+        let count = |z: &[Vec<bool>]| z.iter().flatten().filter(|&&b| b).count();
+        assert!(count(&z10) < count(&z20), "the mask grows on the schedule");
+        for (a, b) in z10.iter().flatten().zip(z20.iter().flatten()) {
+            assert!(!a || *b, "a pruned weight came back");
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn resumed_movement_pruning_is_bit_identical() {
+    let dir = scratch("sparse-resume");
+    let cfg = sparse_run(&dir, 30, 0.5, "movement", "global");
+    let full = dir.join("full");
+    run_finetune(&fixture("tiny-bert-cls"), &full, &cfg, false).unwrap();
+    let part = dir.join("part");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let s = kiln::train::finetune(
+        &fixture("tiny-bert-cls"),
+        &part,
+        &cfg,
+        false,
+        &stop,
+        |_| {},
+        |p| {
+            if p.step == 15 {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        },
+    )
+    .unwrap();
+    assert!(s.interrupted);
+    run_finetune(&fixture("tiny-bert-cls"), &part, &cfg, true).unwrap();
+    assert_eq!(
+        checkpoint::named_tensors(&checkpoint::load(&full.join("checkpoint-30")).unwrap()).unwrap(),
+        checkpoint::named_tensors(&checkpoint::load(&part.join("checkpoint-30")).unwrap()).unwrap(),
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -28,7 +28,8 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let p = super::load(&a.model)?;
+    let mut p = super::load(&a.model)?;
+    let (per_layer, overall) = kiln::compress::sparsity::sparsity(&mut p);
     let c = p.config();
     let mut heads = Vec::new();
     if p.pooler.is_some() {
@@ -88,6 +89,11 @@ pub fn run(a: Args) -> Result<()> {
         "pruned": c.is_pruned().then(|| serde_json::json!({
             "heads_per_layer": (0..c.num_layers).map(|l| c.heads_at(l)).collect::<Vec<_>>(),
             "intermediate_per_layer": (0..c.num_layers).map(|l| c.intermediate_at(l)).collect::<Vec<_>>(),
+        })),
+        // Zero weights of the blocks' linear layers (finetune --prune-to); shown when any.
+        "sparsity": (overall > 0.001).then(|| serde_json::json!({
+            "overall": overall,
+            "per_layer": per_layer.iter().map(|(n, s)| (n.clone(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
         })),
         "unused_tensors": p.unused_tensors,
     });

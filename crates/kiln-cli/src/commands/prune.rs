@@ -72,12 +72,15 @@ pub fn run(a: Args) -> Result<()> {
         Importance::Magnitude => magnitude_scores(&p)?,
         Importance::Data => {
             let data = a.data.as_ref().context("--data")?;
-            let mut c = kiln::train::FinetuneConfig::default();
-            c.task = match (&a.task, p.task.as_ref().map(|t| t.kind)) {
+            let task = match (&a.task, p.task.as_ref().map(|t| t.kind)) {
                 (Some(t), _) => t.clone(),
                 (None, Some(kiln::heads::HeadKind::Token)) => "tag".into(),
                 (None, Some(kiln::heads::HeadKind::Span)) => "qa".into(),
                 _ => "classify".into(),
+            };
+            let mut c = kiln::train::FinetuneConfig {
+                task,
+                ..Default::default()
             };
             a.fields.apply(&mut c);
             if let Some(m) = a.fields.max_length() {

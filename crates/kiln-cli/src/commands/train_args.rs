@@ -61,6 +61,24 @@ pub struct TrainArgs {
     /// deleted (without it such a run is refused).
     #[arg(long)]
     pub overwrite: bool,
+    /// Unstructured pruning: zero this fraction of the blocks' linear weights by the end of
+    /// --prune-end, on a cubic schedule (Zhu & Gupta 2017); the zeros are saved in place.
+    #[arg(long, value_name = "SPARSITY")]
+    pub prune_to: Option<f32>,
+    /// magnitude (smallest |w| first) or movement (weights moving to zero first, Sanh et al.
+    /// 2020) [default: magnitude].
+    #[arg(long, value_parser = ["magnitude", "movement"])]
+    pub prune_method: Option<String>,
+    /// Step pruning starts at [default: 0].
+    #[arg(long)]
+    pub prune_start: Option<u64>,
+    /// Step the final sparsity is reached at [default: two thirds of the run].
+    #[arg(long)]
+    pub prune_end: Option<u64>,
+    /// global (one threshold across layers) or layer (each layer to the same sparsity)
+    /// [default: global].
+    #[arg(long, value_parser = ["global", "layer"])]
+    pub prune_scope: Option<String>,
 }
 
 impl TrainArgs {
@@ -92,6 +110,22 @@ impl TrainArgs {
             c.epochs = self.epochs;
         }
         c.overwrite |= self.overwrite;
+        let sp = &mut c.sparsity;
+        if self.prune_to.is_some() {
+            sp.prune_to = self.prune_to;
+        }
+        if let Some(m) = &self.prune_method {
+            sp.prune_method = m.clone();
+        }
+        if let Some(v) = self.prune_start {
+            sp.prune_start = v;
+        }
+        if self.prune_end.is_some() {
+            sp.prune_end = self.prune_end;
+        }
+        if let Some(v) = &self.prune_scope {
+            sp.prune_scope = v.clone();
+        }
     }
 }
 

@@ -561,12 +561,11 @@ fn tap(acc: &mut Vec<f64>, x: &[f32], dx: &[f32], width: usize, size: usize) {
 fn tap_block(
     layer: usize,
     head_dim: usize,
+    tokens: usize,
     ctx: &[f32],
     dctx: &[f32],
-    w: usize,
     g: &[f32],
     dg: &[f32],
-    inter: usize,
 ) {
     MASK_GRADS.with(|m| {
         if let Some(mg) = m.borrow_mut().as_mut() {
@@ -574,6 +573,7 @@ fn tap_block(
                 mg.heads.resize(layer + 1, Vec::new());
                 mg.neurons.resize(layer + 1, Vec::new());
             }
+            let (w, inter) = (ctx.len() / tokens.max(1), g.len() / tokens.max(1));
             tap(&mut mg.heads[layer], ctx, dctx, w, head_dim);
             tap(&mut mg.neurons[layer], g, dg, inter, 1);
         }
@@ -671,8 +671,7 @@ pub fn backward(
             site + 1,
         )?;
         if !dg.is_empty() {
-            let inter = b.ffn_in.out_features();
-            tap_block(l, cfg.head_dim(), &a.ctx, &dctx, w, &g, &dg, inter);
+            tap_block(l, cfg.head_dim(), t, &a.ctx, &dctx, &g, &dg);
         }
         let mut dqkv = vec![0.0; t * 3 * w];
         attention_backward(

@@ -59,6 +59,9 @@ pub struct TrainConfig {
     /// Start over in an output directory that holds another run (its checkpoints, metrics
     /// and model files are deleted), as transformers' `overwrite_output_dir`.
     pub overwrite: bool,
+    /// Unstructured pruning of the block weights during the run (`--prune-to`).
+    #[serde(flatten)]
+    pub sparsity: crate::compress::sparsity::SparsityConfig,
 }
 
 impl Default for TrainConfig {
@@ -81,6 +84,7 @@ impl Default for TrainConfig {
             keep_last: 2,
             log_every: 10,
             overwrite: false,
+            sparsity: Default::default(),
         }
     }
 }

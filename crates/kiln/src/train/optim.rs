@@ -45,6 +45,9 @@ pub struct AdamW {
     pub step: u64,
     /// First and second moments, one pair per parameter, in parameter order.
     pub moments: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Other per-weight state a run accumulates across steps (movement pruning's scores), by
+    /// name; saved in checkpoints beside the moments.
+    pub extra: std::collections::BTreeMap<String, Vec<f32>>,
 }
 
 impl AdamW {
@@ -57,6 +60,7 @@ impl AdamW {
             weight_decay,
             step: 0,
             moments: Vec::new(),
+            extra: Default::default(),
         }
     }
 

@@ -108,6 +108,12 @@ pub fn save_checkpoint(
             moments.insert(format!("v.{name}"), Tensor::new(vec![v.len()], v.clone())?);
         }
     }
+    for (name, v) in &opt.extra {
+        moments.insert(
+            format!("extra.{name}"),
+            Tensor::new(vec![v.len()], v.clone())?,
+        );
+    }
     write_safetensors(&tmp.join("optimizer.safetensors"), &moments, SaveDtype::F32)?;
     let mut st = serde_json::to_value(state).map_err(|e| Error::Input(e.to_string()))?;
     st["optimizer_step"] = opt.step.into();
@@ -168,6 +174,12 @@ pub fn load_checkpoint(dir: &Path) -> Result<(Pretrained, AdamW, TrainerState)> 
                 });
             }
             opt.moments.push((m.into_data(), v.into_data()));
+        }
+    }
+    for name in store.names() {
+        if let Some(key) = name.strip_prefix("extra.") {
+            opt.extra
+                .insert(key.to_string(), store.get(&name)?.into_data());
         }
     }
     Ok((p, opt, state))

@@ -466,6 +466,8 @@ fn run_locked<T: Task>(
                 .max(1.0) as u64
         }
     };
+    // A resumed run's mask is its zero weights.
+    let mut sparsifier = crate::compress::sparsity::Sparsifier::new(&mut p, &cfg.sparsity)?;
     if resumed && state.step >= total {
         if state.step > total {
             return Err(Error::Input(format!(
@@ -545,6 +547,7 @@ fn run_locked<T: Task>(
                 step + 1
             )));
         }
+        sparsifier.observe(&mut p, &mut grads, &mut opt.extra);
         let mut gparams = parameters(&mut grads);
         let grad_norm = {
             let mut slices: Vec<&mut [f32]> =
@@ -573,6 +576,7 @@ fn run_locked<T: Task>(
         drop(gparams);
         last_loss = loss;
         state.step += 1;
+        sparsifier.apply(&mut p, state.step, total, &opt.extra)?;
         (state.sequences, state.epoch) = task.position();
         let last = state.step == total;
         let mut line = None;
