@@ -426,3 +426,69 @@ fn a_teacher_that_cannot_teach_the_student_is_refused_by_name() {
     assert!(e.contains("--temperature"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_masked_lm_student_learns_its_teachers_vocabulary_distributions_on_a_corpus() {
+    let dir = scratch("mlm");
+    let corpus = dir.join("corpus.txt");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let text: Vec<String> = (0..200).map(|i| sentence(&mut rng, i % 3 == 0)).collect();
+    std::fs::write(&corpus, text.join("\n")).unwrap();
+    let out = dir.join("student");
+    let cfg = kiln::train::PretrainConfig {
+        corpus: vec![corpus.clone()],
+        valid: vec![corpus],
+        seq_len: 16,
+        eval_sequences: 8,
+        train: TrainConfig {
+            lr: 2e-3,
+            batch_size: 8,
+            max_steps: Some(60),
+            log_every: 1,
+            eval_every: 30,
+            seed: 4,
+            ..TrainConfig::default()
+        },
+        distill: Some(DistillConfig {
+            teacher: fixture("tiny-bert"),
+            student_layers: vec![0],
+            ..DistillConfig::default()
+        }),
+        ..Default::default()
+    };
+    let stop = AtomicBool::new(false);
+    kiln::train::pretrain(
+        &fixture("tiny-bert"),
+        &out,
+        &cfg,
+        false,
+        &stop,
+        |_| {},
+        |_| {},
+    )
+    .unwrap();
+    let l = losses(&out);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&l[..5]), mean(&l[l.len() - 5..]));
+    assert!(last < 0.5 * first, "soft-target losses {l:?}");
+    let p = checkpoint::load(&out).unwrap();
+    assert_eq!(p.config().num_layers, 1);
+    assert!(p.mlm_head.is_some());
+    // A teacher without a masked-LM head is named.
+    let mut bad = cfg.clone();
+    bad.distill.as_mut().unwrap().teacher = fixture("tiny-bert-cls");
+    bad.train.overwrite = true;
+    let e = kiln::train::pretrain(
+        &fixture("tiny-bert"),
+        &out,
+        &bad,
+        false,
+        &stop,
+        |_| {},
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no masked-LM head"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,7 +1,10 @@
 //! `kiln distill`: a student trained on a fine-tuned teacher's soft targets.
 
 use super::finetune::RunArgs;
-use anyhow::{bail, Result};
+use crate::progress::Reporter;
+use anyhow::{bail, Context, Result};
+use kiln::compress::distill::DistillConfig;
+use kiln::train::{pretrain, FinetuneConfig, Objective, PretrainConfig};
 use std::path::PathBuf;
 
 /// Distil a fine-tuned teacher into a smaller student (knowledge distillation): the student
@@ -12,7 +15,9 @@ use std::path::PathBuf;
 /// model directory with the teacher's tokenizer (`--student DIR`; a new head unless it has the
 /// teacher's). `--unlabeled FILE` adds texts without labels, learnt from the teacher alone.
 /// Every `finetune` flag applies (--task classify|tag|qa, --train, --valid, --epochs, --lr,
-/// --config, --resume, --method lora, …); OUT is a normal model directory.
+/// --config, --resume, --method lora, …); OUT is a normal model directory. --task mlm distils a
+/// masked-LM teacher on a corpus (--train: text, JSONL or .gz; --valid: held-out text;
+/// --max-length: tokens per sequence), as DistilBERT was trained.
 #[derive(clap::Args)]
 pub struct Args {
     /// The fine-tuned teacher model directory (or hub id).
@@ -72,6 +77,49 @@ pub fn run(a: Args) -> Result<()> {
             "give the student: --student-layers 0,2,4 (the teacher cut to those blocks) or --student DIR"
         ),
     };
+    if c.task == "mlm" {
+        return mlm(&a.run, &student, c, d);
+    }
     c.distill = Some(d);
     a.run.execute(&student, c)
+}
+
+/// `--task mlm`: task-agnostic distillation on a corpus (--train, --valid as held-out text),
+/// run as masked-LM pre-training of the student with the teacher's soft targets.
+fn mlm(
+    run: &RunArgs,
+    student: &std::path::Path,
+    c: FinetuneConfig,
+    d: DistillConfig,
+) -> Result<()> {
+    if c.train_file.as_os_str().is_empty() {
+        bail!("--train: give the corpus to distil on (text lines, JSONL or .gz)");
+    }
+    let pc = PretrainConfig {
+        train: c.train,
+        objective: Objective::Mlm,
+        corpus: vec![c.train_file],
+        valid: c.valid_file.into_iter().collect(),
+        text_field: run.text_field().unwrap_or("text").to_string(),
+        seq_len: c.max_length,
+        distill: Some(d),
+        ..PretrainConfig::default()
+    };
+    let stop = super::train_args::stop_on_ctrl_c();
+    let mut progress = Reporter::new();
+    let summary = pretrain(
+        student,
+        run.out(),
+        &pc,
+        run.resume(),
+        &stop,
+        super::train_args::report_started,
+        |p| progress.step(p),
+    )
+    .with_context(|| format!("distilling into {}", run.out().display()))?;
+    progress.finish(&summary, run.out());
+    if summary.interrupted {
+        std::process::exit(130);
+    }
+    Ok(())
 }

@@ -329,6 +329,21 @@ impl RunArgs {
         Ok(c)
     }
 
+    /// `--out`.
+    pub fn out(&self) -> &std::path::Path {
+        &self.out
+    }
+
+    /// `--resume`.
+    pub fn resume(&self) -> bool {
+        self.resume
+    }
+
+    /// `--text-field`, if given.
+    pub fn text_field(&self) -> Option<&str> {
+        self.data.text_field()
+    }
+
     /// Runs fine-tuning (or distillation, when `c.distill` is set) from `model` with `c`.
     pub fn execute(&self, model: &std::path::Path, c: FinetuneConfig) -> Result<()> {
         let a = self;

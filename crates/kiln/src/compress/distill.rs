@@ -142,6 +142,42 @@ pub fn kd_loss(
     }
     let n = dists.len().max(1) as f64;
     let t = temperature;
+    // Every row of a [rows, k] buffer (masked-LM vocabularies, tags): rows in parallel.
+    let k = dists.first().map_or(0, |d| d.len);
+    let all_rows = k > 0
+        && dists.len() * k == student.len()
+        && dists.iter().enumerate().all(|(r, d)| *d == Dist::row(r, k));
+    if all_rows {
+        use rayon::prelude::*;
+        let c = (weight * t) as f64 / n;
+        let one = |r: usize, g: Option<&mut [f32]>| {
+            let d = Dist::row(r, k);
+            let (ls, lt) = (log_softmax(student, &d, t), log_softmax(teacher, &d, t));
+            if let Some(g) = g {
+                for ((o, a), b) in g.iter_mut().zip(&ls).zip(&lt) {
+                    *o += (c * (a.exp() - b.exp())) as f32;
+                }
+            }
+            lt.iter()
+                .zip(&ls)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>()
+        };
+        let kls: Vec<f64> = match grad {
+            Some(g) => g
+                .par_chunks_mut(k)
+                .enumerate()
+                .map(|(r, gr)| one(r, Some(gr)))
+                .collect(),
+            None => (0..dists.len())
+                .into_par_iter()
+                .map(|r| one(r, None))
+                .collect(),
+        };
+        // Summed in row order: the same total whatever the thread count.
+        let total: f64 = kls.iter().sum();
+        return Ok((t as f64 * t as f64 * total / n) as f32);
+    }
     let mut total = 0.0f64;
     for d in dists {
         let ls = log_softmax(student, d, t);

@@ -790,13 +790,48 @@ pub fn mlm_loss(
     grad_scale: f32,
     dropout_seed: Option<u64>,
 ) -> Result<f32> {
+    if positions.len() != targets.len() {
+        return Err(Error::shape("mlm_loss", "one target per position"));
+    }
+    let v = p.config().vocab_size;
+    mlm_loss_with(
+        p,
+        batch,
+        positions,
+        grads,
+        grad_scale,
+        dropout_seed,
+        &|logits, scale| {
+            let count = targets.iter().filter(|&&t| t != IGNORE).count().max(1);
+            let (sum, _) =
+                cross_entropy_in_place(logits, v, targets, IGNORE, scale / count as f32)?;
+            Ok((sum / count as f64) as f32)
+        },
+    )
+}
+
+/// A loss over a `[rows, vocabulary]` logit buffer that overwrites the logits with its
+/// gradient times the given scale and returns the mean loss: the vocabulary-sized rows get no
+/// twin buffer (the largest of a masked-LM step).
+pub type InPlaceLoss<'a> = &'a dyn Fn(&mut [f32], f32) -> Result<f32>;
+
+/// The masked-LM head's forward and backward at `positions` around `criterion`, which turns
+/// the logits into the loss and its gradient in place (see [`InPlaceLoss`]): the gold-token
+/// cross-entropy of pre-training, or distillation's soft targets.
+#[allow(clippy::too_many_arguments)]
+pub fn mlm_loss_with(
+    p: &Pretrained,
+    batch: &Batch,
+    positions: &[usize],
+    grads: &mut Pretrained,
+    grad_scale: f32,
+    dropout_seed: Option<u64>,
+    criterion: InPlaceLoss,
+) -> Result<f32> {
     let head = p
         .mlm_head
         .as_ref()
         .ok_or_else(|| Error::Input("the model has no masked-LM head".into()))?;
-    if positions.len() != targets.len() {
-        return Err(Error::shape("mlm_loss", "one target per position"));
-    }
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
     let (h, v, n) = (
@@ -815,16 +850,19 @@ pub fn mlm_loss(
     let word = p.model.embeddings.word.f32_weight();
     let dec = head.decoder.as_ref().unwrap_or(&word);
     let mut buf = LOGITS.with(|b| b.take());
-    let (loss, dlogits) = project_loss(
-        &mut buf,
+    if buf.len() < n * v {
+        buf.resize(n * v, 0.0);
+    }
+    linear_forward(
         dec,
         Some(&head.bias),
         &nrm,
         n,
-        v,
-        targets,
-        grad_scale,
+        &mut buf[..n * v],
+        LinearOut::Write,
     )?;
+    let loss = criterion(&mut buf[..n * v], grad_scale)?;
+    let dlogits = &buf[..n * v];
 
     let gh = grads
         .mlm_head

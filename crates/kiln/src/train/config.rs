@@ -205,6 +205,9 @@ pub struct PretrainConfig {
     pub mask_prob: f32,
     /// MLM: select whole words (all their word pieces) rather than single tokens.
     pub whole_word_mask: bool,
+    /// Task-agnostic distillation (`kiln distill --task mlm`): a teacher's masked-position
+    /// distributions as soft targets; `None` for plain pre-training.
+    pub distill: Option<crate::compress::distill::DistillConfig>,
 }
 
 impl Default for PretrainConfig {
@@ -221,6 +224,7 @@ impl Default for PretrainConfig {
             shuffle_buffer: 10_000,
             mask_prob: 0.15,
             whole_word_mask: false,
+            distill: None,
         }
     }
 }

@@ -80,16 +80,27 @@ pub fn cut_layers(p: &mut Pretrained, layers: &[usize]) -> Result<()> {
 /// head, so its logits line up with the student's.
 pub fn check_teacher(teacher: &Pretrained, student: &Pretrained, task: &str) -> Result<()> {
     let kind = match task {
-        "classify" => HeadKind::Sequence,
-        "tag" => HeadKind::Token,
-        "qa" => HeadKind::Span,
+        "classify" => Some(HeadKind::Sequence),
+        "tag" => Some(HeadKind::Token),
+        "qa" => Some(HeadKind::Span),
+        "mlm" => None,
         other => {
             return Err(Error::Input(format!(
-                "--task {other}: kiln distill trains classify, tag or qa students"
+                "--task {other}: kiln distill trains classify, tag, qa or mlm students"
             )))
         }
     };
-    if teacher.task.as_ref().map(|t| t.kind) != Some(kind) {
+    if kind.is_none() && (teacher.mlm_head.is_none() || student.mlm_head.is_none()) {
+        let which = if teacher.mlm_head.is_none() {
+            format!("--teacher {}", teacher.dir.display())
+        } else {
+            format!("the student {}", student.dir.display())
+        };
+        return Err(Error::Input(format!(
+            "{which} has no masked-LM head; --task mlm distils a BertForMaskedLM teacher into a BertForMaskedLM student"
+        )));
+    }
+    if kind.is_some() && teacher.task.as_ref().map(|t| t.kind) != kind {
         return Err(Error::Input(format!(
             "--teacher {} has {}; distilling --task {task} needs a teacher fine-tuned for it",
             teacher.dir.display(),

@@ -8,7 +8,7 @@ use crate::checkpoint::Pretrained;
 use crate::data::mlm::{mask_tokens, mask_whole_words, MaskConfig};
 use crate::data::{Corpus, Framing, Packer, Shuffled};
 use crate::engine::dropout::mix;
-use crate::engine::grad::cross_entropy;
+use crate::engine::grad::{cross_entropy, cross_entropy_in_place};
 use crate::error::{Error, Result};
 use crate::model::Batch;
 use crate::tokenize::Tokenizer;
@@ -261,6 +261,8 @@ pub fn evaluate_corpus(p: &Pretrained, cfg: &PretrainConfig) -> Result<serde_jso
 /// The pre-training task over a corpus.
 struct PretrainTask<'a> {
     obj: Objectives,
+    /// Distillation: the teacher and the loss settings.
+    teacher: Option<(Pretrained, crate::compress::distill::DistillConfig)>,
     corpus: &'a Corpus,
     tok: &'a Tokenizer,
     stream: Shuffled<'a>,
@@ -312,6 +314,9 @@ impl Task for PretrainTask<'_> {
         grad_scale: f32,
         dropout_seed: Option<u64>,
     ) -> Result<f32> {
+        if let Some((teacher, d)) = &self.teacher {
+            return distilled_mlm_loss(teacher, d, p, m, grads, grad_scale, dropout_seed);
+        }
         match self.obj.objective {
             Objective::Mlm => mlm_loss(
                 p,
@@ -338,6 +343,61 @@ impl Task for PretrainTask<'_> {
     }
 }
 
+/// The teacher's masked-LM logits at `positions` of `batch` (no dropout): `[positions, vocab]`.
+fn mlm_logits(p: &Pretrained, batch: &Batch, positions: &[usize]) -> Result<Vec<f32>> {
+    let head = p
+        .mlm_head
+        .as_ref()
+        .ok_or_else(|| Error::Input("the teacher has no masked-LM head".into()))?;
+    let hidden = p.model.forward(batch, p.model.default_mask(), None)?;
+    let rows: Vec<f32> = positions
+        .iter()
+        .flat_map(|&k| hidden.row(k).to_vec())
+        .collect();
+    head.forward(&rows, positions.len(), &p.model.embeddings.word)
+}
+
+/// Masked-LM distillation: at the masked positions the student learns the teacher's
+/// vocabulary distributions (and, with `alpha_ce`, the original tokens), as DistilBERT was
+/// trained.
+fn distilled_mlm_loss(
+    teacher: &Pretrained,
+    d: &crate::compress::distill::DistillConfig,
+    p: &Pretrained,
+    m: &Micro,
+    grads: &mut Pretrained,
+    grad_scale: f32,
+    dropout_seed: Option<u64>,
+) -> Result<f32> {
+    use crate::compress::distill::{distill_loss, Dist};
+    let soft = mlm_logits(teacher, &m.batch, &m.positions)?;
+    let v = p.config().vocab_size;
+    let dists: Vec<Dist> = (0..m.positions.len()).map(|r| Dist::row(r, v)).collect();
+    let targets = &m.targets;
+    crate::train::backprop::mlm_loss_with(
+        p,
+        &m.batch,
+        &m.positions,
+        grads,
+        grad_scale,
+        dropout_seed,
+        &|z, scale| {
+            let gold = |zz: &[f32], gg: &mut [f32]| {
+                gg.copy_from_slice(zz);
+                let count = targets.iter().filter(|&&t| t != IGNORE).count().max(1);
+                let (sum, _) = cross_entropy_in_place(gg, v, targets, IGNORE, 1.0 / count as f32)?;
+                Ok((sum / count as f64) as f32)
+            };
+            let mut g = vec![0.0; z.len()];
+            let loss = distill_loss(d, z, &soft, &dists, Some(&gold), &mut g)?;
+            for (zi, gi) in z.iter_mut().zip(&g) {
+                *zi = gi * scale;
+            }
+            Ok(loss)
+        },
+    )
+}
+
 /// Runs (or, with `resume`, continues) pre-training of the model in `model_dir`, writing
 /// checkpoints, `metrics.jsonl` and the final model into `out`. `stop` requests a checkpoint
 /// and a clean exit (Ctrl-C); `started` sees what is trained before the first step, `report`
@@ -352,7 +412,18 @@ pub fn pretrain(
     report: impl FnMut(&Progress),
 ) -> Result<Summary> {
     cfg.validate()?;
-    let config = serde_json::to_value(cfg).map_err(|e| Error::Input(e.to_string()))?;
+    let mut cfg_seen = cfg.clone();
+    if let Some(d) = cfg_seen.distill.as_mut() {
+        d.validate()?;
+        if cfg.objective != Objective::Mlm {
+            return Err(Error::Input(
+                "distillation on a corpus is masked-LM distillation (--task mlm)".into(),
+            ));
+        }
+        // Another teacher is another run: its fingerprint is a compared setting.
+        d.teacher_fingerprint = crate::checkpoint::fingerprint(&d.teacher)?;
+    }
+    let config = serde_json::to_value(&cfg_seen).map_err(|e| Error::Input(e.to_string()))?;
     // Held-out data only measures; it never changes the weights.
     let mut begun = start(
         model_dir,
@@ -363,6 +434,17 @@ pub fn pretrain(
         resume,
     )?;
     crate::compress::refuse_training(&begun.p, "pre-training")?;
+    let teacher = match &cfg.distill {
+        Some(d) => {
+            let t = crate::checkpoint::load(&d.teacher)?;
+            crate::train::distill::check_teacher(&t, &begun.p, "mlm")?;
+            if !resume && !d.student_layers.is_empty() {
+                crate::train::distill::cut_layers(&mut begun.p, &d.student_layers)?;
+            }
+            Some((t, d.clone()))
+        }
+        None => None,
+    };
     let p = &begun.p;
     let obj = Objectives::new(p, cfg)?;
     let tok = p.tokenizer()?.clone();
@@ -382,6 +464,7 @@ pub fn pretrain(
         None => Vec::new(),
     };
     let mut task = PretrainTask {
+        teacher,
         stream: Shuffled::new(
             Packer::new(&corpus, &tok, obj.framing, cfg.seq_len),
             cfg.shuffle_buffer,
