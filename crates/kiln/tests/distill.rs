@@ -492,3 +492,91 @@ fn a_masked_lm_student_learns_its_teachers_vocabulary_distributions_on_a_corpus(
     assert!(e.contains("no masked-LM head"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn gradients_of_hidden_state_losses_reach_every_weight_below_them() {
+    use kiln::compress::distill::hidden_loss;
+    use kiln::train::backprop::{backward_with, forward, zeros_like};
+    let p = checkpoint::load(&fixture("tiny-bert")).unwrap();
+    let ids = [2u32, 17, 33, 5, 40, 3];
+    let batch = kiln::model::Batch::packed(&[(&ids, None)]).unwrap();
+    let mask = p.model.default_mask();
+    let h = p.config().hidden_size;
+    // Fixed "teacher" states for blocks 0 and 2; cosine on block 0, MSE on block 2.
+    let target: Vec<f32> = (0..ids.len() * h)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+        .collect();
+    let loss_of = |q: &kiln::checkpoint::Pretrained, grads: Option<&mut Vec<Option<Vec<f32>>>>| {
+        let (_, acts) = forward(&q.model, &batch, mask, None).unwrap();
+        let (mut g0, mut g2) = (vec![0.0; ids.len() * h], vec![0.0; ids.len() * h]);
+        let l = hidden_loss(acts.block_output(0), &target, h, false, 1.0, &mut g0).unwrap()
+            + hidden_loss(acts.block_output(2), &target, h, true, 1.0, &mut g2).unwrap();
+        if let Some(g) = grads {
+            *g = vec![Some(g0), None, Some(g2)];
+        }
+        (l as f64, acts)
+    };
+    let mut layer_grads = Vec::new();
+    let (_, acts) = loss_of(&p, Some(&mut layer_grads));
+    let mut grads = zeros_like(&p);
+    let zero = vec![0.0; ids.len() * h];
+    backward_with(
+        &p.model,
+        &batch,
+        mask,
+        &acts,
+        zero,
+        &mut grads.model,
+        None,
+        &layer_grads,
+    )
+    .unwrap();
+    // Finite differences on weights of block 0 (under both terms) and block 2.
+    for (block, idx) in [(0usize, 5usize), (0, 900), (2, 77)] {
+        let analytic = grads.model.blocks[block].ffn_in.weight.data()[idx] as f64;
+        let eps = 1e-2;
+        let at = |delta: f32| {
+            let mut q = checkpoint::load(&fixture("tiny-bert")).unwrap();
+            q.model.blocks[block].ffn_in.weight.data_mut()[idx] += delta;
+            q.model.blocks[block].ffn_in.weights_changed();
+            loss_of(&q, None).0
+        };
+        let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+        assert!(
+            (numeric - analytic).abs() < 2e-3 + 2e-2 * numeric.abs(),
+            "block {block} weight {idx}: {analytic} vs numeric {numeric}"
+        );
+    }
+}
+
+#[test]
+fn a_student_learns_the_teachers_hidden_states() {
+    let dir = scratch("hidden");
+    let train = rain_file(&dir.join("train.jsonl"), 40, 10, true);
+    let data = dir.join("named.jsonl");
+    let text = std::fs::read_to_string(&train)
+        .unwrap()
+        .replace("\"wet\"", "\"pos\"")
+        .replace("\"dry\"", "\"neg\"");
+    std::fs::write(&data, text).unwrap();
+    let out = dir.join("student");
+    let cfg = distilled(
+        config("classify", &data, None, 40),
+        &fixture("tiny-bert-cls"),
+        DistillConfig {
+            student_layers: vec![0, 2],
+            alpha_kd: 0.0,
+            alpha_hidden: 1.0,
+            hidden_loss: "mse".into(),
+            ..DistillConfig::default()
+        },
+    );
+    run_finetune(&fixture("tiny-bert-cls"), &out, &cfg, false).unwrap();
+    let l = losses(&out);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&l[l.len() - 5..]) < 0.7 * mean(&l[..5]),
+        "hidden losses {l:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

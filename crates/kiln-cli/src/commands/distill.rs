@@ -38,6 +38,14 @@ pub struct Args {
     /// Softmax temperature of the soft targets [default: 2].
     #[arg(long)]
     temperature: Option<f32>,
+    /// Weight of the loss between mapped hidden states (block outputs; equal widths)
+    /// [default: 0].
+    #[arg(long)]
+    alpha_hidden: Option<f32>,
+    /// The hidden-state loss: cosine (1 - cos per token, DistilBERT) or mse (TinyBERT)
+    /// [default: cosine].
+    #[arg(long, value_parser = ["cosine", "mse"])]
+    hidden_loss: Option<String>,
     /// Texts without labels (classify: a text field; tag: a word list), learnt from the
     /// teacher's soft targets alone.
     #[arg(long)]
@@ -62,10 +70,14 @@ pub fn run(a: Args) -> Result<()> {
         (a.alpha_ce, &mut d.alpha_ce),
         (a.temperature, &mut d.temperature),
         (a.unlabeled_ratio, &mut d.unlabeled_ratio),
+        (a.alpha_hidden, &mut d.alpha_hidden),
     ] {
         if let Some(v) = v {
             *field = v;
         }
+    }
+    if let Some(h) = a.hidden_loss {
+        d.hidden_loss = h;
     }
     if a.unlabeled.is_some() {
         d.unlabeled = a.unlabeled;

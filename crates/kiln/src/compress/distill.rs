@@ -23,6 +23,12 @@ pub struct DistillConfig {
     pub alpha_ce: f32,
     /// Softmax temperature of both distributions in the soft-target loss.
     pub temperature: f32,
+    /// Weight of the loss between mapped hidden states (block outputs): student block `i`
+    /// against the teacher block it was cut from (`student_layers[i]`), or, for a `--student`
+    /// model, teacher block `(i + 1) · L_t / L_s − 1`.
+    pub alpha_hidden: f32,
+    /// `cosine` (1 − cos per token, DistilBERT) or `mse` (TinyBERT) for the hidden-state loss.
+    pub hidden_loss: String,
     /// Texts without labels: the teacher's soft targets are the student's only signal on them.
     pub unlabeled: Option<std::path::PathBuf>,
     /// Unlabelled examples added per labelled example (0.5: half as many as the labelled
@@ -40,6 +46,8 @@ impl Default for DistillConfig {
             alpha_kd: 1.0,
             alpha_ce: 0.0,
             temperature: 2.0,
+            alpha_hidden: 0.0,
+            hidden_loss: "cosine".into(),
             unlabeled: None,
             unlabeled_ratio: 1.0,
             teacher_fingerprint: String::new(),
@@ -61,9 +69,21 @@ impl DistillConfig {
                 return Err(Error::Input(format!("{flag} {v} must be zero or positive")));
             }
         }
-        if self.alpha_kd == 0.0 && self.alpha_ce == 0.0 {
+        if !(self.alpha_hidden.is_finite() && self.alpha_hidden >= 0.0) {
+            return Err(Error::Input(format!(
+                "--alpha-hidden {} must be zero or positive",
+                self.alpha_hidden
+            )));
+        }
+        if !["cosine", "mse"].contains(&self.hidden_loss.as_str()) {
+            return Err(Error::Input(format!(
+                "--hidden-loss {}: cosine or mse",
+                self.hidden_loss
+            )));
+        }
+        if self.alpha_kd == 0.0 && self.alpha_ce == 0.0 && self.alpha_hidden == 0.0 {
             return Err(Error::Input(
-                "--alpha-kd and --alpha-ce are both 0: the student would learn nothing".into(),
+                "--alpha-kd, --alpha-ce and --alpha-hidden are all 0: the student would learn nothing".into(),
             ));
         }
         if !(self.unlabeled_ratio.is_finite() && self.unlabeled_ratio >= 0.0) {
@@ -230,6 +250,75 @@ pub fn distill_loss(
     Ok(loss)
 }
 
+/// The loss between a student's and a teacher's hidden states (`[tokens, h]` each): the mean
+/// over tokens of `1 − cos(s, t)` (cosine) or the mean squared difference over every value
+/// (`mse`). Adds `weight ·` its gradient with respect to `s` into `grad`.
+pub fn hidden_loss(
+    s: &[f32],
+    t: &[f32],
+    h: usize,
+    mse: bool,
+    weight: f32,
+    grad: &mut [f32],
+) -> Result<f32> {
+    if s.len() != t.len() || grad.len() != s.len() || h == 0 || !s.len().is_multiple_of(h) {
+        return Err(Error::shape(
+            "hidden_loss",
+            format!(
+                "student states of {} values, teacher's {}, width {h}",
+                s.len(),
+                t.len()
+            ),
+        ));
+    }
+    let rows = (s.len() / h).max(1);
+    if mse {
+        let n = s.len().max(1) as f64;
+        let mut total = 0.0f64;
+        for ((g, &a), &b) in grad.iter_mut().zip(s).zip(t) {
+            let d = (a - b) as f64;
+            total += d * d;
+            *g += (weight as f64 * 2.0 * d / n) as f32;
+        }
+        return Ok((total / n) as f32);
+    }
+    let mut total = 0.0f64;
+    for ((sr, tr), gr) in s.chunks(h).zip(t.chunks(h)).zip(grad.chunks_mut(h)) {
+        let dot: f64 = sr.iter().zip(tr).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let ns = sr
+            .iter()
+            .map(|&a| (a as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
+        let nt = tr
+            .iter()
+            .map(|&b| (b as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
+        let cos = dot / (ns * nt);
+        total += 1.0 - cos;
+        // d(1 − cos)/ds = −(t / (|s||t|) − cos · s / |s|²), averaged over rows.
+        let c = weight as f64 / rows as f64;
+        for ((g, &a), &b) in gr.iter_mut().zip(sr).zip(tr) {
+            *g -= (c * (b as f64 / (ns * nt) - cos * a as f64 / (ns * ns))) as f32;
+        }
+    }
+    Ok((total / rows as f64) as f32)
+}
+
+/// Which teacher block each student block learns from: the blocks it was cut from, or, for a
+/// student of its own, evenly spaced ones ending with the last.
+pub fn layer_map(cut_from: &[usize], student_layers: usize, teacher_layers: usize) -> Vec<usize> {
+    if !cut_from.is_empty() {
+        return cut_from.to_vec();
+    }
+    (0..student_layers)
+        .map(|i| ((i + 1) * teacher_layers / student_layers.max(1)).max(1) - 1)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +372,32 @@ mod tests {
                 g[i]
             );
         }
+    }
+
+    #[test]
+    fn hidden_losses_have_the_gradient_of_their_value() {
+        let s = [0.5f32, -1.0, 2.0, 0.1, 0.3, -0.7];
+        let t = [1.0f32, 0.2, 1.5, -0.4, 0.9, 0.1];
+        for mse in [false, true] {
+            let mut g = vec![0.0; 6];
+            hidden_loss(&s, &t, 3, mse, 1.0, &mut g).unwrap();
+            for i in 0..6 {
+                let eps = 1e-3;
+                let (mut up, mut down) = (s, s);
+                up[i] += eps;
+                down[i] -= eps;
+                let f = |z: &[f32]| hidden_loss(z, &t, 3, mse, 0.0, &mut [0.0; 6]).unwrap() as f64;
+                let numeric = (f(&up) - f(&down)) / (2.0 * eps as f64);
+                assert!(
+                    (numeric - g[i] as f64).abs() < 1e-3,
+                    "{mse} {i}: {numeric} vs {}",
+                    g[i]
+                );
+            }
+        }
+        assert_eq!(layer_map(&[0, 2, 4], 3, 6), [0, 2, 4]);
+        assert_eq!(layer_map(&[], 3, 6), [1, 3, 5]);
+        assert_eq!(layer_map(&[], 4, 2), [0, 0, 1, 1]);
     }
 
     #[test]

@@ -167,6 +167,20 @@ pub struct Activations {
 }
 
 impl Activations {
+    /// The output of block `l`, `[tokens, hidden]` (before a final norm): what a hidden-state
+    /// distillation loss compares.
+    pub fn block_output(&self, l: usize) -> &[f32] {
+        match self.blocks.get(l + 1) {
+            Some(next) => &next.x_in,
+            None => &self.pre_final,
+        }
+    }
+
+    /// Number of blocks recorded.
+    pub fn layers(&self) -> usize {
+        self.blocks.len()
+    }
+
     /// The inputs of block `l`'s four linear layers (query/key/value, attention output,
     /// feed-forward in and out), `[tokens, in]` each: what calibration measures.
     pub fn linear_inputs(&self, l: usize, act: crate::engine::Activation) -> [Vec<f32>; 4] {
@@ -592,9 +606,26 @@ pub fn backward(
     batch: &Batch,
     mask: MaskKind,
     acts: &Activations,
+    dx: Vec<f32>,
+    grads: &mut Transformer,
+    dropout_seed: Option<u64>,
+) -> Result<()> {
+    backward_with(model, batch, mask, acts, dx, grads, dropout_seed, &[])
+}
+
+/// [`backward`] with gradients of the loss with respect to block outputs as well
+/// (`layer_grads[l]`: of block `l`'s output, [`Activations::block_output`]), from losses on
+/// intermediate hidden states (distillation).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    model: &Transformer,
+    batch: &Batch,
+    mask: MaskKind,
+    acts: &Activations,
     mut dx: Vec<f32>,
     grads: &mut Transformer,
     dropout_seed: Option<u64>,
+    layer_grads: &[Option<Vec<f32>>],
 ) -> Result<()> {
     let drops = Drops::new(model, dropout_seed);
     let cfg = &model.config;
@@ -604,6 +635,10 @@ pub fn backward(
         dx = ln_back(n, gn, &acts.pre_final, &dx);
     }
     for (l, (b, a)) in model.blocks.iter().zip(&acts.blocks).enumerate().rev() {
+        // dx is the gradient of block l's output here (the last block's: past the final norm).
+        if let Some(Some(g)) = layer_grads.get(l) {
+            add(&mut dx, g);
+        }
         let gb = &mut grads.blocks[l];
         let site = 4 * l as u64;
         // Feed-forward sublayer.
@@ -807,6 +842,7 @@ pub fn mlm_loss(
                 cross_entropy_in_place(logits, v, targets, IGNORE, scale / count as f32)?;
             Ok((sum / count as f64) as f32)
         },
+        None,
     )
 }
 
@@ -827,6 +863,7 @@ pub fn mlm_loss_with(
     grad_scale: f32,
     dropout_seed: Option<u64>,
     criterion: InPlaceLoss,
+    states: Option<crate::train::finetune::HiddenTerm>,
 ) -> Result<f32> {
     let head = p
         .mlm_head
@@ -834,6 +871,8 @@ pub fn mlm_loss_with(
         .ok_or_else(|| Error::Input("the model has no masked-LM head".into()))?;
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
+    let (hidden_loss, layer_grads) =
+        crate::train::finetune::hidden_term(states, &acts, grad_scale)?;
     let (h, v, n) = (
         p.config().hidden_size,
         p.config().vocab_size,
@@ -897,7 +936,7 @@ pub fn mlm_loss_with(
         0,
     )?;
     let dhidden = scatter_rows(&dhs, positions, h, hidden.len());
-    backward(
+    backward_with(
         &p.model,
         batch,
         mask,
@@ -905,8 +944,9 @@ pub fn mlm_loss_with(
         dhidden,
         &mut grads.model,
         dropout_seed,
+        &layer_grads,
     )?;
-    Ok(loss)
+    Ok(loss + hidden_loss)
 }
 
 /// Targets of the causal-LM objective: each token predicts the next one within its sequence.

@@ -3,9 +3,9 @@
 //! (accuracy and macro-F1; MSE, Pearson and Spearman for regression), and the task run by the
 //! shared training loop.
 
-use super::backprop::{backward, forward, scatter_rows};
+use super::backprop::{backward_with, forward, scatter_rows};
 use super::config::FinetuneConfig;
-use super::finetune::{pick_metric, Criterion, ExampleTask, Order};
+use super::finetune::{hidden_term, pick_metric, Criterion, ExampleTask, HiddenTerm, Order};
 use crate::checkpoint::Pretrained;
 use crate::data::records::{read_records, DataFile, Record};
 use crate::engine::dropout::{mix, Dropout};
@@ -319,6 +319,7 @@ pub fn sequence_loss(
                 Ok(cross_entropy(logits, k, &targets, -100, Some(dlogits))?.0)
             }
         },
+        None,
     )
 }
 
@@ -331,6 +332,7 @@ pub(crate) fn sequence_loss_with(
     grad_scale: f32,
     dropout_seed: Option<u64>,
     criterion: Criterion,
+    states: Option<HiddenTerm>,
 ) -> Result<f32> {
     let head = sequence_head(p)?;
     let n = batch.seq_lens.len();
@@ -338,6 +340,7 @@ pub(crate) fn sequence_loss_with(
     let k = head.linear.out_features();
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
+    let (hidden_loss, layer_grads) = hidden_term(states, &acts, grad_scale)?;
     let rows = sequence_rows(p, batch);
     let x: Vec<f32> = rows
         .iter()
@@ -419,7 +422,7 @@ pub(crate) fn sequence_loss_with(
         None => dd,
     };
     let dhidden = scatter_rows(&dx, &rows, h, hidden.len());
-    backward(
+    backward_with(
         &p.model,
         batch,
         mask,
@@ -427,8 +430,9 @@ pub(crate) fn sequence_loss_with(
         dhidden,
         &mut grads.model,
         dropout_seed,
+        &layer_grads,
     )?;
-    Ok(loss)
+    Ok(loss + hidden_loss)
 }
 
 /// Metrics of `p` on labelled examples: `valid_loss`, `accuracy` and `macro_f1`

@@ -5,12 +5,14 @@
 //! `alpha_kd · T² · KL(teacher ‖ student) + alpha_ce · cross-entropy(gold)`.
 
 use super::classify::{batch_of, encode_examples, Example, Fields};
-use super::finetune::{ExampleTask, Order};
+use super::finetune::{ExampleTask, HiddenTerm, Order};
 use super::qa::{qa_batch, span_ce, QaFeature};
 use super::tag::{encode_tag_examples, tag_batch, LongSentences, TagExample};
 use super::FinetuneConfig;
 use crate::checkpoint::Pretrained;
-use crate::compress::distill::{distill_loss, Dist, DistillConfig, GoldLoss};
+use crate::compress::distill::{
+    distill_loss, hidden_loss, layer_map, Dist, DistillConfig, GoldLoss,
+};
 use crate::data::records::Record;
 use crate::engine::grad::cross_entropy;
 use crate::error::{Error, Result};
@@ -19,7 +21,9 @@ use crate::infer::classify::sequence_logits;
 use crate::infer::qa::span_logits;
 use crate::infer::tag::token_logits;
 use crate::model::Batch;
+use crate::train::backprop::Activations;
 use crate::train::backprop::IGNORE;
+use std::sync::Arc;
 
 /// A training example with the teacher's logits for it (its head's rows, in order).
 #[derive(Clone)]
@@ -216,6 +220,70 @@ fn taught<E: Clone + 'static, T: 'static>(
     }
 }
 
+/// Distillation's hidden-state term: the teacher's block outputs on each micro-batch (run
+/// afresh: caching them would keep every layer's states of every example) against the
+/// student's mapped blocks.
+pub(crate) struct Hidden {
+    teacher: Arc<Pretrained>,
+    /// Per student block, the teacher block it learns from.
+    map: Vec<usize>,
+    alpha: f32,
+    mse: bool,
+}
+
+impl Hidden {
+    /// The term of a run, or `None` when `alpha_hidden` is 0.
+    pub(crate) fn new(
+        teacher: &Arc<Pretrained>,
+        student: &Pretrained,
+        d: &DistillConfig,
+    ) -> Result<Option<Hidden>> {
+        if d.alpha_hidden == 0.0 {
+            return Ok(None);
+        }
+        let (hs, ht) = (student.config().hidden_size, teacher.config().hidden_size);
+        if hs != ht {
+            return Err(Error::Input(format!(
+                "--alpha-hidden: the student's hidden size {hs} differs from the teacher's {ht}; hidden states are compared at equal widths (a learned projection between widths is not in Kiln yet)"
+            )));
+        }
+        let map = layer_map(
+            &d.student_layers,
+            student.model.blocks.len(),
+            teacher.model.blocks.len(),
+        );
+        Ok(Some(Hidden {
+            teacher: teacher.clone(),
+            map,
+            alpha: d.alpha_hidden,
+            mse: d.hidden_loss == "mse",
+        }))
+    }
+
+    /// The term on `batch`: `alpha_hidden ·` the mean over mapped blocks of the hidden loss.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn term(
+        &self,
+        batch: &Batch,
+    ) -> Result<impl Fn(&Activations) -> Result<(f32, Vec<Option<Vec<f32>>>)> + '_> {
+        let t = &self.teacher.model;
+        let (_, teacher_acts) = crate::train::backprop::forward(t, batch, t.default_mask(), None)?;
+        Ok(move |acts: &Activations| {
+            let h = self.teacher.config().hidden_size;
+            let w = self.alpha / self.map.len().max(1) as f32;
+            let mut grads = vec![None; acts.layers()];
+            let mut loss = 0.0;
+            for (i, &tl) in self.map.iter().enumerate() {
+                let s = acts.block_output(i);
+                let mut g = vec![0.0; s.len()];
+                loss += w * hidden_loss(s, teacher_acts.block_output(tl), h, self.mse, w, &mut g)?;
+                grads[i] = Some(g);
+            }
+            Ok((loss, grads))
+        })
+    }
+}
+
 /// Rows of `k` logits whose teacher row is not marked (NaN): the soft-target distributions.
 fn marked_rows(teacher: &[f32], k: usize) -> Vec<Dist> {
     (0..teacher.len() / k)
@@ -242,7 +310,7 @@ fn unlabeled_records(
 /// Sequence classification distilled: soft targets are the teacher's class distributions.
 pub(crate) fn classify(
     student: &mut Pretrained,
-    teacher: &Pretrained,
+    teacher: &Arc<Pretrained>,
     cfg: &FinetuneConfig,
     d: &DistillConfig,
     records: &[Record],
@@ -267,6 +335,7 @@ pub(crate) fn classify(
     }
     let k = teacher.task.as_ref().map_or(0, |t| t.linear.out_features());
     let soft = teacher_logits(teacher, &task.train, batch_of, sequence_logits, k, |_| 1)?;
+    let hidden = Hidden::new(teacher, student, d)?;
     let d = d.clone();
     Ok(taught(
         task,
@@ -284,9 +353,20 @@ pub(crate) fn classify(
                 let gold =
                     |z: &[f32], g: &mut [f32]| Ok(cross_entropy(z, k, &targets, -100, Some(g))?.0);
                 let gold: Option<GoldLoss> = targets.iter().any(|&t| t >= 0).then_some(&gold);
-                super::classify::sequence_loss_with(p, batch, grads, scale, seed, &|z, g| {
-                    distill_loss(&d, z, teacher, &dists, gold, g)
-                })
+                let term = hidden.as_ref().map(|h| h.term(batch)).transpose()?;
+                let states: Option<HiddenTerm> = match &term {
+                    Some(f) => Some(f),
+                    None => None,
+                };
+                super::classify::sequence_loss_with(
+                    p,
+                    batch,
+                    grads,
+                    scale,
+                    seed,
+                    &|z, g| distill_loss(&d, z, teacher, &dists, gold, g),
+                    states,
+                )
             },
         ),
     ))
@@ -296,7 +376,7 @@ pub(crate) fn classify(
 /// (special tokens skipped).
 pub(crate) fn tag(
     student: &mut Pretrained,
-    teacher: &Pretrained,
+    teacher: &Arc<Pretrained>,
     cfg: &FinetuneConfig,
     d: &DistillConfig,
     records: &[Record],
@@ -333,6 +413,7 @@ pub(crate) fn tag(
             }
         }
     }
+    let hidden = Hidden::new(teacher, student, d)?;
     let d = d.clone();
     Ok(taught(
         task,
@@ -344,9 +425,20 @@ pub(crate) fn tag(
                 let gold =
                     |z: &[f32], g: &mut [f32]| Ok(cross_entropy(z, k, targets, IGNORE, Some(g))?.0);
                 let gold: Option<GoldLoss> = targets.iter().any(|&t| t != IGNORE).then_some(&gold);
-                super::tag::token_loss_with(p, batch, grads, scale, seed, &|z, g| {
-                    distill_loss(&d, z, teacher, &dists, gold, g)
-                })
+                let term = hidden.as_ref().map(|h| h.term(batch)).transpose()?;
+                let states: Option<HiddenTerm> = match &term {
+                    Some(f) => Some(f),
+                    None => None,
+                };
+                super::tag::token_loss_with(
+                    p,
+                    batch,
+                    grads,
+                    scale,
+                    seed,
+                    &|z, g| distill_loss(&d, z, teacher, &dists, gold, g),
+                    states,
+                )
             },
         ),
     ))
@@ -356,7 +448,7 @@ pub(crate) fn tag(
 /// each window's tokens.
 pub(crate) fn qa(
     student: &mut Pretrained,
-    teacher: &Pretrained,
+    teacher: &Arc<Pretrained>,
     cfg: &FinetuneConfig,
     d: &DistillConfig,
     records: &[Record],
@@ -372,6 +464,7 @@ pub(crate) fn qa(
     let soft = teacher_logits(teacher, &task.train, qa_batch, span_logits, 2, |f| {
         f.ids.len()
     })?;
+    let hidden = Hidden::new(teacher, student, d)?;
     let d = d.clone();
     Ok(taught(
         task,
@@ -397,9 +490,20 @@ pub(crate) fn qa(
                     g.iter_mut().for_each(|v| *v /= (2 * n) as f32);
                     Ok(loss)
                 };
-                super::qa::span_loss_with(p, batch, grads, scale, seed, &|z, g| {
-                    distill_loss(&d, z, teacher, &dists, Some(&gold), g)
-                })
+                let term = hidden.as_ref().map(|h| h.term(batch)).transpose()?;
+                let states: Option<HiddenTerm> = match &term {
+                    Some(f) => Some(f),
+                    None => None,
+                };
+                super::qa::span_loss_with(
+                    p,
+                    batch,
+                    grads,
+                    scale,
+                    seed,
+                    &|z, g| distill_loss(&d, z, teacher, &dists, Some(&gold), g),
+                    states,
+                )
             },
         ),
     ))

@@ -78,6 +78,27 @@ pub(crate) type CountFn<T> = Box<dyn Fn(&[T]) -> usize + Send + Sync>;
 /// with respect to the logits into the second buffer (zeros on entry; the caller scales it).
 /// Gold-label cross-entropy and distillation's soft targets are both criteria of one head.
 pub(crate) type Criterion<'a> = &'a dyn Fn(&[f32], &mut [f32]) -> Result<f32>;
+/// A loss on the student's block outputs (distillation's hidden-state term): its value and,
+/// per block, the gradient of that block's output (unscaled; `None`: no term there).
+pub type HiddenTerm<'a> =
+    &'a dyn Fn(&crate::train::backprop::Activations) -> Result<(f32, Vec<Option<Vec<f32>>>)>;
+
+/// Runs a hidden-state term on `acts` (if any): its loss, and its layer gradients scaled by
+/// `grad_scale`, for [`crate::train::backprop::backward_with`].
+pub(crate) fn hidden_term(
+    hidden: Option<HiddenTerm>,
+    acts: &crate::train::backprop::Activations,
+    grad_scale: f32,
+) -> Result<(f32, Vec<Option<Vec<f32>>>)> {
+    let Some(f) = hidden else {
+        return Ok((0.0, Vec::new()));
+    };
+    let (loss, mut grads) = f(acts)?;
+    for g in grads.iter_mut().flatten() {
+        g.iter_mut().for_each(|v| *v *= grad_scale);
+    }
+    Ok((loss, grads))
+}
 
 /// Held-out metrics of a model on examples.
 pub(crate) type EvalFn<E> = dyn Fn(&Pretrained, &[E]) -> Result<serde_json::Value>;
@@ -347,7 +368,7 @@ pub fn finetune(
         }};
     }
     if let Some(d) = &cfg.distill {
-        let teacher = distill_teacher(d, &begun.p, cfg)?;
+        let teacher = std::sync::Arc::new(distill_teacher(d, &begun.p, cfg)?);
         if !resume && !d.student_layers.is_empty() {
             distill::cut_layers(&mut begun.p, &d.student_layers)?;
         }

@@ -259,10 +259,17 @@ pub fn evaluate_corpus(p: &Pretrained, cfg: &PretrainConfig) -> Result<serde_jso
 }
 
 /// The pre-training task over a corpus.
+/// A distillation run's teacher, its settings and its hidden-state term.
+struct Teacher {
+    model: std::sync::Arc<Pretrained>,
+    cfg: crate::compress::distill::DistillConfig,
+    hidden: Option<crate::train::distill::Hidden>,
+}
+
 struct PretrainTask<'a> {
     obj: Objectives,
     /// Distillation: the teacher and the loss settings.
-    teacher: Option<(Pretrained, crate::compress::distill::DistillConfig)>,
+    teacher: Option<Teacher>,
     corpus: &'a Corpus,
     tok: &'a Tokenizer,
     stream: Shuffled<'a>,
@@ -314,8 +321,8 @@ impl Task for PretrainTask<'_> {
         grad_scale: f32,
         dropout_seed: Option<u64>,
     ) -> Result<f32> {
-        if let Some((teacher, d)) = &self.teacher {
-            return distilled_mlm_loss(teacher, d, p, m, grads, grad_scale, dropout_seed);
+        if let Some(t) = &self.teacher {
+            return distilled_mlm_loss(t, p, m, grads, grad_scale, dropout_seed);
         }
         match self.obj.objective {
             Objective::Mlm => mlm_loss(
@@ -361,8 +368,7 @@ fn mlm_logits(p: &Pretrained, batch: &Batch, positions: &[usize]) -> Result<Vec<
 /// vocabulary distributions (and, with `alpha_ce`, the original tokens), as DistilBERT was
 /// trained.
 fn distilled_mlm_loss(
-    teacher: &Pretrained,
-    d: &crate::compress::distill::DistillConfig,
+    t: &Teacher,
     p: &Pretrained,
     m: &Micro,
     grads: &mut Pretrained,
@@ -370,7 +376,13 @@ fn distilled_mlm_loss(
     dropout_seed: Option<u64>,
 ) -> Result<f32> {
     use crate::compress::distill::{distill_loss, Dist};
+    let (teacher, d) = (&*t.model, &t.cfg);
     let soft = mlm_logits(teacher, &m.batch, &m.positions)?;
+    let term = t.hidden.as_ref().map(|h| h.term(&m.batch)).transpose()?;
+    let states: Option<crate::train::finetune::HiddenTerm> = match &term {
+        Some(f) => Some(f),
+        None => None,
+    };
     let v = p.config().vocab_size;
     let dists: Vec<Dist> = (0..m.positions.len()).map(|r| Dist::row(r, v)).collect();
     let targets = &m.targets;
@@ -395,6 +407,7 @@ fn distilled_mlm_loss(
             }
             Ok(loss)
         },
+        states,
     )
 }
 
@@ -441,7 +454,13 @@ pub fn pretrain(
             if !resume && !d.student_layers.is_empty() {
                 crate::train::distill::cut_layers(&mut begun.p, &d.student_layers)?;
             }
-            Some((t, d.clone()))
+            let model = std::sync::Arc::new(t);
+            let hidden = crate::train::distill::Hidden::new(&model, &begun.p, d)?;
+            Some(Teacher {
+                model,
+                cfg: d.clone(),
+                hidden,
+            })
         }
         None => None,
     };

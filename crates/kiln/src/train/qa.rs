@@ -5,10 +5,10 @@
 //! trained with cross-entropy over each window's tokens, and SQuAD exact match / F1 on the
 //! decoded answers.
 
-use super::backprop::{backward, forward};
+use super::backprop::{backward_with, forward};
 use super::classify::read_data;
 use super::config::FinetuneConfig;
-use super::finetune::{pick_metric, Criterion, ExampleTask, Order};
+use super::finetune::{hidden_term, pick_metric, Criterion, ExampleTask, HiddenTerm, Order};
 use crate::checkpoint::Pretrained;
 use crate::data::records::{DataFile, Record};
 use crate::engine::dropout::mix;
@@ -334,6 +334,7 @@ pub fn span_loss(
             dlogits.iter_mut().for_each(|g| *g *= mean);
             Ok(loss)
         },
+        None,
     )
 }
 
@@ -346,11 +347,13 @@ pub(crate) fn span_loss_with(
     grad_scale: f32,
     dropout_seed: Option<u64>,
     criterion: Criterion,
+    states: Option<HiddenTerm>,
 ) -> Result<f32> {
     let head = span_head(p)?;
     let (t, h) = (batch.tokens(), p.config().hidden_size);
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
+    let (hidden_loss, layer_grads) = hidden_term(states, &acts, grad_scale)?;
     let logits = head.linear.forward(&hidden, t)?;
     let mut dlogits = vec![0.0; t * 2];
     let loss = criterion(&logits, &mut dlogits)?;
@@ -369,7 +372,7 @@ pub(crate) fn span_loss_with(
         non_empty(&mut gt.linear.weight),
         gt.linear.bias.as_mut().and_then(non_empty),
     )?;
-    backward(
+    backward_with(
         &p.model,
         batch,
         mask,
@@ -377,8 +380,9 @@ pub(crate) fn span_loss_with(
         dhidden,
         &mut grads.model,
         dropout_seed,
+        &layer_grads,
     )?;
-    Ok(loss)
+    Ok(loss + hidden_loss)
 }
 
 /// The span loss of `[tokens, 2]` logits; with `dlogits`, the unscaled gradient of the summed

@@ -3,10 +3,10 @@
 //! its tag (the other pieces ignored, or all labelled with `label_all_pieces`), the loss and
 //! its backward pass, and evaluation (token accuracy; entity precision/recall/F1 as seqeval).
 
-use super::backprop::{backward, forward, IGNORE};
+use super::backprop::{backward_with, forward, IGNORE};
 use super::classify::read_label_file;
 use super::config::FinetuneConfig;
-use super::finetune::{pick_metric, Criterion, ExampleTask, Order};
+use super::finetune::{hidden_term, pick_metric, Criterion, ExampleTask, HiddenTerm, Order};
 use crate::checkpoint::Pretrained;
 use crate::data::records::Record;
 use crate::engine::dropout::{mix, Dropout};
@@ -315,6 +315,7 @@ pub fn token_loss(
         grad_scale,
         dropout_seed,
         &|logits, dlogits| Ok(cross_entropy(logits, k, targets, IGNORE, Some(dlogits))?.0),
+        None,
     )
 }
 
@@ -327,12 +328,14 @@ pub(crate) fn token_loss_with(
     grad_scale: f32,
     dropout_seed: Option<u64>,
     criterion: Criterion,
+    states: Option<HiddenTerm>,
 ) -> Result<f32> {
     let head = token_head(p)?;
     let t = batch.tokens();
     let (h, k) = (p.config().hidden_size, head.linear.out_features());
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
+    let (hidden_loss, layer_grads) = hidden_term(states, &acts, grad_scale)?;
     let drop = dropout_seed
         .filter(|_| head.dropout > 0.0)
         .map(|s| Dropout {
@@ -371,7 +374,7 @@ pub(crate) fn token_loss_with(
     if let Some(dr) = drop {
         dr.apply(&mut dd);
     }
-    backward(
+    backward_with(
         &p.model,
         batch,
         mask,
@@ -379,8 +382,9 @@ pub(crate) fn token_loss_with(
         dd,
         &mut grads.model,
         dropout_seed,
+        &layer_grads,
     )?;
-    Ok(loss)
+    Ok(loss + hidden_loss)
 }
 
 /// Predicted tag ids per word of each sentence (windows of a sentence merged).
