@@ -397,7 +397,7 @@ mod tests {
         }
         assert_eq!(layer_map(&[0, 2, 4], 3, 6), [0, 2, 4]);
         assert_eq!(layer_map(&[], 3, 6), [1, 3, 5]);
-        assert_eq!(layer_map(&[], 4, 2), [0, 0, 1, 1]);
+        assert_eq!(layer_map(&[], 4, 2), [0, 0, 0, 1]);
     }
 
     #[test]

@@ -93,7 +93,8 @@ impl Linear {
     pub fn in_features(&self) -> usize {
         match &self.int8 {
             Some(q) => q.in_features(),
-            None => self.weight.shape()[1],
+            // An empty tensor (a frozen weight's gradient buffer) has no width.
+            None => self.weight.shape().get(1).copied().unwrap_or(0),
         }
     }
 

@@ -54,9 +54,10 @@ pub fn lora_sites(p: &Pretrained) -> Vec<Site> {
     let prefix = module_prefix(p);
     let h = cfg.hidden_size;
     let mut out = Vec::new();
-    for (l, b) in p.model.blocks.iter().enumerate() {
-        // A pruned block's query/key/value and feed-forward layers are narrower.
-        let (w, inter) = (b.attention_width(), b.ffn_in.out_features());
+    for l in 0..p.model.blocks.len() {
+        // A pruned block's query/key/value and feed-forward layers are narrower. (From the
+        // config, not the weights: gradient buffers hold empty tensors for frozen weights.)
+        let (w, inter) = (cfg.attention_width_at(l), cfg.intermediate_at(l));
         let at = format!("{prefix}{}{l}.", n.layer);
         let site = |name: &str, slot, offset, len| Site {
             module: format!("{at}{name}"),
