@@ -8,6 +8,7 @@
 #
 #   bench/compress/distill_sst2.sh [STEPS] [THREADS] [LABELLED]
 #
+# MEASURE_ONLY=1 measures the models a previous run left in $W without training them again.
 # TEACHER=dir uses a teacher you have; otherwise one is fine-tuned first (one epoch of SST-2,
 # 2,105 steps of 32, about 17 min on 2 cores). Needs `cargo build --release` and
 # scripts/get-minilm.sh. Students: STEPS (1000) steps of 32, lr 1e-4, about 8 min each.
@@ -37,6 +38,8 @@ UNLABELLED=$(wc -l < "$W/unlabelled.jsonl")
 student() { # out train extra-flags...
   local out=$1 train=$2
   shift 2
+  # MEASURE_ONLY=1: measure the models a previous run trained (e.g. on a quiet machine).
+  if [ -n "${MEASURE_ONLY:-}" ]; then return; fi
   $K distill --teacher "$T" --student-layers 0,2,4 --task classify --train "$train" \
     --valid $D/sst2/validation.jsonl --max-steps "$STEPS" --lr 1e-4 --batch-size 32 \
     --eval-every 250 --threads "$THREADS" --overwrite --out "$W/$out" "$@"
@@ -47,24 +50,9 @@ student ce-few "$W/labelled.jsonl" --alpha-kd 0 --alpha-ce 1
 student kd-few-unlabelled "$W/labelled.jsonl" --alpha-kd 0.5 --alpha-ce 0.5 --temperature 2 \
   --unlabeled "$W/unlabelled.jsonl" --unlabeled-ratio "$(python3 -c "print($UNLABELLED / $LABELLED)")"
 
-# Speed: the first 4,000 training sentences through `kiln predict`, best of 3.
-head -4000 $D/sst2/train.jsonl > "$W/speed.jsonl"
-measure() { # method dir labels
-  local acc params bytes best=999999 t0 t1 s
-  acc=$($K eval --model "$2" --data $D/sst2/validation.jsonl --threads "$THREADS" --json 2>/dev/null \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["accuracy"])')
-  params=$($K info "$2" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["parameters"])')
-  bytes=$(stat -c %s "$2/model.safetensors")
-  for _ in 1 2 3; do
-    t0=$(date +%s.%N)
-    $K predict --model "$2" --input "$W/speed.jsonl" --threads "$THREADS" > /dev/null 2>&1
-    t1=$(date +%s.%N)
-    best=$(python3 -c "print(min($best, $t1 - $t0))")
-  done
-  s=$(python3 -c "print(round(4000 / $best, 1))")
-  printf '{"bench":"distill_sst2","method":"%s","labels":"%s","steps":%s,"accuracy":%s,"parameters":%s,"bytes":%s,"sentences_per_s":%s,"threads":%s,"date":"%s","commit":"%s"}\n' \
-    "$1" "$3" "$STEPS" "$acc" "$params" "$bytes" "$s" "$THREADS" "$(date -u +%FT%TZ)" "$(git rev-parse --short HEAD)"
-}
+BENCH=distill_sst2
+RUN="distill_sst2 $(date -u +%FT%TZ)"
+source bench/compress/measure.sh
 {
   measure "teacher (6 layers)" "$T" all
   measure "distilled 3L" "$W/kd" all

@@ -418,6 +418,12 @@ fn a_teacher_that_cannot_teach_the_student_is_refused_by_name() {
         e.contains("tokenizer") && e.contains("same token ids"),
         "{e}"
     );
+    let mut lora = cfg("tiny-bert-cls", vec![0]);
+    lora.peft.method = kiln::peft::Method::Lora;
+    let e = run_finetune(&fixture("tiny-bert-cls"), &dir.join("d"), &lora, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no base directory"), "{e}");
     let mut bad = cfg("tiny-bert-cls", vec![0]);
     bad.distill.as_mut().unwrap().temperature = -1.0;
     let e = run_finetune(&fixture("tiny-bert-cls"), &dir.join("c"), &bad, false)

@@ -368,6 +368,12 @@ pub fn finetune(
         }};
     }
     if let Some(d) = &cfg.distill {
+        if !d.student_layers.is_empty() && cfg.peft.method != Method::Full {
+            // An adapter names its base model's directory; a cut student has none of its own.
+            return Err(Error::Input(
+                "--student-layers with --method lora/adapter: the cut student has no base directory for the adapter to name; distil fully, then fine-tune the student with an adapter".into(),
+            ));
+        }
         let teacher = std::sync::Arc::new(distill_teacher(d, &begun.p, cfg)?);
         if !resume && !d.student_layers.is_empty() {
             distill::cut_layers(&mut begun.p, &d.student_layers)?;
