@@ -19,7 +19,7 @@ def main():
     rows = [json.loads(l) for l in open(src) if l.strip()]
     # Each bench run measures its own teacher: ratios are within a run.
     run = lambda r: r.get("run", r["bench"])
-    teachers = {run(r): r for r in rows if r["method"].startswith("teacher")}
+    teachers = {run(r): r for r in rows if r["method"] == "teacher (6 layers)"}
     print("| method | labels | parameters | MB | sentences/s | speed-up | accuracy | Δ vs teacher |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
