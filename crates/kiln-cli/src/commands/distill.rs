@@ -1,10 +1,9 @@
 //! `kiln distill`: a student trained on a fine-tuned teacher's soft targets.
 
 use super::finetune::RunArgs;
-use crate::progress::Reporter;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use kiln::compress::distill::DistillConfig;
-use kiln::train::{pretrain, FinetuneConfig, Objective, PretrainConfig};
+use kiln::train::{FinetuneConfig, Objective, PretrainConfig};
 use std::path::PathBuf;
 
 /// Distil a fine-tuned teacher into a smaller student (knowledge distillation): the student
@@ -117,21 +116,5 @@ fn mlm(
         distill: Some(d),
         ..PretrainConfig::default()
     };
-    let stop = super::train_args::stop_on_ctrl_c();
-    let mut progress = Reporter::new();
-    let summary = pretrain(
-        student,
-        run.out(),
-        &pc,
-        run.resume(),
-        &stop,
-        super::train_args::report_started,
-        |p| progress.step(p),
-    )
-    .with_context(|| format!("distilling into {}", run.out().display()))?;
-    progress.finish(&summary, run.out());
-    if summary.interrupted {
-        std::process::exit(130);
-    }
-    Ok(())
+    super::pretrain::execute(student, run.out(), &pc, run.resume(), "distilling")
 }

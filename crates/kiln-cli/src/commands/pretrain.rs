@@ -88,19 +88,37 @@ pub fn run(a: Args) -> Result<()> {
     if !a.valid.is_empty() {
         c.valid = a.valid.clone();
     }
-    let stop = super::train_args::stop_on_ctrl_c();
-    let mut progress = Reporter::new();
-    let summary = pretrain(
+    execute(
         &super::resolve(&a.model)?,
         &a.out,
         &c,
         a.resume,
+        "pre-training",
+    )
+}
+
+/// Runs the pre-training loop (plain, or masked-LM distillation) with progress on the
+/// terminal; Ctrl-C / SIGTERM save a checkpoint and exit 130. `what` names the run in errors.
+pub fn execute(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    c: &PretrainConfig,
+    resume: bool,
+    what: &str,
+) -> Result<()> {
+    let stop = super::train_args::stop_on_ctrl_c();
+    let mut progress = Reporter::new();
+    let summary = pretrain(
+        model,
+        out,
+        c,
+        resume,
         &stop,
         super::train_args::report_started,
         |p| progress.step(p),
     )
-    .with_context(|| format!("pre-training into {}", a.out.display()))?;
-    progress.finish(&summary, &a.out);
+    .with_context(|| format!("{what} into {}", out.display()))?;
+    progress.finish(&summary, out);
     if summary.interrupted {
         std::process::exit(130);
     }

@@ -172,19 +172,16 @@ impl Sparsifier {
         if !self.active() || self.cfg.prune_method != "movement" {
             return;
         }
-        let g: BTreeMap<String, Vec<f32>> = parameters(grads)
-            .into_iter()
-            .filter(|(n, t, _)| pruned(n) && t.numel() > 0)
-            .map(|(n, t, _)| (n, t.data().to_vec()))
-            .collect();
-        for (name, t, _) in parameters(p) {
-            if let Some(gr) = g.get(&name) {
-                let s = scores
-                    .entry(format!("movement.{name}"))
-                    .or_insert_with(|| vec![0.0; t.numel()]);
-                for ((s, &w), &gv) in s.iter_mut().zip(t.data()).zip(gr) {
-                    *s -= w * gv;
-                }
+        // The gradient buffers have the model's parameters in the same order.
+        for ((name, t, _), (_, g, _)) in parameters(p).into_iter().zip(parameters(grads)) {
+            if !pruned(&name) || g.numel() != t.numel() {
+                continue;
+            }
+            let s = scores
+                .entry(format!("movement.{name}"))
+                .or_insert_with(|| vec![0.0; t.numel()]);
+            for ((s, &w), &gv) in s.iter_mut().zip(t.data()).zip(g.data()) {
+                *s -= w * gv;
             }
         }
     }

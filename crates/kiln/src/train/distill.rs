@@ -354,10 +354,7 @@ pub(crate) fn classify(
                     |z: &[f32], g: &mut [f32]| Ok(cross_entropy(z, k, &targets, -100, Some(g))?.0);
                 let gold: Option<GoldLoss> = targets.iter().any(|&t| t >= 0).then_some(&gold);
                 let term = hidden.as_ref().map(|h| h.term(batch)).transpose()?;
-                let states: Option<HiddenTerm> = match &term {
-                    Some(f) => Some(f),
-                    None => None,
-                };
+                let states = term.as_ref().map(|f| f as HiddenTerm);
                 super::classify::sequence_loss_with(
                     p,
                     batch,
@@ -426,10 +423,7 @@ pub(crate) fn tag(
                     |z: &[f32], g: &mut [f32]| Ok(cross_entropy(z, k, targets, IGNORE, Some(g))?.0);
                 let gold: Option<GoldLoss> = targets.iter().any(|&t| t != IGNORE).then_some(&gold);
                 let term = hidden.as_ref().map(|h| h.term(batch)).transpose()?;
-                let states: Option<HiddenTerm> = match &term {
-                    Some(f) => Some(f),
-                    None => None,
-                };
+                let states = term.as_ref().map(|f| f as HiddenTerm);
                 super::tag::token_loss_with(
                     p,
                     batch,
@@ -491,10 +485,7 @@ pub(crate) fn qa(
                     Ok(loss)
                 };
                 let term = hidden.as_ref().map(|h| h.term(batch)).transpose()?;
-                let states: Option<HiddenTerm> = match &term {
-                    Some(f) => Some(f),
-                    None => None,
-                };
+                let states = term.as_ref().map(|f| f as HiddenTerm);
                 super::qa::span_loss_with(
                     p,
                     batch,

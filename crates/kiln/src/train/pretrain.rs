@@ -379,10 +379,9 @@ fn distilled_mlm_loss(
     let (teacher, d) = (&*t.model, &t.cfg);
     let soft = mlm_logits(teacher, &m.batch, &m.positions)?;
     let term = t.hidden.as_ref().map(|h| h.term(&m.batch)).transpose()?;
-    let states: Option<crate::train::finetune::HiddenTerm> = match &term {
-        Some(f) => Some(f),
-        None => None,
-    };
+    let states = term
+        .as_ref()
+        .map(|f| f as crate::train::finetune::HiddenTerm);
     let v = p.config().vocab_size;
     let dists: Vec<Dist> = (0..m.positions.len()).map(|r| Dist::row(r, v)).collect();
     let targets = &m.targets;
