@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 STEPS=${1:-1000}
 THREADS=${2:-2}
 LABELLED=${3:-2000}
-K=$PWD/target/release/kiln
+K=${KILN:-$PWD/target/release/kiln}
 D=${DATA:-$(cd ../shared/data && pwd)}
 W=${WORK:-$HOME/.cache/kiln-bench/distill}
 M=${MINILM:-$HOME/.cache/kiln-models/all-MiniLM-L6-v2}

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS=${1:-1000}
 THREADS=${2:-2}
-K=$PWD/target/release/kiln
+K=${KILN:-$PWD/target/release/kiln}
 D=${DATA:-$(cd ../shared/data && pwd)}
 W=${WORK:-$HOME/.cache/kiln-bench/distill}
 OUT=${RESULTS:-bench/results/compress.jsonl}

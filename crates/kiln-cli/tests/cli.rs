@@ -1461,6 +1461,10 @@ fn distill_cuts_the_teacher_and_writes_a_smaller_model_that_predicts() {
             "0.5",
             "--temperature",
             "3",
+            "--alpha-attn",
+            "0.5",
+            "--alpha-hidden",
+            "0.5",
         ])
         .collect();
     let (ok, _, err) = kiln(&args, "");

@@ -101,13 +101,24 @@ fn distillation_losses_and_gradients_match_pytorch() {
         let s = floats(&case["student"]);
         let t = floats(&case["teacher"]);
         let d = DistillConfig {
-            temperature: case["temperature"].as_f64().unwrap() as f32,
-            alpha_kd: case["alpha_kd"].as_f64().unwrap() as f32,
-            alpha_ce: case["alpha_ce"].as_f64().unwrap() as f32,
+            // (attention cases have none of these)
+            temperature: case["temperature"].as_f64().unwrap_or(1.0) as f32,
+            alpha_kd: case["alpha_kd"].as_f64().unwrap_or(0.0) as f32,
+            alpha_ce: case["alpha_ce"].as_f64().unwrap_or(0.0) as f32,
             ..DistillConfig::default()
         };
         let mut g = vec![0.0; s.len()];
-        let loss = if case["kind"] == "rows" {
+        let loss = if case["kind"] == "attention" {
+            let lens: Vec<usize> = case["lens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            let heads = case["heads"].as_u64().unwrap() as usize;
+            let w = case["weight"].as_f64().unwrap() as f32;
+            w * kiln::compress::distill::attention_loss(&s, &t, &lens, heads, w, &mut g).unwrap()
+        } else if case["kind"] == "rows" {
             let k = case["k"].as_u64().unwrap() as usize;
             let labels: Vec<i64> = case["labels"]
                 .as_array()
@@ -500,9 +511,10 @@ fn a_masked_lm_student_learns_its_teachers_vocabulary_distributions_on_a_corpus(
 }
 
 #[test]
-fn gradients_of_hidden_state_losses_reach_every_weight_below_them() {
-    use kiln::compress::distill::hidden_loss;
-    use kiln::train::backprop::{backward_with, forward, zeros_like};
+fn gradients_of_hidden_state_and_attention_losses_reach_every_weight_below_them() {
+    use kiln::compress::distill::{attention_loss, hidden_loss};
+    use kiln::engine::attention::attention_probs;
+    use kiln::train::backprop::{backward_with, forward, zeros_like, LayerGrads};
     let p = checkpoint::load(&fixture("tiny-bert")).unwrap();
     let ids = [2u32, 17, 33, 5, 40, 3];
     let batch = kiln::model::Batch::packed(&[(&ids, None)]).unwrap();
@@ -512,17 +524,33 @@ fn gradients_of_hidden_state_losses_reach_every_weight_below_them() {
     let target: Vec<f32> = (0..ids.len() * h)
         .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
         .collect();
-    let loss_of = |q: &kiln::checkpoint::Pretrained, grads: Option<&mut Vec<Option<Vec<f32>>>>| {
+    // And uniform attention for every head of block 1 (MiniLM's attention-transfer loss).
+    let heads = p.model.blocks[1].heads(p.config());
+    let uniform = vec![1.0 / ids.len() as f32; heads * ids.len() * ids.len()];
+    let loss_of = |q: &kiln::checkpoint::Pretrained, grads: Option<&mut LayerGrads>| {
         let (_, acts) = forward(&q.model, &batch, mask, None).unwrap();
         let (mut g0, mut g2) = (vec![0.0; ids.len() * h], vec![0.0; ids.len() * h]);
+        let mut ga = vec![0.0; uniform.len()];
+        let probs = attention_probs(
+            acts.qkv(1),
+            &batch.seq_lens,
+            heads,
+            q.config().head_dim(),
+            mask,
+            None,
+            None,
+        )
+        .unwrap();
         let l = hidden_loss(acts.block_output(0), &target, h, false, 1.0, &mut g0).unwrap()
-            + hidden_loss(acts.block_output(2), &target, h, true, 1.0, &mut g2).unwrap();
+            + hidden_loss(acts.block_output(2), &target, h, true, 1.0, &mut g2).unwrap()
+            + attention_loss(&probs, &uniform, &batch.seq_lens, heads, 1.0, &mut ga).unwrap();
         if let Some(g) = grads {
-            *g = vec![Some(g0), None, Some(g2)];
+            g.outputs = vec![Some(g0), None, Some(g2)];
+            g.scores = vec![None, Some(ga), None];
         }
         (l as f64, acts)
     };
-    let mut layer_grads = Vec::new();
+    let mut layer_grads = LayerGrads::default();
     let (_, acts) = loss_of(&p, Some(&mut layer_grads));
     let mut grads = zeros_like(&p);
     let zero = vec![0.0; ids.len() * h];
@@ -537,8 +565,9 @@ fn gradients_of_hidden_state_losses_reach_every_weight_below_them() {
         &layer_grads,
     )
     .unwrap();
-    // Finite differences on weights of block 0 (under both terms) and block 2.
-    for (block, idx) in [(0usize, 5usize), (0, 900), (2, 77)] {
+    // Finite differences on weights of block 0 (under every term), block 1 (under the
+    // attention and block-2 terms; its query/key weights only under them) and block 2.
+    for (block, idx) in [(0usize, 5usize), (0, 900), (1, 300), (2, 77)] {
         let analytic = grads.model.blocks[block].ffn_in.weight.data()[idx] as f64;
         let eps = 1e-2;
         let at = |delta: f32| {
@@ -583,6 +612,60 @@ fn a_student_learns_the_teachers_hidden_states() {
     assert!(
         mean(&l[l.len() - 5..]) < 0.7 * mean(&l[..5]),
         "hidden losses {l:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_student_learns_the_teachers_attention_maps() {
+    let dir = scratch("attn");
+    let train = rain_file(&dir.join("train.jsonl"), 40, 12, true);
+    let data = dir.join("named.jsonl");
+    let text = std::fs::read_to_string(&train)
+        .unwrap()
+        .replace("\"wet\"", "\"pos\"")
+        .replace("\"dry\"", "\"neg\"");
+    std::fs::write(&data, text).unwrap();
+    let out = dir.join("student");
+    let d = DistillConfig {
+        student_layers: vec![0, 2],
+        alpha_kd: 0.0,
+        alpha_attn: 1.0,
+        ..DistillConfig::default()
+    };
+    let cfg = distilled(
+        config("classify", &data, None, 40),
+        &fixture("tiny-bert-cls"),
+        d.clone(),
+    );
+    run_finetune(&fixture("tiny-bert-cls"), &out, &cfg, false).unwrap();
+    let l = losses(&out);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&l[l.len() - 5..]) < 0.7 * mean(&l[..5]),
+        "attention losses {l:?}"
+    );
+    // A student with other head counts is refused, naming the blocks.
+    let mut other = checkpoint::load(&fixture("tiny-bert-cls")).unwrap();
+    let heads = other.model.blocks[0].heads(other.config());
+    let keep: Vec<usize> = (1..heads).collect();
+    kiln::compress::prune::keep_heads(&mut other, 0, &keep).unwrap();
+    let pruned = dir.join("pruned");
+    checkpoint::save(&other, &pruned, checkpoint::SaveDtype::F32).unwrap();
+    let cfg = distilled(
+        config("classify", &data, None, 2),
+        &fixture("tiny-bert-cls"),
+        DistillConfig {
+            student_layers: vec![],
+            ..d
+        },
+    );
+    let err = run_finetune(&pruned, &dir.join("refused"), &cfg, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--alpha-attn") && err.contains(&format!("{}", heads - 1)),
+        "{err}"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -45,6 +45,10 @@ pub struct Args {
     /// [default: cosine].
     #[arg(long, value_parser = ["cosine", "mse"])]
     hidden_loss: Option<String>,
+    /// Weight of the KL between mapped blocks' attention distributions, query by query and
+    /// head by head (MiniLM, TinyBERT; equal head counts, any widths) [default: 0].
+    #[arg(long)]
+    alpha_attn: Option<f32>,
     /// Texts without labels (classify: a text field; tag: a word list), learnt from the
     /// teacher's soft targets alone.
     #[arg(long)]
@@ -70,6 +74,7 @@ pub fn run(a: Args) -> Result<()> {
         (a.temperature, &mut d.temperature),
         (a.unlabeled_ratio, &mut d.unlabeled_ratio),
         (a.alpha_hidden, &mut d.alpha_hidden),
+        (a.alpha_attn, &mut d.alpha_attn),
     ] {
         if let Some(v) = v {
             *field = v;

@@ -29,6 +29,9 @@ pub struct DistillConfig {
     pub alpha_hidden: f32,
     /// `cosine` (1 − cos per token, DistilBERT) or `mse` (TinyBERT) for the hidden-state loss.
     pub hidden_loss: String,
+    /// Weight of the attention-transfer loss: KL(teacher ‖ student) between the attention
+    /// distributions of each query and head in mapped blocks (MiniLM, TinyBERT), averaged.
+    pub alpha_attn: f32,
     /// Texts without labels: the teacher's soft targets are the student's only signal on them.
     pub unlabeled: Option<std::path::PathBuf>,
     /// Unlabelled examples added per labelled example (0.5: half as many as the labelled
@@ -48,6 +51,7 @@ impl Default for DistillConfig {
             temperature: 2.0,
             alpha_hidden: 0.0,
             hidden_loss: "cosine".into(),
+            alpha_attn: 0.0,
             unlabeled: None,
             unlabeled_ratio: 1.0,
             teacher_fingerprint: String::new(),
@@ -69,11 +73,13 @@ impl DistillConfig {
                 return Err(Error::Input(format!("{flag} {v} must be zero or positive")));
             }
         }
-        if !(self.alpha_hidden.is_finite() && self.alpha_hidden >= 0.0) {
-            return Err(Error::Input(format!(
-                "--alpha-hidden {} must be zero or positive",
-                self.alpha_hidden
-            )));
+        for (flag, v) in [
+            ("--alpha-hidden", self.alpha_hidden),
+            ("--alpha-attn", self.alpha_attn),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::Input(format!("{flag} {v} must be zero or positive")));
+            }
         }
         if !["cosine", "mse"].contains(&self.hidden_loss.as_str()) {
             return Err(Error::Input(format!(
@@ -81,9 +87,15 @@ impl DistillConfig {
                 self.hidden_loss
             )));
         }
-        if self.alpha_kd == 0.0 && self.alpha_ce == 0.0 && self.alpha_hidden == 0.0 {
+        if [
+            self.alpha_kd,
+            self.alpha_ce,
+            self.alpha_hidden,
+            self.alpha_attn,
+        ] == [0.0; 4]
+        {
             return Err(Error::Input(
-                "--alpha-kd, --alpha-ce and --alpha-hidden are all 0: the student would learn nothing".into(),
+                "--alpha-kd, --alpha-ce, --alpha-hidden and --alpha-attn are all 0: the student would learn nothing".into(),
             ));
         }
         if !(self.unlabeled_ratio.is_finite() && self.unlabeled_ratio >= 0.0) {
@@ -308,6 +320,68 @@ pub fn hidden_loss(
     Ok((total / rows as f64) as f32)
 }
 
+/// The attention-transfer loss (MiniLM): `KL(teacher ‖ student)` between the attention
+/// distributions of every query row of every head, averaged over the rows that see a key.
+/// `student` and `teacher` hold the probabilities of packed sequences of `seq_lens` tokens in
+/// the [`crate::engine::attention::probs_offsets`] layout. Adds `weight ·` the gradient with
+/// respect to the student's attention scores (the softmax input), `(p_s − p_t) / rows`, into
+/// `grad`.
+pub fn attention_loss(
+    student: &[f32],
+    teacher: &[f32],
+    seq_lens: &[usize],
+    heads: usize,
+    weight: f32,
+    grad: &mut [f32],
+) -> Result<f32> {
+    let (_, total) = crate::engine::attention::probs_offsets(seq_lens, heads);
+    if student.len() != total || teacher.len() != total || grad.len() != total {
+        return Err(Error::shape(
+            "attention_loss",
+            format!(
+                "student {} / teacher {} / gradient {} probabilities where {} sequences of {heads} heads have {total}",
+                student.len(),
+                teacher.len(),
+                grad.len(),
+                seq_lens.len()
+            ),
+        ));
+    }
+    // Row length of every probability row, in order.
+    let row_lens = seq_lens
+        .iter()
+        .flat_map(|&l| std::iter::repeat_n(l, heads * l));
+    let mut rows = 0usize;
+    let mut kl = 0.0f64;
+    let mut at = 0;
+    let mut counted = Vec::new();
+    for l in row_lens {
+        let (s, t) = (&student[at..at + l], &teacher[at..at + l]);
+        if t.iter().any(|&v| v > 0.0) {
+            rows += 1;
+            counted.push(at..at + l);
+            // Probabilities the student rounds to 0 where the teacher has mass: ln of the
+            // smallest normal float rather than −∞.
+            kl += t
+                .iter()
+                .zip(s)
+                .filter(|(&p, _)| p > 0.0)
+                .map(|(&p, &q)| {
+                    p as f64 * ((p as f64).ln() - (q.max(f32::MIN_POSITIVE) as f64).ln())
+                })
+                .sum::<f64>();
+        }
+        at += l;
+    }
+    let c = weight / rows.max(1) as f32;
+    for r in counted {
+        for i in r {
+            grad[i] += c * (student[i] - teacher[i]);
+        }
+    }
+    Ok((kl / rows.max(1) as f64) as f32)
+}
+
 /// Which teacher block each student block learns from: the blocks it was cut from, or, for a
 /// student of its own, evenly spaced ones ending with the last.
 pub fn layer_map(cut_from: &[usize], student_layers: usize, teacher_layers: usize) -> Vec<usize> {
@@ -398,6 +472,43 @@ mod tests {
         assert_eq!(layer_map(&[0, 2, 4], 3, 6), [0, 2, 4]);
         assert_eq!(layer_map(&[], 3, 6), [1, 3, 5]);
         assert_eq!(layer_map(&[], 4, 2), [0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn attention_loss_is_kl_per_row_with_the_softmax_gradient() {
+        // Two sequences (lengths 2 and 1), one head; the second row of the first sequence sees
+        // no key (all zero) and is not counted.
+        let t = [0.7f32, 0.3, 0.0, 0.0, 1.0];
+        let scores = [0.2f32, -0.4, 0.0, 0.0, 1.3];
+        let softmax = |z: &[f32]| -> Vec<f32> {
+            let mut p = vec![0.0; 5];
+            let e: Vec<f32> = z[..2].iter().map(|v| v.exp()).collect();
+            p[0] = e[0] / (e[0] + e[1]);
+            p[1] = e[1] / (e[0] + e[1]);
+            p[4] = 1.0;
+            p
+        };
+        let s = softmax(&scores);
+        let mut g = vec![0.0; 5];
+        let l = attention_loss(&s, &t, &[2, 1], 1, 1.0, &mut g).unwrap();
+        let row0 = 0.7 * (0.7f32.ln() - s[0].ln()) + 0.3 * (0.3f32.ln() - s[1].ln());
+        assert!((l - row0 / 2.0).abs() < 1e-6, "{l} vs {}", row0 / 2.0);
+        for i in 0..2 {
+            let eps = 1e-3;
+            let (mut up, mut down) = (scores, scores);
+            up[i] += eps;
+            down[i] -= eps;
+            let f = |z: &[f32]| {
+                attention_loss(&softmax(z), &t, &[2, 1], 1, 0.0, &mut [0.0; 5]).unwrap() as f64
+            };
+            let numeric = (f(&up) - f(&down)) / (2.0 * eps as f64);
+            assert!(
+                (numeric - g[i] as f64).abs() < 1e-3,
+                "{i}: {numeric} vs {}",
+                g[i]
+            );
+        }
+        assert!(attention_loss(&s, &t, &[2, 2], 1, 1.0, &mut g).is_err());
     }
 
     #[test]

@@ -272,6 +272,146 @@ thread_local! {
         const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
+/// Where each (sequence, head)'s `[l, l]` block of attention probabilities starts in the
+/// layout [`attention_probs`] writes and [`attention_backward`]'s `score_grads` reads
+/// (sequences in order, heads within a sequence, rows = queries), and the total length.
+pub fn probs_offsets(seq_lens: &[usize], heads: usize) -> (Vec<usize>, usize) {
+    let mut offsets = Vec::with_capacity(seq_lens.len() * heads);
+    let mut at = 0;
+    for &l in seq_lens {
+        for _ in 0..heads {
+            offsets.push(at);
+            at += l * l;
+        }
+    }
+    (offsets, at)
+}
+
+/// `p[l, l] = softmax(scale · Q_h K_hᵀ + mask)` of one self-attending sequence and head.
+///
+/// # Safety
+/// `q` and `k` point at the head's first query and key of `l` rows, `rs` apart, each with
+/// `head_dim` readable values.
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_probs(
+    p: &mut [f32],
+    q: *const f32,
+    k: *const f32,
+    rs: usize,
+    l: usize,
+    head_dim: usize,
+    mask: MaskKind,
+    key_mask: Option<&[u8]>,
+) {
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    gemm_raw(
+        p.as_mut_ptr(),
+        l,
+        1,
+        l,
+        l,
+        head_dim,
+        q,
+        rs,
+        1,
+        k,
+        1,
+        rs,
+        scale,
+        false,
+        Par::Single,
+    );
+    for (i, row) in p.chunks_mut(l).enumerate() {
+        masked_softmax(row, i, mask, key_mask);
+    }
+}
+
+/// Checks a fused `[tokens, 3·width]` QKV buffer and its per-token key mask and per-sequence
+/// prefix lengths against the packed sequences; returns each sequence's first row.
+fn packed_rows(
+    what: &'static str,
+    qkv: &[f32],
+    seq_lens: &[usize],
+    width: usize,
+    key_mask: Option<&[u8]>,
+    prefix_lens: Option<&[usize]>,
+) -> Result<Vec<usize>> {
+    let tokens: usize = seq_lens.iter().sum();
+    if prefix_lens.is_some_and(|p| p.len() != seq_lens.len()) {
+        return Err(Error::shape(what, "one prefix length per sequence"));
+    }
+    if qkv.len() != tokens * 3 * width {
+        return Err(Error::shape(
+            what,
+            format!("buffers do not fit {tokens} tokens of width {width}"),
+        ));
+    }
+    if key_mask.is_some_and(|m| m.len() != tokens) {
+        return Err(Error::shape(what, "key mask needs one flag per token"));
+    }
+    let mut offsets = Vec::with_capacity(seq_lens.len());
+    let mut o = 0;
+    for &l in seq_lens {
+        offsets.push(o);
+        o += l;
+    }
+    Ok(offsets)
+}
+
+/// The attention probabilities of packed sequences that attend only to themselves, from a
+/// fused `[tokens, 3·width]` QKV buffer: every (sequence, head)'s `[l, l]` matrix in the
+/// [`probs_offsets`] layout. What an attention-transfer loss (MiniLM) compares; the forward
+/// pass itself never keeps them.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_probs(
+    qkv: &[f32],
+    seq_lens: &[usize],
+    heads: usize,
+    head_dim: usize,
+    mask: MaskKind,
+    key_mask: Option<&[u8]>,
+    prefix_lens: Option<&[usize]>,
+) -> Result<Vec<f32>> {
+    let width = heads * head_dim;
+    let rows = packed_rows(
+        "attention_probs",
+        qkv,
+        seq_lens,
+        width,
+        key_mask,
+        prefix_lens,
+    )?;
+    let (_, total) = probs_offsets(seq_lens, heads);
+    let mut out = vec![0.0; total];
+    // One disjoint `[l, l]` slice per (sequence, head), filled in parallel.
+    let mut blocks = Vec::with_capacity(seq_lens.len() * heads);
+    let mut rest = &mut out[..];
+    for (s, &l) in seq_lens.iter().enumerate() {
+        for h in 0..heads {
+            let (b, r) = rest.split_at_mut(l * l);
+            blocks.push((s, h, b));
+            rest = r;
+        }
+    }
+    let rs = 3 * width;
+    blocks.into_par_iter().for_each(|(s, h, p)| {
+        let l = seq_lens[s];
+        if l == 0 {
+            return;
+        }
+        let base = rows[s] * rs;
+        let km = key_mask.map(|m| &m[rows[s]..rows[s] + l]);
+        let mask = prefix_lens.map_or(mask, |p| MaskKind::Prefix(p[s]));
+        // SAFETY: packed_rows checked that every sequence's rows lie inside `qkv`.
+        unsafe {
+            let q = qkv.as_ptr().add(base + h * head_dim);
+            let k = qkv.as_ptr().add(base + width + h * head_dim);
+            head_probs(p, q, k, rs, l, head_dim, mask, km);
+        }
+    });
+    Ok(out)
+}
+
 /// Backward of [`attention`] over packed sequences that attend only to themselves (training:
 /// no cache). `qkv: [tokens, 3·width]` as produced by the fused projection, `dout: [tokens,
 /// width]` -> `dqkv: [tokens, 3·width]` (overwritten). The probabilities are recomputed
@@ -288,32 +428,30 @@ pub fn attention_backward(
     key_mask: Option<&[u8]>,
     prefix_lens: Option<&[usize]>,
     dropout: Option<Dropout>,
+    score_grads: Option<&[f32]>,
 ) -> Result<()> {
     let width = heads * head_dim;
     let tokens: usize = seq_lens.iter().sum();
-    if prefix_lens.is_some_and(|p| p.len() != seq_lens.len()) {
-        return Err(Error::shape(
-            "attention_backward",
-            "one prefix length per sequence",
-        ));
-    }
-    if qkv.len() != tokens * 3 * width || dout.len() != tokens * width || dqkv.len() != qkv.len() {
+    let offsets = packed_rows(
+        "attention_backward",
+        qkv,
+        seq_lens,
+        width,
+        key_mask,
+        prefix_lens,
+    )?;
+    if dout.len() != tokens * width || dqkv.len() != qkv.len() {
         return Err(Error::shape(
             "attention_backward",
             format!("buffers do not fit {tokens} tokens of width {width}"),
         ));
     }
-    if key_mask.is_some_and(|m| m.len() != tokens) {
+    let (score_at, score_len) = probs_offsets(seq_lens, heads);
+    if score_grads.is_some_and(|g| g.len() != score_len) {
         return Err(Error::shape(
             "attention_backward",
-            "key mask needs one flag per token",
+            format!("score gradients need {score_len} values (every head's [l, l] block)"),
         ));
-    }
-    let mut offsets = Vec::with_capacity(seq_lens.len());
-    let mut o = 0;
-    for &l in seq_lens {
-        offsets.push(o);
-        o += l;
     }
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dst = SendPtr(dqkv.as_mut_ptr());
@@ -340,32 +478,8 @@ pub fn attention_backward(
                 let k = qkv.as_ptr().add(base + kc);
                 let v = qkv.as_ptr().add(base + vc);
                 let go = dout.as_ptr().add(row0 * width + h * head_dim);
-                // P = softmax(scale · Q Kᵀ + mask)
-                gemm_raw(
-                    p.as_mut_ptr(),
-                    l,
-                    1,
-                    l,
-                    l,
-                    head_dim,
-                    q,
-                    rs,
-                    1,
-                    k,
-                    1,
-                    rs,
-                    scale,
-                    false,
-                    Par::Single,
-                );
-                for (i, row) in p.chunks_mut(l).enumerate() {
-                    masked_softmax(
-                        row,
-                        i,
-                        prefix_lens.map_or(mask, |p| MaskKind::Prefix(p[s])),
-                        km,
-                    );
-                }
+                let item_mask = prefix_lens.map_or(mask, |p| MaskKind::Prefix(p[s]));
+                head_probs(p, q, k, rs, l, head_dim, item_mask, km);
                 // With dropout the forward used P' = P ⊙ M / (1 − p): p holds P' for dV,
                 // and P is kept for the softmax backward.
                 let drop = dropout.map(|d| (d, prob_dropout_base(s, h, heads, l)));
@@ -420,6 +534,14 @@ pub fn attention_backward(
                     dr.iter_mut()
                         .zip(pr)
                         .for_each(|(g, &pp)| *g = pp * (*g - dot));
+                }
+                // A loss on the probabilities themselves (attention transfer) adds its
+                // gradient with respect to the scores.
+                if let Some(g) = score_grads {
+                    let at = score_at[item];
+                    dp.iter_mut()
+                        .zip(&g[at..at + l * l])
+                        .for_each(|(d, g)| *d += g);
                 }
                 // dQ = scale · dS K ;  dK = scale · dSᵀ Q
                 gemm_raw(
@@ -691,8 +813,113 @@ mod tests {
                     out.iter().zip(&r).map(|(a, b)| a * b).sum()
                 };
                 let mut grad = vec![0.0; qkv.len()];
-                attention_backward(&qkv, &r, &mut grad, &lens, heads, d, mask, km, pl, drop)
-                    .unwrap();
+                attention_backward(
+                    &qkv, &r, &mut grad, &lens, heads, d, mask, km, pl, drop, None,
+                )
+                .unwrap();
+                let scale = grad.iter().fold(1e-3f32, |m, g| m.max(g.abs()));
+                for i in 0..qkv.len() {
+                    let orig = qkv[i];
+                    qkv[i] = orig + 1e-2;
+                    let up = loss(&qkv);
+                    qkv[i] = orig - 1e-2;
+                    let down = loss(&qkv);
+                    qkv[i] = orig;
+                    let fd = (up - down) / 2e-2;
+                    assert!(
+                        (fd - grad[i]).abs() <= 2e-2 * scale,
+                        "{mask:?} {i}: {} vs {fd}",
+                        grad[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod probs_tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// `attention_probs` equals the probabilities the fused forward applies (its output is
+    /// P · V), and a loss on the probabilities sent in as `score_grads` gets its gradient with
+    /// respect to Q and K right (finite differences).
+    #[test]
+    fn probabilities_and_score_gradients_match_finite_differences() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        let (heads, d) = (2, 4);
+        let w = heads * d;
+        let lens = [3usize, 5];
+        let t: usize = lens.iter().sum();
+        let prefixes = [2usize, 4];
+        let (offsets, total) = probs_offsets(&lens, heads);
+        for (mask, pl) in [
+            (MaskKind::Bidirectional, None),
+            (MaskKind::Causal, None),
+            (MaskKind::Bidirectional, Some(&prefixes[..])),
+        ] {
+            let key_mask: Vec<u8> = (0..t).map(|i| u8::from(i != 4)).collect();
+            for km in [None, Some(&key_mask[..])] {
+                let mut qkv: Vec<f32> = (0..t * 3 * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let c: Vec<f32> = (0..total).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let p = attention_probs(&qkv, &lens, heads, d, mask, km, pl).unwrap();
+                // P · V from the probabilities equals the fused forward.
+                let seqs = packed_self_attention(&qkv, w, &lens, km, pl);
+                let mut out = vec![0.0; t * w];
+                attention(&seqs, heads, d, mask, &mut out).unwrap();
+                let mut row0 = 0;
+                for (s, &l) in lens.iter().enumerate() {
+                    for h in 0..heads {
+                        let blk = &p[offsets[s * heads + h]..][..l * l];
+                        for i in 0..l {
+                            for j in 0..d {
+                                let pv: f32 = (0..l)
+                                    .map(|k| {
+                                        blk[i * l + k] * qkv[(row0 + k) * 3 * w + 2 * w + h * d + j]
+                                    })
+                                    .sum();
+                                let o = out[(row0 + i) * w + h * d + j];
+                                assert!((pv - o).abs() < 1e-5, "{mask:?} P·V {pv} vs {o}");
+                            }
+                        }
+                    }
+                    row0 += l;
+                }
+                // L = Σ C ⊙ P: ∂L/∂scores = P ⊙ (C − rowsum(P ⊙ C)).
+                let loss = |qkv: &[f32]| -> f32 {
+                    let p = attention_probs(qkv, &lens, heads, d, mask, km, pl).unwrap();
+                    p.iter().zip(&c).map(|(a, b)| a * b).sum()
+                };
+                let mut g = vec![0.0; total];
+                for (s, &l) in lens.iter().enumerate() {
+                    for h in 0..heads {
+                        let at = offsets[s * heads + h];
+                        for i in 0..l {
+                            let r = at + i * l;
+                            let dot: f32 = (0..l).map(|k| p[r + k] * c[r + k]).sum();
+                            for k in 0..l {
+                                g[r + k] = p[r + k] * (c[r + k] - dot);
+                            }
+                        }
+                    }
+                }
+                let zero = vec![0.0; t * w];
+                let mut grad = vec![0.0; qkv.len()];
+                attention_backward(
+                    &qkv,
+                    &zero,
+                    &mut grad,
+                    &lens,
+                    heads,
+                    d,
+                    mask,
+                    km,
+                    pl,
+                    None,
+                    Some(&g),
+                )
+                .unwrap();
                 let scale = grad.iter().fold(1e-3f32, |m, g| m.max(g.abs()));
                 for i in 0..qkv.len() {
                     let orig = qkv[i];

@@ -176,6 +176,12 @@ impl Activations {
         }
     }
 
+    /// Block `l`'s fused query/key/value projections, `[tokens, 3 · width]`: what the
+    /// attention probabilities are computed from.
+    pub fn qkv(&self, l: usize) -> &[f32] {
+        &self.blocks[l].qkv
+    }
+
     /// Number of blocks recorded.
     pub fn layers(&self) -> usize {
         self.blocks.len()
@@ -610,12 +616,40 @@ pub fn backward(
     grads: &mut Transformer,
     dropout_seed: Option<u64>,
 ) -> Result<()> {
-    backward_with(model, batch, mask, acts, dx, grads, dropout_seed, &[])
+    backward_with(
+        model,
+        batch,
+        mask,
+        acts,
+        dx,
+        grads,
+        dropout_seed,
+        &LayerGrads::default(),
+    )
 }
 
-/// [`backward`] with gradients of the loss with respect to block outputs as well
-/// (`layer_grads[l]`: of block `l`'s output, [`Activations::block_output`]), from losses on
-/// intermediate hidden states (distillation).
+/// Gradients that losses on a model's intermediate states (distillation's hidden-state and
+/// attention-transfer terms) send into the backward pass, per block (`None`: no term there).
+#[derive(Debug, Default)]
+pub struct LayerGrads {
+    /// Of block `l`'s output ([`Activations::block_output`]), `[tokens, hidden]`.
+    pub outputs: Vec<Option<Vec<f32>>>,
+    /// Of block `l`'s attention scores (the softmax input), every head's `[l, l]` block in the
+    /// [`crate::engine::attention::probs_offsets`] layout.
+    pub scores: Vec<Option<Vec<f32>>>,
+}
+
+impl LayerGrads {
+    /// Multiplies every gradient by `s`.
+    pub fn scale(&mut self, s: f32) {
+        for g in self.outputs.iter_mut().chain(&mut self.scores).flatten() {
+            g.iter_mut().for_each(|v| *v *= s);
+        }
+    }
+}
+
+/// [`backward`] with gradients of losses on intermediate states as well: of block outputs and
+/// of attention scores (distillation).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_with(
     model: &Transformer,
@@ -625,7 +659,7 @@ pub fn backward_with(
     mut dx: Vec<f32>,
     grads: &mut Transformer,
     dropout_seed: Option<u64>,
-    layer_grads: &[Option<Vec<f32>>],
+    layer_grads: &LayerGrads,
 ) -> Result<()> {
     let drops = Drops::new(model, dropout_seed);
     let cfg = &model.config;
@@ -636,7 +670,7 @@ pub fn backward_with(
     }
     for (l, (b, a)) in model.blocks.iter().zip(&acts.blocks).enumerate().rev() {
         // dx is the gradient of block l's output here (the last block's: past the final norm).
-        if let Some(Some(g)) = layer_grads.get(l) {
+        if let Some(Some(g)) = layer_grads.outputs.get(l) {
             add(&mut dx, g);
         }
         let gb = &mut grads.blocks[l];
@@ -720,6 +754,7 @@ pub fn backward_with(
             batch.key_mask.as_deref(),
             batch.prefix_lens.as_deref(),
             drops.and_then(|d| d.probs(l)),
+            layer_grads.scores.get(l).and_then(|g| g.as_deref()),
         )?;
         let mut da_in = vec![0.0; t * h];
         lin_back(

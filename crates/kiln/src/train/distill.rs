@@ -11,9 +11,10 @@ use super::tag::{encode_tag_examples, tag_batch, LongSentences, TagExample};
 use super::FinetuneConfig;
 use crate::checkpoint::Pretrained;
 use crate::compress::distill::{
-    distill_loss, hidden_loss, layer_map, Dist, DistillConfig, GoldLoss,
+    attention_loss, distill_loss, hidden_loss, layer_map, Dist, DistillConfig, GoldLoss,
 };
 use crate::data::records::Record;
+use crate::engine::attention::attention_probs;
 use crate::engine::grad::cross_entropy;
 use crate::error::{Error, Result};
 use crate::heads::HeadKind;
@@ -21,8 +22,8 @@ use crate::infer::classify::sequence_logits;
 use crate::infer::qa::span_logits;
 use crate::infer::tag::token_logits;
 use crate::model::Batch;
-use crate::train::backprop::Activations;
 use crate::train::backprop::IGNORE;
+use crate::train::backprop::{Activations, LayerGrads};
 use std::sync::Arc;
 
 /// A training example with the teacher's logits for it (its head's rows, in order).
@@ -220,31 +221,37 @@ fn taught<E: Clone + 'static, T: 'static>(
     }
 }
 
-/// Distillation's hidden-state term: the teacher's block outputs on each micro-batch (run
-/// afresh: caching them would keep every layer's states of every example) against the
-/// student's mapped blocks.
+/// Distillation's terms on intermediate states: the teacher's block outputs and attention
+/// probabilities on each micro-batch (run afresh: caching them would keep every layer's states
+/// of every example) against the student's mapped blocks' — hidden states by cosine or MSE,
+/// attention distributions by KL.
 pub(crate) struct Hidden {
     teacher: Arc<Pretrained>,
     /// Per student block, the teacher block it learns from.
     map: Vec<usize>,
     alpha: f32,
     mse: bool,
+    alpha_attn: f32,
+    /// Per student block, its heads (the attention term compares head by head).
+    heads: Vec<usize>,
+    /// The student's head width (the teacher's may differ).
+    head_dim: usize,
 }
 
 impl Hidden {
-    /// The term of a run, or `None` when `alpha_hidden` is 0.
+    /// The terms of a run, or `None` when `alpha_hidden` and `alpha_attn` are 0.
     pub(crate) fn new(
         teacher: &Arc<Pretrained>,
         student: &Pretrained,
         d: &DistillConfig,
     ) -> Result<Option<Hidden>> {
-        if d.alpha_hidden == 0.0 {
+        if d.alpha_hidden == 0.0 && d.alpha_attn == 0.0 {
             return Ok(None);
         }
         let (hs, ht) = (student.config().hidden_size, teacher.config().hidden_size);
-        if hs != ht {
+        if d.alpha_hidden > 0.0 && hs != ht {
             return Err(Error::Input(format!(
-                "--alpha-hidden: the student's hidden size {hs} differs from the teacher's {ht}; hidden states are compared at equal widths (a learned projection between widths is not in Kiln yet)"
+                "--alpha-hidden: the student's hidden size {hs} differs from the teacher's {ht}; hidden states are compared at equal widths (a learned projection between widths is not in Kiln yet; --alpha-attn compares attention maps across widths)"
             )));
         }
         let map = layer_map(
@@ -252,32 +259,78 @@ impl Hidden {
             student.model.blocks.len(),
             teacher.model.blocks.len(),
         );
+        let (sc, tc) = (student.config(), teacher.config());
+        let heads: Vec<usize> = student.model.blocks.iter().map(|b| b.heads(sc)).collect();
+        if d.alpha_attn > 0.0 {
+            for (i, &tl) in map.iter().enumerate() {
+                let th = teacher.model.blocks[tl].heads(tc);
+                if heads[i] != th {
+                    return Err(Error::Input(format!(
+                        "--alpha-attn: student block {i} has {} attention heads, the teacher block {tl} it learns from has {th}; attention maps are compared head by head",
+                        heads[i]
+                    )));
+                }
+            }
+        }
         Ok(Some(Hidden {
             teacher: teacher.clone(),
             map,
             alpha: d.alpha_hidden,
             mse: d.hidden_loss == "mse",
+            alpha_attn: d.alpha_attn,
+            heads,
+            head_dim: sc.head_dim(),
         }))
     }
 
-    /// The term on `batch`: `alpha_hidden ·` the mean over mapped blocks of the hidden loss.
+    /// The terms on `batch`: `alpha_hidden ·` the mean over mapped blocks of the hidden loss
+    /// `+ alpha_attn ·` the mean over mapped blocks of the attention loss.
     #[allow(clippy::type_complexity)]
-    pub(crate) fn term(
-        &self,
-        batch: &Batch,
-    ) -> Result<impl Fn(&Activations) -> Result<(f32, Vec<Option<Vec<f32>>>)> + '_> {
+    pub(crate) fn term<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> Result<impl Fn(&Activations) -> Result<(f32, LayerGrads)> + 'a> {
         let t = &self.teacher.model;
-        let (_, teacher_acts) = crate::train::backprop::forward(t, batch, t.default_mask(), None)?;
+        let mask = t.default_mask();
+        let (_, teacher_acts) = crate::train::backprop::forward(t, batch, mask, None)?;
+        let tc = self.teacher.config();
         Ok(move |acts: &Activations| {
-            let h = self.teacher.config().hidden_size;
-            let w = self.alpha / self.map.len().max(1) as f32;
-            let mut grads = vec![None; acts.layers()];
+            let h = tc.hidden_size;
+            let per_block = 1.0 / self.map.len().max(1) as f32;
+            let mut grads = LayerGrads {
+                outputs: vec![None; acts.layers()],
+                scores: vec![None; acts.layers()],
+            };
             let mut loss = 0.0;
+            let probs = |qkv: &[f32], heads: usize, head_dim: usize| {
+                attention_probs(
+                    qkv,
+                    &batch.seq_lens,
+                    heads,
+                    head_dim,
+                    mask,
+                    batch.key_mask.as_deref(),
+                    batch.prefix_lens.as_deref(),
+                )
+            };
             for (i, &tl) in self.map.iter().enumerate() {
-                let s = acts.block_output(i);
-                let mut g = vec![0.0; s.len()];
-                loss += w * hidden_loss(s, teacher_acts.block_output(tl), h, self.mse, w, &mut g)?;
-                grads[i] = Some(g);
+                if self.alpha > 0.0 {
+                    let w = self.alpha * per_block;
+                    let s = acts.block_output(i);
+                    let mut g = vec![0.0; s.len()];
+                    let l = hidden_loss(s, teacher_acts.block_output(tl), h, self.mse, w, &mut g)?;
+                    loss += w * l;
+                    grads.outputs[i] = Some(g);
+                }
+                if self.alpha_attn > 0.0 {
+                    let w = self.alpha_attn * per_block;
+                    let heads = self.heads[i];
+                    let ps = probs(acts.qkv(i), heads, self.head_dim)?;
+                    let pt = probs(teacher_acts.qkv(tl), heads, tc.head_dim())?;
+                    let mut g = vec![0.0; ps.len()];
+                    loss += w * attention_loss(&ps, &pt, &batch.seq_lens, heads, w, &mut g)?;
+                    grads.scores[i] = Some(g);
+                }
             }
             Ok((loss, grads))
         })

@@ -78,10 +78,11 @@ pub(crate) type CountFn<T> = Box<dyn Fn(&[T]) -> usize + Send + Sync>;
 /// with respect to the logits into the second buffer (zeros on entry; the caller scales it).
 /// Gold-label cross-entropy and distillation's soft targets are both criteria of one head.
 pub(crate) type Criterion<'a> = &'a dyn Fn(&[f32], &mut [f32]) -> Result<f32>;
-/// A loss on the student's block outputs (distillation's hidden-state term): its value and,
-/// per block, the gradient of that block's output (unscaled; `None`: no term there).
-pub type HiddenTerm<'a> =
-    &'a dyn Fn(&crate::train::backprop::Activations) -> Result<(f32, Vec<Option<Vec<f32>>>)>;
+/// A loss on the student's intermediate states (distillation's hidden-state and attention
+/// terms): its value and the gradients it sends into the backward pass (unscaled).
+pub type HiddenTerm<'a> = &'a dyn Fn(
+    &crate::train::backprop::Activations,
+) -> Result<(f32, crate::train::backprop::LayerGrads)>;
 
 /// Runs a hidden-state term on `acts` (if any): its loss, and its layer gradients scaled by
 /// `grad_scale`, for [`crate::train::backprop::backward_with`].
@@ -89,14 +90,12 @@ pub(crate) fn hidden_term(
     hidden: Option<HiddenTerm>,
     acts: &crate::train::backprop::Activations,
     grad_scale: f32,
-) -> Result<(f32, Vec<Option<Vec<f32>>>)> {
+) -> Result<(f32, crate::train::backprop::LayerGrads)> {
     let Some(f) = hidden else {
-        return Ok((0.0, Vec::new()));
+        return Ok((0.0, Default::default()));
     };
     let (loss, mut grads) = f(acts)?;
-    for g in grads.iter_mut().flatten() {
-        g.iter_mut().for_each(|v| *v *= grad_scale);
-    }
+    grads.scale(grad_scale);
     Ok((loss, grads))
 }
 
