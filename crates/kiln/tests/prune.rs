@@ -226,6 +226,65 @@ fn importance_from_data_is_the_gradient_of_a_head_or_neuron_mask() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `kiln prune` (magnitude importance) then `kiln convert --dense`, as the fixture script ran
+/// them with the binary: transformers loaded that directory, and its logits are the ones the
+/// pruned and the dense model give in Kiln.
+#[test]
+fn transformers_loads_a_dense_converted_pruned_model_with_the_same_outputs() {
+    let fx = json(&fixture("prune-expected.json"));
+    let want = &fx["kiln_dense"];
+    let flags: Vec<&str> = want["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            "--heads",
+            "0.34",
+            "--ffn",
+            "0.5",
+            "--drop-layers",
+            "1",
+            "--importance",
+            "magnitude"
+        ],
+        "the options below are these flags"
+    );
+    let mut p = checkpoint::load(&fixture("tiny-bert-cls")).unwrap();
+    let scores = magnitude_scores(&p).unwrap();
+    let opts = PruneOptions {
+        heads: 0.34,
+        ffn: 0.5,
+        drop_layers: vec![1],
+    };
+    prune(&mut p, &scores, &opts).unwrap();
+    let dir = scratch("transformers-dense");
+    checkpoint::save(&p, &dir.join("pruned"), checkpoint::SaveDtype::F32).unwrap();
+    let mut dense = checkpoint::load(&dir.join("pruned")).unwrap();
+    densify(&mut dense).unwrap();
+    checkpoint::save(&dense, &dir.join("dense"), checkpoint::SaveDtype::F32).unwrap();
+    let dense = checkpoint::load(&dir.join("dense")).unwrap();
+    assert_eq!(
+        dense.config().num_layers as u64,
+        want["layers"].as_u64().unwrap()
+    );
+    for case in want["cases"].as_array().unwrap() {
+        let ids = common::ids(&case["ids"]);
+        let hf = floats(&case["logits"]);
+        for (what, m) in [("pruned", &p), ("dense", &dense)] {
+            let got = logits(m, &ids);
+            assert!(
+                max_diff(&got, &hf) < PARITY_ATOL,
+                "{what}: {got:?} vs transformers on Kiln's dense directory {hf:?}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn a_pruned_model_fine_tunes_and_prunes_again_keeping_its_structure() {
     let dir = scratch("finetune");
