@@ -378,7 +378,7 @@ fn sparse_run(
             sparsity: kiln::compress::sparsity::SparsityConfig {
                 prune_to: Some(sparsity),
                 prune_method: method.into(),
-                prune_start: 0,
+                prune_start: Some(0),
                 prune_end: Some(20),
                 prune_scope: scope.into(),
             },

@@ -69,7 +69,8 @@ pub struct TrainArgs {
     /// 2020) [default: magnitude].
     #[arg(long, value_parser = ["magnitude", "movement"])]
     pub prune_method: Option<String>,
-    /// Step pruning starts at [default: 0].
+    /// Step pruning starts at [default: 0 for magnitude; a sixth of the run for movement,
+    /// whose scores need steps to form].
     #[arg(long)]
     pub prune_start: Option<u64>,
     /// Step the final sparsity is reached at [default: two thirds of the run].
@@ -118,7 +119,7 @@ impl TrainArgs {
             sp.prune_method = m.clone();
         }
         if let Some(v) = self.prune_start {
-            sp.prune_start = v;
+            sp.prune_start = Some(v);
         }
         if self.prune_end.is_some() {
             sp.prune_end = self.prune_end;

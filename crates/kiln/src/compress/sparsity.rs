@@ -25,8 +25,10 @@ pub struct SparsityConfig {
     pub prune_to: Option<f32>,
     /// `magnitude` (smallest |w| first) or `movement` (smallest −Σ w·g first).
     pub prune_method: String,
-    /// Step at which pruning starts (the sparsity is 0 up to it).
-    pub prune_start: u64,
+    /// Step at which pruning starts (the sparsity is 0 up to it); `None`: at once for
+    /// magnitude, after a sixth of the run for movement (its scores need steps to mean
+    /// anything: pruning on a few steps' noise removes a random half of a pretrained model).
+    pub prune_start: Option<u64>,
     /// Step at which the final sparsity is reached (default: two thirds of the run).
     pub prune_end: Option<u64>,
     /// `global` (one threshold over every pruned layer) or `layer` (each layer to the same
@@ -39,7 +41,7 @@ impl Default for SparsityConfig {
         SparsityConfig {
             prune_to: None,
             prune_method: "magnitude".into(),
-            prune_start: 0,
+            prune_start: None,
             prune_end: None,
             prune_scope: "global".into(),
         }
@@ -68,41 +70,49 @@ impl SparsityConfig {
                 self.prune_scope
             )));
         }
-        if let Some(end) = self.prune_end {
-            if end <= self.prune_start {
+        if let (Some(start), Some(end)) = (self.prune_start, self.prune_end) {
+            if end <= start {
                 return Err(Error::Input(format!(
-                    "--prune-end {end} must come after --prune-start {}",
-                    self.prune_start
+                    "--prune-end {end} must come after --prune-start {start}"
                 )));
             }
         }
         Ok(())
     }
 
+    /// The pruning window `(start, end)` of a run of `total` steps.
+    fn window(&self, total: u64) -> (u64, u64) {
+        let start = self
+            .prune_start
+            .unwrap_or(if self.prune_method == "movement" {
+                total / 6
+            } else {
+                0
+            });
+        let end = self.prune_end.unwrap_or((2 * total / 3).max(start + 1));
+        (start, end.max(start + 1))
+    }
+
     /// The sparsity due after `step` of `total` steps: `S · (1 − (1 − progress)³)` over the
     /// window, 0 before it, `S` after it.
     pub fn target(&self, step: u64, total: u64) -> f32 {
         let Some(s) = self.prune_to else { return 0.0 };
-        let end = self
-            .prune_end
-            .unwrap_or((2 * total / 3).max(self.prune_start + 1));
-        if step <= self.prune_start {
+        let (start, end) = self.window(total);
+        if step <= start {
             return 0.0;
         }
         if step >= end {
             return s;
         }
-        let x = (step - self.prune_start) as f32 / (end - self.prune_start) as f32;
+        let x = (step - start) as f32 / (end - start) as f32;
         s * (1.0 - (1.0 - x).powi(3))
     }
 
     /// Whether the mask grows after `step`.
     pub fn due(&self, step: u64, total: u64) -> bool {
-        let end = self
-            .prune_end
-            .unwrap_or((2 * total / 3).max(self.prune_start + 1));
+        let (start, end) = self.window(total);
         self.prune_to.is_some()
-            && step > self.prune_start
+            && step > start
             && (step.is_multiple_of(PRUNE_EVERY) || step == end || step == total)
     }
 }
@@ -301,7 +311,7 @@ mod tests {
     fn the_schedule_is_cubic_over_its_window() {
         let c = SparsityConfig {
             prune_to: Some(0.8),
-            prune_start: 10,
+            prune_start: Some(10),
             prune_end: Some(110),
             ..Default::default()
         };
@@ -309,5 +319,19 @@ mod tests {
         assert!((c.target(60, 200) - 0.8 * (1.0 - 0.125)).abs() < 1e-6);
         assert_eq!(c.target(150, 200), 0.8);
         assert!(c.due(20, 200) && !c.due(25, 200) && !c.due(10, 200));
+        // Defaults: magnitude from the first step, movement after a sixth of the run; both
+        // reach the final sparsity at two thirds.
+        let magnitude = SparsityConfig {
+            prune_to: Some(0.5),
+            ..Default::default()
+        };
+        let movement = SparsityConfig {
+            prune_method: "movement".into(),
+            ..magnitude.clone()
+        };
+        assert_eq!(magnitude.window(600), (0, 400));
+        assert_eq!(movement.window(600), (100, 400));
+        assert!(magnitude.target(10, 600) > 0.0 && movement.target(100, 600) == 0.0);
+        assert!(movement.due(110, 600) && !movement.due(100, 600));
     }
 }
