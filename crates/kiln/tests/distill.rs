@@ -669,3 +669,103 @@ fn a_student_learns_the_teachers_attention_maps() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A narrower student of its own (hidden 48 where the teacher has 96; 3 heads each): its
+/// hidden states are compared through a learned projection (TinyBERT's `W_h`), which trains
+/// with it, resumes exactly (kept in the optimizer state) and is not saved with the model.
+#[test]
+fn a_narrower_student_learns_the_teachers_hidden_states_through_a_learned_projection() {
+    use kiln::model::init::{new_config, random_model, InitShape};
+    let dir = scratch("proj");
+    let teacher = fixture("tiny-bert-cls");
+    let t = checkpoint::load(&teacher).unwrap();
+    let shape = InitShape {
+        layers: Some(2),
+        hidden: Some(48),
+        heads: Some(3),
+        intermediate: Some(96),
+        max_positions: Some(64),
+    };
+    let tok = t.tokenizer().unwrap().clone();
+    let cfg = new_config(kiln::model::Arch::Bert, "tiny", &shape, &tok).unwrap();
+    let student = dir.join("narrow");
+    let s = random_model(cfg, tok, teacher.clone(), 3).unwrap();
+    checkpoint::save(&s, &student, checkpoint::SaveDtype::F32).unwrap();
+    let train = rain_file(&dir.join("train.jsonl"), 40, 9, true);
+    let data = dir.join("named.jsonl");
+    let text = std::fs::read_to_string(&train)
+        .unwrap()
+        .replace("\"wet\"", "\"pos\"")
+        .replace("\"dry\"", "\"neg\"");
+    std::fs::write(&data, text).unwrap();
+    // The teacher's labels, in its order (the fresh head predicts them).
+    let labels = dir.join("labels.json");
+    std::fs::write(&labels, r#"["neg", "neutral", "pos"]"#).unwrap();
+    // Hidden states alone, by MSE: the loss falls.
+    let d = DistillConfig {
+        alpha_kd: 0.0,
+        alpha_hidden: 1.0,
+        hidden_loss: "mse".into(),
+        ..DistillConfig::default()
+    };
+    let mut cfg = distilled(config("classify", &data, None, 40), &teacher, d);
+    cfg.labels = Some(labels.clone());
+    let out = dir.join("learnt");
+    run_finetune(&student, &out, &cfg, false).unwrap();
+    let l = losses(&out);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&l[l.len() - 5..]) < 0.7 * mean(&l[..5]),
+        "projected hidden losses {l:?}"
+    );
+    // The model directory holds the student alone.
+    let saved = checkpoint::load(&out).unwrap();
+    assert!(
+        saved.unused_tensors.is_empty(),
+        "{:?}",
+        saved.unused_tensors
+    );
+    assert_eq!(saved.config().hidden_size, 48);
+    // Resume with every term on: bit-identical to the uninterrupted run.
+    let d = DistillConfig {
+        alpha_kd: 0.5,
+        alpha_hidden: 1.0,
+        alpha_attn: 0.5,
+        ..DistillConfig::default()
+    };
+    let mut cfg = distilled(config("classify", &data, None, 9), &teacher, d);
+    cfg.labels = Some(labels.clone());
+    cfg.train.batch_size = 8;
+    let full = dir.join("full");
+    run_finetune(&student, &full, &cfg, false).unwrap();
+    let part = dir.join("part");
+    let stop = AtomicBool::new(false);
+    let s = finetune(
+        &student,
+        &part,
+        &cfg,
+        false,
+        &stop,
+        |_| {},
+        |p| {
+            if p.step == 5 {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        },
+    )
+    .unwrap();
+    assert!(s.interrupted && s.step == 5);
+    let optimizer = std::fs::read(part.join("checkpoint-5/optimizer.safetensors")).unwrap();
+    assert!(
+        optimizer
+            .windows(23)
+            .any(|w| w == b"aux.distill.proj.weight"),
+        "the projection is kept with the optimizer state"
+    );
+    run_finetune(&student, &part, &cfg, true).unwrap();
+    assert_eq!(
+        checkpoint::named_tensors(&checkpoint::load(&full.join("checkpoint-9")).unwrap()).unwrap(),
+        checkpoint::named_tensors(&checkpoint::load(&part.join("checkpoint-9")).unwrap()).unwrap(),
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

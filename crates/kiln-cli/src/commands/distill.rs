@@ -37,7 +37,8 @@ pub struct Args {
     /// Softmax temperature of the soft targets [default: 2].
     #[arg(long)]
     temperature: Option<f32>,
-    /// Weight of the loss between mapped hidden states (block outputs; equal widths)
+    /// Weight of the loss between mapped hidden states (block outputs; a narrower student's
+    /// through a learned projection to the teacher's width, trained with it and not saved)
     /// [default: 0].
     #[arg(long)]
     alpha_hidden: Option<f32>,

@@ -320,6 +320,89 @@ pub fn hidden_loss(
     Ok((total / rows as f64) as f32)
 }
 
+/// A learned projection from the student's hidden width to the teacher's (TinyBERT's `W_h`,
+/// an `nn.Linear(h_student, h_teacher)`): weight `[h_t, h_s]` and bias `[h_t]`, with the
+/// gradients a loss adds to them.
+pub struct Projection<'a> {
+    /// Weight, `[h_t, h_s]`.
+    pub weight: &'a [f32],
+    /// Bias, `[h_t]`.
+    pub bias: &'a [f32],
+    /// Gradient of the weight (accumulated).
+    pub dweight: &'a mut [f32],
+    /// Gradient of the bias (accumulated).
+    pub dbias: &'a mut [f32],
+}
+
+/// [`hidden_loss`] between the student's states projected to the teacher's width,
+/// `s · Wᵀ + b`, and the teacher's; adds `weight ·` its gradient with respect to `s` into
+/// `grad` and with respect to the projection into the projection's gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn projected_hidden_loss(
+    s: &[f32],
+    t: &[f32],
+    hs: usize,
+    ht: usize,
+    proj: Projection,
+    mse: bool,
+    weight: f32,
+    grad: &mut [f32],
+) -> Result<f32> {
+    use crate::engine::matmul::{matmul, MatMut, MatRef, Par};
+    let rows = s.len() / hs.max(1);
+    if hs == 0
+        || ht == 0
+        || s.len() != rows * hs
+        || t.len() != rows * ht
+        || grad.len() != s.len()
+        || proj.weight.len() != ht * hs
+        || proj.bias.len() != ht
+        || proj.dweight.len() != ht * hs
+        || proj.dbias.len() != ht
+    {
+        return Err(Error::shape(
+            "projected_hidden_loss",
+            format!(
+                "{} student values of width {hs}, {} teacher values of width {ht}, projection {}",
+                s.len(),
+                t.len(),
+                proj.weight.len()
+            ),
+        ));
+    }
+    let mut y = vec![0.0; rows * ht];
+    for r in y.chunks_mut(ht) {
+        r.copy_from_slice(proj.bias);
+    }
+    let w = MatRef::new(proj.weight, ht, hs)?;
+    let sm = MatRef::new(s, rows, hs)?;
+    matmul(
+        MatMut::new(&mut y, rows, ht)?,
+        sm,
+        w.t(),
+        1.0,
+        true,
+        Par::All,
+    )?;
+    let mut gy = vec![0.0; y.len()];
+    let loss = hidden_loss(&y, t, ht, mse, weight, &mut gy)?;
+    let gym = MatRef::new(&gy, rows, ht)?;
+    // ds += gy · W ;  dW += gyᵀ · s ;  db += Σ_rows gy
+    matmul(MatMut::new(grad, rows, hs)?, gym, w, 1.0, true, Par::All)?;
+    matmul(
+        MatMut::new(proj.dweight, ht, hs)?,
+        gym.t(),
+        sm,
+        1.0,
+        true,
+        Par::All,
+    )?;
+    for r in gy.chunks(ht) {
+        proj.dbias.iter_mut().zip(r).for_each(|(d, g)| *d += g);
+    }
+    Ok(loss)
+}
+
 /// The attention-transfer loss (MiniLM): `KL(teacher ‖ student)` between the attention
 /// distributions of every query row of every head, averaged over the rows that see a key.
 /// `student` and `teacher` hold the probabilities of packed sequences of `seq_lens` tokens in
@@ -472,6 +555,71 @@ mod tests {
         assert_eq!(layer_map(&[0, 2, 4], 3, 6), [0, 2, 4]);
         assert_eq!(layer_map(&[], 3, 6), [1, 3, 5]);
         assert_eq!(layer_map(&[], 4, 2), [0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn projected_hidden_losses_have_the_gradient_of_their_value() {
+        // 2 tokens of width 3 projected to width 2.
+        let s = [0.5f32, -1.0, 2.0, 0.1, 0.3, -0.7];
+        let t = [1.0f32, 0.2, -0.4, 0.9];
+        let w = [0.3f32, -0.2, 0.5, 0.1, 0.4, -0.6];
+        let b = [0.05f32, -0.1];
+        let value = |s: &[f32], w: &[f32], b: &[f32], mse: bool| -> f64 {
+            let (mut dw, mut db) = ([0.0; 6], [0.0; 2]);
+            let proj = Projection {
+                weight: w,
+                bias: b,
+                dweight: &mut dw,
+                dbias: &mut db,
+            };
+            projected_hidden_loss(s, &t, 3, 2, proj, mse, 0.0, &mut [0.0; 6]).unwrap() as f64
+        };
+        for mse in [false, true] {
+            let (mut gs, mut dw, mut db) = ([0.0f32; 6], [0.0f32; 6], [0.0f32; 2]);
+            let proj = Projection {
+                weight: &w,
+                bias: &b,
+                dweight: &mut dw,
+                dbias: &mut db,
+            };
+            projected_hidden_loss(&s, &t, 3, 2, proj, mse, 1.0, &mut gs).unwrap();
+            let eps = 1e-3;
+            let fd = |f: &dyn Fn(f32) -> f64| (f(eps) - f(-eps)) / (2.0 * eps as f64);
+            for i in 0..6 {
+                let ns = fd(&|d| {
+                    let mut x = s;
+                    x[i] += d;
+                    value(&x, &w, &b, mse)
+                });
+                let nw = fd(&|d| {
+                    let mut x = w;
+                    x[i] += d;
+                    value(&s, &x, &b, mse)
+                });
+                assert!(
+                    (ns - gs[i] as f64).abs() < 1e-3,
+                    "{mse} ds{i}: {ns} vs {}",
+                    gs[i]
+                );
+                assert!(
+                    (nw - dw[i] as f64).abs() < 1e-3,
+                    "{mse} dw{i}: {nw} vs {}",
+                    dw[i]
+                );
+            }
+            for i in 0..2 {
+                let nb = fd(&|d| {
+                    let mut x = b;
+                    x[i] += d;
+                    value(&s, &w, &x, mse)
+                });
+                assert!(
+                    (nb - db[i] as f64).abs() < 1e-3,
+                    "{mse} db{i}: {nb} vs {}",
+                    db[i]
+                );
+            }
+        }
     }
 
     #[test]

@@ -568,5 +568,6 @@ pub(crate) fn prepare(
         count: Box::new(|labels| labels.len()),
         loss: Box::new(sequence_loss),
         evaluate: Box::new(evaluate_examples),
+        aux: None,
     })
 }

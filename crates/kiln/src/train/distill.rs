@@ -11,7 +11,8 @@ use super::tag::{encode_tag_examples, tag_batch, LongSentences, TagExample};
 use super::FinetuneConfig;
 use crate::checkpoint::Pretrained;
 use crate::compress::distill::{
-    attention_loss, distill_loss, hidden_loss, layer_map, Dist, DistillConfig, GoldLoss,
+    attention_loss, distill_loss, hidden_loss, layer_map, projected_hidden_loss, Dist,
+    DistillConfig, GoldLoss, Projection,
 };
 use crate::data::records::Record;
 use crate::engine::attention::attention_probs;
@@ -22,6 +23,7 @@ use crate::infer::classify::sequence_logits;
 use crate::infer::qa::span_logits;
 use crate::infer::tag::token_logits;
 use crate::model::Batch;
+use crate::train::auxiliary::Auxiliary;
 use crate::train::backprop::IGNORE;
 use crate::train::backprop::{Activations, LayerGrads};
 use std::sync::Arc;
@@ -172,6 +174,7 @@ fn teacher_logits<E>(
 fn taught<E: Clone + 'static, T: 'static>(
     inner: ExampleTask<E, T>,
     soft: Vec<Vec<f32>>,
+    aux: Option<Arc<Auxiliary>>,
     count: impl Fn(&[T], &[f32]) -> usize + Send + Sync + 'static,
     loss: TaughtLoss<T>,
 ) -> ExampleTask<Taught<E>, Soft<T>> {
@@ -218,6 +221,7 @@ fn taught<E: Clone + 'static, T: 'static>(
             let inner: Vec<E> = v.iter().map(|t| t.ex.clone()).collect();
             evaluate(p, &inner)
         }),
+        aux,
     }
 }
 
@@ -236,24 +240,41 @@ pub(crate) struct Hidden {
     heads: Vec<usize>,
     /// The student's head width (the teacher's may differ).
     head_dim: usize,
+    /// The learned projection from the student's hidden width to the teacher's, when they
+    /// differ (`distill.proj.weight` `[h_t, h_s]`, `distill.proj.bias`); trained with the
+    /// student, never saved with it.
+    proj: Option<Arc<Auxiliary>>,
 }
+
+const PROJ_W: &str = "distill.proj.weight";
+const PROJ_B: &str = "distill.proj.bias";
 
 impl Hidden {
     /// The terms of a run, or `None` when `alpha_hidden` and `alpha_attn` are 0.
+    /// `seed` initialises the projection between widths, if one is needed.
     pub(crate) fn new(
         teacher: &Arc<Pretrained>,
         student: &Pretrained,
         d: &DistillConfig,
+        seed: u64,
     ) -> Result<Option<Hidden>> {
         if d.alpha_hidden == 0.0 && d.alpha_attn == 0.0 {
             return Ok(None);
         }
         let (hs, ht) = (student.config().hidden_size, teacher.config().hidden_size);
-        if d.alpha_hidden > 0.0 && hs != ht {
-            return Err(Error::Input(format!(
-                "--alpha-hidden: the student's hidden size {hs} differs from the teacher's {ht}; hidden states are compared at equal widths (a learned projection between widths is not in Kiln yet; --alpha-attn compares attention maps across widths)"
-            )));
-        }
+        // nn.Linear's initialisation: uniform in ±1/√fan_in.
+        let proj = (d.alpha_hidden > 0.0 && hs != ht).then(|| {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5052_4f4a);
+            let bound = 1.0 / (hs as f32).sqrt();
+            let mut draw =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-bound..bound)).collect() };
+            let (w, b) = (draw(ht * hs), draw(ht));
+            Arc::new(Auxiliary::new(vec![
+                (PROJ_W.into(), w, true),
+                (PROJ_B.into(), b, false),
+            ]))
+        });
         let map = layer_map(
             &d.student_layers,
             student.model.blocks.len(),
@@ -280,22 +301,34 @@ impl Hidden {
             alpha_attn: d.alpha_attn,
             heads,
             head_dim: sc.head_dim(),
+            proj,
         }))
     }
 
+    /// The parameters the term trains beside the student (the projection), if any.
+    pub(crate) fn auxiliary(&self) -> Option<Arc<Auxiliary>> {
+        self.proj.clone()
+    }
+
+    /// [`Hidden::auxiliary`], borrowed.
+    pub(crate) fn projection(&self) -> Option<&Auxiliary> {
+        self.proj.as_deref()
+    }
+
     /// The terms on `batch`: `alpha_hidden ·` the mean over mapped blocks of the hidden loss
-    /// `+ alpha_attn ·` the mean over mapped blocks of the attention loss.
+    /// `+ alpha_attn ·` the mean over mapped blocks of the attention loss; gradients scaled by
+    /// the second argument.
     #[allow(clippy::type_complexity)]
     pub(crate) fn term<'a>(
         &'a self,
         batch: &'a Batch,
-    ) -> Result<impl Fn(&Activations) -> Result<(f32, LayerGrads)> + 'a> {
+    ) -> Result<impl Fn(&Activations, f32) -> Result<(f32, LayerGrads)> + 'a> {
         let t = &self.teacher.model;
         let mask = t.default_mask();
         let (_, teacher_acts) = crate::train::backprop::forward(t, batch, mask, None)?;
         let tc = self.teacher.config();
-        Ok(move |acts: &Activations| {
-            let h = tc.hidden_size;
+        Ok(move |acts: &Activations, grad_scale: f32| {
+            let ht = tc.hidden_size;
             let per_block = 1.0 / self.map.len().max(1) as f32;
             let mut grads = LayerGrads {
                 outputs: vec![None; acts.layers()],
@@ -317,8 +350,36 @@ impl Hidden {
                 if self.alpha > 0.0 {
                     let w = self.alpha * per_block;
                     let s = acts.block_output(i);
+                    let target = teacher_acts.block_output(tl);
                     let mut g = vec![0.0; s.len()];
-                    let l = hidden_loss(s, teacher_acts.block_output(tl), h, self.mse, w, &mut g)?;
+                    let gw = w * grad_scale;
+                    let l = match &self.proj {
+                        None => hidden_loss(s, target, ht, self.mse, gw, &mut g)?,
+                        Some(aux) => aux.with(|ps| {
+                            let hs = s.len() / batch.tokens().max(1);
+                            // Two entries of one map borrowed mutably: the bias is taken out
+                            // and put back.
+                            let mut pb = ps
+                                .remove(PROJ_B)
+                                .ok_or_else(|| Error::shape("distill", "projection missing"))?;
+                            let r = match ps.get_mut(PROJ_W) {
+                                Some(pw) => {
+                                    let proj = Projection {
+                                        weight: &pw.value,
+                                        bias: &pb.value,
+                                        dweight: &mut pw.grad,
+                                        dbias: &mut pb.grad,
+                                    };
+                                    projected_hidden_loss(
+                                        s, target, hs, ht, proj, self.mse, gw, &mut g,
+                                    )
+                                }
+                                None => Err(Error::shape("distill", "projection missing")),
+                            };
+                            ps.insert(PROJ_B.into(), pb);
+                            r
+                        })?,
+                    };
                     loss += w * l;
                     grads.outputs[i] = Some(g);
                 }
@@ -328,7 +389,8 @@ impl Hidden {
                     let ps = probs(acts.qkv(i), heads, self.head_dim)?;
                     let pt = probs(teacher_acts.qkv(tl), heads, tc.head_dim())?;
                     let mut g = vec![0.0; ps.len()];
-                    loss += w * attention_loss(&ps, &pt, &batch.seq_lens, heads, w, &mut g)?;
+                    let gw = w * grad_scale;
+                    loss += w * attention_loss(&ps, &pt, &batch.seq_lens, heads, gw, &mut g)?;
                     grads.scores[i] = Some(g);
                 }
             }
@@ -388,11 +450,13 @@ pub(crate) fn classify(
     }
     let k = teacher.task.as_ref().map_or(0, |t| t.linear.out_features());
     let soft = teacher_logits(teacher, &task.train, batch_of, sequence_logits, k, |_| 1)?;
-    let hidden = Hidden::new(teacher, student, d)?;
+    let hidden = Hidden::new(teacher, student, d, cfg.train.seed)?;
+    let aux = hidden.as_ref().and_then(Hidden::auxiliary);
     let d = d.clone();
     Ok(taught(
         task,
         soft,
+        aux,
         |labels, _| labels.len(),
         Box::new(
             move |p, batch, labels: &[f32], teacher, grads, scale, seed| {
@@ -463,11 +527,13 @@ pub(crate) fn tag(
             }
         }
     }
-    let hidden = Hidden::new(teacher, student, d)?;
+    let hidden = Hidden::new(teacher, student, d, cfg.train.seed)?;
+    let aux = hidden.as_ref().and_then(Hidden::auxiliary);
     let d = d.clone();
     Ok(taught(
         task,
         soft,
+        aux,
         move |_, soft| soft.chunks(k.max(1)).filter(|r| !r[0].is_nan()).count(),
         Box::new(
             move |p, batch, targets: &[i64], teacher, grads, scale, seed| {
@@ -511,11 +577,13 @@ pub(crate) fn qa(
     let soft = teacher_logits(teacher, &task.train, qa_batch, span_logits, 2, |f| {
         f.ids.len()
     })?;
-    let hidden = Hidden::new(teacher, student, d)?;
+    let hidden = Hidden::new(teacher, student, d, cfg.train.seed)?;
+    let aux = hidden.as_ref().and_then(Hidden::auxiliary);
     let d = d.clone();
     Ok(taught(
         task,
         soft,
+        aux,
         |targets, _| targets.len(),
         Box::new(
             move |p, batch, targets: &[(usize, usize)], teacher, grads, scale, seed| {

@@ -79,9 +79,12 @@ pub(crate) type CountFn<T> = Box<dyn Fn(&[T]) -> usize + Send + Sync>;
 /// Gold-label cross-entropy and distillation's soft targets are both criteria of one head.
 pub(crate) type Criterion<'a> = &'a dyn Fn(&[f32], &mut [f32]) -> Result<f32>;
 /// A loss on the student's intermediate states (distillation's hidden-state and attention
-/// terms): its value and the gradients it sends into the backward pass (unscaled).
+/// terms): its value and the gradients it sends into the backward pass, scaled by the given
+/// factor (the micro-batch's share of the step), as are the gradients it adds to auxiliary
+/// parameters.
 pub type HiddenTerm<'a> = &'a dyn Fn(
     &crate::train::backprop::Activations,
+    f32,
 ) -> Result<(f32, crate::train::backprop::LayerGrads)>;
 
 /// Runs a hidden-state term on `acts` (if any): its loss, and its layer gradients scaled by
@@ -91,12 +94,10 @@ pub(crate) fn hidden_term(
     acts: &crate::train::backprop::Activations,
     grad_scale: f32,
 ) -> Result<(f32, crate::train::backprop::LayerGrads)> {
-    let Some(f) = hidden else {
-        return Ok((0.0, Default::default()));
-    };
-    let (loss, mut grads) = f(acts)?;
-    grads.scale(grad_scale);
-    Ok((loss, grads))
+    match hidden {
+        Some(f) => f(acts, grad_scale),
+        None => Ok((0.0, Default::default())),
+    }
 }
 
 /// Held-out metrics of a model on examples.
@@ -118,6 +119,8 @@ pub(crate) struct ExampleTask<E, T> {
     pub loss: LossFn<T>,
     /// Held-out metrics.
     pub evaluate: Box<EvalFn<E>>,
+    /// Parameters the loss trains beside the model's (a distillation projection), if any.
+    pub aux: Option<std::sync::Arc<crate::train::auxiliary::Auxiliary>>,
 }
 
 impl<E, T> Task for ExampleTask<E, T> {
@@ -170,6 +173,10 @@ impl<E, T> Task for ExampleTask<E, T> {
             return Ok(None);
         }
         (self.evaluate)(p, &self.valid).map(Some)
+    }
+
+    fn auxiliary(&self) -> Option<&crate::train::auxiliary::Auxiliary> {
+        self.aux.as_deref()
     }
 
     fn selection(&self) -> Option<(&str, bool)> {

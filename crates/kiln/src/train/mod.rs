@@ -1,6 +1,7 @@
 //! Training: backward passes of the whole model, optimizer, learning-rate schedule, gradient
 //! clipping, checkpoints, the shared training loop and the tasks it runs (pre-training).
 
+pub mod auxiliary;
 pub mod backprop;
 pub mod classify;
 pub mod config;

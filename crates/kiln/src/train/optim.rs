@@ -79,37 +79,55 @@ impl AdamW {
             ));
         }
         self.step += 1;
+        let mut moments = std::mem::take(&mut self.moments);
+        let r = params
+            .iter_mut()
+            .zip(&mut moments)
+            .try_for_each(|(p, (m, v))| self.apply(p.value, p.grad, m, v, lr, p.decay));
+        self.moments = moments;
+        r
+    }
+
+    /// The AdamW update of one tensor with its moments, at the current step count (taken by
+    /// [`AdamW::update`], which calls this for every parameter).
+    pub fn apply(
+        &self,
+        value: &mut [f32],
+        grad: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        lr: f32,
+        decay: bool,
+    ) -> Result<()> {
+        if grad.len() != value.len() || m.len() != value.len() || v.len() != value.len() {
+            return Err(Error::shape(
+                "AdamW::update",
+                "gradient and value sizes differ",
+            ));
+        }
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
         let step_size = lr / bc1;
-        for (p, (m, v)) in params.iter_mut().zip(&mut self.moments) {
-            if p.grad.len() != p.value.len() || m.len() != p.value.len() {
-                return Err(Error::shape(
-                    "AdamW::update",
-                    "gradient and value sizes differ",
-                ));
-            }
-            let decay = if p.decay {
-                1.0 - lr * self.weight_decay
-            } else {
-                1.0
-            };
-            p.value
-                .par_chunks_mut(4096)
-                .zip(p.grad.par_chunks(4096))
-                .zip(m.par_chunks_mut(4096))
-                .zip(v.par_chunks_mut(4096))
-                .for_each(|(((x, g), m), v)| {
-                    for i in 0..x.len() {
-                        x[i] *= decay;
-                        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                        let denom = v[i].sqrt() / bc2_sqrt + eps;
-                        x[i] -= step_size * m[i] / denom;
-                    }
-                });
-        }
+        let decay = if decay {
+            1.0 - lr * self.weight_decay
+        } else {
+            1.0
+        };
+        value
+            .par_chunks_mut(4096)
+            .zip(grad.par_chunks(4096))
+            .zip(m.par_chunks_mut(4096))
+            .zip(v.par_chunks_mut(4096))
+            .for_each(|(((x, g), m), v)| {
+                for i in 0..x.len() {
+                    x[i] *= decay;
+                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    let denom = v[i].sqrt() / bc2_sqrt + eps;
+                    x[i] -= step_size * m[i] / denom;
+                }
+            });
         Ok(())
     }
 }

@@ -258,7 +258,6 @@ pub fn evaluate_corpus(p: &Pretrained, cfg: &PretrainConfig) -> Result<serde_jso
     Ok(m)
 }
 
-/// The pre-training task over a corpus.
 /// A distillation run's teacher, its settings and its hidden-state term.
 struct Teacher {
     model: std::sync::Arc<Pretrained>,
@@ -266,6 +265,7 @@ struct Teacher {
     hidden: Option<crate::train::distill::Hidden>,
 }
 
+/// The pre-training task over a corpus.
 struct PretrainTask<'a> {
     obj: Objectives,
     /// Distillation: the teacher and the loss settings.
@@ -347,6 +347,10 @@ impl Task for PretrainTask<'_> {
             return Ok(None);
         }
         evaluate(p, &self.obj, &self.eval_set).map(Some)
+    }
+
+    fn auxiliary(&self) -> Option<&crate::train::auxiliary::Auxiliary> {
+        self.teacher.as_ref()?.hidden.as_ref()?.projection()
     }
 }
 
@@ -454,7 +458,7 @@ pub fn pretrain(
                 crate::train::distill::cut_layers(&mut begun.p, &d.student_layers)?;
             }
             let model = std::sync::Arc::new(t);
-            let hidden = crate::train::distill::Hidden::new(&model, &begun.p, d)?;
+            let hidden = crate::train::distill::Hidden::new(&model, &begun.p, d, cfg.train.seed)?;
             Some(Teacher {
                 model,
                 cfg: d.clone(),

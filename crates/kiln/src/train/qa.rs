@@ -589,5 +589,6 @@ pub(crate) fn prepare(
         count: Box::new(|targets| targets.len()),
         loss: Box::new(span_loss),
         evaluate: Box::new(move |p, f| evaluate_qa(p, f, &d)),
+        aux: None,
     })
 }

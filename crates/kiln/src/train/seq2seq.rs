@@ -411,6 +411,7 @@ pub(crate) fn prepare(
         count: Box::new(|t| t.iter().filter(|&&x| x != IGNORE).count()),
         loss,
         evaluate: Box::new(move |p, e| evaluate_seq2seq(p, e, beams, lp, mt)),
+        aux: None,
     })
 }
 

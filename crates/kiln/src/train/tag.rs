@@ -544,6 +544,7 @@ pub(crate) fn prepare(
         count: Box::new(|targets| targets.iter().filter(|&&t| t != IGNORE).count()),
         loss: Box::new(token_loss),
         evaluate: Box::new(evaluate_tags),
+        aux: None,
     })
 }
 

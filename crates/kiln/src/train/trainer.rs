@@ -129,6 +129,10 @@ pub trait Task {
     fn selection(&self) -> Option<(&str, bool)> {
         None
     }
+    /// Parameters the loss trains beside the model's (see [`crate::train::auxiliary`]).
+    fn auxiliary(&self) -> Option<&crate::train::auxiliary::Auxiliary> {
+        None
+    }
 }
 
 /// A random stream for one (step, micro-batch): reproducible without saving RNG state, so a
@@ -504,6 +508,9 @@ fn run_locked<T: Task>(
     }
     let selection = task.selection().map(|(n, hi)| (n.to_string(), hi));
 
+    if let Some(aux) = task.auxiliary() {
+        aux.restore(&opt)?;
+    }
     let mut grads = zeros_like(&p);
     let mut last_loss = f32::NAN;
     let (mut tokens_since, mut since) = (0usize, Instant::now());
@@ -526,6 +533,9 @@ fn run_locked<T: Task>(
         let total_targets: usize = micros.iter().map(|m| task.targets(m)).sum::<usize>().max(1);
         for (_, t, _) in parameters(&mut grads) {
             t.data_mut().fill(0.0);
+        }
+        if let Some(aux) = task.auxiliary() {
+            aux.zero_grad();
         }
         let mut loss = 0.0f32;
         let step_tokens: usize = micros.iter().map(|m| task.tokens(m)).sum();
@@ -557,7 +567,22 @@ fn run_locked<T: Task>(
             } else {
                 f32::INFINITY
             };
-            clip_grad_norm(&mut slices, limit)
+            match task.auxiliary() {
+                None => clip_grad_norm(&mut slices, limit),
+                // Auxiliary gradients count in the global norm and are clipped with it.
+                Some(aux) => {
+                    let model = clip_grad_norm(&mut slices, f32::INFINITY) as f64;
+                    let norm = (model * model + aux.grad_sq()).sqrt() as f32;
+                    let coef = limit / (norm + 1e-6);
+                    if coef < 1.0 {
+                        for g in slices.iter_mut() {
+                            g.iter_mut().for_each(|x| *x *= coef);
+                        }
+                        aux.scale_grad(coef);
+                    }
+                    norm
+                }
+            }
         };
         {
             // Frozen parameters have empty gradients: the optimizer never sees them.
@@ -572,6 +597,9 @@ fn run_locked<T: Task>(
                 })
                 .collect();
             opt.update(&mut params, lr)?;
+        }
+        if let Some(aux) = task.auxiliary() {
+            aux.step(&mut opt, lr)?;
         }
         drop(gparams);
         last_loss = loss;
