@@ -10,8 +10,8 @@ use std::path::PathBuf;
 /// small L4/H512, medium L8/H512, base L12/H768, with heads = H/64 and FFN = 4H.
 #[derive(clap::Args)]
 pub struct Args {
-    /// bert (masked-LM encoder) or gpt2 (causal-LM decoder).
-    #[arg(long, value_parser = ["bert", "gpt2"])]
+    /// bert, roberta or distilbert (masked-LM encoders) or gpt2 (causal-LM decoder).
+    #[arg(long, value_parser = ["bert", "roberta", "distilbert", "gpt2"])]
     arch: String,
     /// tiny, mini, small, medium or base.
     #[arg(long, default_value = "mini", value_parser = ["tiny", "mini", "small", "medium", "base"])]
@@ -43,11 +43,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let arch = if a.arch == "gpt2" {
-        Arch::Gpt2
-    } else {
-        Arch::Bert
-    };
+    let arch = Arch::from_model_type(&a.arch).ok_or_else(|| {
+        anyhow::anyhow!("--arch {}: one of {}", a.arch, Arch::supported().join(", "))
+    })?;
     let Some(tok) = kiln::tokenize::Tokenizer::from_dir(&a.tokenizer)? else {
         bail!(
             "no tokenizer in {} (expected tokenizer.json, vocab.txt, or vocab.json + merges.txt)",

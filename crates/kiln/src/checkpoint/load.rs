@@ -123,44 +123,41 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
     let eps = config.layer_norm_eps as f32;
 
     let pooler = match r.names.pooler {
-        Some(p) if r.find(&format!("{p}.weight"), true).is_some() => Some(Pooler {
-            dense: r.linear(p, true, h, h)?,
+        Some(p) if r.find(&format!("{}.weight", p.module), p.in_base).is_some() => Some(Pooler {
+            dense: r.linear(p.module, p.in_base, h, h)?,
+            activation: p.activation,
         }),
         _ => None,
     };
-    let mlm_head = if config.arch == Arch::Bert
-        && r.find("cls.predictions.transform.dense.weight", false)
-            .is_some()
-    {
-        let transform = r.linear("cls.predictions.transform.dense", false, h, h)?;
-        let norm = r.layer_norm("cls.predictions.transform.LayerNorm", false, h, eps)?;
-        let bias = match r.find("cls.predictions.bias", false) {
-            Some(_) => r.tensor("cls.predictions.bias", false, &[config.vocab_size])?,
-            None => r.tensor("cls.predictions.decoder.bias", false, &[config.vocab_size])?,
-        };
-        let has_decoder = r.find("cls.predictions.decoder.weight", false).is_some();
-        let decoder = if has_decoder {
-            let d = r.tensor(
-                "cls.predictions.decoder.weight",
-                false,
-                &[config.vocab_size, h],
-            )?;
-            (!config.tie_word_embeddings).then_some(d)
-        } else {
-            None
-        };
-        if let Some(b) = r.find("cls.predictions.decoder.bias", false) {
-            r.used.insert(b);
+    let mlm_head = match r.names.mlm {
+        Some(m) if r.find(&format!("{}.weight", m.transform), false).is_some() => {
+            let transform = r.linear(m.transform, false, h, h)?;
+            let norm = r.layer_norm(m.norm, false, h, eps)?;
+            // The output bias, or (older checkpoints) the decoder's own bias.
+            let decoder_bias = format!("{}.bias", m.decoder.trim_end_matches(".weight"));
+            let bias = match r.find(m.bias, false) {
+                Some(_) => r.tensor(m.bias, false, &[config.vocab_size])?,
+                None => r.tensor(&decoder_bias, false, &[config.vocab_size])?,
+            };
+            let decoder = match r.find(m.decoder, false) {
+                Some(_) => {
+                    let d = r.tensor(m.decoder, false, &[config.vocab_size, h])?;
+                    (!config.tie_word_embeddings).then_some(d)
+                }
+                None => None,
+            };
+            if let Some(b) = r.find(&decoder_bias, false) {
+                r.used.insert(b);
+            }
+            Some(MlmHead {
+                transform,
+                activation: config.activation,
+                norm,
+                decoder,
+                bias,
+            })
         }
-        Some(MlmHead {
-            transform,
-            activation: config.activation,
-            norm,
-            decoder,
-            bias,
-        })
-    } else {
-        None
+        _ => None,
     };
     let task = load_task_head(&mut r, &config)?;
     let lm_head = if config.arch == Arch::Gpt2 && task.is_none() {
@@ -283,6 +280,7 @@ fn load_task_head(r: &mut Reader<'_>, config: &ModelConfig) -> Result<Option<Tas
         return Ok(None);
     };
     let module = kind.module(config.arch);
+    // A pooler of the classification head itself (RoBERTa's `classifier.dense`) comes with it.
     let wname = format!("{module}.weight");
     let Some(found) = r.find(&wname, false) else {
         return Ok(None);
@@ -338,7 +336,7 @@ fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer
     let eps = cfg.layer_norm_eps as f32;
     let embeddings = Embeddings {
         word: r.table(n.word_embeddings, cfg.vocab_size, h)?,
-        position: r.tensor(n.position_embeddings, true, &[cfg.max_positions, h])?,
+        position: r.tensor(n.position_embeddings, true, &[cfg.position_rows(), h])?,
         token_type: match n.token_type_embeddings {
             Some(name) if cfg.type_vocab_size > 0 => {
                 Some(r.tensor(name, true, &[cfg.type_vocab_size, h])?)

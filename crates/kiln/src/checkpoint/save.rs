@@ -22,11 +22,11 @@ pub fn architecture_name(p: &Pretrained) -> &'static str {
     {
         return name;
     }
-    match p.config().arch {
-        Arch::Bert if p.mlm_head.is_some() => "BertForMaskedLM",
-        Arch::Bert => "BertModel",
-        Arch::Gpt2 if p.lm_head.is_some() => "GPT2LMHeadModel",
-        Arch::Gpt2 => "GPT2Model",
+    let c = p.config().arch.names().classes;
+    if p.mlm_head.is_some() || p.lm_head.is_some() {
+        c.pretraining
+    } else {
+        c.base
     }
 }
 
@@ -101,14 +101,14 @@ pub fn all_tensors(p: &Pretrained) -> Result<Tensors> {
     let mut out = Tensors::default();
     base_tensors(&p.model, prefix, &mut out)?;
     if let (Some(pooler), Some(m)) = (&p.pooler, names.pooler) {
-        out.linear(&format!("{prefix}{m}"), &pooler.dense, false)?;
+        out.linear(&m.path(prefix), &pooler.dense, false)?;
     }
-    if let Some(head) = &p.mlm_head {
-        out.linear("cls.predictions.transform.dense", &head.transform, false)?;
-        out.norm("cls.predictions.transform.LayerNorm", &head.norm);
-        out.insert("cls.predictions.bias".into(), head.bias.clone());
+    if let (Some(head), Some(m)) = (&p.mlm_head, names.mlm) {
+        out.linear(m.transform, &head.transform, false)?;
+        out.norm(m.norm, &head.norm);
+        out.insert(m.bias.into(), head.bias.clone());
         if let Some(d) = &head.decoder {
-            out.insert("cls.predictions.decoder.weight".into(), d.clone());
+            out.insert(m.decoder.into(), d.clone());
         }
     }
     if let Some(LmHead { weight: Some(w) }) = &p.lm_head {

@@ -29,13 +29,11 @@ pub enum HeadKind {
 impl HeadKind {
     /// The transformers class for `arch`, if it has one.
     pub fn architecture(self, arch: Arch) -> Option<&'static str> {
-        match (arch, self) {
-            (Arch::Bert, HeadKind::Sequence) => Some("BertForSequenceClassification"),
-            (Arch::Bert, HeadKind::Token) => Some("BertForTokenClassification"),
-            (Arch::Bert, HeadKind::Span) => Some("BertForQuestionAnswering"),
-            (Arch::Gpt2, HeadKind::Sequence) => Some("GPT2ForSequenceClassification"),
-            (Arch::Gpt2, HeadKind::Token) => Some("GPT2ForTokenClassification"),
-            (Arch::Gpt2, HeadKind::Span) => None,
+        let c = arch.names().classes;
+        match self {
+            HeadKind::Sequence => c.sequence,
+            HeadKind::Token => c.token,
+            HeadKind::Span => c.span,
         }
     }
 
@@ -54,11 +52,7 @@ impl HeadKind {
 
     /// The Hugging Face module name of the output layer.
     pub fn module(self, arch: Arch) -> &'static str {
-        match (arch, self) {
-            (Arch::Gpt2, HeadKind::Sequence) => "score",
-            (_, HeadKind::Span) => "qa_outputs",
-            _ => "classifier",
-        }
+        arch.names().heads[self as usize]
     }
 }
 
@@ -156,16 +150,21 @@ impl Labels {
     }
 }
 
-/// Dropout before a head's output layer, as transformers sets it: BERT heads use
+/// Dropout before a head's output layer, as transformers sets it: BERT and RoBERTa heads use
 /// `classifier_dropout`, else the hidden dropout; GPT-2's token classifier
-/// `classifier_dropout`, else 0.1 (never `resid_pdrop`); GPT-2's sequence `score` none.
+/// `classifier_dropout`, else 0.1 (never `resid_pdrop`); GPT-2's sequence `score` none;
+/// DistilBERT `seq_classif_dropout`, `dropout` and `qa_dropout`.
 pub fn head_dropout(config: &crate::model::ModelConfig, kind: HeadKind) -> f32 {
     let explicit = config.raw["classifier_dropout"].as_f64();
+    let key = |k: &str, default: f64| config.raw[k].as_f64().unwrap_or(default);
     (match (config.arch, kind) {
         (Arch::Gpt2, HeadKind::Sequence) => 0.0,
         (Arch::Gpt2, _) => explicit.unwrap_or(0.1),
-        (Arch::Bert, HeadKind::Span) => 0.0,
-        (Arch::Bert, _) => explicit.unwrap_or(config.hidden_dropout),
+        (Arch::Bert | Arch::Roberta, HeadKind::Span) => 0.0,
+        (Arch::Bert | Arch::Roberta, _) => explicit.unwrap_or(config.hidden_dropout),
+        (Arch::DistilBert, HeadKind::Sequence) => key("seq_classif_dropout", 0.2),
+        (Arch::DistilBert, HeadKind::Token) => config.hidden_dropout,
+        (Arch::DistilBert, HeadKind::Span) => key("qa_dropout", 0.1),
     }) as f32
 }
 

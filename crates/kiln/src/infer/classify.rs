@@ -20,7 +20,7 @@ pub fn sequence_head(p: &Pretrained) -> Result<&TaskHead> {
     }
 }
 
-/// The row of each packed sequence that the head reads: [CLS] (the first token) for BERT;
+/// The row of each packed sequence that the head reads: the first token for encoders;
 /// for GPT-2 the last token that is not `pad_token_id`, as transformers picks it (a text
 /// ending in the end-of-text token, often also the pad token, is read before it).
 pub fn sequence_rows(p: &Pretrained, batch: &Batch) -> Vec<usize> {
@@ -30,11 +30,11 @@ pub fn sequence_rows(p: &Pretrained, batch: &Batch) -> Vec<usize> {
         .iter()
         .zip(&batch.seq_lens)
         .map(|(&o, &l)| match p.config().arch {
-            Arch::Bert => o,
             Arch::Gpt2 => (o..o + l)
                 .rev()
                 .find(|&r| Some(batch.ids[r]) != pad)
                 .unwrap_or(o),
+            _ => o,
         })
         .collect()
 }
@@ -47,7 +47,7 @@ pub fn sequence_logits(p: &Pretrained, batch: &Batch) -> Result<Vec<f32>> {
     let rows = sequence_rows(p, batch);
     let x: Vec<f32> = rows.iter().flat_map(|&r| hidden.row(r).to_vec()).collect();
     let pooled = match &p.pooler {
-        Some(pl) if p.config().arch == Arch::Bert => pl.forward(&x, rows.len())?,
+        Some(pl) if p.config().arch.is_encoder() => pl.forward(&x, rows.len())?,
         _ => x,
     };
     debug_assert_eq!(pooled.len(), rows.len() * h);

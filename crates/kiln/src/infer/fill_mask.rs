@@ -84,10 +84,20 @@ pub fn fill_mask(
                 .into_iter()
                 .map(|(id, score)| MaskPrediction {
                     token_id: id as u32,
-                    token: tokenizer.id_to_token(id as u32).unwrap_or_default(),
+                    token: token_str(tokenizer, id as u32),
                     score,
                 })
                 .collect()
         })
         .collect())
+}
+
+/// A candidate token as text: WordPiece's own spelling (`##ing`), and for byte-level BPE
+/// (RoBERTa) its decoded bytes (`Ġapple` is " apple"), as transformers' pipeline shows it.
+fn token_str(tokenizer: &crate::tokenize::Tokenizer, id: u32) -> String {
+    let raw = tokenizer.id_to_token(id).unwrap_or_default();
+    match tokenizer.kind() {
+        crate::tokenize::TokenizerKind::Bpe => tokenizer.decode(&[id], false).unwrap_or(raw),
+        _ => raw,
+    }
 }

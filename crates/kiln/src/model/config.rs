@@ -66,11 +66,28 @@ pub struct ModelConfig {
     /// Feed-forward width of each block when pruning made them differ
     /// (`kiln_intermediate_sizes`); empty: every block has `intermediate_size`.
     pub intermediate_sizes: Vec<usize>,
+    /// Rows of the position table before position 0 (RoBERTa: `pad_token_id + 1`, which
+    /// transformers' position ids skip); `max_positions` counts the rows after them.
+    pub position_offset: usize,
     /// The original config.json, written back on save so no field is lost.
     pub raw: serde_json::Value,
 }
 
 impl ModelConfig {
+    /// Rows of the position embedding table.
+    pub fn position_rows(&self) -> usize {
+        self.max_positions + self.position_offset
+    }
+
+    /// The position-table rows of a batch's positions (shifted past RoBERTa's skipped rows).
+    pub fn position_ids<'a>(&self, positions: &'a [u32]) -> std::borrow::Cow<'a, [u32]> {
+        if self.position_offset == 0 {
+            return positions.into();
+        }
+        let o = self.position_offset as u32;
+        positions.iter().map(|&p| p + o).collect::<Vec<_>>().into()
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
@@ -117,7 +134,8 @@ impl ModelConfig {
     /// so absurd sizes are counted rather than overflowed.
     pub fn parameter_count(&self) -> u128 {
         let h = self.hidden_size as u128;
-        let embeddings = (self.vocab_size + self.max_positions + self.type_vocab_size) as u128 * h
+        let embeddings = (self.vocab_size + self.position_rows() + self.type_vocab_size) as u128
+            * h
             + if self.embedding_norm { 2 * h } else { 0 };
         // q, k, v (w wide) and output projections, both FFN linears, two norms, with biases.
         let blocks: u128 = (0..self.num_layers)

@@ -103,6 +103,23 @@ pub fn new_config(
                 "n_inner": inter, "n_positions": max_pos, "bos_token_id": eos, "eos_token_id": eos,
             })
         }
+        Arch::Roberta => {
+            // Positions start after the pad row, as in every RoBERTa checkpoint (514 rows for 512).
+            let pad = tokenizer.pad_id().unwrap_or(1);
+            let id = |t: &str, d: u32| tokenizer.token_to_id(t).unwrap_or(d);
+            serde_json::json!({
+                "model_type": "roberta", "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
+                "num_attention_heads": heads, "intermediate_size": inter,
+                "max_position_embeddings": max_pos + pad as usize + 1, "type_vocab_size": 1,
+                "layer_norm_eps": 1e-5, "pad_token_id": pad, "bos_token_id": id("<s>", 0),
+                "eos_token_id": id("</s>", 2),
+            })
+        }
+        Arch::DistilBert => serde_json::json!({
+            "model_type": "distilbert", "vocab_size": vocab, "dim": hidden, "n_layers": layers,
+            "n_heads": heads, "hidden_dim": inter, "max_position_embeddings": max_pos,
+            "pad_token_id": tokenizer.pad_id().unwrap_or(0),
+        }),
     };
     ModelConfig::from_value(raw, std::path::Path::new("<kiln init>"))
 }
@@ -165,14 +182,14 @@ pub fn random_model(
     };
     let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
     let mut word = r.normal(&[cfg.vocab_size, h], std);
-    if cfg.arch == Arch::Bert {
+    if cfg.arch.is_encoder() {
         if let Some(p) = cfg.pad_token_id.filter(|&p| (p as usize) < cfg.vocab_size) {
             word.data_mut()[p as usize * h..(p as usize + 1) * h].fill(0.0);
         }
     }
     let embeddings = Embeddings {
         word: crate::engine::Linear::new(word, None),
-        position: r.normal(&[cfg.max_positions, h], std),
+        position: r.normal(&[cfg.position_rows(), h], std),
         token_type: (cfg.type_vocab_size > 0).then(|| r.normal(&[cfg.type_vocab_size, h], std)),
         norm: cfg.embedding_norm.then(|| Init::norm(h, eps)),
     };
@@ -196,7 +213,7 @@ pub fn random_model(
         .collect();
     let final_norm = cfg.final_norm.then(|| Init::norm(h, eps));
     let (mlm_head, lm_head) = match cfg.arch {
-        Arch::Bert => (
+        Arch::Bert | Arch::Roberta | Arch::DistilBert => (
             Some(MlmHead {
                 transform: r.linear(h, h, std),
                 activation: cfg.activation,

@@ -27,8 +27,8 @@ impl Transformer {
     /// decoder.
     pub fn default_mask(&self) -> MaskKind {
         match self.config.arch {
-            Arch::Bert => MaskKind::Bidirectional,
             Arch::Gpt2 => MaskKind::Causal,
+            _ => MaskKind::Bidirectional,
         }
     }
 
@@ -79,8 +79,9 @@ impl Transformer {
         } else {
             &[]
         };
+        let positions = cfg.position_ids(&batch.positions);
         self.embeddings
-            .forward(&batch.ids, &batch.positions, types, &mut x)?;
+            .forward(&batch.ids, &positions, types, &mut x)?;
         let mut ws = Workspace::default();
         for (l, block) in self.blocks.iter().enumerate() {
             let c = caches.as_deref_mut().map(|c| (c, l));

@@ -58,7 +58,10 @@ fn extra_modules(arch: Arch, extras: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for e in extras {
         match (e.as_str(), arch) {
-            ("layernorm", Arch::Bert) => out.push("LayerNorm".to_string()),
+            ("layernorm", Arch::Bert | Arch::Roberta) => out.push("LayerNorm".to_string()),
+            ("layernorm", Arch::DistilBert) => {
+                out.extend(["sa_layer_norm", "output_layer_norm", "LayerNorm"].map(String::from));
+            }
             ("layernorm", Arch::Gpt2) => {
                 out.extend(["ln_1", "ln_2", "ln_f"].map(String::from));
             }
@@ -462,6 +465,7 @@ fn install(
                 let h = p.config().hidden_size;
                 p.pooler = Some(Pooler {
                     dense: Linear::new(Tensor::zeros(&[h, h]), Some(Tensor::zeros(&[h]))),
+                    activation: crate::heads::pooler::PoolerActivation::Tanh,
                 });
                 let key = find(store, base_prefix, "pooler.dense.weight");
                 if key.is_none() {
@@ -693,9 +697,9 @@ fn extra_slots(p: &mut Pretrained) -> Vec<(String, &mut [f32])> {
     }
     if let (Some(pl), Some(name)) = (&mut p.pooler, n.pooler) {
         let d = &mut pl.dense;
-        out.push((format!("{prefix}{name}.weight"), d.weight.data_mut()));
+        out.push((format!("{}.weight", name.path(prefix)), d.weight.data_mut()));
         if let Some(b) = &mut d.bias {
-            out.push((format!("{prefix}{name}.bias"), b.data_mut()));
+            out.push((format!("{}.bias", name.path(prefix)), b.data_mut()));
         }
     }
     out

@@ -80,7 +80,7 @@ pub fn lora_sites(p: &Pretrained) -> Vec<Site> {
     }
     if let (Some(_), Some(name)) = (&p.pooler, n.pooler) {
         out.push(Site {
-            module: format!("{prefix}{name}"),
+            module: name.path(prefix),
             layer: 0,
             slot: Slot::Pooler,
             offset: 0,

@@ -344,7 +344,7 @@ pub fn forward(
         Some(&e.position),
         e.token_type.as_ref(),
         &batch.ids,
-        &batch.positions,
+        &model.config.position_ids(&batch.positions),
         types,
         &mut emb,
     )?;
@@ -798,7 +798,7 @@ pub fn backward_with(
         embedding_backward(&batch.ids, &de, h, g);
     }
     if let Some(g) = non_empty(&mut ge.position) {
-        embedding_backward(&batch.positions, &de, h, g);
+        embedding_backward(&cfg.position_ids(&batch.positions), &de, h, g);
     }
     if let Some(g) = ge.token_type.as_mut().and_then(non_empty) {
         embedding_backward(&batch.type_ids, &de, h, g);

@@ -269,9 +269,10 @@ pub fn new_sequence_head(p: &mut Pretrained, labels: Labels, seed: u64) -> Resul
     let h = cfg.hidden_size;
     let std = cfg.initializer_range as f32;
     let mut init = Init::new(mix(seed ^ 0x5EC0_C1A5), std);
-    if cfg.arch == Arch::Bert && p.pooler.is_none() {
+    if let (Some(names), None) = (cfg.arch.names().pooler, &p.pooler) {
         p.pooler = Some(Pooler {
             dense: init.linear(h, h, std),
+            activation: names.activation,
         });
     }
     let mut linear = init.linear(labels.outputs(), h, std);
@@ -346,12 +347,12 @@ pub(crate) fn sequence_loss_with(
         .iter()
         .flat_map(|&r| hidden[r * h..(r + 1) * h].to_vec())
         .collect();
-    let pooler = p.pooler.as_ref().filter(|_| p.config().arch == Arch::Bert);
+    let pooler = p.pooler.as_ref().filter(|_| p.config().arch.is_encoder());
     let pooled = match pooler {
         Some(pl) => {
             let mut y = vec![0.0; n * h];
             lin_fwd(&pl.dense, &x, n, &mut y, dropout_seed, POOLER_SITE)?;
-            y.iter_mut().for_each(|v| *v = v.tanh());
+            pl.activate(&mut y);
             y
         }
         None => x.clone(),
@@ -398,10 +399,7 @@ pub(crate) fn sequence_loss_with(
     }
     let dx = match pooler {
         Some(pl) => {
-            // tanh' = 1 - tanh²
-            for (g, y) in dd.iter_mut().zip(&pooled) {
-                *g *= 1.0 - y * y;
-            }
+            pl.activation_backward(&pooled, &mut dd);
             let gp = grads
                 .pooler
                 .as_mut()

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::heads::LmHead;
 use crate::infer::generate::{GenerateOptions, Generator, Strategy};
 use crate::metrics::translation::{corpus_bleu, corpus_chrf, BleuTokenize};
-use crate::model::{Arch, Batch};
+use crate::model::Batch;
 use crate::tokenize::Tokenizer;
 
 /// One source/target pair, encoded.
@@ -160,20 +160,22 @@ pub fn prefix_lm_loss(
     crate::train::backprop::mlm_loss(p, batch, &rows, &kept, grads, grad_scale, dropout_seed)
 }
 
-/// Whether `p` generates as an encoder under the prefix mask (BERT) rather than as a causal LM.
+/// Whether `p` generates as an encoder under the prefix mask (BERT and its variants) rather
+/// than as a causal LM.
 pub fn is_prefix_lm(p: &Pretrained) -> bool {
-    p.config().arch == Arch::Bert
+    p.config().arch.is_encoder()
 }
 
-/// `[CLS]` and `[SEP]` of an encoder's tokenizer.
+/// The start and separator tokens of an encoder's tokenizer: `[CLS]` / `[SEP]` (BERT,
+/// DistilBERT) or `<s>` / `</s>` (RoBERTa).
 fn cls_sep(p: &Pretrained) -> Result<(u32, u32)> {
     let tok = p.tokenizer()?;
-    match (tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")) {
-        (Some(c), Some(s)) => Ok((c, s)),
-        _ => Err(Error::Input(
-            "an encoder generates with [CLS] source [SEP] target [SEP]: its tokenizer needs [CLS] and [SEP]".into(),
-        )),
-    }
+    let pair = |a: &str, b: &str| Some((tok.token_to_id(a)?, tok.token_to_id(b)?));
+    pair("[CLS]", "[SEP]").or_else(|| pair("<s>", "</s>")).ok_or_else(|| {
+        Error::Input(
+            "an encoder generates with [CLS] source [SEP] target [SEP]: its tokenizer needs [CLS] and [SEP] (or <s> and </s>)".into(),
+        )
+    })
 }
 
 /// The (end, start) tokens of `p`'s sequences.

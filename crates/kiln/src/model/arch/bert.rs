@@ -1,6 +1,6 @@
 //! BERT: config.json schema and tensor names (transformers `models/bert/modeling_bert.py`).
 
-use super::{NameTable, QkvNames};
+use super::{Classes, MlmNames, NameTable, PoolerActivation, PoolerNames, QkvNames};
 use crate::engine::Activation;
 use crate::error::{Error, Result};
 use crate::model::config::{merge_json, parse_struct, ModelConfig, NormPlacement};
@@ -72,11 +72,38 @@ pub const NAMES: NameTable = NameTable {
     ln_ffn: "output.LayerNorm",
     final_norm: None,
     conv1d: false,
-    pooler: Some("pooler.dense"),
+    pooler: Some(PoolerNames {
+        module: "pooler.dense",
+        in_base: true,
+        activation: PoolerActivation::Tanh,
+    }),
+    mlm: Some(MlmNames {
+        transform: "cls.predictions.transform.dense",
+        norm: "cls.predictions.transform.LayerNorm",
+        decoder: "cls.predictions.decoder.weight",
+        bias: "cls.predictions.bias",
+    }),
+    heads: ["classifier", "classifier", "qa_outputs"],
+    classes: Classes {
+        base: "BertModel",
+        pretraining: "BertForMaskedLM",
+        sequence: Some("BertForSequenceClassification"),
+        token: Some("BertForTokenClassification"),
+        span: Some("BertForQuestionAnswering"),
+    },
     ignored_suffixes: &["position_ids"],
 };
 
 pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelConfig> {
+    parse_as(raw, path, super::Arch::Bert)
+}
+
+/// A BERT-schema config.json (BERT, RoBERTa) as the configuration of `arch`.
+pub(crate) fn parse_as(
+    raw: serde_json::Value,
+    path: &Path,
+    arch: super::Arch,
+) -> Result<ModelConfig> {
     let c: BertConfig = parse_struct(&raw, path)?;
     let err = |field: &str, msg: String| Error::Config {
         path: path.to_path_buf(),
@@ -102,7 +129,7 @@ pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelC
         ));
     }
     Ok(ModelConfig {
-        arch: super::Arch::Bert,
+        arch,
         vocab_size: c.vocab_size,
         hidden_size: c.hidden_size,
         num_layers: c.num_hidden_layers,
@@ -124,11 +151,20 @@ pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelC
         attention_dropout: c.attention_probs_dropout_prob,
         pruned_heads: Default::default(),
         intermediate_sizes: Vec::new(),
+        position_offset: 0,
         raw,
     })
 }
 
 pub(crate) fn write_config(cfg: &ModelConfig) -> serde_json::Value {
+    let mut v = write_as(cfg);
+    v["model_type"] = "bert".into();
+    v
+}
+
+/// `cfg` in BERT's config.json schema (BERT, RoBERTa: `max_position_embeddings` counts the
+/// rows before the first position too).
+pub(crate) fn write_as(cfg: &ModelConfig) -> serde_json::Value {
     let c = BertConfig {
         vocab_size: cfg.vocab_size,
         hidden_size: cfg.hidden_size,
@@ -138,7 +174,7 @@ pub(crate) fn write_config(cfg: &ModelConfig) -> serde_json::Value {
         hidden_act: cfg.activation.hf_name().into(),
         hidden_dropout_prob: cfg.hidden_dropout,
         attention_probs_dropout_prob: cfg.attention_dropout,
-        max_position_embeddings: cfg.max_positions,
+        max_position_embeddings: cfg.max_positions + cfg.position_offset,
         type_vocab_size: cfg.type_vocab_size,
         initializer_range: cfg.initializer_range,
         layer_norm_eps: cfg.layer_norm_eps,
@@ -146,7 +182,5 @@ pub(crate) fn write_config(cfg: &ModelConfig) -> serde_json::Value {
         position_embedding_type: "absolute".into(),
         tie_word_embeddings: cfg.tie_word_embeddings,
     };
-    let mut v = merge_json(&cfg.raw, serde_json::to_value(c).unwrap_or_default());
-    v["model_type"] = "bert".into();
-    v
+    merge_json(&cfg.raw, serde_json::to_value(c).unwrap_or_default())
 }

@@ -1,6 +1,6 @@
 //! GPT-2: config.json schema and tensor names (transformers `models/gpt2/modeling_gpt2.py`).
 
-use super::{NameTable, QkvNames};
+use super::{Classes, NameTable, QkvNames};
 use crate::engine::Activation;
 use crate::error::{Error, Result};
 use crate::model::config::{merge_json, parse_struct, ModelConfig, NormPlacement};
@@ -75,6 +75,15 @@ pub const NAMES: NameTable = NameTable {
     final_norm: Some("ln_f"),
     conv1d: true,
     pooler: None,
+    mlm: None,
+    heads: ["score", "classifier", "qa_outputs"],
+    classes: Classes {
+        base: "GPT2Model",
+        pretraining: "GPT2LMHeadModel",
+        sequence: Some("GPT2ForSequenceClassification"),
+        token: Some("GPT2ForTokenClassification"),
+        span: None,
+    },
     ignored_suffixes: &["attn.bias", "attn.masked_bias"],
 };
 
@@ -123,6 +132,7 @@ pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelC
         attention_dropout: c.attn_pdrop,
         pruned_heads: Default::default(),
         intermediate_sizes: Vec::new(),
+        position_offset: 0,
         raw,
     })
 }

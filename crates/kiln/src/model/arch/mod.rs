@@ -1,11 +1,13 @@
 //! What differs between architectures: the config.json schema and the table of checkpoint tensor
 //! names. The computation itself is the one [`Transformer`](super::Transformer).
 //!
-//! Adding an architecture (distilbert, roberta, albert) means adding a file here with a serde
-//! config struct and a [`NameTable`]; nothing in the core is copied.
+//! Adding an architecture (albert, electra) means adding a file here with a serde config struct
+//! and a [`NameTable`]; nothing in the core is copied.
 
 pub mod bert;
+pub mod distilbert;
 pub mod gpt2;
+pub mod roberta;
 
 use super::config::ModelConfig;
 use crate::error::Result;
@@ -18,6 +20,73 @@ pub enum Arch {
     Bert,
     /// GPT-2 (`model_type: "gpt2"`): pre-LN decoder.
     Gpt2,
+    /// RoBERTa (`model_type: "roberta"`, and `xlm-roberta`, the same with another tokenizer):
+    /// BERT's encoder with positions counted from `pad_token_id + 1` and one token type.
+    Roberta,
+    /// DistilBERT (`model_type: "distilbert"`): BERT's encoder without token types or pooler,
+    /// under other tensor names.
+    DistilBert,
+}
+
+/// The activation after the dense layer between the first token and a sequence classifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolerActivation {
+    /// `tanh` (BERT's pooler, RoBERTa's classification head).
+    Tanh,
+    /// `ReLU` (DistilBERT's `pre_classifier`).
+    Relu,
+}
+
+/// The dense layer a sequence classifier reads the first token through.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolerNames {
+    /// Module name.
+    pub module: &'static str,
+    /// Whether the module belongs to the base model (under `base_prefix`: BERT's
+    /// `bert.pooler.dense`) or to the classification head (RoBERTa's `classifier.dense`).
+    pub in_base: bool,
+    /// Its activation.
+    pub activation: PoolerActivation,
+}
+
+impl PoolerNames {
+    /// The module's name in a checkpoint whose base-model tensors carry `prefix`.
+    pub fn path(&self, prefix: &str) -> String {
+        if self.in_base {
+            format!("{prefix}{}", self.module)
+        } else {
+            self.module.to_string()
+        }
+    }
+}
+
+/// A masked-LM head's tensor names (absolute): transform dense, its norm, the decoder (tied
+/// to the word embeddings unless stored) and the output bias.
+#[derive(Clone, Copy, Debug)]
+pub struct MlmNames {
+    /// Dense transform module.
+    pub transform: &'static str,
+    /// Its LayerNorm module.
+    pub norm: &'static str,
+    /// Decoder weight tensor.
+    pub decoder: &'static str,
+    /// Output bias tensor; older checkpoints keep it as `<decoder module>.bias`.
+    pub bias: &'static str,
+}
+
+/// The transformers classes of an architecture, as config.json's `architectures` names them.
+#[derive(Clone, Copy, Debug)]
+pub struct Classes {
+    /// The base model.
+    pub base: &'static str,
+    /// With its pre-training head (masked or causal LM).
+    pub pretraining: &'static str,
+    /// Sequence classification.
+    pub sequence: Option<&'static str>,
+    /// Token classification.
+    pub token: Option<&'static str>,
+    /// Extractive question answering.
+    pub span: Option<&'static str>,
 }
 
 /// The q, k, v projections: three modules, or one fused module.
@@ -63,8 +132,14 @@ pub struct NameTable {
     pub final_norm: Option<&'static str>,
     /// Linear weights are stored `[in, out]` (GPT-2's Conv1D) rather than `[out, in]`.
     pub conv1d: bool,
-    /// Pooler dense layer (module name, under the base prefix).
-    pub pooler: Option<&'static str>,
+    /// The dense layer a sequence classifier reads the first token through (BERT's pooler).
+    pub pooler: Option<PoolerNames>,
+    /// Masked-LM head, for encoders.
+    pub mlm: Option<MlmNames>,
+    /// Output layer of each task head (absolute module names): sequence, token, span.
+    pub heads: [&'static str; 3],
+    /// transformers class names.
+    pub classes: Classes,
     /// Tensor-name suffixes of buffers that are not parameters and may be ignored.
     pub ignored_suffixes: &'static [&'static str],
 }
@@ -75,13 +150,20 @@ impl Arch {
         match t {
             "bert" => Some(Arch::Bert),
             "gpt2" => Some(Arch::Gpt2),
+            "roberta" | "xlm-roberta" => Some(Arch::Roberta),
+            "distilbert" => Some(Arch::DistilBert),
             _ => None,
         }
     }
 
+    /// Whether the architecture is a bidirectional encoder (BERT and its variants).
+    pub fn is_encoder(self) -> bool {
+        self != Arch::Gpt2
+    }
+
     /// The `model_type` strings Kiln accepts.
     pub fn supported() -> Vec<&'static str> {
-        vec!["bert", "gpt2"]
+        vec!["bert", "roberta", "xlm-roberta", "distilbert", "gpt2"]
     }
 
     /// The `model_type` string.
@@ -89,6 +171,8 @@ impl Arch {
         match self {
             Arch::Bert => "bert",
             Arch::Gpt2 => "gpt2",
+            Arch::Roberta => "roberta",
+            Arch::DistilBert => "distilbert",
         }
     }
 
@@ -97,6 +181,8 @@ impl Arch {
         match self {
             Arch::Bert => &bert::NAMES,
             Arch::Gpt2 => &gpt2::NAMES,
+            Arch::Roberta => &roberta::NAMES,
+            Arch::DistilBert => &distilbert::NAMES,
         }
     }
 
@@ -104,6 +190,8 @@ impl Arch {
         match self {
             Arch::Bert => bert::parse_config(raw, path),
             Arch::Gpt2 => gpt2::parse_config(raw, path),
+            Arch::Roberta => roberta::parse_config(raw, path),
+            Arch::DistilBert => distilbert::parse_config(raw, path),
         }
     }
 
@@ -111,6 +199,8 @@ impl Arch {
         match self {
             Arch::Bert => bert::write_config(cfg),
             Arch::Gpt2 => gpt2::write_config(cfg),
+            Arch::Roberta => roberta::write_config(cfg),
+            Arch::DistilBert => distilbert::write_config(cfg),
         }
     }
 }

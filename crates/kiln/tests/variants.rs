@@ -1,0 +1,249 @@
+//! BERT's variants against transformers (fixtures from `tests/fixtures/make_variant_fixtures.py`:
+//! tiny random RoBERTa and DistilBERT models of odd sizes with every head): Kiln's tokenizer
+//! gives transformers' ids, the hidden states and every head's logits match, RoBERTa's position
+//! ids skip the pad rows, saving writes the checkpoint transformers wrote, and one training
+//! step's loss and every gradient match PyTorch.
+
+mod common;
+
+use common::*;
+use kiln::checkpoint::{self, Pretrained, SaveDtype, WeightStore};
+use kiln::heads::HeadKind;
+use kiln::infer::classify::sequence_logits;
+use kiln::infer::qa::span_logits;
+use kiln::infer::tag::token_logits;
+use kiln::model::{Arch, Batch};
+use kiln::train::backprop::{mlm_loss, zeros_like};
+use kiln::train::classify::sequence_loss;
+use std::path::PathBuf;
+
+fn expected() -> serde_json::Value {
+    json(&fixture("variants-expected.json"))
+}
+
+fn models(exp: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    exp.as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v.is_object())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-variants-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The last hidden state and the head's outputs of one sequence run alone (QA: start and end
+/// logits interleaved per token, as Kiln's span head writes them).
+fn outputs(p: &Pretrained, ids: &[u32], head: &str) -> (Vec<f32>, Vec<f32>) {
+    let batch = Batch::packed(&[(ids, None)]).unwrap();
+    let hidden = p
+        .model
+        .forward(&batch, p.model.default_mask(), None)
+        .unwrap();
+    let logits = match head {
+        "mlm" => {
+            let m = p.mlm_head.as_ref().expect("a masked-LM head");
+            m.forward(hidden.data(), ids.len(), &p.model.embeddings.word)
+                .unwrap()
+        }
+        "cls" => sequence_logits(p, &batch).unwrap(),
+        "tag" => token_logits(p, &batch).unwrap(),
+        "qa" => span_logits(p, &batch).unwrap(),
+        _ => Vec::new(),
+    };
+    (hidden.data().to_vec(), logits)
+}
+
+/// The fixture's head outputs of an example in Kiln's layout.
+fn want_logits(e: &serde_json::Value) -> Vec<f32> {
+    if e.get("start_logits").is_some() {
+        let (s, t) = (floats(&e["start_logits"]), floats(&e["end_logits"]));
+        s.iter().zip(&t).flat_map(|(a, b)| [*a, *b]).collect()
+    } else {
+        e.get("logits").map(floats).unwrap_or_default()
+    }
+}
+
+#[test]
+fn every_variant_and_head_matches_transformers() {
+    let exp = expected();
+    for (dir, m) in models(&exp) {
+        let p = checkpoint::load(&fixture(&dir)).unwrap();
+        assert!(p.unused_tensors.is_empty(), "{dir}: {:?}", p.unused_tensors);
+        let head = m["head"].as_str().unwrap();
+        let arch = p.config().arch;
+        match m["class"].as_str().unwrap() {
+            c if c.starts_with("Roberta") => assert_eq!(arch, Arch::Roberta),
+            _ => assert_eq!(arch, Arch::DistilBert),
+        }
+        let kind = p.task.as_ref().map(|t| t.kind);
+        let want_kind = match head {
+            "cls" => Some(HeadKind::Sequence),
+            "tag" => Some(HeadKind::Token),
+            "qa" => Some(HeadKind::Span),
+            _ => None,
+        };
+        assert_eq!(kind, want_kind, "{dir}: head");
+        assert_eq!(p.mlm_head.is_some(), head == "mlm", "{dir}: masked-LM head");
+        if let Some(names) = m["labels"].as_array() {
+            let names: Vec<&str> = names.iter().map(|n| n.as_str().unwrap()).collect();
+            assert_eq!(
+                p.task.as_ref().unwrap().labels.names,
+                names,
+                "{dir}: labels"
+            );
+        }
+        let tok = p.tokenizer().unwrap();
+        let mut worst = 0.0f32;
+        for e in m["examples"].as_array().unwrap() {
+            let text = e["text"].as_str().unwrap();
+            let want_ids = ids(&e["input_ids"]);
+            let enc = tok.encode(text, e["text_b"].as_str()).unwrap();
+            assert_eq!(enc.ids, want_ids, "{dir}: token ids of {text:?}");
+            let (hidden, logits) = outputs(&p, &want_ids, head);
+            let d = max_diff(&hidden, &floats(&e["last_hidden_state"]));
+            assert!(
+                d < PARITY_ATOL,
+                "{dir}: hidden states of {text:?} differ by {d}"
+            );
+            let w = want_logits(e);
+            let dl = max_diff(&logits, &w);
+            assert!(
+                logits.len() == w.len() && dl < PARITY_ATOL,
+                "{dir}: {head} outputs of {text:?} differ by {dl}"
+            );
+            worst = worst.max(d).max(dl);
+        }
+        // RoBERTa counts positions from the first real token: the real tokens of a left-padded
+        // batch compute what they compute alone, which is what Kiln (never padding) computes.
+        if arch == Arch::Roberta {
+            let b = &m["left_padded_batch"];
+            let texts = b["texts"].as_array().unwrap();
+            for (i, text) in texts.iter().enumerate() {
+                let enc = tok.encode(text.as_str().unwrap(), None).unwrap();
+                let (hidden, _) = outputs(&p, &enc.ids, head);
+                let want = floats(&b["last_hidden_state"][i]);
+                let d = max_diff(&hidden, &want);
+                assert!(
+                    hidden.len() == want.len() && d < PARITY_ATOL,
+                    "{dir}: left-padded text {i} differs by {d}"
+                );
+            }
+        }
+        eprintln!("{dir}: max difference {worst:e}");
+    }
+}
+
+/// Saving writes the tensors transformers wrote, under the same names; config.json keeps the
+/// architecture's schema; the reloaded model computes the same outputs.
+#[test]
+fn saved_variants_are_the_transformers_checkpoints() {
+    let exp = expected();
+    for (dir, m) in models(&exp) {
+        let p = checkpoint::load(&fixture(&dir)).unwrap();
+        let out = scratch(&dir);
+        checkpoint::save(&p, &out, SaveDtype::F32).unwrap();
+        let (hf, ours) = (
+            WeightStore::open_dir(&fixture(&dir)).unwrap(),
+            WeightStore::open_dir(&out).unwrap(),
+        );
+        let (mut hf_names, mut our_names) = (hf.names(), ours.names());
+        hf_names.sort();
+        our_names.sort();
+        assert_eq!(our_names, hf_names, "{dir}: tensor names");
+        for n in &hf_names {
+            assert_eq!(
+                hf.get(n).unwrap().data(),
+                ours.get(n).unwrap().data(),
+                "{dir}: values of {n}"
+            );
+        }
+        let (a, b) = (
+            json(&fixture(&dir).join("config.json")),
+            json(&out.join("config.json")),
+        );
+        for field in [
+            "architectures",
+            "model_type",
+            "max_position_embeddings",
+            "pad_token_id",
+            "vocab_size",
+            "id2label",
+        ] {
+            assert_eq!(a.get(field), b.get(field), "{dir}: config {field}");
+        }
+        let q = checkpoint::load(&out).unwrap();
+        let e = &m["examples"][0];
+        let head = m["head"].as_str().unwrap();
+        assert_eq!(
+            outputs(&p, &ids(&e["input_ids"]), head),
+            outputs(&q, &ids(&e["input_ids"]), head),
+            "{dir}: reloaded outputs"
+        );
+        std::fs::remove_dir_all(out).unwrap();
+    }
+}
+
+fn examples(file: &serde_json::Value) -> Vec<Vec<u32>> {
+    file["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| ids(&e["input_ids"]))
+        .collect()
+}
+
+fn packed(seqs: &[Vec<u32>]) -> Batch {
+    let s: Vec<(&[u32], Option<&[u32]>)> = seqs.iter().map(|i| (&i[..], None)).collect();
+    Batch::packed(&s).unwrap()
+}
+
+/// One training step's loss and every parameter's gradient against PyTorch: sequence
+/// classification (RoBERTa's `classifier.dense` / DistilBERT's ReLU `pre_classifier` in the
+/// backward pass) and masked LM (tied decoders).
+#[test]
+fn training_gradients_match_pytorch() {
+    let dir = fixture("variant-train-parity");
+    for (model, name) in [
+        ("tiny-roberta-cls", "roberta_cls"),
+        ("tiny-distilbert-cls", "distilbert_cls"),
+    ] {
+        let p = checkpoint::load(&fixture(model)).unwrap();
+        let f = json(&dir.join(format!("{name}.json")));
+        let labels = floats(&f["labels"]);
+        let mut g = zeros_like(&p);
+        let loss = sequence_loss(&p, &packed(&examples(&f)), &labels, &mut g, 1.0, None).unwrap();
+        let ours = checkpoint::named_tensors(&g).unwrap();
+        let file = dir.join(format!("{name}_grads.safetensors"));
+        assert_loss_and_named_grads(name, loss, f["loss"].as_f64().unwrap() as f32, &ours, &file);
+    }
+    for (model, name) in [
+        ("tiny-roberta", "roberta_mlm"),
+        ("tiny-distilbert", "distilbert_mlm"),
+    ] {
+        let p = checkpoint::load(&fixture(model)).unwrap();
+        let f = json(&dir.join(format!("{name}.json")));
+        let seqs = examples(&f);
+        let (mut positions, mut targets) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        for (e, s) in f["examples"].as_array().unwrap().iter().zip(&seqs) {
+            for (i, l) in e["labels"].as_array().unwrap().iter().enumerate() {
+                let l = l.as_i64().unwrap();
+                if l != -100 {
+                    positions.push(at + i);
+                    targets.push(l);
+                }
+            }
+            at += s.len();
+        }
+        let mut g = zeros_like(&p);
+        let loss = mlm_loss(&p, &packed(&seqs), &positions, &targets, &mut g, 1.0, None).unwrap();
+        let ours = checkpoint::named_tensors(&g).unwrap();
+        let file = dir.join(format!("{name}_grads.safetensors"));
+        assert_loss_and_named_grads(name, loss, f["loss"].as_f64().unwrap() as f32, &ours, &file);
+    }
+}
