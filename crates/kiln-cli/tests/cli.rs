@@ -1587,3 +1587,158 @@ fn prune_shrinks_the_model_every_command_runs_it_and_convert_dense_restores_the_
     assert!(!ok && err.contains("layer 7 does not exist"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// RoBERTa and DistilBERT through the commands: a new RoBERTa is pre-trained with masked LM and
+/// fills masks; a new DistilBERT is fine-tuned and predicts; a RoBERTa classifier is pruned,
+/// quantized and described.
+#[test]
+fn roberta_and_distilbert_run_through_the_commands() {
+    let dir = scratch("variants");
+    let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let fx = |n: &str| fixture(n).to_str().unwrap().to_string();
+    let corpus = dir.join("corpus.txt");
+    let text: Vec<String> = (0..60)
+        .map(|i| format!("the farmer {i} bought an apple and a pear at the market"))
+        .collect();
+    std::fs::write(&corpus, text.join("\n")).unwrap();
+    let corpus = corpus.to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = kiln(args, "");
+        assert!(ok, "{args:?}: {err}");
+        (out, err)
+    };
+    let json = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    // RoBERTa: init with its byte-level BPE tokenizer, pre-train, fill a mask.
+    let (_, err) = run(&[
+        "init",
+        "--arch",
+        "roberta",
+        "--size",
+        "tiny",
+        "--layers",
+        "1",
+        "--max-positions",
+        "32",
+        "--tokenizer",
+        &fx("tiny-roberta"),
+        "--out",
+        &d("roberta"),
+    ]);
+    assert!(err.contains("a BERT of the same depth and width"), "{err}");
+    let config = json(&dir.join("roberta/config.json"));
+    assert_eq!(config["model_type"], "roberta");
+    assert_eq!(
+        config["max_position_embeddings"], 34,
+        "32 positions after pad + 1"
+    );
+    run(&[
+        "pretrain",
+        "--model",
+        &d("roberta"),
+        "--objective",
+        "mlm",
+        "--corpus",
+        &corpus,
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--threads",
+        "1",
+        "--out",
+        &d("roberta-pt"),
+    ]);
+    let (ok, out, err) = kiln(
+        &["fill-mask", "--model", &d("roberta-pt")],
+        "the farmer bought an<mask> at the market\n",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(json_lines(&out)[0]["masks"][0].as_array().unwrap().len(), 5);
+    // DistilBERT: init, fine-tune a classifier, predict.
+    let data = dir.join("data.jsonl");
+    let lines: Vec<String> = (0..16)
+        .map(|i| {
+            let label = ["neg", "pos"][i % 2];
+            serde_json::json!({"text": format!("item {i} is {label}"), "label": label}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    run(&[
+        "init",
+        "--arch",
+        "distilbert",
+        "--size",
+        "tiny",
+        "--layers",
+        "1",
+        "--tokenizer",
+        &fx("tiny-bert"),
+        "--out",
+        &d("distil"),
+    ]);
+    run(&[
+        "finetune",
+        "--model",
+        &d("distil"),
+        "--task",
+        "classify",
+        "--train",
+        data.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        &d("distil-cls"),
+    ]);
+    let config = json(&dir.join("distil-cls/config.json"));
+    assert_eq!(
+        config["architectures"][0],
+        "DistilBertForSequenceClassification"
+    );
+    let (ok, out, err) = kiln(
+        &["predict", "--model", &d("distil-cls")],
+        "{\"text\": \"item 3 is pos\"}\n",
+    );
+    assert!(ok, "{err}");
+    assert!(["neg", "pos"].contains(&json_lines(&out)[0]["label"].as_str().unwrap()));
+    // A RoBERTa classifier pruned (magnitude), quantized, described.
+    run(&[
+        "prune",
+        "--model",
+        &fx("tiny-roberta-cls"),
+        "--out",
+        &d("rc-pruned"),
+        "--heads",
+        "0.34",
+        "--ffn",
+        "0.5",
+        "--importance",
+        "magnitude",
+    ]);
+    run(&[
+        "quantize",
+        "--model",
+        &d("rc-pruned"),
+        "--out",
+        &d("rc-int8"),
+    ]);
+    let (out, _) = run(&["info", &d("rc-int8"), "--json"]);
+    let info = &json_lines(&out)[0];
+    assert_eq!(info["model_type"], "roberta", "{info}");
+    assert_eq!(
+        info["architecture"], "RobertaForSequenceClassification",
+        "{info}"
+    );
+    let (ok, out, err) = kiln(
+        &["predict", "--model", &d("rc-int8")],
+        "{\"text\": \"The cat sat.\"}\n",
+    );
+    assert!(ok, "{err}");
+    assert!(json_lines(&out)[0]["label"].is_string(), "{out}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -247,3 +247,38 @@ fn training_gradients_match_pytorch() {
         assert_loss_and_named_grads(name, loss, f["loss"].as_f64().unwrap() as f32, &ours, &file);
     }
 }
+
+/// Extractive QA frames a question and its context as each tokenizer frames a pair:
+/// `[CLS] q [SEP] c [SEP]` with segments 0/1 (DistilBERT's tokenizer is BERT's), RoBERTa's
+/// `<s> q </s></s> c </s>` in one segment — the ids transformers' tokenizers gave the fixtures.
+#[test]
+fn qa_windows_are_framed_as_the_tokenizer_frames_pairs() {
+    use kiln::train::qa::{encode_features, QaExample, Windows};
+    let exp = expected();
+    for dir in ["tiny-roberta-qa", "tiny-distilbert-qa"] {
+        let p = checkpoint::load(&fixture(dir)).unwrap();
+        let tok = p.tokenizer().unwrap();
+        for e in exp[dir]["examples"].as_array().unwrap() {
+            let Some(context) = e["text_b"].as_str() else {
+                continue;
+            };
+            let ex = std::sync::Arc::new(QaExample {
+                id: 0.into(),
+                question: e["text"].as_str().unwrap().into(),
+                context: context.into(),
+                answers: Vec::new(),
+            });
+            let w = Windows {
+                max_length: 38,
+                doc_stride: 8,
+                max_question: 30,
+            };
+            let f = encode_features(tok, &[ex], &w).unwrap();
+            assert_eq!(f.len(), 1, "{dir}: one window");
+            assert_eq!(f[0].ids, ids(&e["input_ids"]), "{dir}: window ids");
+            if let Some(t) = e.get("token_type_ids") {
+                assert_eq!(f[0].type_ids, ids(t), "{dir}: segments");
+            }
+        }
+    }
+}

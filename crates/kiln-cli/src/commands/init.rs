@@ -60,6 +60,11 @@ pub fn run(a: Args) -> Result<()> {
         max_positions: a.max_positions,
     };
     let cfg = new_config(arch, &a.size, &shape, &tok)?;
+    // The size beside a BERT of the same depth and width, for the variants.
+    let bert = (arch != Arch::Bert && arch.is_encoder())
+        .then(|| new_config(Arch::Bert, &a.size, &shape, &tok))
+        .transpose()?
+        .map(|b| b.parameter_count());
     let p = random_model(cfg, tok, a.tokenizer.clone(), a.seed)?;
     kiln::checkpoint::save(&p, &a.out, kiln::checkpoint::SaveDtype::F32)
         .with_context(|| format!("cannot save to {}", a.out.display()))?;
@@ -74,5 +79,12 @@ pub fn run(a: Args) -> Result<()> {
         c.vocab_size,
         a.out.display()
     );
+    match bert {
+        Some(b) => eprintln!(
+            "parameters: {} (a BERT of the same depth and width: {b})",
+            c.parameter_count()
+        ),
+        None => eprintln!("parameters: {}", c.parameter_count()),
+    }
     Ok(())
 }

@@ -88,6 +88,16 @@ impl ModelConfig {
         positions.iter().map(|&p| p + o).collect::<Vec<_>>().into()
     }
 
+    /// The token-type rows of a batch's segment ids: as given, or all row 0 for a model with a
+    /// single type (RoBERTa, whose tokenizer marks no segments: a sentence pair or an encoder's
+    /// generated target is segment 0 there, as transformers computes it).
+    pub fn type_ids<'a>(&self, types: &'a [u32]) -> std::borrow::Cow<'a, [u32]> {
+        if self.type_vocab_size == 1 && types.iter().any(|&t| t != 0) {
+            return vec![0; types.len()].into();
+        }
+        types.into()
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads

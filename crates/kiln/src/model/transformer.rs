@@ -74,8 +74,9 @@ impl Transformer {
             }
         }
         let mut x = vec![0.0f32; t * h];
+        let type_rows = cfg.type_ids(&batch.type_ids);
         let types: &[u32] = if self.embeddings.token_type.is_some() {
-            &batch.type_ids
+            &type_rows
         } else {
             &[]
         };

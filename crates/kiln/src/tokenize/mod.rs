@@ -24,6 +24,28 @@ pub enum TokenizerKind {
     WordLevel,
 }
 
+/// The special tokens around an encoder's input (see [`Tokenizer::frame`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Start token (`[CLS]`, `<s>`).
+    pub cls: u32,
+    /// Separator and end token (`[SEP]`, `</s>`).
+    pub sep: u32,
+    /// A pair repeats the separator between its parts (RoBERTa's `</s></s>`).
+    pub double_sep: bool,
+}
+
+impl Frame {
+    /// The tokens between the two parts of a pair: `[SEP]`, or `</s></s>`.
+    pub fn between(&self) -> Vec<u32> {
+        if self.double_sep {
+            vec![self.sep, self.sep]
+        } else {
+            vec![self.sep]
+        }
+    }
+}
+
 /// How a too-long input is cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Truncation {
@@ -259,6 +281,24 @@ impl Tokenizer {
             .get_padding()
             .map(|p| p.pad_id)
             .or_else(|| self.first_of(&["[PAD]", "<pad>"]))
+    }
+
+    /// The tokens that frame an encoder's input: `[CLS] a [SEP] b [SEP]` (BERT, DistilBERT) or
+    /// `<s> a </s></s> b </s>` (RoBERTa), as their tokenizers' post-processors add them.
+    pub fn frame(&self) -> Option<Frame> {
+        if let (Some(cls), Some(sep)) = (self.token_to_id("[CLS]"), self.token_to_id("[SEP]")) {
+            return Some(Frame {
+                cls,
+                sep,
+                double_sep: false,
+            });
+        }
+        let (cls, sep) = (self.token_to_id("<s>")?, self.token_to_id("</s>")?);
+        Some(Frame {
+            cls,
+            sep,
+            double_sep: true,
+        })
     }
 
     /// The end-of-text token id.

@@ -334,8 +334,9 @@ pub fn forward(
     let (t, h) = (batch.tokens(), cfg.hidden_size);
     let e = &model.embeddings;
     let mut emb = vec![0.0; t * h];
+    let type_rows = model.config.type_ids(&batch.type_ids);
     let types: &[u32] = if e.token_type.is_some() {
-        &batch.type_ids
+        &type_rows
     } else {
         &[]
     };
@@ -801,7 +802,7 @@ pub fn backward_with(
         embedding_backward(&cfg.position_ids(&batch.positions), &de, h, g);
     }
     if let Some(g) = ge.token_type.as_mut().and_then(non_empty) {
-        embedding_backward(&batch.type_ids, &de, h, g);
+        embedding_backward(&cfg.type_ids(&batch.type_ids), &de, h, g);
     }
     Ok(())
 }

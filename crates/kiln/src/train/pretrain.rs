@@ -43,15 +43,17 @@ impl Objectives {
                         p.dir.display()
                     )));
                 }
-                let id = |t: &str| {
-                    tok.token_to_id(t)
-                        .ok_or_else(|| Error::Input(format!("the tokenizer has no {t} token")))
-                };
+                let frame = tok.frame().ok_or_else(|| {
+                    Error::Input(
+                        "the tokenizer has neither [CLS] and [SEP] nor <s> and </s> to frame the windows".into(),
+                    )
+                })?;
                 let (cls, sep, mask) = (
-                    id("[CLS]")?,
-                    id("[SEP]")?,
-                    tok.mask_id()
-                        .ok_or_else(|| Error::Input("the tokenizer has no [MASK] token".into()))?,
+                    frame.cls,
+                    frame.sep,
+                    tok.mask_id().ok_or_else(|| {
+                        Error::Input("the tokenizer has no [MASK] (or <mask>) token".into())
+                    })?,
                 );
                 let mut special = vec![cls, sep, mask];
                 special.extend(tok.pad_id());

@@ -218,24 +218,27 @@ fn squad_records(path: &Path, data: &[serde_json::Value]) -> Result<Vec<Record>>
     Ok(out)
 }
 
-/// Splits each question's context into windows (BERT-style: a tokenizer with `[CLS]` and
-/// `[SEP]`).
+/// Splits each question's context into windows, framed as the tokenizer frames a pair:
+/// `[CLS] question [SEP] context [SEP]` (segments 0 and 1), or RoBERTa's
+/// `<s> question </s></s> context </s>` (one segment).
 pub fn encode_features(
     tok: &Tokenizer,
     examples: &[Arc<QaExample>],
     w: &Windows,
 ) -> Result<Vec<QaFeature>> {
-    let (Some(cls), Some(sep)) = (tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")) else {
+    let Some(frame) = tok.frame() else {
         return Err(Error::Input(
-            "extractive QA needs a BERT-style tokenizer with [CLS] and [SEP] tokens".into(),
+            "extractive QA needs a tokenizer with [CLS] and [SEP] (or <s> and </s>) tokens".into(),
         ));
     };
+    let (cls, sep, between) = (frame.cls, frame.sep, frame.between());
+    let second_segment = u32::from(!frame.double_sep);
     let mut out = Vec::new();
     for ex in examples {
         let mut q = tok.encode_plain(&ex.question)?.ids;
         q.truncate(w.max_question);
         let c = tok.encode_plain(&ex.context)?;
-        let room = w.max_length.saturating_sub(q.len() + 3);
+        let room = w.max_length.saturating_sub(q.len() + 2 + between.len());
         if room == 0 {
             return Err(Error::Input(format!(
                 "--max-length {} leaves no room for the context after a {}-token question",
@@ -252,15 +255,15 @@ pub fn encode_features(
         let mut start = 0;
         loop {
             let end = (start + room).min(n);
-            let mut ids = Vec::with_capacity(q.len() + end - start + 3);
+            let mut ids = Vec::with_capacity(q.len() + end - start + 4);
             ids.push(cls);
             ids.extend_from_slice(&q);
-            ids.push(sep);
+            ids.extend_from_slice(&between);
             let ctx0 = ids.len();
             ids.extend_from_slice(&c.ids[start..end]);
             ids.push(sep);
             let mut type_ids = vec![0u32; ctx0];
-            type_ids.resize(ids.len(), 1);
+            type_ids.resize(ids.len(), second_segment);
             let mut spans = vec![None; ids.len()];
             for (k, t) in (start..end).enumerate() {
                 spans[ctx0 + k] = Some(c.offsets[t]);

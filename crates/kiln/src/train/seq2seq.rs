@@ -169,13 +169,12 @@ pub fn is_prefix_lm(p: &Pretrained) -> bool {
 /// The start and separator tokens of an encoder's tokenizer: `[CLS]` / `[SEP]` (BERT,
 /// DistilBERT) or `<s>` / `</s>` (RoBERTa).
 fn cls_sep(p: &Pretrained) -> Result<(u32, u32)> {
-    let tok = p.tokenizer()?;
-    let pair = |a: &str, b: &str| Some((tok.token_to_id(a)?, tok.token_to_id(b)?));
-    pair("[CLS]", "[SEP]").or_else(|| pair("<s>", "</s>")).ok_or_else(|| {
+    let f = p.tokenizer()?.frame().ok_or_else(|| {
         Error::Input(
             "an encoder generates with [CLS] source [SEP] target [SEP]: its tokenizer needs [CLS] and [SEP] (or <s> and </s>)".into(),
         )
-    })
+    })?;
+    Ok((f.cls, f.sep))
 }
 
 /// The (end, start) tokens of `p`'s sequences.
