@@ -1706,6 +1706,43 @@ fn roberta_and_distilbert_run_through_the_commands() {
     );
     assert!(ok, "{err}");
     assert!(["neg", "pos"].contains(&json_lines(&out)[0]["label"].as_str().unwrap()));
+    // LoRA on DistilBERT's own module names, merged back into a plain model.
+    run(&[
+        "finetune",
+        "--model",
+        &d("distil-cls"),
+        "--task",
+        "classify",
+        "--train",
+        data.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--method",
+        "lora",
+        "--out",
+        &d("distil-lora"),
+    ]);
+    let adapter = json(&dir.join("distil-lora/adapter_config.json"));
+    assert_eq!(
+        adapter["target_modules"],
+        serde_json::json!(["q_lin", "v_lin"])
+    );
+    run(&[
+        "merge",
+        "--model",
+        &d("distil-cls"),
+        "--adapter",
+        &d("distil-lora"),
+        "--out",
+        &d("distil-merged"),
+    ]);
+    let input = "{\"text\": \"item 3 is pos\"}\n";
+    let (_, a, _) = kiln(&["predict", "--model", &d("distil-lora")], input);
+    let (_, b, _) = kiln(&["predict", "--model", &d("distil-merged")], input);
+    let p = |s: &str| json_lines(s)[0]["probabilities"][0].as_f64().unwrap();
+    assert!((p(&a) - p(&b)).abs() < 1e-5, "{a} vs {b}");
     // A RoBERTa classifier pruned (magnitude), quantized, described.
     run(&[
         "prune",
