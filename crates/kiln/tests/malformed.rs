@@ -85,7 +85,9 @@ fn unknown_model_type_lists_supported_ones() {
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let msg = load_err(&dir);
     assert!(
-        msg.contains("\"llama\"") && msg.contains("config.json") && msg.contains("bert, gpt2"),
+        msg.contains("\"llama\"")
+            && msg.contains("config.json")
+            && msg.contains("bert, roberta, xlm-roberta, distilbert, electra, gpt2"),
         "{msg}"
     );
 }

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 /// small L4/H512, medium L8/H512, base L12/H768, with heads = H/64 and FFN = 4H.
 #[derive(clap::Args)]
 pub struct Args {
-    /// bert, roberta or distilbert (masked-LM encoders) or gpt2 (causal-LM decoder).
-    #[arg(long, value_parser = ["bert", "roberta", "distilbert", "gpt2"])]
+    /// bert, roberta, distilbert or electra (masked-LM encoders) or gpt2 (causal-LM decoder).
+    #[arg(long, value_parser = ["bert", "roberta", "distilbert", "electra", "gpt2"])]
     arch: String,
     /// tiny, mini, small, medium or base.
     #[arg(long, default_value = "mini", value_parser = ["tiny", "mini", "small", "medium", "base"])]

@@ -131,8 +131,10 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
     };
     let mlm_head = match r.names.mlm {
         Some(m) if r.find(&format!("{}.weight", m.transform), false).is_some() => {
-            let transform = r.linear(m.transform, false, h, h)?;
-            let norm = r.layer_norm(m.norm, false, h, eps)?;
+            // It maps back to the tables' width (ELECTRA's generator: embedding_size).
+            let e = config.embedding_size;
+            let transform = r.linear(m.transform, false, e, h)?;
+            let norm = r.layer_norm(m.norm, false, e, eps)?;
             // The output bias, or (older checkpoints) the decoder's own bias.
             let decoder_bias = format!("{}.bias", m.decoder.trim_end_matches(".weight"));
             let bias = match r.find(m.bias, false) {
@@ -141,7 +143,7 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
             };
             let decoder = match r.find(m.decoder, false) {
                 Some(_) => {
-                    let d = r.tensor(m.decoder, false, &[config.vocab_size, h])?;
+                    let d = r.tensor(m.decoder, false, &[config.vocab_size, e])?;
                     (!config.tie_word_embeddings).then_some(d)
                 }
                 None => None,
@@ -151,7 +153,11 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
             }
             Some(MlmHead {
                 transform,
-                activation: config.activation,
+                activation: if m.gelu {
+                    crate::engine::Activation::GeluErf
+                } else {
+                    config.activation
+                },
                 norm,
                 decoder,
                 bias,
@@ -334,18 +340,24 @@ fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer
     let n = r.names;
     let h = cfg.hidden_size;
     let eps = cfg.layer_norm_eps as f32;
+    // The tables are `embedding_size` wide (the hidden width but for ELECTRA).
+    let e = cfg.embedding_size;
     let embeddings = Embeddings {
-        word: r.table(n.word_embeddings, cfg.vocab_size, h)?,
-        position: r.tensor(n.position_embeddings, true, &[cfg.position_rows(), h])?,
+        word: r.table(n.word_embeddings, cfg.vocab_size, e)?,
+        position: r.tensor(n.position_embeddings, true, &[cfg.position_rows(), e])?,
         token_type: match n.token_type_embeddings {
             Some(name) if cfg.type_vocab_size > 0 => {
-                Some(r.tensor(name, true, &[cfg.type_vocab_size, h])?)
+                Some(r.tensor(name, true, &[cfg.type_vocab_size, e])?)
             }
             _ => None,
         },
         norm: match n.embeddings_norm {
-            Some(m) => Some(r.layer_norm(m, true, h, eps)?),
+            Some(m) => Some(r.layer_norm(m, true, e, eps)?),
             None => None,
+        },
+        project: match n.embeddings_project {
+            Some(m) if e != h => Some(r.linear(m, true, h, e)?),
+            _ => None,
         },
     };
     let mut blocks = Vec::with_capacity(cfg.num_layers);

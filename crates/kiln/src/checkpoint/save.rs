@@ -165,6 +165,9 @@ fn base_tensors(m: &Transformer, prefix: &str, out: &mut Tensors) -> Result<()> 
     if let (Some(ln), Some(name)) = (&e.norm, n.embeddings_norm) {
         out.norm(&format!("{prefix}{name}"), ln);
     }
+    if let (Some(pj), Some(name)) = (&e.project, n.embeddings_project) {
+        out.linear(&format!("{prefix}{name}"), pj, false)?;
+    }
     for (l, b) in m.blocks.iter().enumerate() {
         let p = format!("{prefix}{}{l}.", n.layer);
         let w = b.attention_width();

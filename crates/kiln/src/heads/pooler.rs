@@ -1,6 +1,6 @@
 //! The dense layer a sequence classifier reads the first token through: BERT's pooler
 //! `tanh(W · h_[CLS] + b)` (`BertPooler`), RoBERTa's `classifier.dense` (also tanh),
-//! DistilBERT's `pre_classifier` (ReLU).
+//! DistilBERT's `pre_classifier` (ReLU), ELECTRA's `classifier.dense` (GELU).
 
 use crate::engine::Linear;
 use crate::error::Result;
@@ -11,7 +11,7 @@ pub use crate::model::arch::PoolerActivation;
 pub struct Pooler {
     /// `pooler.dense` (or the architecture's module), `[hidden, hidden]`.
     pub dense: Linear,
-    /// tanh or ReLU.
+    /// tanh, ReLU or GELU.
     pub activation: PoolerActivation,
 }
 
@@ -28,21 +28,29 @@ impl Pooler {
         match self.activation {
             PoolerActivation::Tanh => x.iter_mut().for_each(|v| *v = v.tanh()),
             PoolerActivation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+            PoolerActivation::Gelu => {
+                crate::engine::activation::act_slice(x, crate::engine::Activation::GeluErf)
+            }
         }
     }
 
-    /// Multiplies `grad` (of the outputs) by the activation's derivative, given the outputs.
-    pub fn activation_backward(&self, out: &[f32], grad: &mut [f32]) {
+    /// Multiplies `grad` (of the outputs) by the activation's derivative at the inputs `pre`.
+    pub fn activation_backward(&self, pre: &[f32], grad: &mut [f32]) {
         match self.activation {
-            PoolerActivation::Tanh => grad
-                .iter_mut()
-                .zip(out)
-                .for_each(|(g, &y)| *g *= 1.0 - y * y),
-            PoolerActivation::Relu => grad.iter_mut().zip(out).for_each(|(g, &y)| {
-                if y <= 0.0 {
+            PoolerActivation::Tanh => grad.iter_mut().zip(pre).for_each(|(g, &x)| {
+                let y = x.tanh();
+                *g *= 1.0 - y * y
+            }),
+            PoolerActivation::Relu => grad.iter_mut().zip(pre).for_each(|(g, &x)| {
+                if x <= 0.0 {
                     *g = 0.0
                 }
             }),
+            PoolerActivation::Gelu => crate::engine::grad::activation_backward(
+                crate::engine::Activation::GeluErf,
+                pre,
+                grad,
+            ),
         }
     }
 }

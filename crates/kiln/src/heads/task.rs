@@ -150,7 +150,7 @@ impl Labels {
     }
 }
 
-/// Dropout before a head's output layer, as transformers sets it: BERT and RoBERTa heads use
+/// Dropout before a head's output layer, as transformers sets it: BERT, RoBERTa and ELECTRA heads use
 /// `classifier_dropout`, else the hidden dropout; GPT-2's token classifier
 /// `classifier_dropout`, else 0.1 (never `resid_pdrop`); GPT-2's sequence `score` none;
 /// DistilBERT `seq_classif_dropout`, `dropout` and `qa_dropout`.
@@ -160,8 +160,10 @@ pub fn head_dropout(config: &crate::model::ModelConfig, kind: HeadKind) -> f32 {
     (match (config.arch, kind) {
         (Arch::Gpt2, HeadKind::Sequence) => 0.0,
         (Arch::Gpt2, _) => explicit.unwrap_or(0.1),
-        (Arch::Bert | Arch::Roberta, HeadKind::Span) => 0.0,
-        (Arch::Bert | Arch::Roberta, _) => explicit.unwrap_or(config.hidden_dropout),
+        (Arch::Bert | Arch::Roberta | Arch::Electra, HeadKind::Span) => 0.0,
+        (Arch::Bert | Arch::Roberta | Arch::Electra, _) => {
+            explicit.unwrap_or(config.hidden_dropout)
+        }
         (Arch::DistilBert, HeadKind::Sequence) => key("seq_classif_dropout", 0.2),
         (Arch::DistilBert, HeadKind::Token) => config.hidden_dropout,
         (Arch::DistilBert, HeadKind::Span) => key("qa_dropout", 0.1),

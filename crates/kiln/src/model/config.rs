@@ -26,6 +26,9 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     /// Hidden width.
     pub hidden_size: usize,
+    /// Width of the embedding tables (ELECTRA's and ALBERT's `embedding_size`), projected to
+    /// `hidden_size` before the first block when it differs.
+    pub embedding_size: usize,
     /// Number of blocks.
     pub num_layers: usize,
     /// Attention heads per block.

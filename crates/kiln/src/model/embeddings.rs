@@ -17,6 +17,8 @@ pub struct Embeddings {
     pub token_type: Option<Tensor>,
     /// Norm of the summed embeddings (BERT).
     pub norm: Option<LayerNorm>,
+    /// Projection from the tables' width to the hidden width (ELECTRA), `[hidden, embedding]`.
+    pub project: Option<Linear>,
 }
 
 impl Embeddings {
@@ -28,6 +30,21 @@ impl Embeddings {
         types: &[u32],
         out: &mut [f32],
     ) -> Result<()> {
+        let Some(p) = &self.project else {
+            return self.tables(ids, positions, types, out);
+        };
+        let mut e = vec![0.0; ids.len() * self.width()];
+        self.tables(ids, positions, types, &mut e)?;
+        p.forward_into(&e, ids.len(), out, crate::engine::LinearOut::Write)
+    }
+
+    /// The width of the tables (`embedding_size`).
+    pub fn width(&self) -> usize {
+        self.word.in_features()
+    }
+
+    /// The normalized sum of the tables' rows, `[tokens, embedding_size]`.
+    fn tables(&self, ids: &[u32], positions: &[u32], types: &[u32], out: &mut [f32]) -> Result<()> {
         gather_sum(
             &self.word,
             Some(&self.position),

@@ -115,6 +115,12 @@ pub fn new_config(
                 "eos_token_id": id("</s>", 2),
             })
         }
+        Arch::Electra => serde_json::json!({
+            "model_type": "electra", "vocab_size": vocab, "hidden_size": hidden,
+            "embedding_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "intermediate_size": inter, "max_position_embeddings": max_pos,
+            "pad_token_id": tokenizer.pad_id().unwrap_or(0),
+        }),
         Arch::DistilBert => serde_json::json!({
             "model_type": "distilbert", "vocab_size": vocab, "dim": hidden, "n_layers": layers,
             "n_heads": heads, "hidden_dim": inter, "max_position_embeddings": max_pos,
@@ -181,17 +187,19 @@ pub fn random_model(
         std,
     };
     let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
-    let mut word = r.normal(&[cfg.vocab_size, h], std);
+    let e = cfg.embedding_size;
+    let mut word = r.normal(&[cfg.vocab_size, e], std);
     if cfg.arch.is_encoder() {
         if let Some(p) = cfg.pad_token_id.filter(|&p| (p as usize) < cfg.vocab_size) {
-            word.data_mut()[p as usize * h..(p as usize + 1) * h].fill(0.0);
+            word.data_mut()[p as usize * e..(p as usize + 1) * e].fill(0.0);
         }
     }
     let embeddings = Embeddings {
         word: crate::engine::Linear::new(word, None),
-        position: r.normal(&[cfg.position_rows(), h], std),
-        token_type: (cfg.type_vocab_size > 0).then(|| r.normal(&[cfg.type_vocab_size, h], std)),
-        norm: cfg.embedding_norm.then(|| Init::norm(h, eps)),
+        position: r.normal(&[cfg.position_rows(), e], std),
+        token_type: (cfg.type_vocab_size > 0).then(|| r.normal(&[cfg.type_vocab_size, e], std)),
+        norm: cfg.embedding_norm.then(|| Init::norm(e, eps)),
+        project: (e != h).then(|| r.linear(h, e, std)),
     };
     // GPT-2 scales the projections that write into the residual stream.
     let resid_std = if cfg.arch == Arch::Gpt2 {
@@ -213,11 +221,11 @@ pub fn random_model(
         .collect();
     let final_norm = cfg.final_norm.then(|| Init::norm(h, eps));
     let (mlm_head, lm_head) = match cfg.arch {
-        Arch::Bert | Arch::Roberta | Arch::DistilBert => (
+        Arch::Bert | Arch::Roberta | Arch::DistilBert | Arch::Electra => (
             Some(MlmHead {
-                transform: r.linear(h, h, std),
+                transform: r.linear(e, h, std),
                 activation: cfg.activation,
-                norm: Init::norm(h, eps),
+                norm: Init::norm(e, eps),
                 decoder: None,
                 bias: Tensor::zeros(&[cfg.vocab_size]),
             }),

@@ -96,6 +96,9 @@ pub fn parameters(p: &mut Pretrained) -> Vec<(String, &mut Tensor, bool)> {
     if let Some(n) = &mut m.embeddings.norm {
         norm(&mut out, "embeddings.norm".into(), n);
     }
+    if let Some(pj) = &mut m.embeddings.project {
+        lin(&mut out, "embeddings.project".into(), pj);
+    }
     for (i, b) in m.blocks.iter_mut().enumerate() {
         lin(&mut out, format!("blocks.{i}.qkv"), &mut b.qkv);
         lin(&mut out, format!("blocks.{i}.attn_out"), &mut b.attn_out);
@@ -161,6 +164,8 @@ struct BlockActs {
 /// Saved activations of a training forward pass.
 pub struct Activations {
     emb: Vec<f32>,
+    /// Input of the embedding projection (ELECTRA), `[tokens, embedding_size]`; empty without.
+    proj_in: Vec<f32>,
     blocks: Vec<BlockActs>,
     /// Input of the final norm (pre-LN models).
     pre_final: Vec<f32>,
@@ -333,7 +338,7 @@ pub fn forward(
     let cfg = &model.config;
     let (t, h) = (batch.tokens(), cfg.hidden_size);
     let e = &model.embeddings;
-    let mut emb = vec![0.0; t * h];
+    let mut emb = vec![0.0; t * e.width()];
     let type_rows = model.config.type_ids(&batch.type_ids);
     let types: &[u32] = if e.token_type.is_some() {
         &type_rows
@@ -354,6 +359,15 @@ pub fn forward(
         None => emb.clone(),
     };
     drop_inplace(drops.and_then(|d| d.embeddings()), &mut x);
+    // ELECTRA projects the (dropped-out) embeddings to the hidden width.
+    let proj_in = match &e.project {
+        Some(pj) => {
+            let mut y = vec![0.0; t * h];
+            lin_fwd(pj, &x, t, &mut y, None, 0)?;
+            std::mem::replace(&mut x, y)
+        }
+        None => Vec::new(),
+    };
     let pre = cfg.norm == NormPlacement::Pre;
     let mut blocks = Vec::with_capacity(model.blocks.len());
     for (l, b) in model.blocks.iter().enumerate() {
@@ -444,6 +458,7 @@ pub fn forward(
         x,
         Activations {
             emb,
+            proj_in,
             blocks,
             pre_final,
         },
@@ -786,23 +801,30 @@ pub fn backward_with(
         && ge
             .norm
             .as_ref()
-            .is_none_or(|n| n.weight.numel() == 0 && n.bias.numel() == 0);
+            .is_none_or(|n| n.weight.numel() == 0 && n.bias.numel() == 0)
+        && ge.project.as_ref().is_none_or(|p| p.weight.numel() == 0);
     if frozen {
         return Ok(());
     }
+    if let (Some(pj), Some(gp)) = (&e.project, &mut ge.project) {
+        let mut dxe = vec![0.0; acts.proj_in.len()];
+        lin_back(pj, gp, &acts.proj_in, &dx, t, Some(&mut dxe), None, 0)?;
+        dx = dxe;
+    }
     drop_inplace(drops.and_then(|d| d.embeddings()), &mut dx);
+    let w = e.width();
     let de = match (&e.norm, &mut ge.norm) {
         (Some(n), Some(gn)) => ln_back(n, gn, &acts.emb, &dx),
         _ => dx,
     };
     if let Some(g) = non_empty(&mut ge.word.weight) {
-        embedding_backward(&batch.ids, &de, h, g);
+        embedding_backward(&batch.ids, &de, w, g);
     }
     if let Some(g) = non_empty(&mut ge.position) {
-        embedding_backward(&cfg.position_ids(&batch.positions), &de, h, g);
+        embedding_backward(&cfg.position_ids(&batch.positions), &de, w, g);
     }
     if let Some(g) = ge.token_type.as_mut().and_then(non_empty) {
-        embedding_backward(&cfg.type_ids(&batch.type_ids), &de, h, g);
+        embedding_backward(&cfg.type_ids(&batch.type_ids), &de, w, g);
     }
     Ok(())
 }
@@ -918,7 +940,9 @@ pub fn mlm_loss_with(
         .iter()
         .flat_map(|&r| hidden[r * h..(r + 1) * h].to_vec())
         .collect();
-    let mut u = vec![0.0; n * h];
+    // The transform maps to the tables' width (ELECTRA's generator: embedding_size).
+    let ew = head.transform.out_features();
+    let mut u = vec![0.0; n * ew];
     lin_fwd(&head.transform, &hs, n, &mut u, None, 0)?;
     let a = activated(&u, head.activation);
     let nrm = ln_fwd(&head.norm, &a);
@@ -943,7 +967,7 @@ pub fn mlm_loss_with(
         .mlm_head
         .as_mut()
         .ok_or_else(|| Error::Input("gradient buffers lack the MLM head".into()))?;
-    let mut dnrm = vec![0.0; n * h];
+    let mut dnrm = vec![0.0; n * ew];
     let dw = match &mut gh.decoder {
         Some(d) => non_empty(d),
         None => non_empty(&mut grads.model.embeddings.word.weight),

@@ -348,10 +348,13 @@ pub(crate) fn sequence_loss_with(
         .flat_map(|&r| hidden[r * h..(r + 1) * h].to_vec())
         .collect();
     let pooler = p.pooler.as_ref().filter(|_| p.config().arch.is_encoder());
+    // The pooler's input to its activation is kept for the backward pass.
+    let mut pre = Vec::new();
     let pooled = match pooler {
         Some(pl) => {
             let mut y = vec![0.0; n * h];
             lin_fwd(&pl.dense, &x, n, &mut y, dropout_seed, POOLER_SITE)?;
+            pre = y.clone();
             pl.activate(&mut y);
             y
         }
@@ -399,7 +402,7 @@ pub(crate) fn sequence_loss_with(
     }
     let dx = match pooler {
         Some(pl) => {
-            pl.activation_backward(&pooled, &mut dd);
+            pl.activation_backward(&pre, &mut dd);
             let gp = grads
                 .pooler
                 .as_mut()

@@ -156,7 +156,9 @@ pub fn assert_loss_and_named_grads(
 pub fn fresh_tiny_model(arch: kiln::model::Arch, dir: &std::path::Path) -> PathBuf {
     let tok_dir = fixture(match arch {
         kiln::model::Arch::Gpt2 => "tiny-gpt2",
-        kiln::model::Arch::Bert | kiln::model::Arch::DistilBert => "tiny-bert",
+        kiln::model::Arch::Bert | kiln::model::Arch::DistilBert | kiln::model::Arch::Electra => {
+            "tiny-bert"
+        }
         kiln::model::Arch::Roberta => "tiny-roberta",
     });
     let tok = kiln::tokenize::Tokenizer::from_dir(&tok_dir)

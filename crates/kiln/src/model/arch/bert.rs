@@ -59,6 +59,7 @@ pub const NAMES: NameTable = NameTable {
     position_embeddings: "embeddings.position_embeddings.weight",
     token_type_embeddings: Some("embeddings.token_type_embeddings.weight"),
     embeddings_norm: Some("embeddings.LayerNorm"),
+    embeddings_project: None,
     layer: "encoder.layer.",
     qkv: QkvNames::Separate([
         "attention.self.query",
@@ -82,6 +83,7 @@ pub const NAMES: NameTable = NameTable {
         norm: "cls.predictions.transform.LayerNorm",
         decoder: "cls.predictions.decoder.weight",
         bias: "cls.predictions.bias",
+        gelu: false,
     }),
     heads: ["classifier", "classifier", "qa_outputs"],
     classes: Classes {
@@ -132,6 +134,7 @@ pub(crate) fn parse_as(
         arch,
         vocab_size: c.vocab_size,
         hidden_size: c.hidden_size,
+        embedding_size: c.hidden_size,
         num_layers: c.num_hidden_layers,
         num_heads: c.num_attention_heads,
         intermediate_size: c.intermediate_size,

@@ -61,6 +61,7 @@ pub const NAMES: NameTable = NameTable {
     position_embeddings: "embeddings.position_embeddings.weight",
     token_type_embeddings: None,
     embeddings_norm: Some("embeddings.LayerNorm"),
+    embeddings_project: None,
     layer: "transformer.layer.",
     qkv: QkvNames::Separate(["attention.q_lin", "attention.k_lin", "attention.v_lin"]),
     attn_out: "attention.out_lin",
@@ -80,6 +81,7 @@ pub const NAMES: NameTable = NameTable {
         norm: "vocab_layer_norm",
         decoder: "vocab_projector.weight",
         bias: "vocab_projector.bias",
+        gelu: false,
     }),
     heads: ["classifier", "classifier", "qa_outputs"],
     classes: Classes {
@@ -106,6 +108,7 @@ pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelC
         arch: super::Arch::DistilBert,
         vocab_size: c.vocab_size,
         hidden_size: c.dim,
+        embedding_size: c.dim,
         num_layers: c.n_layers,
         num_heads: c.n_heads,
         intermediate_size: c.hidden_dim,

@@ -6,6 +6,7 @@
 
 pub mod bert;
 pub mod distilbert;
+pub mod electra;
 pub mod gpt2;
 pub mod roberta;
 
@@ -26,6 +27,9 @@ pub enum Arch {
     /// DistilBERT (`model_type: "distilbert"`): BERT's encoder without token types or pooler,
     /// under other tensor names.
     DistilBert,
+    /// ELECTRA (`model_type: "electra"`): BERT's encoder under `electra.`, its embeddings
+    /// `embedding_size` wide and projected to the hidden width.
+    Electra,
 }
 
 /// The activation after the dense layer between the first token and a sequence classifier.
@@ -35,6 +39,8 @@ pub enum PoolerActivation {
     Tanh,
     /// `ReLU` (DistilBERT's `pre_classifier`).
     Relu,
+    /// Exact GELU (ELECTRA's classification head, whatever `hidden_act` says).
+    Gelu,
 }
 
 /// The dense layer a sequence classifier reads the first token through.
@@ -72,6 +78,9 @@ pub struct MlmNames {
     pub decoder: &'static str,
     /// Output bias tensor; older checkpoints keep it as `<decoder module>.bias`.
     pub bias: &'static str,
+    /// The transform's activation is exact GELU whatever `hidden_act` says (RoBERTa,
+    /// ELECTRA); otherwise it is `hidden_act`.
+    pub gelu: bool,
 }
 
 /// The transformers classes of an architecture, as config.json's `architectures` names them.
@@ -114,6 +123,9 @@ pub struct NameTable {
     pub token_type_embeddings: Option<&'static str>,
     /// Norm applied to the summed embeddings (module name).
     pub embeddings_norm: Option<&'static str>,
+    /// Projection of the embeddings to the hidden width when `embedding_size` differs (module
+    /// name, under the base prefix): ELECTRA's `embeddings_project`.
+    pub embeddings_project: Option<&'static str>,
     /// Prefix of block `i` is `format!("{layer}{i}.")`.
     pub layer: &'static str,
     /// Attention projections (module names, relative to the block).
@@ -152,6 +164,7 @@ impl Arch {
             "gpt2" => Some(Arch::Gpt2),
             "roberta" | "xlm-roberta" => Some(Arch::Roberta),
             "distilbert" => Some(Arch::DistilBert),
+            "electra" => Some(Arch::Electra),
             _ => None,
         }
     }
@@ -163,7 +176,14 @@ impl Arch {
 
     /// The `model_type` strings Kiln accepts.
     pub fn supported() -> Vec<&'static str> {
-        vec!["bert", "roberta", "xlm-roberta", "distilbert", "gpt2"]
+        vec![
+            "bert",
+            "roberta",
+            "xlm-roberta",
+            "distilbert",
+            "electra",
+            "gpt2",
+        ]
     }
 
     /// The `model_type` string.
@@ -173,6 +193,7 @@ impl Arch {
             Arch::Gpt2 => "gpt2",
             Arch::Roberta => "roberta",
             Arch::DistilBert => "distilbert",
+            Arch::Electra => "electra",
         }
     }
 
@@ -183,6 +204,7 @@ impl Arch {
             Arch::Gpt2 => &gpt2::NAMES,
             Arch::Roberta => &roberta::NAMES,
             Arch::DistilBert => &distilbert::NAMES,
+            Arch::Electra => &electra::NAMES,
         }
     }
 
@@ -192,6 +214,7 @@ impl Arch {
             Arch::Gpt2 => gpt2::parse_config(raw, path),
             Arch::Roberta => roberta::parse_config(raw, path),
             Arch::DistilBert => distilbert::parse_config(raw, path),
+            Arch::Electra => electra::parse_config(raw, path),
         }
     }
 
@@ -201,6 +224,7 @@ impl Arch {
             Arch::Gpt2 => gpt2::write_config(cfg),
             Arch::Roberta => roberta::write_config(cfg),
             Arch::DistilBert => distilbert::write_config(cfg),
+            Arch::Electra => electra::write_config(cfg),
         }
     }
 }

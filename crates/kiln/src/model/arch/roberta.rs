@@ -23,6 +23,7 @@ pub const NAMES: NameTable = NameTable {
         norm: "lm_head.layer_norm",
         decoder: "lm_head.decoder.weight",
         bias: "lm_head.bias",
+        gelu: true,
     }),
     heads: ["classifier.out_proj", "classifier", "qa_outputs"],
     classes: Classes {
