@@ -55,6 +55,48 @@ fn rain_file(path: &Path, n: usize, seed: u64, labelled: bool) -> PathBuf {
     path.to_path_buf()
 }
 
+/// [`rain_file`] labelled in the fixture teacher's label names (neg, neutral, pos), as
+/// `dir/named.jsonl`.
+fn named_rain_file(dir: &Path, n: usize, seed: u64) -> PathBuf {
+    let train = rain_file(&dir.join("train.jsonl"), n, seed, true);
+    let data = dir.join("named.jsonl");
+    let text = std::fs::read_to_string(&train)
+        .unwrap()
+        .replace("\"wet\"", "\"pos\"")
+        .replace("\"dry\"", "\"neg\"");
+    std::fs::write(&data, text).unwrap();
+    data
+}
+
+/// Runs `cfg` from `model` into `out`, stopping (as Ctrl-C does) after step `at`.
+fn interrupted_at(model: &Path, out: &Path, cfg: &FinetuneConfig, at: u64) {
+    let stop = AtomicBool::new(false);
+    let s = finetune(
+        model,
+        out,
+        cfg,
+        false,
+        &stop,
+        |_| {},
+        |p| {
+            if p.step == at {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        },
+    )
+    .unwrap();
+    assert!(s.interrupted && s.step == at);
+}
+
+/// The tensors of `checkpoint-{step}` under two output directories are identical.
+fn assert_same_checkpoint(a: &Path, b: &Path, step: u64) {
+    let tensors = |d: &Path| {
+        let p = checkpoint::load(&d.join(format!("checkpoint-{step}"))).unwrap();
+        checkpoint::named_tensors(&p).unwrap()
+    };
+    assert_eq!(tensors(a), tensors(b));
+}
+
 fn config(task: &str, train: &Path, valid: Option<&Path>, steps: u64) -> FinetuneConfig {
     FinetuneConfig {
         task: task.into(),
@@ -337,15 +379,8 @@ fn tagging_and_qa_students_learn_their_teachers_distributions() {
 #[test]
 fn resumed_distillation_is_bit_identical() {
     let dir = scratch("resume");
-    let train = rain_file(&dir.join("train.jsonl"), 40, 7, true);
     let teacher = fixture("tiny-bert-cls");
-    // In the fixture teacher's label names (neg, neutral, pos).
-    let data = dir.join("named.jsonl");
-    let text = std::fs::read_to_string(&train)
-        .unwrap()
-        .replace("\"wet\"", "\"pos\"")
-        .replace("\"dry\"", "\"neg\"");
-    std::fs::write(&data, text).unwrap();
+    let data = named_rain_file(&dir, 40, 7);
     let mut cfg = distilled(
         config("classify", &data, Some(&data), 9),
         &teacher,
@@ -361,28 +396,10 @@ fn resumed_distillation_is_bit_identical() {
     let full = dir.join("full");
     run_finetune(&teacher, &full, &cfg, false).unwrap();
     let part = dir.join("part");
-    let stop = AtomicBool::new(false);
-    let s = finetune(
-        &teacher,
-        &part,
-        &cfg,
-        false,
-        &stop,
-        |_| {},
-        |p| {
-            if p.step == 5 {
-                stop.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        },
-    )
-    .unwrap();
-    assert!(s.interrupted && s.step == 5);
+    interrupted_at(&teacher, &part, &cfg, 5);
     let s = run_finetune(&teacher, &part, &cfg, true).unwrap();
     assert_eq!(s.step, 9);
-    assert_eq!(
-        checkpoint::named_tensors(&checkpoint::load(&full.join("checkpoint-9")).unwrap()).unwrap(),
-        checkpoint::named_tensors(&checkpoint::load(&part.join("checkpoint-9")).unwrap()).unwrap(),
-    );
+    assert_same_checkpoint(&full, &part, 9);
     // Another teacher is another run.
     let mut other = cfg.clone();
     other.distill.as_mut().unwrap().teacher = fixture("tiny-bert-reg");
@@ -587,13 +604,7 @@ fn gradients_of_hidden_state_and_attention_losses_reach_every_weight_below_them(
 #[test]
 fn a_student_learns_the_teachers_hidden_states() {
     let dir = scratch("hidden");
-    let train = rain_file(&dir.join("train.jsonl"), 40, 10, true);
-    let data = dir.join("named.jsonl");
-    let text = std::fs::read_to_string(&train)
-        .unwrap()
-        .replace("\"wet\"", "\"pos\"")
-        .replace("\"dry\"", "\"neg\"");
-    std::fs::write(&data, text).unwrap();
+    let data = named_rain_file(&dir, 40, 10);
     let out = dir.join("student");
     let cfg = distilled(
         config("classify", &data, None, 40),
@@ -619,13 +630,7 @@ fn a_student_learns_the_teachers_hidden_states() {
 #[test]
 fn a_student_learns_the_teachers_attention_maps() {
     let dir = scratch("attn");
-    let train = rain_file(&dir.join("train.jsonl"), 40, 12, true);
-    let data = dir.join("named.jsonl");
-    let text = std::fs::read_to_string(&train)
-        .unwrap()
-        .replace("\"wet\"", "\"pos\"")
-        .replace("\"dry\"", "\"neg\"");
-    std::fs::write(&data, text).unwrap();
+    let data = named_rain_file(&dir, 40, 12);
     let out = dir.join("student");
     let d = DistillConfig {
         student_layers: vec![0, 2],
@@ -691,13 +696,7 @@ fn a_narrower_student_learns_the_teachers_hidden_states_through_a_learned_projec
     let student = dir.join("narrow");
     let s = random_model(cfg, tok, teacher.clone(), 3).unwrap();
     checkpoint::save(&s, &student, checkpoint::SaveDtype::F32).unwrap();
-    let train = rain_file(&dir.join("train.jsonl"), 40, 9, true);
-    let data = dir.join("named.jsonl");
-    let text = std::fs::read_to_string(&train)
-        .unwrap()
-        .replace("\"wet\"", "\"pos\"")
-        .replace("\"dry\"", "\"neg\"");
-    std::fs::write(&data, text).unwrap();
+    let data = named_rain_file(&dir, 40, 9);
     // The teacher's labels, in its order (the fresh head predicts them).
     let labels = dir.join("labels.json");
     std::fs::write(&labels, r#"["neg", "neutral", "pos"]"#).unwrap();
@@ -739,22 +738,7 @@ fn a_narrower_student_learns_the_teachers_hidden_states_through_a_learned_projec
     let full = dir.join("full");
     run_finetune(&student, &full, &cfg, false).unwrap();
     let part = dir.join("part");
-    let stop = AtomicBool::new(false);
-    let s = finetune(
-        &student,
-        &part,
-        &cfg,
-        false,
-        &stop,
-        |_| {},
-        |p| {
-            if p.step == 5 {
-                stop.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        },
-    )
-    .unwrap();
-    assert!(s.interrupted && s.step == 5);
+    interrupted_at(&student, &part, &cfg, 5);
     let optimizer = std::fs::read(part.join("checkpoint-5/optimizer.safetensors")).unwrap();
     assert!(
         optimizer
@@ -763,9 +747,6 @@ fn a_narrower_student_learns_the_teachers_hidden_states_through_a_learned_projec
         "the projection is kept with the optimizer state"
     );
     run_finetune(&student, &part, &cfg, true).unwrap();
-    assert_eq!(
-        checkpoint::named_tensors(&checkpoint::load(&full.join("checkpoint-9")).unwrap()).unwrap(),
-        checkpoint::named_tensors(&checkpoint::load(&part.join("checkpoint-9")).unwrap()).unwrap(),
-    );
+    assert_same_checkpoint(&full, &part, 9);
     std::fs::remove_dir_all(dir).unwrap();
 }

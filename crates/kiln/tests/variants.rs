@@ -207,6 +207,25 @@ fn examples(file: &serde_json::Value) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// The labelled positions of a masked-LM fixture's examples in their packed batch (rows), and
+/// their target ids.
+fn mlm_targets(file: &serde_json::Value) -> (Vec<usize>, Vec<i64>) {
+    let (mut positions, mut targets) = (Vec::new(), Vec::new());
+    let mut at = 0;
+    for e in file["examples"].as_array().unwrap() {
+        let labels = e["labels"].as_array().unwrap();
+        for (i, l) in labels.iter().enumerate() {
+            let l = l.as_i64().unwrap();
+            if l != -100 {
+                positions.push(at + i);
+                targets.push(l);
+            }
+        }
+        at += labels.len();
+    }
+    (positions, targets)
+}
+
 fn packed(seqs: &[Vec<u32>]) -> Batch {
     let s: Vec<(&[u32], Option<&[u32]>)> = seqs.iter().map(|i| (&i[..], None)).collect();
     Batch::packed(&s).unwrap()
@@ -254,18 +273,7 @@ fn training_gradients_match_pytorch() {
         let p = checkpoint::load(&fixture(model)).unwrap();
         let f = json(&dir.join(format!("{name}.json")));
         let seqs = examples(&f);
-        let (mut positions, mut targets) = (Vec::new(), Vec::new());
-        let mut at = 0;
-        for (e, s) in f["examples"].as_array().unwrap().iter().zip(&seqs) {
-            for (i, l) in e["labels"].as_array().unwrap().iter().enumerate() {
-                let l = l.as_i64().unwrap();
-                if l != -100 {
-                    positions.push(at + i);
-                    targets.push(l);
-                }
-            }
-            at += s.len();
-        }
+        let (positions, targets) = mlm_targets(&f);
         let mut g = zeros_like(&p);
         let loss = mlm_loss(&p, &packed(&seqs), &positions, &targets, &mut g, 1.0, None).unwrap();
         let ours = checkpoint::named_tensors(&g).unwrap();
@@ -284,6 +292,7 @@ fn qa_windows_are_framed_as_the_tokenizer_frames_pairs() {
     for dir in ["tiny-roberta-qa", "tiny-distilbert-qa"] {
         let p = checkpoint::load(&fixture(dir)).unwrap();
         let tok = p.tokenizer().unwrap();
+        let mut pairs = 0;
         for e in exp[dir]["examples"].as_array().unwrap() {
             let Some(context) = e["text_b"].as_str() else {
                 continue;
@@ -305,7 +314,9 @@ fn qa_windows_are_framed_as_the_tokenizer_frames_pairs() {
             if let Some(t) = e.get("token_type_ids") {
                 assert_eq!(f[0].type_ids, ids(t), "{dir}: segments");
             }
+            pairs += 1;
         }
+        assert!(pairs > 0, "{dir}: the fixture has question/context pairs");
     }
 }
 
@@ -408,18 +419,7 @@ fn electra_matches_transformers() {
     let p = checkpoint::load(&fixture("tiny-electra-gen")).unwrap();
     let f = json(&dir.join("electra_mlm.json"));
     let seqs = typed(&f);
-    let (mut positions, mut targets) = (Vec::new(), Vec::new());
-    let mut at = 0;
-    for (e, (s, _)) in f["examples"].as_array().unwrap().iter().zip(&seqs) {
-        for (i, l) in e["labels"].as_array().unwrap().iter().enumerate() {
-            let l = l.as_i64().unwrap();
-            if l != -100 {
-                positions.push(at + i);
-                targets.push(l);
-            }
-        }
-        at += s.len();
-    }
+    let (positions, targets) = mlm_targets(&f);
     let mut g = zeros_like(&p);
     let loss = mlm_loss(
         &p,

@@ -817,30 +817,35 @@ mod tests {
                     &qkv, &r, &mut grad, &lens, heads, d, mask, km, pl, drop, None,
                 )
                 .unwrap();
-                let scale = grad.iter().fold(1e-3f32, |m, g| m.max(g.abs()));
-                for i in 0..qkv.len() {
-                    let orig = qkv[i];
-                    qkv[i] = orig + 1e-2;
-                    let up = loss(&qkv);
-                    qkv[i] = orig - 1e-2;
-                    let down = loss(&qkv);
-                    qkv[i] = orig;
-                    let fd = (up - down) / 2e-2;
-                    assert!(
-                        (fd - grad[i]).abs() <= 2e-2 * scale,
-                        "{mask:?} {i}: {} vs {fd}",
-                        grad[i]
-                    );
-                }
+                assert_finite_differences(&mut qkv, &grad, loss, &format!("{mask:?}"));
             }
         }
     }
-}
 
-#[cfg(test)]
-mod probs_tests {
-    use super::*;
-    use rand::{Rng, SeedableRng};
+    /// Central differences of `loss` at every value of `qkv` against `grad` (relative to the
+    /// largest gradient).
+    fn assert_finite_differences(
+        qkv: &mut [f32],
+        grad: &[f32],
+        loss: impl Fn(&[f32]) -> f32,
+        what: &str,
+    ) {
+        let scale = grad.iter().fold(1e-3f32, |m, g| m.max(g.abs()));
+        for i in 0..qkv.len() {
+            let orig = qkv[i];
+            qkv[i] = orig + 1e-2;
+            let up = loss(qkv);
+            qkv[i] = orig - 1e-2;
+            let down = loss(qkv);
+            qkv[i] = orig;
+            let fd = (up - down) / 2e-2;
+            assert!(
+                (fd - grad[i]).abs() <= 2e-2 * scale,
+                "{what} {i}: {} vs {fd}",
+                grad[i]
+            );
+        }
+    }
 
     /// `attention_probs` equals the probabilities the fused forward applies (its output is
     /// P · V), and a loss on the probabilities sent in as `score_grads` gets its gradient with
@@ -920,21 +925,7 @@ mod probs_tests {
                     Some(&g),
                 )
                 .unwrap();
-                let scale = grad.iter().fold(1e-3f32, |m, g| m.max(g.abs()));
-                for i in 0..qkv.len() {
-                    let orig = qkv[i];
-                    qkv[i] = orig + 1e-2;
-                    let up = loss(&qkv);
-                    qkv[i] = orig - 1e-2;
-                    let down = loss(&qkv);
-                    qkv[i] = orig;
-                    let fd = (up - down) / 2e-2;
-                    assert!(
-                        (fd - grad[i]).abs() <= 2e-2 * scale,
-                        "{mask:?} {i}: {} vs {fd}",
-                        grad[i]
-                    );
-                }
+                assert_finite_differences(&mut qkv, &grad, loss, &format!("{mask:?}"));
             }
         }
     }

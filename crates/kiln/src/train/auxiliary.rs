@@ -77,23 +77,6 @@ impl Auxiliary {
         self.with(|ps| ps.values_mut().for_each(|p| p.grad.fill(0.0)));
     }
 
-    /// Sum of squared gradients (their share of the global gradient norm).
-    pub fn grad_sq(&self) -> f64 {
-        self.with(|ps| {
-            ps.values()
-                .map(|p| p.grad.iter().map(|&g| g as f64 * g as f64).sum::<f64>())
-                .sum()
-        })
-    }
-
-    /// Scales the gradients (global-norm clipping).
-    pub fn scale_grad(&self, s: f32) {
-        self.with(|ps| {
-            ps.values_mut()
-                .for_each(|p| p.grad.iter_mut().for_each(|g| *g *= s))
-        });
-    }
-
     /// One AdamW step at `lr`, after `opt` stepped the model (same step count and settings);
     /// values and moments are stored in `opt.extra` for checkpoints.
     pub fn step(&self, opt: &mut AdamW, lr: f32) -> Result<()> {

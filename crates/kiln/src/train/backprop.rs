@@ -655,15 +655,6 @@ pub struct LayerGrads {
     pub scores: Vec<Option<Vec<f32>>>,
 }
 
-impl LayerGrads {
-    /// Multiplies every gradient by `s`.
-    pub fn scale(&mut self, s: f32) {
-        for g in self.outputs.iter_mut().chain(&mut self.scores).flatten() {
-            g.iter_mut().for_each(|v| *v *= s);
-        }
-    }
-}
-
 /// [`backward`] with gradients of losses on intermediate states as well: of block outputs and
 /// of attention scores (distillation).
 #[allow(clippy::too_many_arguments)]

@@ -306,19 +306,13 @@ impl Hidden {
     }
 
     /// The parameters the term trains beside the student (the projection), if any.
-    pub(crate) fn auxiliary(&self) -> Option<Arc<Auxiliary>> {
-        self.proj.clone()
-    }
-
-    /// [`Hidden::auxiliary`], borrowed.
-    pub(crate) fn projection(&self) -> Option<&Auxiliary> {
-        self.proj.as_deref()
+    pub(crate) fn auxiliary(&self) -> Option<&Arc<Auxiliary>> {
+        self.proj.as_ref()
     }
 
     /// The terms on `batch`: `alpha_hidden ·` the mean over mapped blocks of the hidden loss
     /// `+ alpha_attn ·` the mean over mapped blocks of the attention loss; gradients scaled by
     /// the second argument.
-    #[allow(clippy::type_complexity)]
     pub(crate) fn term<'a>(
         &'a self,
         batch: &'a Batch,
@@ -357,27 +351,24 @@ impl Hidden {
                         None => hidden_loss(s, target, ht, self.mse, gw, &mut g)?,
                         Some(aux) => aux.with(|ps| {
                             let hs = s.len() / batch.tokens().max(1);
-                            // Two entries of one map borrowed mutably: the bias is taken out
-                            // and put back.
-                            let mut pb = ps
-                                .remove(PROJ_B)
-                                .ok_or_else(|| Error::shape("distill", "projection missing"))?;
-                            let r = match ps.get_mut(PROJ_W) {
-                                Some(pw) => {
-                                    let proj = Projection {
-                                        weight: &pw.value,
-                                        bias: &pb.value,
-                                        dweight: &mut pw.grad,
-                                        dbias: &mut pb.grad,
-                                    };
-                                    projected_hidden_loss(
-                                        s, target, hs, ht, proj, self.mse, gw, &mut g,
-                                    )
+                            let (mut pw, mut pb) = (None, None);
+                            for (n, p) in ps.iter_mut() {
+                                match n.as_str() {
+                                    PROJ_W => pw = Some(p),
+                                    PROJ_B => pb = Some(p),
+                                    _ => {}
                                 }
-                                None => Err(Error::shape("distill", "projection missing")),
+                            }
+                            let (Some(pw), Some(pb)) = (pw, pb) else {
+                                return Err(Error::shape("distill", "projection missing"));
                             };
-                            ps.insert(PROJ_B.into(), pb);
-                            r
+                            let proj = Projection {
+                                weight: &pw.value,
+                                bias: &pb.value,
+                                dweight: &mut pw.grad,
+                                dbias: &mut pb.grad,
+                            };
+                            projected_hidden_loss(s, target, hs, ht, proj, self.mse, gw, &mut g)
                         })?,
                     };
                     loss += w * l;
@@ -451,7 +442,7 @@ pub(crate) fn classify(
     let k = teacher.task.as_ref().map_or(0, |t| t.linear.out_features());
     let soft = teacher_logits(teacher, &task.train, batch_of, sequence_logits, k, |_| 1)?;
     let hidden = Hidden::new(teacher, student, d, cfg.train.seed)?;
-    let aux = hidden.as_ref().and_then(Hidden::auxiliary);
+    let aux = hidden.as_ref().and_then(Hidden::auxiliary).cloned();
     let d = d.clone();
     Ok(taught(
         task,
@@ -528,7 +519,7 @@ pub(crate) fn tag(
         }
     }
     let hidden = Hidden::new(teacher, student, d, cfg.train.seed)?;
-    let aux = hidden.as_ref().and_then(Hidden::auxiliary);
+    let aux = hidden.as_ref().and_then(Hidden::auxiliary).cloned();
     let d = d.clone();
     Ok(taught(
         task,
@@ -578,7 +569,7 @@ pub(crate) fn qa(
         f.ids.len()
     })?;
     let hidden = Hidden::new(teacher, student, d, cfg.train.seed)?;
-    let aux = hidden.as_ref().and_then(Hidden::auxiliary);
+    let aux = hidden.as_ref().and_then(Hidden::auxiliary).cloned();
     let d = d.clone();
     Ok(taught(
         task,

@@ -352,7 +352,12 @@ impl Task for PretrainTask<'_> {
     }
 
     fn auxiliary(&self) -> Option<&crate::train::auxiliary::Auxiliary> {
-        self.teacher.as_ref()?.hidden.as_ref()?.projection()
+        self.teacher
+            .as_ref()?
+            .hidden
+            .as_ref()?
+            .auxiliary()
+            .map(|a| &**a)
     }
 }
 

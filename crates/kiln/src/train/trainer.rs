@@ -570,18 +570,14 @@ fn run_locked<T: Task>(
             match task.auxiliary() {
                 None => clip_grad_norm(&mut slices, limit),
                 // Auxiliary gradients count in the global norm and are clipped with it.
-                Some(aux) => {
-                    let model = clip_grad_norm(&mut slices, f32::INFINITY) as f64;
-                    let norm = (model * model + aux.grad_sq()).sqrt() as f32;
-                    let coef = limit / (norm + 1e-6);
-                    if coef < 1.0 {
-                        for g in slices.iter_mut() {
-                            g.iter_mut().for_each(|x| *x *= coef);
-                        }
-                        aux.scale_grad(coef);
-                    }
-                    norm
-                }
+                Some(aux) => aux.with(|ps| {
+                    let mut all: Vec<&mut [f32]> = slices
+                        .iter_mut()
+                        .map(|g| &mut **g)
+                        .chain(ps.values_mut().map(|p| &mut p.grad[..]))
+                        .collect();
+                    clip_grad_norm(&mut all, limit)
+                }),
             }
         };
         {
