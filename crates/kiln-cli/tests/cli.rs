@@ -1779,3 +1779,142 @@ fn roberta_and_distilbert_run_through_the_commands() {
     assert!(json_lines(&out)[0]["label"].is_string(), "{out}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn electra_pretrains_and_fine_tunes_from_the_command_line() {
+    let dir = scratch("electra");
+    let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let corpus = dir.join("corpus.txt");
+    let text: Vec<String> = (0..60)
+        .map(|i| format!("the farmer {i} bought an apple and a pear at the market"))
+        .collect();
+    std::fs::write(&corpus, text.join("\n")).unwrap();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = kiln(args, "");
+        assert!(ok, "{args:?}: {err}");
+        (out, err)
+    };
+    let json = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    // Factorized embeddings: tables 64 wide, projected to the hidden width of 128.
+    run(&[
+        "init",
+        "--arch",
+        "electra",
+        "--size",
+        "tiny",
+        "--layers",
+        "1",
+        "--embedding-size",
+        "64",
+        "--max-positions",
+        "32",
+        "--tokenizer",
+        fixture("tiny-bert").to_str().unwrap(),
+        "--out",
+        &d("init"),
+    ]);
+    assert_eq!(json(&dir.join("init/config.json"))["embedding_size"], 64);
+    run(&[
+        "pretrain",
+        "--model",
+        &d("init"),
+        "--objective",
+        "electra",
+        "--generator-scale",
+        "0.5",
+        "--disc-weight",
+        "20",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--out",
+        &d("pt"),
+    ]);
+    let disc = json(&dir.join("pt/discriminator/config.json"));
+    let generator = json(&dir.join("pt/generator/config.json"));
+    assert_eq!(disc["architectures"][0], "ElectraForPreTraining");
+    assert_eq!(generator["architectures"][0], "ElectraForMaskedLM");
+    assert_eq!(generator["hidden_size"], 64);
+    assert_eq!(generator["embedding_size"], 64);
+    let metrics = std::fs::read_to_string(dir.join("pt/metrics.jsonl")).unwrap();
+    let last = json_lines(&metrics).pop().unwrap();
+    for k in [
+        "gen_loss",
+        "disc_loss",
+        "disc_accuracy",
+        "replaced_fraction",
+    ] {
+        assert!(last[k].is_number(), "{k}: {last}");
+    }
+    let (ok, out, err) = kiln(
+        &["fill-mask", "--model", &d("pt/generator")],
+        "the farmer bought an [MASK] at the market\n",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(json_lines(&out)[0]["masks"][0].as_array().unwrap().len(), 5);
+    let (out, _) = run(&["info", &d("pt/discriminator")]);
+    assert!(out.contains("replaced-token"), "{out}");
+    // Fine-tuning starts from the discriminator (its head is replaced).
+    let data = dir.join("data.jsonl");
+    let lines: Vec<String> = (0..16)
+        .map(|i| {
+            let label = ["neg", "pos"][i % 2];
+            serde_json::json!({"text": format!("item {i} is {label}"), "label": label}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    run(&[
+        "finetune",
+        "--model",
+        &d("pt/discriminator"),
+        "--task",
+        "classify",
+        "--train",
+        data.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        &d("cls"),
+    ]);
+    let config = json(&dir.join("cls/config.json"));
+    assert_eq!(
+        config["architectures"][0],
+        "ElectraForSequenceClassification"
+    );
+    let saved = kiln::checkpoint::WeightStore::open_dir(&dir.join("cls")).unwrap();
+    assert!(
+        !saved
+            .names()
+            .iter()
+            .any(|n| n.starts_with("discriminator_predictions")),
+        "the discriminator head was kept"
+    );
+    // A model of another architecture is refused with the way out.
+    let (ok, _, err) = kiln(
+        &[
+            "pretrain",
+            "--model",
+            fixture("tiny-bert").to_str().unwrap(),
+            "--objective",
+            "electra",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "--out",
+            &d("bert-electra"),
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("--arch electra"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -690,6 +690,7 @@ fn a_narrower_student_learns_the_teachers_hidden_states_through_a_learned_projec
         heads: Some(3),
         intermediate: Some(96),
         max_positions: Some(64),
+        ..Default::default()
     };
     let tok = t.tokenizer().unwrap().clone();
     let cfg = new_config(kiln::model::Arch::Bert, "tiny", &shape, &tok).unwrap();

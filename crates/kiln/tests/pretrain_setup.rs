@@ -163,6 +163,7 @@ fn init_follows_transformers_and_is_seeded() {
         heads: Some(2),
         intermediate: Some(100),
         max_positions: Some(40),
+        ..Default::default()
     };
     let cfg = new_config(Arch::Bert, "tiny", &shape, &tok).unwrap();
     assert_eq!(

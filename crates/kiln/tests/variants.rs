@@ -13,7 +13,7 @@ use kiln::infer::classify::sequence_logits;
 use kiln::infer::qa::span_logits;
 use kiln::infer::tag::token_logits;
 use kiln::model::{Arch, Batch};
-use kiln::train::backprop::{mlm_loss, zeros_like};
+use kiln::train::backprop::{mlm_loss, rtd_loss, zeros_like};
 use kiln::train::classify::sequence_loss;
 use std::path::PathBuf;
 
@@ -63,6 +63,10 @@ fn outputs_typed(
         "cls" => sequence_logits(p, &batch).unwrap(),
         "tag" => token_logits(p, &batch).unwrap(),
         "qa" => span_logits(p, &batch).unwrap(),
+        "disc" => {
+            let r = p.rtd_head.as_ref().expect("a discriminator head");
+            r.forward(hidden.data(), ids.len()).unwrap()
+        }
         _ => Vec::new(),
     };
     (hidden.data().to_vec(), logits)
@@ -330,14 +334,11 @@ fn electra_matches_transformers() {
         let p = checkpoint::load(&fixture(&dir)).unwrap();
         assert_eq!(p.config().arch, Arch::Electra, "{dir}");
         let head = m["head"].as_str().unwrap();
-        // The replaced-token-detection head is not in Kiln yet: the discriminators load as
-        // base models with their head's tensors listed as unused.
-        assert!(
-            p.unused_tensors
-                .iter()
-                .all(|n| head == "disc" && n.starts_with("discriminator_predictions.")),
-            "{dir}: {:?}",
-            p.unused_tensors
+        assert!(p.unused_tensors.is_empty(), "{dir}: {:?}", p.unused_tensors);
+        assert_eq!(
+            p.rtd_head.is_some(),
+            head == "disc",
+            "{dir}: discriminator head"
         );
         assert_eq!(
             p.model.embeddings.project.is_some(),
@@ -351,7 +352,7 @@ fn electra_matches_transformers() {
             let (want_ids, types) = (ids(&e["input_ids"]), ids(&e["token_type_ids"]));
             let enc = tok.encode(text, e["text_b"].as_str()).unwrap();
             assert_eq!(enc.ids, want_ids, "{dir}: token ids of {text:?}");
-            let h = if head == "disc" { "none" } else { head };
+            let h = head;
             let (hidden, logits) = outputs_typed(&p, &want_ids, Some(&types), h);
             let d = max_diff(&hidden, &floats(&e["last_hidden_state"]));
             assert!(
@@ -370,26 +371,14 @@ fn electra_matches_transformers() {
             worst = worst.max(d);
         }
         eprintln!("{dir}: max difference {worst:e}");
-        // Saved: the tensors transformers wrote (less the head Kiln does not have).
+        // Saved: the tensors transformers wrote.
         let out = scratch(&dir);
         checkpoint::save(&p, &out, SaveDtype::F32).unwrap();
         let (hf, ours) = (
             WeightStore::open_dir(&fixture(&dir)).unwrap(),
             WeightStore::open_dir(&out).unwrap(),
         );
-        let mut hf_names: Vec<String> = hf
-            .names()
-            .into_iter()
-            .filter(|n| !n.starts_with("discriminator_predictions."))
-            .map(|n| {
-                // A base model is saved without the prefix.
-                if head == "disc" {
-                    n.trim_start_matches("electra.").to_string()
-                } else {
-                    n
-                }
-            })
-            .collect();
+        let mut hf_names = hf.names();
         let mut our_names = ours.names();
         hf_names.sort();
         our_names.sort();
@@ -399,6 +388,7 @@ fn electra_matches_transformers() {
             saved["embedding_size"], m["config"]["embedding_size"],
             "{dir}"
         );
+        assert_eq!(saved["architectures"][0], m["class"], "{dir}");
         std::fs::remove_dir_all(out).unwrap();
     }
     let dir = fixture("electra-train-parity");
@@ -440,4 +430,67 @@ fn electra_matches_transformers() {
         &ours,
         &file,
     );
+    // The discriminator: binary cross-entropy over every token of the batch.
+    let p = checkpoint::load(&fixture("tiny-electra-disc")).unwrap();
+    let f = json(&dir.join("electra_disc.json"));
+    let labels: Vec<f32> = f["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| floats(&e["labels"]))
+        .collect();
+    let mut g = zeros_like(&p);
+    let (loss, logits) =
+        rtd_loss(&p, &packed_typed(&typed(&f)), &labels, &mut g, 1.0, None).unwrap();
+    let want: Vec<f32> = f["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(floats)
+        .collect();
+    let d = max_diff(&logits, &want);
+    assert!(
+        logits.len() == want.len() && d < PARITY_ATOL,
+        "electra_disc logits differ by {d}"
+    );
+    let ours = checkpoint::named_tensors(&g).unwrap();
+    let file = dir.join("electra_disc_grads.safetensors");
+    assert_loss_and_named_grads(
+        "electra_disc",
+        loss,
+        f["loss"].as_f64().unwrap() as f32,
+        &ours,
+        &file,
+    );
+}
+
+/// What `kiln pretrain --objective electra` wrote (`make_kiln_electra_fixtures.py` ran the
+/// binary and loaded both directories in transformers, strictly): Kiln's outputs of the
+/// discriminator and the generator equal transformers'.
+#[test]
+fn kiln_electra_outputs_load_in_transformers() {
+    let exp = json(&fixture("kiln-electra-expected.json"));
+    for (sub, head) in [("discriminator", "disc"), ("generator", "mlm")] {
+        let p = checkpoint::load(&fixture("kiln-electra-pt").join(sub)).unwrap();
+        assert!(p.unused_tensors.is_empty(), "{sub}: {:?}", p.unused_tensors);
+        let tok = p.tokenizer().unwrap();
+        let cases = exp[sub].as_array().unwrap();
+        assert!(!cases.is_empty());
+        for e in cases {
+            let text = e["text"].as_str().unwrap();
+            let want_ids = ids(&e["input_ids"]);
+            assert_eq!(
+                tok.encode(text, None).unwrap().ids,
+                want_ids,
+                "{sub}: {text}"
+            );
+            let (_, logits) = outputs(&p, &want_ids, head);
+            let want = floats(&e["logits"]);
+            let d = max_diff(&logits, &want);
+            assert!(
+                logits.len() == want.len() && d < PARITY_ATOL,
+                "{sub}: outputs of {text:?} differ by {d}"
+            );
+        }
+    }
 }

@@ -41,6 +41,9 @@ pub fn run(a: Args) -> Result<()> {
     if p.lm_head.is_some() {
         heads.push("causal-lm");
     }
+    if p.rtd_head.is_some() {
+        heads.push("replaced-token-detection");
+    }
     if let Some(t) = &p.task {
         heads.push(match t.kind {
             kiln::heads::HeadKind::Sequence => "sequence-classification",
@@ -53,9 +56,15 @@ pub fn run(a: Args) -> Result<()> {
         .pooler
         .as_ref()
         .map_or(0, |x| x.dense.weight.numel() + c.hidden_size);
+    let linear = |l: &kiln::engine::Linear| {
+        l.in_features() * l.out_features() + l.bias.as_ref().map_or(0, |b| b.numel())
+    };
     if let Some(m) = &p.mlm_head {
-        params += m.transform.weight.numel() + c.hidden_size * 3 + m.bias.numel();
-        params += m.decoder.as_ref().map_or(0, |d| d.numel());
+        params += linear(&m.transform) + m.norm.weight.numel() + m.norm.bias.numel();
+        params += m.bias.numel() + m.decoder.as_ref().map_or(0, |d| d.numel());
+    }
+    if let Some(r) = &p.rtd_head {
+        params += linear(&r.dense) + linear(&r.prediction);
     }
     params += p
         .lm_head

@@ -31,6 +31,10 @@ pub struct Args {
     /// Override the number of learned positions (default 512).
     #[arg(long)]
     max_positions: Option<usize>,
+    /// ELECTRA: width of the embedding tables, projected up to the hidden width (default: the
+    /// hidden width, no projection).
+    #[arg(long)]
+    embedding_size: Option<usize>,
     /// Tokenizer directory (e.g. from `kiln tokenizer train`); sets the vocabulary size.
     #[arg(long)]
     tokenizer: PathBuf,
@@ -58,11 +62,18 @@ pub fn run(a: Args) -> Result<()> {
         heads: a.heads,
         intermediate: a.intermediate,
         max_positions: a.max_positions,
+        embedding_size: a.embedding_size,
     };
     let cfg = new_config(arch, &a.size, &shape, &tok)?;
     // The size beside a BERT of the same depth and width, for the variants.
     let bert = (arch != Arch::Bert && arch.is_encoder())
-        .then(|| new_config(Arch::Bert, &a.size, &shape, &tok))
+        .then(|| {
+            let same = InitShape {
+                embedding_size: None,
+                ..shape.clone()
+            };
+            new_config(Arch::Bert, &a.size, &same, &tok)
+        })
         .transpose()?
         .map(|b| b.parameter_count());
     let p = random_model(cfg, tok, a.tokenizer.clone(), a.seed)?;

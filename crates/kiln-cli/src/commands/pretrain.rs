@@ -6,9 +6,10 @@ use anyhow::{Context, Result};
 use kiln::train::{pretrain, Objective, PretrainConfig};
 use std::path::PathBuf;
 
-/// Pre-train (or continue pre-training) a model on raw text: masked LM (BERT) or next-token
-/// prediction (GPT). Documents are packed into --seq-len sequences; the final model is written
-/// to --out itself, checkpoints to OUT/checkpoint-STEP/, metrics to OUT/metrics.jsonl.
+/// Pre-train (or continue pre-training) a model on raw text: masked LM (BERT), next-token
+/// prediction (GPT) or ELECTRA's replaced-token detection. Documents are packed into --seq-len
+/// sequences; the final model is written to --out itself (ELECTRA: OUT/discriminator/ and
+/// OUT/generator/), checkpoints to OUT/checkpoint-STEP/, metrics to OUT/metrics.jsonl.
 /// Ctrl-C writes a checkpoint and exits; --resume continues from the latest one.
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,8 +22,9 @@ pub struct Args {
     /// Settings from a TOML file (keys = flag names with `_`); flags given here override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// mlm (masked LM) or clm (next token).
-    #[arg(long, value_parser = ["mlm", "clm"])]
+    /// mlm (masked LM), clm (next token) or electra (a generator replaces masked tokens, the
+    /// model learns to spot them; needs an ELECTRA model: `kiln init --arch electra`).
+    #[arg(long, value_parser = ["mlm", "clm", "electra"])]
     objective: Option<String>,
     /// Training text: plain text (one text per line) or JSONL, optionally .gz.
     #[arg(long, num_args = 1..)]
@@ -54,6 +56,12 @@ pub struct Args {
     /// MLM: mask whole words (every piece of a selected word) instead of single tokens.
     #[arg(long)]
     whole_word_mask: bool,
+    /// ELECTRA: the generator's width as a fraction of the model's [default: 0.25].
+    #[arg(long)]
+    generator_scale: Option<f32>,
+    /// ELECTRA: weight of the discriminator's loss beside the generator's [default: 50].
+    #[arg(long)]
+    disc_weight: Option<f32>,
     /// Continue from the latest checkpoint in --out.
     #[arg(long)]
     resume: bool,
@@ -67,16 +75,16 @@ pub fn run(a: Args) -> Result<()> {
     macro_rules! set {
         ($dst:expr; $($f:ident),*) => { $( if let Some(v) = a.$f.clone() { $dst.$f = v; } )* };
     }
-    set!(c; text_field, seq_len, mask_prob, eval_sequences, shuffle_buffer);
+    set!(c; text_field, seq_len, mask_prob, eval_sequences, shuffle_buffer, generator_scale, disc_weight);
     a.train.apply(&mut c.train);
     if a.valid_fraction.is_some() {
         c.valid_fraction = a.valid_fraction;
     }
     if let Some(o) = &a.objective {
-        c.objective = if o == "clm" {
-            Objective::Clm
-        } else {
-            Objective::Mlm
+        c.objective = match o.as_str() {
+            "clm" => Objective::Clm,
+            "electra" => Objective::Electra,
+            _ => Objective::Mlm,
         };
     }
     if a.whole_word_mask {

@@ -7,7 +7,7 @@ use super::weights::WeightStore;
 use crate::engine::int8::Int8Weight;
 use crate::engine::{LayerNorm, Linear, Tensor};
 use crate::error::{Error, Result};
-use crate::heads::{HeadKind, Labels, LmHead, MlmHead, Pooler, TaskHead};
+use crate::heads::{HeadKind, Labels, LmHead, MlmHead, Pooler, RtdHead, TaskHead};
 use crate::model::arch::{NameTable, QkvNames};
 use crate::model::{Arch, Block, Embeddings, ModelConfig, Transformer};
 use crate::tokenize::Tokenizer;
@@ -26,6 +26,8 @@ pub struct Pretrained {
     pub mlm_head: Option<MlmHead>,
     /// Causal-LM head (GPT-2; tied to the embeddings unless the checkpoint has its own).
     pub lm_head: Option<LmHead>,
+    /// Replaced-token-detection head (ELECTRA's discriminator), if the checkpoint has one.
+    pub rtd_head: Option<RtdHead>,
     /// Fine-tuning head (classification, tagging, QA), if the checkpoint has one.
     pub task: Option<TaskHead>,
     /// The tokenizer, when the directory has one.
@@ -52,8 +54,20 @@ impl Pretrained {
         })
     }
 
+    /// Whether the model carries any head (its base-model tensors are then saved under the
+    /// architecture's prefix, `bert.` / `electra.`, as transformers' task classes name them).
+    pub fn has_head(&self) -> bool {
+        self.mlm_head.is_some()
+            || self.lm_head.is_some()
+            || self.task.is_some()
+            || self.rtd_head.is_some()
+    }
+
     /// What head the model has, for messages: "a token-classification head (--task tag)".
     pub fn head_description(&self) -> String {
+        if self.task.is_none() && self.rtd_head.is_some() {
+            return "ELECTRA's replaced-token-detection head (a discriminator: fine-tune it with --task classify, tag or qa)".into();
+        }
         match (&self.task, &self.mlm_head, &self.lm_head) {
             (Some(t), _, _) => match t.kind {
                 HeadKind::Sequence => "a sequence-classification head (--task classify)".into(),
@@ -83,6 +97,7 @@ impl Pretrained {
         });
         self.mlm_head = None;
         self.lm_head = None;
+        self.rtd_head = None;
     }
 }
 
@@ -165,6 +180,14 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
         }
         _ => None,
     };
+    let rtd_head = match r.names.rtd {
+        Some(m) if r.find(&format!("{m}.dense.weight"), false).is_some() => Some(RtdHead {
+            dense: r.linear(&format!("{m}.dense"), false, h, h)?,
+            activation: config.activation,
+            prediction: r.linear(&format!("{m}.dense_prediction"), false, 1, h)?,
+        }),
+        _ => None,
+    };
     let task = load_task_head(&mut r, &config)?;
     let lm_head = if config.arch == Arch::Gpt2 && task.is_none() {
         match r.find("lm_head.weight", false) {
@@ -210,6 +233,7 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
         pooler,
         mlm_head,
         lm_head,
+        rtd_head,
         task,
         tokenizer,
         sentence,

@@ -23,6 +23,9 @@ pub fn architecture_name(p: &Pretrained) -> &'static str {
         return name;
     }
     let c = p.config().arch.names().classes;
+    if let (Some(_), Some(name)) = (&p.rtd_head, c.rtd) {
+        return name;
+    }
     if p.mlm_head.is_some() || p.lm_head.is_some() {
         c.pretraining
     } else {
@@ -96,8 +99,7 @@ impl Tensors {
 pub fn all_tensors(p: &Pretrained) -> Result<Tensors> {
     let cfg = p.config();
     let names = cfg.arch.names();
-    let with_head = p.mlm_head.is_some() || p.lm_head.is_some() || p.task.is_some();
-    let prefix = if with_head { names.base_prefix } else { "" };
+    let prefix = if p.has_head() { names.base_prefix } else { "" };
     let mut out = Tensors::default();
     base_tensors(&p.model, prefix, &mut out)?;
     if let (Some(pooler), Some(m)) = (&p.pooler, names.pooler) {
@@ -110,6 +112,10 @@ pub fn all_tensors(p: &Pretrained) -> Result<Tensors> {
         if let Some(d) = &head.decoder {
             out.insert(m.decoder.into(), d.clone());
         }
+    }
+    if let (Some(head), Some(m)) = (&p.rtd_head, names.rtd) {
+        out.linear(&format!("{m}.dense"), &head.dense, false)?;
+        out.linear(&format!("{m}.dense_prediction"), &head.prediction, false)?;
     }
     if let Some(LmHead { weight: Some(w) }) = &p.lm_head {
         out.insert("lm_head.weight".into(), w.clone());

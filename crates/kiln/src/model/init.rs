@@ -43,6 +43,9 @@ pub struct InitShape {
     pub intermediate: Option<usize>,
     /// Learned positions.
     pub max_positions: Option<usize>,
+    /// Width of the embedding tables when it differs from the hidden width (ELECTRA: they are
+    /// projected up to it).
+    pub embedding_size: Option<usize>,
 }
 
 /// Bytes of memory on this machine that a new allocation can still get (Linux
@@ -90,6 +93,15 @@ pub fn new_config(
     let inter = shape.intermediate.unwrap_or(4 * hidden);
     let max_pos = shape.max_positions.unwrap_or(512);
     let vocab = tokenizer.vocab_size();
+    if shape.embedding_size.is_some() && arch != Arch::Electra {
+        return Err(Error::Input(format!(
+            "--embedding-size: {} embeddings are as wide as its hidden states; only electra factorizes them",
+            arch.model_type()
+        )));
+    }
+    if shape.embedding_size == Some(0) {
+        return Err(Error::Input("--embedding-size must be positive".into()));
+    }
     let raw = match arch {
         Arch::Bert => serde_json::json!({
             "model_type": "bert", "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
@@ -117,7 +129,7 @@ pub fn new_config(
         }
         Arch::Electra => serde_json::json!({
             "model_type": "electra", "vocab_size": vocab, "hidden_size": hidden,
-            "embedding_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "embedding_size": shape.embedding_size.unwrap_or(hidden), "num_hidden_layers": layers, "num_attention_heads": heads,
             "intermediate_size": inter, "max_position_embeddings": max_pos,
             "pad_token_id": tokenizer.pad_id().unwrap_or(0),
         }),
@@ -224,7 +236,11 @@ pub fn random_model(
         Arch::Bert | Arch::Roberta | Arch::DistilBert | Arch::Electra => (
             Some(MlmHead {
                 transform: r.linear(e, h, std),
-                activation: cfg.activation,
+                // RoBERTa's and ELECTRA's heads use exact GELU whatever `hidden_act` says.
+                activation: match cfg.arch.names().mlm {
+                    Some(m) if m.gelu => crate::engine::Activation::GeluErf,
+                    _ => cfg.activation,
+                },
                 norm: Init::norm(e, eps),
                 decoder: None,
                 bias: Tensor::zeros(&[cfg.vocab_size]),
@@ -243,6 +259,7 @@ pub fn random_model(
             final_norm,
         },
         pooler: None,
+        rtd_head: None,
         mlm_head,
         lm_head,
         tokenizer: Some(tokenizer),

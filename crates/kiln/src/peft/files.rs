@@ -460,6 +460,7 @@ fn install(
             p.task = Some(head);
             p.mlm_head = None;
             p.lm_head = None;
+            p.rtd_head = None;
             if kind == HeadKind::Sequence && arch == Arch::Bert && p.pooler.is_none() {
                 // A pooler trained with the adapter (modules_to_save) fills this in below.
                 let h = p.config().hidden_size;

@@ -40,7 +40,7 @@ pub struct Site {
 /// head (what transformers' task classes and PEFT name), nothing for a bare base model.
 pub fn module_prefix(p: &Pretrained) -> &'static str {
     let names = p.config().arch.names();
-    if p.mlm_head.is_some() || p.lm_head.is_some() || p.task.is_some() {
+    if p.has_head() {
         names.base_prefix
     } else {
         ""

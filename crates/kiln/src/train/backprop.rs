@@ -32,6 +32,7 @@ pub fn zeros_like(p: &Pretrained) -> Pretrained {
         pooler: p.pooler.clone(),
         mlm_head: p.mlm_head.clone(),
         lm_head: p.lm_head.clone(),
+        rtd_head: p.rtd_head.clone(),
         task: p.task.clone(),
         tokenizer: None,
         sentence: None,
@@ -133,6 +134,10 @@ pub fn parameters(p: &mut Pretrained) -> Vec<(String, &mut Tensor, bool)> {
     }
     if let Some(w) = p.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
         out.push(("lm_head".into(), w, true));
+    }
+    if let Some(r) = &mut p.rtd_head {
+        lin(&mut out, "rtd.dense".into(), &mut r.dense);
+        lin(&mut out, "rtd.prediction".into(), &mut r.prediction);
     }
     if let Some(t) = &mut p.task {
         lin(&mut out, "task".into(), &mut t.linear);
@@ -1088,4 +1093,83 @@ pub fn lm_loss(
         dropout_seed,
     )?;
     Ok(loss)
+}
+
+/// Replaced-token detection (ELECTRA's discriminator): binary cross-entropy with logits of
+/// every token of `batch` against `labels` (1 replaced, 0 original), the mean over the tokens,
+/// as `ElectraForPreTraining` computes it over the attended positions; its gradients (times
+/// `grad_scale`) are added into `grads`. Returns the mean loss and the logits, one per token.
+pub fn rtd_loss(
+    p: &Pretrained,
+    batch: &Batch,
+    labels: &[f32],
+    grads: &mut Pretrained,
+    grad_scale: f32,
+    dropout_seed: Option<u64>,
+) -> Result<(f32, Vec<f32>)> {
+    let head = p.rtd_head.as_ref().ok_or_else(|| {
+        Error::Input(
+            "the model has no replaced-token-detection head (an ELECTRA discriminator)".into(),
+        )
+    })?;
+    let n = batch.tokens();
+    if labels.len() != n {
+        return Err(Error::shape("rtd_loss", "one label per token"));
+    }
+    let mask = p.model.default_mask();
+    let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
+    let h = p.config().hidden_size;
+    let mut u = vec![0.0; n * h];
+    lin_fwd(&head.dense, &hidden, n, &mut u, None, 0)?;
+    let a = activated(&u, head.activation);
+    let mut logits = vec![0.0; n];
+    lin_fwd(&head.prediction, &a, n, &mut logits, None, 0)?;
+    // max(x, 0) − x·y + ln(1 + e^(−|x|)), and its derivative σ(x) − y, in f64 for the sum.
+    let mut sum = 0.0f64;
+    let scale = grad_scale / n.max(1) as f32;
+    let dlogits: Vec<f32> = logits
+        .iter()
+        .zip(labels)
+        .map(|(&x, &y)| {
+            sum += (x.max(0.0) - x * y) as f64 + (-x.abs()).exp().ln_1p() as f64;
+            (1.0 / (1.0 + (-x).exp()) - y) * scale
+        })
+        .collect();
+    let g = grads
+        .rtd_head
+        .as_mut()
+        .ok_or_else(|| Error::Input("gradient buffers lack the discriminator head".into()))?;
+    let mut da = vec![0.0; n * h];
+    lin_back(
+        &head.prediction,
+        &mut g.prediction,
+        &a,
+        &dlogits,
+        n,
+        Some(&mut da),
+        None,
+        0,
+    )?;
+    activation_backward(head.activation, &u, &mut da);
+    let mut dhidden = vec![0.0; n * h];
+    lin_back(
+        &head.dense,
+        &mut g.dense,
+        &hidden,
+        &da,
+        n,
+        Some(&mut dhidden),
+        None,
+        0,
+    )?;
+    backward(
+        &p.model,
+        batch,
+        mask,
+        &acts,
+        dhidden,
+        &mut grads.model,
+        dropout_seed,
+    )?;
+    Ok(((sum / n.max(1) as f64) as f32, logits))
 }

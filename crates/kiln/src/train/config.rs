@@ -17,6 +17,10 @@ pub enum Objective {
     Mlm,
     /// Next-token prediction (GPT).
     Clm,
+    /// ELECTRA's replaced-token detection: a small masked-LM generator fills the masked
+    /// positions with its samples and the model (the discriminator) tells, token by token,
+    /// which were replaced; both train together.
+    Electra,
 }
 
 /// The settings of the training loop shared by pre-training and fine-tuning.
@@ -183,7 +187,7 @@ pub struct PretrainConfig {
     /// The loop settings.
     #[serde(flatten)]
     pub train: TrainConfig,
-    /// mlm or clm.
+    /// mlm, clm or electra.
     pub objective: Objective,
     /// Training corpus files.
     pub corpus: Vec<PathBuf>,
@@ -205,6 +209,11 @@ pub struct PretrainConfig {
     pub mask_prob: f32,
     /// MLM: select whole words (all their word pieces) rather than single tokens.
     pub whole_word_mask: bool,
+    /// ELECTRA: the generator's width (hidden size, heads, feed-forward) as a fraction of the
+    /// discriminator's (the paper's best: 1/4 to 1/2).
+    pub generator_scale: f32,
+    /// ELECTRA: weight of the discriminator's loss beside the generator's (λ = 50 in the paper).
+    pub disc_weight: f32,
     /// Task-agnostic distillation (`kiln distill --task mlm`): a teacher's masked-position
     /// distributions as soft targets; `None` for plain pre-training.
     pub distill: Option<crate::compress::distill::DistillConfig>,
@@ -224,6 +233,8 @@ impl Default for PretrainConfig {
             shuffle_buffer: 10_000,
             mask_prob: 0.15,
             whole_word_mask: false,
+            generator_scale: 0.25,
+            disc_weight: 50.0,
             distill: None,
         }
     }
@@ -259,6 +270,12 @@ impl PretrainConfig {
         }
         if self.eval_sequences == 0 {
             return bad("eval-sequences", "must be positive");
+        }
+        if !(self.generator_scale > 0.0 && self.generator_scale <= 1.0) {
+            return bad("generator-scale", "must be in (0, 1]");
+        }
+        if !(self.disc_weight > 0.0 && self.disc_weight.is_finite()) {
+            return bad("disc-weight", "must be positive");
         }
         self.train.validate()
     }

@@ -114,7 +114,14 @@ impl OutDir {
     /// Removes a previous run's checkpoints, metrics and model files (`--overwrite`).
     pub fn clear_run(&self) -> Result<()> {
         for (name, path) in self.entries()? {
-            if super::state::step_of(&path).is_some() {
+            // Checkpoints, and the model directories of a run that writes two (ELECTRA).
+            let model_dir = [
+                super::electra::DISCRIMINATOR_DIR,
+                super::electra::GENERATOR_DIR,
+            ]
+            .contains(&name.as_str())
+                && path.join("config.json").is_file();
+            if super::state::step_of(&path).is_some() || model_dir {
                 std::fs::remove_dir_all(&path).map_err(|e| Error::io("remove", &path, e))?;
             } else if RUN_FILES.contains(&name.as_str())
                 || checkpoint::TOKENIZER_FILES.contains(&name.as_str())

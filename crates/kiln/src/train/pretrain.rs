@@ -21,6 +21,19 @@ struct Micro {
     positions: Vec<usize>,
     targets: Vec<i64>,
     count: usize,
+    /// Seeds the draws a loss makes beside the masking (ELECTRA's generator samples).
+    sample_seed: u64,
+}
+
+impl Micro {
+    fn masked(&self) -> crate::train::electra::Masked<'_> {
+        crate::train::electra::Masked {
+            batch: &self.batch,
+            positions: &self.positions,
+            targets: &self.targets,
+            sample_seed: self.sample_seed,
+        }
+    }
 }
 
 struct Objectives {
@@ -36,8 +49,8 @@ impl Objectives {
     fn new(p: &Pretrained, cfg: &PretrainConfig) -> Result<Self> {
         let tok = p.tokenizer()?;
         match cfg.objective {
-            Objective::Mlm => {
-                if p.mlm_head.is_none() {
+            Objective::Mlm | Objective::Electra => {
+                if cfg.objective == Objective::Mlm && p.mlm_head.is_none() {
                     return Err(Error::Input(format!(
                         "--objective mlm needs a masked-LM model; {} has no MLM head",
                         p.dir.display()
@@ -71,7 +84,7 @@ impl Objectives {
                         .collect()
                 });
                 Ok(Objectives {
-                    objective: Objective::Mlm,
+                    objective: cfg.objective,
                     continuation,
                     mask: Some(MaskConfig {
                         mask_prob: cfg.mask_prob,
@@ -106,6 +119,14 @@ impl Objectives {
     }
 
     fn micro(&self, seqs: Vec<Vec<u32>>, rng: &mut rand::rngs::StdRng) -> Result<Micro> {
+        let mut m = self.micro_draws(seqs, rng)?;
+        if self.objective == Objective::Electra {
+            m.sample_seed = rand::Rng::gen(rng);
+        }
+        Ok(m)
+    }
+
+    fn micro_draws(&self, seqs: Vec<Vec<u32>>, rng: &mut rand::rngs::StdRng) -> Result<Micro> {
         match &self.mask {
             Some(mc) => {
                 let mut ids_all = Vec::new();
@@ -137,6 +158,7 @@ impl Objectives {
                     positions,
                     targets,
                     count,
+                    sample_seed: 0,
                 })
             }
             None => {
@@ -149,6 +171,7 @@ impl Objectives {
                     positions: Vec::new(),
                     targets: Vec::new(),
                     count,
+                    sample_seed: 0,
                 })
             }
         }
@@ -186,6 +209,11 @@ fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_jso
                     head.forward(hidden.data(), hidden.rows(), &p.model.embeddings.word)?,
                     clm_targets(&m.batch),
                 )
+            }
+            Objective::Electra => {
+                return Err(Error::Input(
+                    "an ELECTRA discriminator has no language-model loss of its own; evaluate its generator (OUT/generator) with --objective mlm".into(),
+                ))
             }
         };
         let (loss, n) = cross_entropy(&logits, v, &targets, IGNORE, None)?;
@@ -272,6 +300,8 @@ struct PretrainTask<'a> {
     obj: Objectives,
     /// Distillation: the teacher and the loss settings.
     teacher: Option<Teacher>,
+    /// ELECTRA: the generator and the loss settings.
+    electra: Option<crate::train::electra::Electra>,
     corpus: &'a Corpus,
     tok: &'a Tokenizer,
     stream: Shuffled<'a>,
@@ -326,6 +356,9 @@ impl Task for PretrainTask<'_> {
         if let Some(t) = &self.teacher {
             return distilled_mlm_loss(t, p, m, grads, grad_scale, dropout_seed);
         }
+        if let Some(e) = &self.electra {
+            return e.loss(p, &m.masked(), grads, grad_scale, dropout_seed);
+        }
         match self.obj.objective {
             Objective::Mlm => mlm_loss(
                 p,
@@ -337,6 +370,7 @@ impl Task for PretrainTask<'_> {
                 dropout_seed,
             ),
             Objective::Clm => clm_loss(p, &m.batch, grads, grad_scale, dropout_seed),
+            Objective::Electra => Err(Error::Input("the ELECTRA run has no generator".into())),
         }
     }
 
@@ -348,10 +382,35 @@ impl Task for PretrainTask<'_> {
         if self.eval_set.is_empty() {
             return Ok(None);
         }
+        if let Some(e) = &self.electra {
+            let set: Vec<_> = self.eval_set.iter().map(Micro::masked).collect();
+            return e.evaluate(p, &set).map(Some);
+        }
         evaluate(p, &self.obj, &self.eval_set).map(Some)
     }
 
+    fn step_metrics(&self) -> Option<serde_json::Value> {
+        self.electra.as_ref().map(|e| e.take_step_metrics())
+    }
+
+    fn model_dir(&self, out: &Path) -> std::path::PathBuf {
+        match &self.electra {
+            Some(_) => crate::train::electra::Electra::model_dir(out),
+            None => out.to_path_buf(),
+        }
+    }
+
+    fn save_model(&self, p: &Pretrained, out: &Path) -> Result<()> {
+        match &self.electra {
+            Some(e) => e.save(p, out),
+            None => crate::checkpoint::save(p, out, crate::checkpoint::SaveDtype::F32),
+        }
+    }
+
     fn auxiliary(&self) -> Option<&crate::train::auxiliary::Auxiliary> {
+        if let Some(e) = &self.electra {
+            return Some(e.auxiliary());
+        }
         self.teacher
             .as_ref()?
             .hidden
@@ -474,6 +533,24 @@ pub fn pretrain(
         }
         None => None,
     };
+    let electra = match cfg.objective {
+        Objective::Electra => {
+            crate::train::electra::generator_config(begun.p.config(), cfg.generator_scale)?;
+            if begun.p.rtd_head.is_none() {
+                crate::train::electra::add_discriminator_head(
+                    &mut begun.p,
+                    mix(cfg.train.seed ^ 0xD15C),
+                );
+            }
+            Some(crate::train::electra::Electra::new(
+                &begun.p,
+                cfg.generator_scale,
+                cfg.disc_weight,
+                mix(cfg.train.seed ^ 0x6E4E),
+            )?)
+        }
+        _ => None,
+    };
     let p = &begun.p;
     let obj = Objectives::new(p, cfg)?;
     let tok = p.tokenizer()?.clone();
@@ -494,6 +571,7 @@ pub fn pretrain(
     };
     let mut task = PretrainTask {
         teacher,
+        electra,
         stream: Shuffled::new(
             Packer::new(&corpus, &tok, obj.framing, cfg.seq_len),
             cfg.shuffle_buffer,

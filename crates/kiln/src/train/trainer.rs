@@ -133,6 +133,21 @@ pub trait Task {
     fn auxiliary(&self) -> Option<&crate::train::auxiliary::Auxiliary> {
         None
     }
+    /// Figures of the step just taken beside its loss (e.g. ELECTRA's generator and
+    /// discriminator losses), for the metrics line; taking them resets them.
+    fn step_metrics(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Where the trained model is written in the output directory `out` (its `config.json`
+    /// there means a model was saved).
+    fn model_dir(&self, out: &Path) -> PathBuf {
+        out.to_path_buf()
+    }
+    /// Writes the trained model(s) into the output directory `out`: `p` at [`Task::model_dir`],
+    /// and whatever else the task trains (ELECTRA's generator).
+    fn save_model(&self, p: &Pretrained, out: &Path) -> Result<()> {
+        checkpoint::save(p, &self.model_dir(out), SaveDtype::F32)
+    }
 }
 
 /// A random stream for one (step, micro-batch): reproducible without saving RNG state, so a
@@ -456,10 +471,10 @@ fn run_locked<T: Task>(
     let resumed = state.step > 0;
     // The output directory is the final model: its tokenizer files are there from the start.
     // A resumed run keeps the model already there (the best so far, when a metric selects).
-    if !resumed || !out.join("config.json").exists() {
-        saving(checkpoint::save(&p, out, SaveDtype::F32), out, &mut p)?;
+    if !resumed || !task.model_dir(out).join("config.json").exists() {
+        saving(task.save_model(&p, out), out, &mut p)?;
     }
-    p.dir = out.to_path_buf();
+    p.dir = task.model_dir(out);
     let total = match cfg.max_steps {
         Some(s) => s,
         None => {
@@ -570,14 +585,7 @@ fn run_locked<T: Task>(
             match task.auxiliary() {
                 None => clip_grad_norm(&mut slices, limit),
                 // Auxiliary gradients count in the global norm and are clipped with it.
-                Some(aux) => aux.with(|ps| {
-                    let mut all: Vec<&mut [f32]> = slices
-                        .iter_mut()
-                        .map(|g| &mut **g)
-                        .chain(ps.values_mut().map(|p| &mut p.grad[..]))
-                        .collect();
-                    clip_grad_norm(&mut all, limit)
-                }),
+                Some(aux) => aux.clip(&mut slices, limit),
             }
         };
         {
@@ -613,6 +621,13 @@ fn run_locked<T: Task>(
             tokens_since = 0;
             since = Instant::now();
         }
+        // Taken every step (they are this step's), shown on the lines that are written.
+        let step_metrics = task.step_metrics();
+        if let (Some(l), Some(extra)) = (line.as_mut(), step_metrics) {
+            if let (Some(o), Some(e)) = (l.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+        }
         let mut improved = false;
         if (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last {
             if let Some(ev) = task.evaluate(&p)? {
@@ -645,7 +660,7 @@ fn run_locked<T: Task>(
         }
         if improved {
             // The best model so far is the output directory's model.
-            saving(checkpoint::save(&p, out, SaveDtype::F32), out, &mut p)?;
+            saving(task.save_model(&p, out), out, &mut p)?;
         }
         report(&Progress {
             step: state.step,
@@ -671,7 +686,7 @@ fn run_locked<T: Task>(
     let r = save_checkpoint(out, &mut p, &opt, &state, cfg.keep_last);
     saving(r, out, &mut p)?;
     if !interrupted && state.best.is_none() {
-        saving(checkpoint::save(&p, out, SaveDtype::F32), out, &mut p)?;
+        saving(task.save_model(&p, out), out, &mut p)?;
     }
     Ok(Summary {
         step: state.step,

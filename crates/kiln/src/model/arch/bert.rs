@@ -85,6 +85,7 @@ pub const NAMES: NameTable = NameTable {
         bias: "cls.predictions.bias",
         gelu: false,
     }),
+    rtd: None,
     heads: ["classifier", "classifier", "qa_outputs"],
     classes: Classes {
         base: "BertModel",
@@ -92,6 +93,7 @@ pub const NAMES: NameTable = NameTable {
         sequence: Some("BertForSequenceClassification"),
         token: Some("BertForTokenClassification"),
         span: Some("BertForQuestionAnswering"),
+        rtd: None,
     },
     ignored_suffixes: &["position_ids"],
 };

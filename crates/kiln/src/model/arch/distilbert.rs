@@ -83,6 +83,7 @@ pub const NAMES: NameTable = NameTable {
         bias: "vocab_projector.bias",
         gelu: false,
     }),
+    rtd: None,
     heads: ["classifier", "classifier", "qa_outputs"],
     classes: Classes {
         base: "DistilBertModel",
@@ -90,6 +91,7 @@ pub const NAMES: NameTable = NameTable {
         sequence: Some("DistilBertForSequenceClassification"),
         token: Some("DistilBertForTokenClassification"),
         span: Some("DistilBertForQuestionAnswering"),
+        rtd: None,
     },
     ignored_suffixes: &["position_ids"],
 };

@@ -27,6 +27,7 @@ pub const NAMES: NameTable = NameTable {
         bias: "generator_lm_head.bias",
         gelu: true,
     }),
+    rtd: Some("discriminator_predictions"),
     heads: ["classifier.out_proj", "classifier", "qa_outputs"],
     classes: Classes {
         base: "ElectraModel",
@@ -34,6 +35,7 @@ pub const NAMES: NameTable = NameTable {
         sequence: Some("ElectraForSequenceClassification"),
         token: Some("ElectraForTokenClassification"),
         span: Some("ElectraForQuestionAnswering"),
+        rtd: Some("ElectraForPreTraining"),
     },
     ..super::bert::NAMES
 };

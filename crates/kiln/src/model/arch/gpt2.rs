@@ -77,6 +77,7 @@ pub const NAMES: NameTable = NameTable {
     conv1d: true,
     pooler: None,
     mlm: None,
+    rtd: None,
     heads: ["score", "classifier", "qa_outputs"],
     classes: Classes {
         base: "GPT2Model",
@@ -84,6 +85,7 @@ pub const NAMES: NameTable = NameTable {
         sequence: Some("GPT2ForSequenceClassification"),
         token: Some("GPT2ForTokenClassification"),
         span: None,
+        rtd: None,
     },
     ignored_suffixes: &["attn.bias", "attn.masked_bias"],
 };

@@ -96,6 +96,8 @@ pub struct Classes {
     pub token: Option<&'static str>,
     /// Extractive question answering.
     pub span: Option<&'static str>,
+    /// With the replaced-token-detection head (ELECTRA's discriminator).
+    pub rtd: Option<&'static str>,
 }
 
 /// The q, k, v projections: three modules, or one fused module.
@@ -148,6 +150,9 @@ pub struct NameTable {
     pub pooler: Option<PoolerNames>,
     /// Masked-LM head, for encoders.
     pub mlm: Option<MlmNames>,
+    /// Replaced-token-detection head (module name, absolute): ELECTRA's
+    /// `discriminator_predictions`, with `dense` and `dense_prediction`.
+    pub rtd: Option<&'static str>,
     /// Output layer of each task head (absolute module names): sequence, token, span.
     pub heads: [&'static str; 3],
     /// transformers class names.

@@ -32,6 +32,7 @@ pub const NAMES: NameTable = NameTable {
         sequence: Some("RobertaForSequenceClassification"),
         token: Some("RobertaForTokenClassification"),
         span: Some("RobertaForQuestionAnswering"),
+        rtd: None,
     },
     ..super::bert::NAMES
 };
