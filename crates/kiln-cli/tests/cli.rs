@@ -1918,3 +1918,152 @@ fn electra_pretrains_and_fine_tunes_from_the_command_line() {
     assert!(!ok && err.contains("--arch electra"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn albert_runs_through_the_commands() {
+    let dir = scratch("albert");
+    let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let corpus = dir.join("corpus.txt");
+    let text: Vec<String> = (0..40)
+        .map(|i| format!("the apple {i} fell from the tree in the garden"))
+        .collect();
+    std::fs::write(&corpus, text.join("\n")).unwrap();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = kiln(args, "");
+        assert!(ok, "{args:?}: {err}");
+        (out, err)
+    };
+    let json = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    // Three layers sharing one block, tables 32 wide: far fewer parameters than BERT's.
+    let (_, err) = run(&[
+        "init",
+        "--arch",
+        "albert",
+        "--size",
+        "tiny",
+        "--layers",
+        "3",
+        "--embedding-size",
+        "32",
+        "--max-positions",
+        "32",
+        "--tokenizer",
+        fixture("tiny-albert-mlm").to_str().unwrap(),
+        "--out",
+        &d("init"),
+    ]);
+    let line = err.lines().find(|l| l.starts_with("parameters:")).unwrap();
+    let counts: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[0] * 2 < counts[1],
+        "ALBERT vs BERT parameters: {err}"
+    );
+    let config = json(&dir.join("init/config.json"));
+    assert_eq!(config["model_type"], "albert");
+    assert_eq!(config["num_hidden_groups"], 1);
+    run(&[
+        "pretrain",
+        "--model",
+        &d("init"),
+        "--objective",
+        "mlm",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--out",
+        &d("pt"),
+    ]);
+    let (ok, out, err) = kiln(
+        &["fill-mask", "--model", &d("pt")],
+        "the [MASK] fell from the tree\n",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(json_lines(&out)[0]["masks"][0].as_array().unwrap().len(), 5);
+    // LoRA on the shared block: one adapter, applied by every layer; merged back.
+    let data = dir.join("data.jsonl");
+    let lines: Vec<String> = (0..16)
+        .map(|i| {
+            let label = ["neg", "pos"][i % 2];
+            serde_json::json!({"text": format!("apple {i} is {label}"), "label": label}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    run(&[
+        "finetune",
+        "--model",
+        &d("pt"),
+        "--task",
+        "classify",
+        "--train",
+        data.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--method",
+        "lora",
+        "--out",
+        &d("lora"),
+    ]);
+    let adapter = json(&dir.join("lora/adapter_config.json"));
+    assert_eq!(
+        adapter["target_modules"],
+        serde_json::json!(["query", "value"])
+    );
+    let saved =
+        kiln::checkpoint::WeightStore::open_files(&[dir.join("lora/adapter_model.safetensors")])
+            .unwrap();
+    let lora_a: Vec<String> = saved
+        .names()
+        .into_iter()
+        .filter(|n| n.contains("lora_A"))
+        .collect();
+    assert_eq!(lora_a.len(), 2, "one LoRA per shared module: {lora_a:?}");
+    assert!(lora_a
+        .iter()
+        .all(|n| n.contains("albert_layer_groups.0.albert_layers.0.")));
+    run(&[
+        "merge",
+        "--model",
+        &d("pt"),
+        "--adapter",
+        &d("lora"),
+        "--out",
+        &d("merged"),
+    ]);
+    let input = "{\"text\": \"apple 3 is pos\"}\n";
+    let (_, a, _) = kiln(&["predict", "--model", &d("lora")], input);
+    let (_, b, _) = kiln(&["predict", "--model", &d("merged")], input);
+    let p = |s: &str| json_lines(s)[0]["probabilities"][0].as_f64().unwrap();
+    assert!((p(&a) - p(&b)).abs() < 1e-5, "{a} vs {b}");
+    assert_eq!(
+        json(&dir.join("merged/config.json"))["architectures"][0],
+        "AlbertForSequenceClassification"
+    );
+    // Structured pruning would cut every layer at once: refused, saying why.
+    let (ok, _, err) = kiln(
+        &[
+            "prune",
+            "--model",
+            &d("merged"),
+            "--out",
+            &d("pruned"),
+            "--heads",
+            "0.5",
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("share"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

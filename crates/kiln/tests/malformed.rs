@@ -87,7 +87,7 @@ fn unknown_model_type_lists_supported_ones() {
     assert!(
         msg.contains("\"llama\"")
             && msg.contains("config.json")
-            && msg.contains("bert, roberta, xlm-roberta, distilbert, electra, gpt2"),
+            && msg.contains("bert, roberta, xlm-roberta, distilbert, electra, albert, gpt2"),
         "{msg}"
     );
 }

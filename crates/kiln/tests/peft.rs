@@ -498,11 +498,29 @@ fn training_mode_gradients_match_finite_differences() {
 /// PEFT's merged logits (checked by the script).
 #[test]
 fn kiln_trained_adapters_give_the_logits_peft_computed() {
-    let all = json(&fixture("kiln-lora-expected.json"));
-    for key in ["bert_cls", "gpt2_cls"] {
+    // BERT and GPT-2 (make_peft_fixtures.py), and the variants
+    // (make_kiln_variant_lora_fixtures.py): RoBERTa's and ELECTRA's classifier.dense and
+    // DistilBERT's pre_classifier train and save with the head, ALBERT's one LoRA per shared
+    // module serves every layer.
+    for (file, key) in [
+        ("kiln-lora-expected.json", "bert_cls"),
+        ("kiln-lora-expected.json", "gpt2_cls"),
+        ("kiln-lora-variants-expected.json", "roberta_cls"),
+        ("kiln-lora-variants-expected.json", "distilbert_cls"),
+        ("kiln-lora-variants-expected.json", "electra_cls"),
+        ("kiln-lora-variants-expected.json", "albert_cls"),
+    ] {
+        let all = json(&fixture(file));
         let e = &all[key];
         let mut p = checkpoint::load(&fixture(e["base"].as_str().unwrap())).unwrap();
         load_adapter(&mut p, &fixture(e["adapter"].as_str().unwrap()), "default").unwrap();
+        if let Some(n) = e["trainable_parameters"].as_u64() {
+            let (trainable, _) = peft::parameter_counts(&mut p);
+            assert_eq!(
+                trainable as u64, n,
+                "{key}: trainable parameters (PEFT's count)"
+            );
+        }
         let b = batch_of(&e["examples"]);
         let got = kiln::infer::classify::sequence_logits(&p, &b).unwrap();
         let want: Vec<f32> = e["examples"]

@@ -494,3 +494,205 @@ fn kiln_electra_outputs_load_in_transformers() {
         }
     }
 }
+
+/// ALBERT (fixtures from `make_albert_fixtures.py`: tables 20 wide, hidden 36, every layer
+/// running one shared block, and a model of 2 groups of 2 inner blocks): SentencePiece-style
+/// token ids, hidden states and every head against transformers; saved names; training
+/// gradients, where the shared block's sum over its three layers.
+#[test]
+fn albert_matches_transformers() {
+    let exp = json(&fixture("albert-expected.json"));
+    for (dir, m) in models(&exp) {
+        let p = checkpoint::load(&fixture(&dir)).unwrap();
+        assert_eq!(p.config().arch, Arch::Albert, "{dir}");
+        let head = m["head"].as_str().unwrap();
+        // AlbertForPreTraining's sentence-order head is not Kiln's: listed as unused.
+        assert!(
+            p.unused_tensors
+                .iter()
+                .all(|n| n.starts_with("sop_classifier.")),
+            "{dir}: {:?}",
+            p.unused_tensors
+        );
+        let cfg = p.config();
+        let (layers, inner) = (
+            m["config"]["num_hidden_layers"].as_u64().unwrap() as usize,
+            m["config"]["inner_group_num"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(cfg.num_layers, layers * inner, "{dir}: layers run");
+        assert_eq!(
+            p.model.blocks.len(),
+            m["config"]["num_hidden_groups"].as_u64().unwrap() as usize * inner,
+            "{dir}: blocks stored"
+        );
+        assert!(p.model.embeddings.project.is_some(), "{dir}");
+        let tok = p.tokenizer().unwrap();
+        let mut worst = 0.0f32;
+        for e in m["examples"].as_array().unwrap() {
+            let text = e["text"].as_str().unwrap();
+            let (want_ids, types) = (ids(&e["input_ids"]), ids(&e["token_type_ids"]));
+            let enc = tok.encode(text, e["text_b"].as_str()).unwrap();
+            assert_eq!(enc.ids, want_ids, "{dir}: token ids of {text:?}");
+            assert_eq!(enc.type_ids, types, "{dir}: segments of {text:?}");
+            let (hidden, logits) = outputs_typed(&p, &want_ids, Some(&types), head);
+            let d = max_diff(&hidden, &floats(&e["last_hidden_state"]));
+            assert!(
+                d < PARITY_ATOL,
+                "{dir}: hidden states of {text:?} differ by {d}"
+            );
+            if head != "none" {
+                let w = want_logits(e);
+                let dl = max_diff(&logits, &w);
+                assert!(
+                    logits.len() == w.len() && dl < PARITY_ATOL,
+                    "{dir}: {head} outputs of {text:?} differ by {dl}"
+                );
+                worst = worst.max(dl);
+            }
+            if let (Some(pooled), Some(pooler)) = (e.get("pooler_output"), &p.pooler) {
+                let cls = &hidden[..cfg.hidden_size];
+                let ours = pooler.forward(cls, 1).unwrap();
+                let dp = max_diff(&ours, &floats(pooled));
+                assert!(dp < PARITY_ATOL, "{dir}: pooler output differs by {dp}");
+            }
+            worst = worst.max(d);
+        }
+        eprintln!("{dir}: max difference {worst:e}");
+        // Saved: the tensors transformers wrote (the shared block once).
+        let out = scratch(&dir);
+        checkpoint::save(&p, &out, SaveDtype::F32).unwrap();
+        let (hf, ours) = (
+            WeightStore::open_dir(&fixture(&dir)).unwrap(),
+            WeightStore::open_dir(&out).unwrap(),
+        );
+        let mut hf_names: Vec<String> = hf
+            .names()
+            .into_iter()
+            .filter(|n| !n.starts_with("sop_classifier."))
+            .collect();
+        let mut our_names = ours.names();
+        hf_names.sort();
+        our_names.sort();
+        assert_eq!(our_names, hf_names, "{dir}: tensor names");
+        for n in &our_names {
+            assert_eq!(
+                ours.get(n).unwrap().data(),
+                hf.get(n).unwrap().data(),
+                "{dir}: {n} changed in the round trip"
+            );
+        }
+        let saved = json(&out.join("config.json"));
+        for k in [
+            "num_hidden_layers",
+            "num_hidden_groups",
+            "inner_group_num",
+            "embedding_size",
+        ] {
+            assert_eq!(saved[k], m["config"][k], "{dir}: {k}");
+        }
+        std::fs::remove_dir_all(out).unwrap();
+    }
+    let dir = fixture("albert-train-parity");
+    let p = checkpoint::load(&fixture("tiny-albert-cls")).unwrap();
+    let f = json(&dir.join("albert_cls.json"));
+    let mut g = zeros_like(&p);
+    let labels = floats(&f["labels"]);
+    let loss = sequence_loss(&p, &packed_typed(&typed(&f)), &labels, &mut g, 1.0, None).unwrap();
+    let ours = checkpoint::named_tensors(&g).unwrap();
+    assert_loss_and_named_grads(
+        "albert_cls",
+        loss,
+        f["loss"].as_f64().unwrap() as f32,
+        &ours,
+        &dir.join("albert_cls_grads.safetensors"),
+    );
+    let p = checkpoint::load(&fixture("tiny-albert-mlm")).unwrap();
+    let f = json(&dir.join("albert_mlm.json"));
+    let (positions, targets) = mlm_targets(&f);
+    let mut g = zeros_like(&p);
+    let loss = mlm_loss(
+        &p,
+        &packed_typed(&typed(&f)),
+        &positions,
+        &targets,
+        &mut g,
+        1.0,
+        None,
+    )
+    .unwrap();
+    let ours = checkpoint::named_tensors(&g).unwrap();
+    assert_loss_and_named_grads(
+        "albert_mlm",
+        loss,
+        f["loss"].as_f64().unwrap() as f32,
+        &ours,
+        &dir.join("albert_mlm_grads.safetensors"),
+    );
+}
+
+/// sentence-transformers directories of each variant (the model with `modules.json`, mean
+/// pooling and `Normalize`, as sentence-transformers saves them): `embed` gives the normalized
+/// mean of transformers' last hidden states.
+#[test]
+fn sentence_transformers_directories_of_the_variants_embed() {
+    for (file, dir) in [
+        ("variants-expected.json", "tiny-roberta"),
+        ("variants-expected.json", "tiny-distilbert"),
+        ("electra-expected.json", "tiny-electra-same"),
+        ("albert-expected.json", "tiny-albert-groups"),
+    ] {
+        let exp = json(&fixture(file));
+        let m = &exp[dir];
+        let out = scratch(&format!("st-{dir}"));
+        std::fs::create_dir_all(out.join("1_Pooling")).unwrap();
+        std::fs::create_dir_all(out.join("2_Normalize")).unwrap();
+        for f in std::fs::read_dir(fixture(dir)).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), out.join(f.file_name())).unwrap();
+        }
+        let modules = serde_json::json!([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        ]);
+        std::fs::write(out.join("modules.json"), modules.to_string()).unwrap();
+        let h = m["hidden"].as_u64().unwrap();
+        let pooling = serde_json::json!({"word_embedding_dimension": h,
+            "pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true,
+            "pooling_mode_max_tokens": false, "pooling_mode_mean_sqrt_len_tokens": false});
+        std::fs::write(out.join("1_Pooling/config.json"), pooling.to_string()).unwrap();
+        std::fs::write(
+            out.join("sentence_bert_config.json"),
+            r#"{"max_seq_length": 32, "do_lower_case": false}"#,
+        )
+        .unwrap();
+        let p = checkpoint::load(&out).unwrap();
+        assert!(p.sentence.is_some(), "{dir}: read as sentence-transformers");
+        let opts = kiln::infer::embed::EmbedOptions::defaults_for(&p);
+        assert!(opts.normalize && opts.max_length == 32, "{dir}: {opts:?}");
+        let e = kiln::infer::embed::Embedder::new(&p, opts).unwrap();
+        let mut compared = 0;
+        for ex in m["examples"].as_array().unwrap() {
+            if ex.get("text_b").is_some_and(|t| !t.is_null()) {
+                continue;
+            }
+            let text = ex["text"].as_str().unwrap();
+            let got = e.embed(&[text]).unwrap().remove(0);
+            let hidden = floats(&ex["last_hidden_state"]);
+            let h = h as usize;
+            let n = hidden.len() / h;
+            let mut want: Vec<f32> = (0..h)
+                .map(|j| (0..n).map(|i| hidden[i * h + j]).sum::<f32>() / n as f32)
+                .collect();
+            kiln::infer::embed::l2_normalize(&mut want);
+            let d = max_diff(&got, &want);
+            assert!(
+                d < PARITY_ATOL,
+                "{dir}: embedding of {text:?} differs by {d}"
+            );
+            compared += 1;
+        }
+        assert!(compared > 0, "{dir}: no single-text example");
+        std::fs::remove_dir_all(out).unwrap();
+    }
+}

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 /// small L4/H512, medium L8/H512, base L12/H768, with heads = H/64 and FFN = 4H.
 #[derive(clap::Args)]
 pub struct Args {
-    /// bert, roberta, distilbert or electra (masked-LM encoders) or gpt2 (causal-LM decoder).
-    #[arg(long, value_parser = ["bert", "roberta", "distilbert", "electra", "gpt2"])]
+    /// bert, roberta, distilbert, electra or albert (masked-LM encoders) or gpt2 (causal-LM
+    /// decoder).
+    #[arg(long, value_parser = ["bert", "roberta", "distilbert", "electra", "albert", "gpt2"])]
     arch: String,
     /// tiny, mini, small, medium or base.
     #[arg(long, default_value = "mini", value_parser = ["tiny", "mini", "small", "medium", "base"])]
@@ -31,8 +32,9 @@ pub struct Args {
     /// Override the number of learned positions (default 512).
     #[arg(long)]
     max_positions: Option<usize>,
-    /// ELECTRA: width of the embedding tables, projected up to the hidden width (default: the
-    /// hidden width, no projection).
+    /// ELECTRA and ALBERT: width of the embedding tables, projected up to the hidden width
+    /// (default: ELECTRA the hidden width, no projection; ALBERT 128 or the hidden width if
+    /// smaller).
     #[arg(long)]
     embedding_size: Option<usize>,
     /// Tokenizer directory (e.g. from `kiln tokenizer train`); sets the vocabulary size.

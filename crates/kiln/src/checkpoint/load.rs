@@ -380,13 +380,13 @@ fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer
             None => None,
         },
         project: match n.embeddings_project {
-            Some(m) if e != h => Some(r.linear(m, true, h, e)?),
+            Some(m) if e != h || n.always_project => Some(r.linear(m, true, h, e)?),
             _ => None,
         },
     };
-    let mut blocks = Vec::with_capacity(cfg.num_layers);
-    for l in 0..cfg.num_layers {
-        let p = format!("{}{l}.", n.layer);
+    let mut blocks = Vec::with_capacity(cfg.num_blocks());
+    for l in 0..cfg.num_blocks() {
+        let p = n.block(l, cfg);
         // A pruned block is narrower: its own heads and feed-forward width.
         let (w, i) = (cfg.attention_width_at(l), cfg.intermediate_at(l));
         let qkv = match n.qkv {

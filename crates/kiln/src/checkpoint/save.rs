@@ -175,7 +175,7 @@ fn base_tensors(m: &Transformer, prefix: &str, out: &mut Tensors) -> Result<()> 
         out.linear(&format!("{prefix}{name}"), pj, false)?;
     }
     for (l, b) in m.blocks.iter().enumerate() {
-        let p = format!("{prefix}{}{l}.", n.layer);
+        let p = format!("{prefix}{}", n.block(l, &m.config));
         let w = b.attention_width();
         match n.qkv {
             QkvNames::Separate(parts) => {

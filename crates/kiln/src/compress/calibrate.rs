@@ -43,8 +43,10 @@ pub fn layer_inputs(
         let (_, acts) =
             crate::train::backprop::forward(&p.model, &batch, p.model.default_mask(), None)?;
         let take = (max_rows - rows).min(batch.tokens());
-        for (l, layer) in out.iter_mut().enumerate() {
+        // A block shared by several layers (ALBERT) sees the inputs of each.
+        for l in 0..acts.layers() {
             let inputs = acts.linear_inputs(l, p.config().activation);
+            let layer = &mut out[p.config().block_of(l)];
             for (dst, src) in layer.iter_mut().zip(inputs) {
                 let width = src.len() / batch.tokens();
                 dst.extend_from_slice(&src[..take * width]);

@@ -74,6 +74,12 @@ fn check(p: &Pretrained) -> Result<()> {
                 .into(),
         ));
     }
+    if p.config().shares_layers() {
+        return Err(Error::Input(format!(
+            "this {} model's layers share their weights: a head or neuron removed from the shared block would leave every layer; structured pruning needs a model with a block per layer",
+            p.config().arch.model_type()
+        )));
+    }
     Ok(())
 }
 

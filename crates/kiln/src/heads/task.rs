@@ -153,7 +153,8 @@ impl Labels {
 /// Dropout before a head's output layer, as transformers sets it: BERT, RoBERTa and ELECTRA heads use
 /// `classifier_dropout`, else the hidden dropout; GPT-2's token classifier
 /// `classifier_dropout`, else 0.1 (never `resid_pdrop`); GPT-2's sequence `score` none;
-/// DistilBERT `seq_classif_dropout`, `dropout` and `qa_dropout`.
+/// DistilBERT `seq_classif_dropout`, `dropout` and `qa_dropout`; ALBERT
+/// `classifier_dropout_prob` (none before `qa_outputs`).
 pub fn head_dropout(config: &crate::model::ModelConfig, kind: HeadKind) -> f32 {
     let explicit = config.raw["classifier_dropout"].as_f64();
     let key = |k: &str, default: f64| config.raw[k].as_f64().unwrap_or(default);
@@ -164,6 +165,8 @@ pub fn head_dropout(config: &crate::model::ModelConfig, kind: HeadKind) -> f32 {
         (Arch::Bert | Arch::Roberta | Arch::Electra, _) => {
             explicit.unwrap_or(config.hidden_dropout)
         }
+        (Arch::Albert, HeadKind::Span) => 0.0,
+        (Arch::Albert, _) => key("classifier_dropout_prob", 0.1),
         (Arch::DistilBert, HeadKind::Sequence) => key("seq_classif_dropout", 0.2),
         (Arch::DistilBert, HeadKind::Token) => config.hidden_dropout,
         (Arch::DistilBert, HeadKind::Span) => key("qa_dropout", 0.1),

@@ -72,6 +72,9 @@ pub struct ModelConfig {
     /// Rows of the position table before position 0 (RoBERTa: `pad_token_id + 1`, which
     /// transformers' position ids skip); `max_positions` counts the rows after them.
     pub position_offset: usize,
+    /// The stored block each of the `num_layers` layers runs, when layers share weights
+    /// (ALBERT: every layer runs one block); empty: layer `l` runs block `l`.
+    pub layer_blocks: Vec<usize>,
     /// The original config.json, written back on save so no field is lost.
     pub raw: serde_json::Value,
 }
@@ -99,6 +102,24 @@ impl ModelConfig {
             return vec![0; types.len()].into();
         }
         types.into()
+    }
+
+    /// The stored block layer `l` runs.
+    pub fn block_of(&self, l: usize) -> usize {
+        self.layer_blocks.get(l).copied().unwrap_or(l)
+    }
+
+    /// Blocks stored (fewer than `num_layers` when layers share them).
+    pub fn num_blocks(&self) -> usize {
+        match self.layer_blocks.iter().max() {
+            Some(&m) => m + 1,
+            None => self.num_layers,
+        }
+    }
+
+    /// Whether several layers run the same block (ALBERT).
+    pub fn shares_layers(&self) -> bool {
+        self.num_blocks() != self.num_layers
     }
 
     /// Width of one attention head.
@@ -147,11 +168,20 @@ impl ModelConfig {
     /// so absurd sizes are counted rather than overflowed.
     pub fn parameter_count(&self) -> u128 {
         let h = self.hidden_size as u128;
+        let e = self.embedding_size as u128;
+        let project = if self.embedding_size != self.hidden_size || self.arch.names().always_project
+        {
+            e * h + h
+        } else {
+            0
+        };
         let embeddings = (self.vocab_size + self.position_rows() + self.type_vocab_size) as u128
-            * h
-            + if self.embedding_norm { 2 * h } else { 0 };
-        // q, k, v (w wide) and output projections, both FFN linears, two norms, with biases.
-        let blocks: u128 = (0..self.num_layers)
+            * e
+            + if self.embedding_norm { 2 * e } else { 0 }
+            + project;
+        // q, k, v (w wide) and output projections, both FFN linears, two norms, with biases;
+        // a block shared by several layers counts once.
+        let blocks: u128 = (0..self.num_blocks())
             .map(|l| {
                 let (w, i) = (
                     self.attention_width_at(l) as u128,

@@ -93,9 +93,9 @@ pub fn new_config(
     let inter = shape.intermediate.unwrap_or(4 * hidden);
     let max_pos = shape.max_positions.unwrap_or(512);
     let vocab = tokenizer.vocab_size();
-    if shape.embedding_size.is_some() && arch != Arch::Electra {
+    if shape.embedding_size.is_some() && !matches!(arch, Arch::Electra | Arch::Albert) {
         return Err(Error::Input(format!(
-            "--embedding-size: {} embeddings are as wide as its hidden states; only electra factorizes them",
+            "--embedding-size: {} embeddings are as wide as its hidden states; only electra and albert factorize them",
             arch.model_type()
         )));
     }
@@ -133,6 +133,19 @@ pub fn new_config(
             "intermediate_size": inter, "max_position_embeddings": max_pos,
             "pad_token_id": tokenizer.pad_id().unwrap_or(0),
         }),
+        Arch::Albert => {
+            let id = |t: &str, d: u32| tokenizer.token_to_id(t).unwrap_or(d);
+            serde_json::json!({
+                "model_type": "albert", "vocab_size": vocab, "hidden_size": hidden,
+                "embedding_size": shape.embedding_size.unwrap_or(hidden.min(128)),
+                "num_hidden_layers": layers, "num_hidden_groups": 1, "inner_group_num": 1,
+                "num_attention_heads": heads, "intermediate_size": inter,
+                "max_position_embeddings": max_pos, "hidden_act": "gelu_new",
+                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                "classifier_dropout_prob": 0.1, "pad_token_id": tokenizer.pad_id().unwrap_or(0),
+                "bos_token_id": id("[CLS]", 2), "eos_token_id": id("[SEP]", 3),
+            })
+        }
         Arch::DistilBert => serde_json::json!({
             "model_type": "distilbert", "vocab_size": vocab, "dim": hidden, "n_layers": layers,
             "n_heads": heads, "hidden_dim": inter, "max_position_embeddings": max_pos,
@@ -211,7 +224,7 @@ pub fn random_model(
         position: r.normal(&[cfg.position_rows(), e], std),
         token_type: (cfg.type_vocab_size > 0).then(|| r.normal(&[cfg.type_vocab_size, e], std)),
         norm: cfg.embedding_norm.then(|| Init::norm(e, eps)),
-        project: (e != h).then(|| r.linear(h, e, std)),
+        project: (e != h || cfg.arch.names().always_project).then(|| r.linear(h, e, std)),
     };
     // GPT-2 scales the projections that write into the residual stream.
     let resid_std = if cfg.arch == Arch::Gpt2 {
@@ -219,7 +232,7 @@ pub fn random_model(
     } else {
         std
     };
-    let blocks = (0..cfg.num_layers)
+    let blocks = (0..cfg.num_blocks())
         .map(|_| Block {
             qkv: r.linear(3 * h, h, r.std),
             attn_out: r.linear(h, h, resid_std),
@@ -233,7 +246,7 @@ pub fn random_model(
         .collect();
     let final_norm = cfg.final_norm.then(|| Init::norm(h, eps));
     let (mlm_head, lm_head) = match cfg.arch {
-        Arch::Bert | Arch::Roberta | Arch::DistilBert | Arch::Electra => (
+        Arch::Bert | Arch::Roberta | Arch::DistilBert | Arch::Electra | Arch::Albert => (
             Some(MlmHead {
                 transform: r.linear(e, h, std),
                 // RoBERTa's and ELECTRA's heads use exact GELU whatever `hidden_act` says.

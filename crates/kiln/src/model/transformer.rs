@@ -65,7 +65,7 @@ impl Transformer {
                 !c.widths()
                     .iter()
                     .copied()
-                    .eq(self.blocks.iter().map(Block::attention_width))
+                    .eq(self.layers().map(Block::attention_width))
             }) {
                 return Err(Error::shape(
                     "Transformer::forward",
@@ -84,7 +84,7 @@ impl Transformer {
         self.embeddings
             .forward(&batch.ids, &positions, types, &mut x)?;
         let mut ws = Workspace::default();
-        for (l, block) in self.blocks.iter().enumerate() {
+        for (l, block) in self.layers().enumerate() {
             let c = caches.as_deref_mut().map(|c| (c, l));
             block.forward(cfg, &mut x, batch, mask, c, &mut ws)?;
         }
@@ -101,7 +101,17 @@ impl Transformer {
 
     /// A fresh KV cache for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.blocks.iter().map(Block::attention_width).collect())
+        KvCache::new(self.layers().map(Block::attention_width).collect())
+    }
+
+    /// The block layer `l` runs (its own, or the one it shares: ALBERT).
+    pub fn layer(&self, l: usize) -> &Block {
+        &self.blocks[self.config.block_of(l)]
+    }
+
+    /// The blocks in the order the layers run them (a shared block once per layer using it).
+    pub fn layers(&self) -> impl Iterator<Item = &Block> + '_ {
+        (0..self.config.num_layers).map(|l| self.layer(l))
     }
 
     /// Number of parameters (tied matrices counted once).

@@ -43,14 +43,25 @@ fn task_type(p: &Pretrained) -> &'static str {
     }
 }
 
-/// What kind of base tensor a `train_extra` word selects, by Hugging Face name.
-fn extra_selects(word: &str, name: &str) -> bool {
+/// What kind of base tensor a `train_extra` word selects, by Hugging Face name (`pooler`: the
+/// pooler module of the architecture, e.g. `bert.pooler.dense`, RoBERTa's `classifier.dense`,
+/// DistilBERT's `pre_classifier`).
+fn extra_selects(word: &str, name: &str, arch: Arch, prefix: &str) -> bool {
     match word {
         "bias" => name.ends_with(".bias"),
         "layernorm" => crate::train::optim::is_norm(name),
-        "pooler" => name.contains("pooler."),
+        "pooler" => arch
+            .names()
+            .pooler
+            .is_some_and(|pn| name.starts_with(&format!("{}.", pn.path(prefix)))),
         _ => false,
     }
+}
+
+/// The name PEFT's `modules_to_save` gives a head module: its top module (RoBERTa's and
+/// ELECTRA's `classifier`, which holds `dense` and `out_proj`; PEFT saves it whole).
+fn top_module(module: &str) -> String {
+    module.split('.').next().unwrap_or(module).to_string()
 }
 
 /// The module names PEFT's `modules_to_save` needs for the extras (besides the task head).
@@ -58,14 +69,19 @@ fn extra_modules(arch: Arch, extras: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for e in extras {
         match (e.as_str(), arch) {
-            ("layernorm", Arch::Bert | Arch::Roberta) => out.push("LayerNorm".to_string()),
+            ("layernorm", Arch::Bert | Arch::Roberta | Arch::Electra | Arch::Albert) => {
+                out.push("LayerNorm".to_string())
+            }
             ("layernorm", Arch::DistilBert) => {
                 out.extend(["sa_layer_norm", "output_layer_norm", "LayerNorm"].map(String::from));
             }
             ("layernorm", Arch::Gpt2) => {
                 out.extend(["ln_1", "ln_2", "ln_f"].map(String::from));
             }
-            ("pooler", _) => out.push("pooler".to_string()),
+            ("pooler", _) => match arch.names().pooler {
+                Some(pn) if !pn.in_base => out.push(top_module(pn.module)),
+                _ => out.push("pooler".to_string()),
+            },
             _ => {}
         }
     }
@@ -107,9 +123,10 @@ pub fn adapter_tensors(p: &Pretrained, extras: &[String]) -> Result<BTreeMap<Str
     }
     if !extras.is_empty() {
         let head = p.task.as_ref().map(|t| t.kind.module(arch));
+        let prefix = crate::peft::targets::module_prefix(p);
         for (name, t) in crate::checkpoint::named_tensors(p)? {
             let is_head = head.is_some_and(|h| name.starts_with(&format!("{h}.")));
-            if !is_head && extras.iter().any(|e| extra_selects(e, &name)) {
+            if !is_head && extras.iter().any(|e| extra_selects(e, &name, arch, prefix)) {
                 tensors.insert(format!("{PREFIX}{name}"), t);
             }
         }
@@ -128,11 +145,15 @@ pub fn save_adapter(p: &Pretrained, dir: &Path) -> Result<()> {
     let extras = &st.config.train_extra;
     let tensors = adapter_tensors(p, extras)?;
     write_safetensors(&dir.join(WEIGHTS), &tensors, SaveDtype::F32)?;
-    let mut modules_to_save = Vec::new();
+    let mut modules_to_save: Vec<String> = Vec::new();
     if let Some(t) = &p.task {
-        modules_to_save.push(t.kind.module(arch).to_string());
+        modules_to_save.push(top_module(t.kind.module(arch)));
     }
-    modules_to_save.extend(extra_modules(arch, extras));
+    for m in extra_modules(arch, extras) {
+        if !modules_to_save.contains(&m) {
+            modules_to_save.push(m);
+        }
+    }
 
     let base = st.base.display().to_string();
     let c = &st.config;
@@ -389,7 +410,15 @@ fn install(
     {
         train_extra.push("layernorm".to_string());
     }
-    if modules_to_save.iter().any(|m| m == "pooler") {
+    // The pooler: BERT's and ALBERT's `pooler`, or the head module that holds it (RoBERTa's
+    // and ELECTRA's `classifier`, DistilBERT's `pre_classifier`: PEFT saves them whole).
+    let pooler_module = arch.names().pooler.map(|pn| match pn.in_base {
+        true => "pooler".to_string(),
+        false => top_module(pn.module),
+    });
+    // PEFT matches `modules_to_save` by suffix: its default `classifier` also takes
+    // DistilBERT's `pre_classifier`.
+    if pooler_module.is_some_and(|pm| modules_to_save.iter().any(|m| pm.ends_with(m.as_str()))) {
         train_extra.push("pooler".to_string());
     }
     let mut config = PeftConfig {
@@ -461,18 +490,22 @@ fn install(
             p.mlm_head = None;
             p.lm_head = None;
             p.rtd_head = None;
-            if kind == HeadKind::Sequence && arch == Arch::Bert && p.pooler.is_none() {
-                // A pooler trained with the adapter (modules_to_save) fills this in below.
+            // The base model's own pooler (BERT's `pooler.dense`, ALBERT's `pooler`), absent
+            // from a masked-LM base: one trained with the adapter (modules_to_save) fills it in
+            // below.
+            let base_pooler = arch.names().pooler.filter(|n| n.in_base);
+            if let (HeadKind::Sequence, Some(pn), None) = (kind, base_pooler, &p.pooler) {
                 let h = p.config().hidden_size;
                 p.pooler = Some(Pooler {
                     dense: Linear::new(Tensor::zeros(&[h, h]), Some(Tensor::zeros(&[h]))),
-                    activation: crate::heads::pooler::PoolerActivation::Tanh,
+                    activation: pn.activation,
                 });
-                let key = find(store, base_prefix, "pooler.dense.weight");
+                let weight = format!("{}.weight", pn.module);
+                let key = find(store, base_prefix, &weight);
                 if key.is_none() {
                     return Err(Error::MissingTensor {
                         path: wpath,
-                        name: format!("{PREFIX}{base_prefix}pooler.dense.weight"),
+                        name: format!("{PREFIX}{base_prefix}{weight}"),
                         tried: "the base model has no pooler either".into(),
                         arch: arch.model_type().into(),
                     });
@@ -671,12 +704,14 @@ fn extra_slots(p: &mut Pretrained) -> Vec<(String, &mut [f32])> {
             out.push((format!("{m}.bias"), b.data_mut()));
         }
     }
+    let blocks: Vec<String> = (0..p.model.blocks.len())
+        .map(|l| format!("{prefix}{}", n.block(l, p.config())))
+        .collect();
     let m = &mut p.model;
     if let (Some(ln), Some(name)) = (&mut m.embeddings.norm, n.embeddings_norm) {
         norm(&mut out, format!("{prefix}{name}"), ln);
     }
-    for (l, b) in m.blocks.iter_mut().enumerate() {
-        let at = format!("{prefix}{}{l}.", n.layer);
+    for (b, at) in m.blocks.iter_mut().zip(&blocks) {
         match n.qkv {
             QkvNames::Separate(parts) => {
                 if let Some(qb) = &mut b.qkv.bias {

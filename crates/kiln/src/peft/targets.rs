@@ -58,7 +58,7 @@ pub fn lora_sites(p: &Pretrained) -> Vec<Site> {
         // A pruned block's query/key/value and feed-forward layers are narrower. (From the
         // config, not the weights: gradient buffers hold empty tensors for frozen weights.)
         let (w, inter) = (cfg.attention_width_at(l), cfg.intermediate_at(l));
-        let at = format!("{prefix}{}{l}.", n.layer);
+        let at = format!("{prefix}{}", n.block(l, cfg));
         let site = |name: &str, slot, offset, len| Site {
             module: format!("{at}{name}"),
             layer: l,
@@ -149,7 +149,11 @@ pub fn adapter_module(p: &Pretrained, layer: usize, after_ffn: bool) -> String {
     } else {
         format!("{parent}.")
     };
-    format!("{}{}{layer}.{parent}adapter", module_prefix(p), n.layer)
+    format!(
+        "{}{}{parent}adapter",
+        module_prefix(p),
+        n.block(layer, p.config())
+    )
 }
 
 #[cfg(test)]

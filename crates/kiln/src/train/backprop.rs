@@ -293,6 +293,8 @@ struct Drops {
     seed: u64,
     hidden: f32,
     attn: f32,
+    /// Dropout after the feed-forward output (not ALBERT's).
+    ffn: bool,
 }
 
 impl Drops {
@@ -303,6 +305,7 @@ impl Drops {
                 seed,
                 hidden: c.hidden_dropout as f32,
                 attn: c.attention_dropout as f32,
+                ffn: c.arch.ffn_output_dropout(),
             })
     }
     fn site(&self, p: f32, stream: u64) -> Option<Dropout> {
@@ -321,7 +324,8 @@ impl Drops {
         self.site(self.hidden, 2 + 3 * layer as u64)
     }
     fn ffn_out(&self, layer: usize) -> Option<Dropout> {
-        self.site(self.hidden, 3 + 3 * layer as u64)
+        let p = if self.ffn { self.hidden } else { 0.0 };
+        self.site(p, 3 + 3 * layer as u64)
     }
 }
 
@@ -374,8 +378,9 @@ pub fn forward(
         None => Vec::new(),
     };
     let pre = cfg.norm == NormPlacement::Pre;
-    let mut blocks = Vec::with_capacity(model.blocks.len());
-    for (l, b) in model.blocks.iter().enumerate() {
+    let mut blocks = Vec::with_capacity(cfg.num_layers);
+    // Layers sharing a block (ALBERT) each run it, with their own dropout and saved inputs.
+    for (l, b) in model.layers().enumerate() {
         let site = 4 * l as u64;
         let a_in = if pre {
             ln_fwd(&b.ln_attn, &x)
@@ -680,12 +685,14 @@ pub fn backward_with(
     if let (Some(n), Some(gn)) = (&model.final_norm, &mut grads.final_norm) {
         dx = ln_back(n, gn, &acts.pre_final, &dx);
     }
-    for (l, (b, a)) in model.blocks.iter().zip(&acts.blocks).enumerate().rev() {
+    for (l, a) in acts.blocks.iter().enumerate().rev() {
+        let b = model.layer(l);
         // dx is the gradient of block l's output here (the last block's: past the final norm).
         if let Some(Some(g)) = layer_grads.outputs.get(l) {
             add(&mut dx, g);
         }
-        let gb = &mut grads.blocks[l];
+        // A shared block's gradients sum over the layers that run it.
+        let gb = &mut grads.blocks[cfg.block_of(l)];
         let site = 4 * l as u64;
         // Feed-forward sublayer.
         let dr2 = if pre {

@@ -52,6 +52,11 @@ type TaughtLoss<T> = Box<
 /// Cuts `p` to the blocks `layers` (0-based, increasing), keeping its embeddings and heads: the
 /// student DistilBERT was initialised as.
 pub fn cut_layers(p: &mut Pretrained, layers: &[usize]) -> Result<()> {
+    if p.config().shares_layers() {
+        return Err(Error::Input(
+            "--student-layers: the model's layers share one set of weights (ALBERT); there is no layer to cut — give a student with its own blocks".into(),
+        ));
+    }
     let n = p.model.blocks.len();
     if layers.is_empty() {
         return Err(Error::Input("--student-layers: no layer given".into()));
@@ -277,14 +282,14 @@ impl Hidden {
         });
         let map = layer_map(
             &d.student_layers,
-            student.model.blocks.len(),
-            teacher.model.blocks.len(),
+            student.config().num_layers,
+            teacher.config().num_layers,
         );
         let (sc, tc) = (student.config(), teacher.config());
-        let heads: Vec<usize> = student.model.blocks.iter().map(|b| b.heads(sc)).collect();
+        let heads: Vec<usize> = student.model.layers().map(|b| b.heads(sc)).collect();
         if d.alpha_attn > 0.0 {
             for (i, &tl) in map.iter().enumerate() {
-                let th = teacher.model.blocks[tl].heads(tc);
+                let th = teacher.model.layer(tl).heads(tc);
                 if heads[i] != th {
                     return Err(Error::Input(format!(
                         "--alpha-attn: student block {i} has {} attention heads, the teacher block {tl} it learns from has {th}; attention maps are compared head by head",

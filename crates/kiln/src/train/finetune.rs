@@ -218,7 +218,14 @@ fn set_up(
 ) -> Result<Started> {
     let mut pc = cfg.peft.clone();
     if !resume && pc.method != Method::Full {
-        if !had_pooler && p.pooler.is_some() && !pc.train_extra.iter().any(|e| e == "pooler") {
+        // A pooler the base model lacked is new and must be trained; one that belongs to the
+        // classification head (RoBERTa's and ELECTRA's `classifier.dense`, DistilBERT's
+        // `pre_classifier`) trains with it, as PEFT's `modules_to_save` trains the head whole.
+        let head_owned = p.config().arch.names().pooler.is_some_and(|n| !n.in_base);
+        if p.pooler.is_some()
+            && (!had_pooler || head_owned)
+            && !pc.train_extra.iter().any(|e| e == "pooler")
+        {
             pc.train_extra.push("pooler".into());
         }
         crate::peft::apply(p, &pc, cfg.train.seed)?;

@@ -159,6 +159,7 @@ pub fn fresh_tiny_model(arch: kiln::model::Arch, dir: &std::path::Path) -> PathB
         kiln::model::Arch::Bert | kiln::model::Arch::DistilBert | kiln::model::Arch::Electra => {
             "tiny-bert"
         }
+        kiln::model::Arch::Albert => "tiny-albert-mlm",
         kiln::model::Arch::Roberta => "tiny-roberta",
     });
     let tok = kiln::tokenize::Tokenizer::from_dir(&tok_dir)

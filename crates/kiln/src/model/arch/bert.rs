@@ -60,7 +60,9 @@ pub const NAMES: NameTable = NameTable {
     token_type_embeddings: Some("embeddings.token_type_embeddings.weight"),
     embeddings_norm: Some("embeddings.LayerNorm"),
     embeddings_project: None,
+    always_project: false,
     layer: "encoder.layer.",
+    inner_layer: None,
     qkv: QkvNames::Separate([
         "attention.self.query",
         "attention.self.key",
@@ -157,6 +159,7 @@ pub(crate) fn parse_as(
         pruned_heads: Default::default(),
         intermediate_sizes: Vec::new(),
         position_offset: 0,
+        layer_blocks: Vec::new(),
         raw,
     })
 }

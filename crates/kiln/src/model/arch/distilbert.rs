@@ -62,7 +62,9 @@ pub const NAMES: NameTable = NameTable {
     token_type_embeddings: None,
     embeddings_norm: Some("embeddings.LayerNorm"),
     embeddings_project: None,
+    always_project: false,
     layer: "transformer.layer.",
+    inner_layer: None,
     qkv: QkvNames::Separate(["attention.q_lin", "attention.k_lin", "attention.v_lin"]),
     attn_out: "attention.out_lin",
     ln_attn: "sa_layer_norm",
@@ -131,6 +133,7 @@ pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelC
         pruned_heads: Default::default(),
         intermediate_sizes: Vec::new(),
         position_offset: 0,
+        layer_blocks: Vec::new(),
         raw,
     })
 }

@@ -66,7 +66,9 @@ pub const NAMES: NameTable = NameTable {
     token_type_embeddings: None,
     embeddings_norm: None,
     embeddings_project: None,
+    always_project: false,
     layer: "h.",
+    inner_layer: None,
     qkv: QkvNames::Fused("attn.c_attn"),
     attn_out: "attn.c_proj",
     ln_attn: "ln_1",
@@ -137,6 +139,7 @@ pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelC
         pruned_heads: Default::default(),
         intermediate_sizes: Vec::new(),
         position_offset: 0,
+        layer_blocks: Vec::new(),
         raw,
     })
 }

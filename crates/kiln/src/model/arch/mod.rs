@@ -4,6 +4,7 @@
 //! Adding an architecture (albert, electra) means adding a file here with a serde config struct
 //! and a [`NameTable`]; nothing in the core is copied.
 
+pub mod albert;
 pub mod bert;
 pub mod distilbert;
 pub mod electra;
@@ -30,6 +31,9 @@ pub enum Arch {
     /// ELECTRA (`model_type: "electra"`): BERT's encoder under `electra.`, its embeddings
     /// `embedding_size` wide and projected to the hidden width.
     Electra,
+    /// ALBERT (`model_type: "albert"`): BERT's encoder with factorized embeddings and layers
+    /// that share their weights.
+    Albert,
 }
 
 /// The activation after the dense layer between the first token and a sequence classifier.
@@ -128,8 +132,15 @@ pub struct NameTable {
     /// Projection of the embeddings to the hidden width when `embedding_size` differs (module
     /// name, under the base prefix): ELECTRA's `embeddings_project`.
     pub embeddings_project: Option<&'static str>,
-    /// Prefix of block `i` is `format!("{layer}{i}.")`.
+    /// The projection exists even when the widths are equal (ALBERT's
+    /// `encoder.embedding_hidden_mapping_in`).
+    pub always_project: bool,
+    /// Prefix of block `i` is `format!("{layer}{i}.")`; with `inner_layer` (ALBERT's groups),
+    /// `format!("{layer}{group}.{inner_layer}{j}.")`.
     pub layer: &'static str,
+    /// ALBERT: the layers inside a group (`albert_layers.`), block `i` being layer
+    /// `i % inner_group_num` of group `i / inner_group_num`.
+    pub inner_layer: Option<&'static str>,
     /// Attention projections (module names, relative to the block).
     pub qkv: QkvNames,
     /// Attention output projection.
@@ -161,6 +172,20 @@ pub struct NameTable {
     pub ignored_suffixes: &'static [&'static str],
 }
 
+impl NameTable {
+    /// The module prefix of stored block `i` (relative to the base prefix):
+    /// `encoder.layer.3.`, or ALBERT's `encoder.albert_layer_groups.0.albert_layers.1.`.
+    pub fn block(&self, i: usize, cfg: &ModelConfig) -> String {
+        match self.inner_layer {
+            Some(inner) => {
+                let per = cfg.raw["inner_group_num"].as_u64().unwrap_or(1).max(1) as usize;
+                format!("{}{}.{inner}{}.", self.layer, i / per, i % per)
+            }
+            None => format!("{}{i}.", self.layer),
+        }
+    }
+}
+
 impl Arch {
     /// Maps a config.json `model_type`.
     pub fn from_model_type(t: &str) -> Option<Self> {
@@ -170,6 +195,7 @@ impl Arch {
             "roberta" | "xlm-roberta" => Some(Arch::Roberta),
             "distilbert" => Some(Arch::DistilBert),
             "electra" => Some(Arch::Electra),
+            "albert" => Some(Arch::Albert),
             _ => None,
         }
     }
@@ -177,6 +203,12 @@ impl Arch {
     /// Whether the architecture is a bidirectional encoder (BERT and its variants).
     pub fn is_encoder(self) -> bool {
         self != Arch::Gpt2
+    }
+
+    /// Whether hidden dropout follows each block's feed-forward output (not ALBERT's, whose
+    /// layer builds that dropout but never applies it).
+    pub fn ffn_output_dropout(self) -> bool {
+        self != Arch::Albert
     }
 
     /// The `model_type` strings Kiln accepts.
@@ -187,6 +219,7 @@ impl Arch {
             "xlm-roberta",
             "distilbert",
             "electra",
+            "albert",
             "gpt2",
         ]
     }
@@ -199,6 +232,7 @@ impl Arch {
             Arch::Roberta => "roberta",
             Arch::DistilBert => "distilbert",
             Arch::Electra => "electra",
+            Arch::Albert => "albert",
         }
     }
 
@@ -210,6 +244,7 @@ impl Arch {
             Arch::Roberta => &roberta::NAMES,
             Arch::DistilBert => &distilbert::NAMES,
             Arch::Electra => &electra::NAMES,
+            Arch::Albert => &albert::NAMES,
         }
     }
 
@@ -220,6 +255,7 @@ impl Arch {
             Arch::Roberta => roberta::parse_config(raw, path),
             Arch::DistilBert => distilbert::parse_config(raw, path),
             Arch::Electra => electra::parse_config(raw, path),
+            Arch::Albert => albert::parse_config(raw, path),
         }
     }
 
@@ -230,6 +266,7 @@ impl Arch {
             Arch::Roberta => roberta::write_config(cfg),
             Arch::DistilBert => distilbert::write_config(cfg),
             Arch::Electra => electra::write_config(cfg),
+            Arch::Albert => albert::write_config(cfg),
         }
     }
 }
