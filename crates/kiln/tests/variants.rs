@@ -696,3 +696,43 @@ fn sentence_transformers_directories_of_the_variants_embed() {
         std::fs::remove_dir_all(out).unwrap();
     }
 }
+
+/// A RoBERTa directory with only `vocab.json` + `merges.txt` (no `tokenizer.json`) tokenizes as
+/// transformers does: `<s> a </s></s> b </s>`, `<mask>` taking the space before it.
+#[test]
+fn roberta_vocab_and_merges_tokenize_as_transformers() {
+    let exp = expected();
+    let out = scratch("roberta-bpe");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in std::fs::read_dir(fixture("tiny-roberta")).unwrap() {
+        let f = f.unwrap();
+        if f.file_name() != "tokenizer.json" {
+            std::fs::copy(f.path(), out.join(f.file_name())).unwrap();
+        }
+    }
+    let classic = kiln::tokenize::Tokenizer::from_dir(&out).unwrap().unwrap();
+    let json_tok = kiln::tokenize::Tokenizer::from_dir(&fixture("tiny-roberta"))
+        .unwrap()
+        .unwrap();
+    let mut compared = 0;
+    for e in exp["tiny-roberta"]["examples"].as_array().unwrap() {
+        let (a, b) = (e["text"].as_str().unwrap(), e["text_b"].as_str());
+        let enc = classic.encode(a, b).unwrap();
+        assert_eq!(enc.ids, ids(&e["input_ids"]), "{a:?} / {b:?}");
+        compared += 1;
+    }
+    assert!(compared > 0);
+    for text in [
+        "the apple<mask> from the tree",
+        "a <mask> b",
+        "Hello, world!",
+    ] {
+        assert_eq!(
+            classic.encode(text, None).unwrap().ids,
+            json_tok.encode(text, None).unwrap().ids,
+            "{text:?}"
+        );
+    }
+    assert_eq!(classic.mask_id(), json_tok.mask_id());
+    std::fs::remove_dir_all(out).unwrap();
+}

@@ -22,7 +22,10 @@ pub(super) fn from_dir(dir: &Path) -> Result<Option<Tokenizer>> {
     } else if vocab_txt.is_file() {
         bert_wordpiece(dir, &vocab_txt).map(Some)
     } else if vocab_json.is_file() && merges.is_file() {
-        gpt2_bpe(&vocab_json, &merges).map(Some)
+        match roberta_settings(dir) {
+            Some(add_prefix_space) => roberta_bpe(&vocab_json, &merges, add_prefix_space).map(Some),
+            None => gpt2_bpe(&vocab_json, &merges).map(Some),
+        }
     } else {
         Ok(None)
     }
@@ -73,8 +76,73 @@ fn bert_wordpiece(dir: &Path, vocab: &Path) -> Result<Tokenizer> {
     Tokenizer::from_parts(inner, vocab.to_path_buf())
 }
 
+/// Whether `vocab.json` + `merges.txt` are RoBERTa's (`tokenizer_config.json` names a
+/// `RobertaTokenizer`, or `config.json` a `roberta` / `xlm-roberta` model), and if so its
+/// `add_prefix_space` (default false, as `RobertaTokenizer`'s).
+fn roberta_settings(dir: &Path) -> Option<bool> {
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    };
+    let tc = read("tokenizer_config.json");
+    let class = tc
+        .as_ref()
+        .and_then(|v| v["tokenizer_class"].as_str().map(str::to_string));
+    let model_type = read("config.json").and_then(|v| v["model_type"].as_str().map(str::to_string));
+    let roberta = class.is_some_and(|c| c.starts_with("Roberta"))
+        || model_type.is_some_and(|t| t == "roberta" || t == "xlm-roberta");
+    roberta.then(|| {
+        tc.and_then(|v| v["add_prefix_space"].as_bool())
+            .unwrap_or(false)
+    })
+}
+
+/// RoBERTa's `vocab.json` + `merges.txt`: GPT-2's byte-level BPE, framed `<s> a </s>` and
+/// `<s> a </s></s> b </s>` (`RobertaProcessing`), with its special tokens (`<mask>` taking the
+/// space before it, as `RobertaTokenizer` declares it).
+fn roberta_bpe(vocab: &Path, merges: &Path, add_prefix_space: bool) -> Result<Tokenizer> {
+    let mut inner = byte_level_bpe(vocab, merges)?;
+    let id = |inner: &tokenizers::Tokenizer, tok: &str| {
+        inner.token_to_id(tok).ok_or_else(|| Error::Tokenizer {
+            context: vocab.display().to_string(),
+            msg: format!("vocabulary has no {tok} token"),
+        })
+    };
+    let (cls, sep) = (id(&inner, "<s>")?, id(&inner, "</s>")?);
+    inner.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
+    inner.with_post_processor(Some(
+        tokenizers::processors::roberta::RobertaProcessing::new(
+            ("</s>".to_string(), sep),
+            ("<s>".to_string(), cls),
+        )
+        .trim_offsets(true)
+        .add_prefix_space(add_prefix_space),
+    ));
+    let mut special: Vec<tokenizers::AddedToken> = ["<s>", "</s>", "<pad>", "<unk>"]
+        .iter()
+        .filter(|t| inner.token_to_id(t).is_some())
+        .map(|t| tokenizers::AddedToken::from(*t, true))
+        .collect();
+    if inner.token_to_id("<mask>").is_some() {
+        special.push(tokenizers::AddedToken::from("<mask>", true).lstrip(true));
+    }
+    inner.add_special_tokens(&special);
+    Tokenizer::from_parts(inner, vocab.to_path_buf())
+}
+
 /// GPT-2's `vocab.json` + `merges.txt`: byte-level BPE without a prefix space.
 fn gpt2_bpe(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
+    let mut inner = byte_level_bpe(vocab, merges)?;
+    // The special token is in vocab.json; mark it special so decoding can skip it.
+    if inner.token_to_id("<|endoftext|>").is_some() {
+        inner.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
+    }
+    Tokenizer::from_parts(inner, vocab.to_path_buf())
+}
+
+/// A byte-level BPE (GPT-2's pre-tokenizer, post-processor and decoder, no prefix space).
+fn byte_level_bpe(vocab: &Path, merges: &Path) -> Result<tokenizers::Tokenizer> {
     let (v, m) = (
         vocab
             .to_str()
@@ -90,9 +158,5 @@ fn gpt2_bpe(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
     inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     inner.with_post_processor(Some(ByteLevel::new(false, true, true)));
     inner.with_decoder(Some(ByteLevelDecoder::default()));
-    // The special token is in vocab.json; mark it special so decoding can skip it.
-    if inner.token_to_id("<|endoftext|>").is_some() {
-        inner.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
-    }
-    Tokenizer::from_parts(inner, vocab.to_path_buf())
+    Ok(inner)
 }
