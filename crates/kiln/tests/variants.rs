@@ -736,3 +736,73 @@ fn roberta_vocab_and_merges_tokenize_as_transformers() {
     assert_eq!(classic.mask_id(), json_tok.mask_id());
     std::fs::remove_dir_all(out).unwrap();
 }
+
+/// RoBERTa's and ELECTRA's classification heads drop out the first token before their dense
+/// layer as well as after it: in training mode (every dropout on) the backward pass's gradients
+/// match central finite differences of the loss under the same masks.
+#[test]
+fn classification_heads_train_with_both_dropouts() {
+    let f = json(&fixture("variant-train-parity").join("roberta_cls.json"));
+    for dir in ["tiny-roberta-cls", "tiny-electra-cls"] {
+        let mut p = checkpoint::load(&fixture(dir)).unwrap();
+        assert!(p.task.as_ref().unwrap().dropout > 0.0, "{dir}");
+        let ids_only: Vec<(Vec<u32>, Vec<u32>)> = f["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let ids: Vec<u32> = ids(&e["input_ids"])
+                    .into_iter()
+                    .map(|i| i % p.config().vocab_size as u32)
+                    .collect();
+                let n = ids.len();
+                (ids, vec![0; n])
+            })
+            .collect();
+        let batch = packed_typed(&ids_only);
+        let labels = vec![2.0, 0.0, 1.0, 2.0];
+        let seed = Some(7u64);
+        let loss_of = |p: &Pretrained| -> f64 {
+            let mut g = zeros_like(p);
+            sequence_loss(p, &batch, &labels, &mut g, 1.0, seed).unwrap() as f64
+        };
+        let mut g = zeros_like(&p);
+        sequence_loss(&p, &batch, &labels, &mut g, 1.0, seed).unwrap();
+        let grads: std::collections::BTreeMap<String, Vec<f32>> =
+            kiln::train::backprop::parameters(&mut g)
+                .into_iter()
+                .map(|(n, t, _)| (n, t.data().to_vec()))
+                .collect();
+        for name in ["pooler.weight", "task.weight", "blocks.1.ffn_out.weight"] {
+            let gt = &grads[name];
+            let mut order: Vec<usize> = (0..gt.len()).collect();
+            order.sort_by(|&a, &b| gt[b].abs().total_cmp(&gt[a].abs()));
+            for &k in order.iter().take(3) {
+                let eps = 1e-3f32;
+                let mut at = |delta: f32| {
+                    let nudge = |p: &mut Pretrained, d: f32| {
+                        for (n, t, _) in kiln::train::backprop::parameters(p) {
+                            if n == name {
+                                t.data_mut()[k] += d;
+                            }
+                        }
+                    };
+                    nudge(&mut p, delta);
+                    let l = loss_of(&p);
+                    nudge(&mut p, -delta);
+                    l
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+                let an = gt[k] as f64;
+                assert!(
+                    (fd - an).abs() <= 0.03 * an.abs() + 2e-4,
+                    "{dir} {name}[{k}]: finite difference {fd} vs backward {an}"
+                );
+            }
+        }
+        // The masks before the dense layer are part of the loss: dropout on changes it.
+        let mut g = zeros_like(&p);
+        let eval = sequence_loss(&p, &batch, &labels, &mut g, 1.0, None).unwrap();
+        assert_ne!(eval as f64, loss_of(&p), "{dir}");
+    }
+}

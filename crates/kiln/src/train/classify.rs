@@ -348,6 +348,28 @@ pub(crate) fn sequence_loss_with(
         .flat_map(|&r| hidden[r * h..(r + 1) * h].to_vec())
         .collect();
     let pooler = p.pooler.as_ref().filter(|_| p.config().arch.is_encoder());
+    // RoBERTa's and ELECTRA's heads drop out the first token before their dense layer too.
+    let drop_in = dropout_seed
+        .filter(|_| head.dropout > 0.0 && pooler.is_some())
+        .filter(|_| {
+            p.config()
+                .arch
+                .names()
+                .pooler
+                .is_some_and(|n| n.dropout_before)
+        })
+        .map(|s| Dropout {
+            p: head.dropout,
+            seed: Dropout::derive(s, 0xC1A5_51F0),
+        });
+    let x = match drop_in {
+        Some(dr) => {
+            let mut v = x;
+            dr.apply(&mut v);
+            v
+        }
+        None => x,
+    };
     // The pooler's input to its activation is kept for the backward pass.
     let mut pre = Vec::new();
     let pooled = match pooler {
@@ -418,6 +440,9 @@ pub(crate) fn sequence_loss_with(
                 dropout_seed,
                 POOLER_SITE,
             )?;
+            if let Some(dr) = drop_in {
+                dr.apply(&mut dx);
+            }
             dx
         }
         None => dd,

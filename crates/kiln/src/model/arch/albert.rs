@@ -30,6 +30,7 @@ pub const NAMES: NameTable = NameTable {
         module: "pooler",
         in_base: true,
         activation: PoolerActivation::Tanh,
+        dropout_before: false,
     }),
     mlm: Some(MlmNames {
         transform: "predictions.dense",

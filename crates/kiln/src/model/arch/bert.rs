@@ -79,6 +79,7 @@ pub const NAMES: NameTable = NameTable {
         module: "pooler.dense",
         in_base: true,
         activation: PoolerActivation::Tanh,
+        dropout_before: false,
     }),
     mlm: Some(MlmNames {
         transform: "cls.predictions.transform.dense",

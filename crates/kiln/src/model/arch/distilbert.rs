@@ -77,6 +77,7 @@ pub const NAMES: NameTable = NameTable {
         module: "pre_classifier",
         in_base: false,
         activation: PoolerActivation::Relu,
+        dropout_before: false,
     }),
     mlm: Some(MlmNames {
         transform: "vocab_transform",

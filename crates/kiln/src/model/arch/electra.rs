@@ -19,6 +19,7 @@ pub const NAMES: NameTable = NameTable {
         module: "classifier.dense",
         in_base: false,
         activation: PoolerActivation::Gelu,
+        dropout_before: true,
     }),
     mlm: Some(MlmNames {
         transform: "generator_predictions.dense",

@@ -57,6 +57,9 @@ pub struct PoolerNames {
     pub in_base: bool,
     /// Its activation.
     pub activation: PoolerActivation,
+    /// The head's dropout is applied to the first token before this layer too (RoBERTa's and
+    /// ELECTRA's classification heads: dropout, dense, activation, dropout, out_proj).
+    pub dropout_before: bool,
 }
 
 impl PoolerNames {

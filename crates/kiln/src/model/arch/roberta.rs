@@ -17,6 +17,7 @@ pub const NAMES: NameTable = NameTable {
         module: "classifier.dense",
         in_base: false,
         activation: PoolerActivation::Tanh,
+        dropout_before: true,
     }),
     mlm: Some(MlmNames {
         transform: "lm_head.dense",
