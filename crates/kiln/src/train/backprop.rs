@@ -1102,6 +1102,16 @@ pub fn lm_loss(
     Ok(loss)
 }
 
+/// The summed binary cross-entropy of `logits` against `labels` (0 or 1), computed stably as
+/// `max(x, 0) − x·y + ln(1 + e^(−|x|))`, in f64.
+pub(crate) fn bce_sum(logits: &[f32], labels: &[f32]) -> f64 {
+    logits
+        .iter()
+        .zip(labels)
+        .map(|(&x, &y)| (x.max(0.0) - x * y) as f64 + (-x.abs()).exp().ln_1p() as f64)
+        .sum()
+}
+
 /// Replaced-token detection (ELECTRA's discriminator): binary cross-entropy with logits of
 /// every token of `batch` against `labels` (1 replaced, 0 original), the mean over the tokens,
 /// as `ElectraForPreTraining` computes it over the attended positions; its gradients (times
@@ -1131,16 +1141,13 @@ pub fn rtd_loss(
     let a = activated(&u, head.activation);
     let mut logits = vec![0.0; n];
     lin_fwd(&head.prediction, &a, n, &mut logits, None, 0)?;
-    // max(x, 0) − x·y + ln(1 + e^(−|x|)), and its derivative σ(x) − y, in f64 for the sum.
-    let mut sum = 0.0f64;
+    // The derivative of the binary cross-entropy: σ(x) − y.
+    let sum = bce_sum(&logits, labels);
     let scale = grad_scale / n.max(1) as f32;
     let dlogits: Vec<f32> = logits
         .iter()
         .zip(labels)
-        .map(|(&x, &y)| {
-            sum += (x.max(0.0) - x * y) as f64 + (-x.abs()).exp().ln_1p() as f64;
-            (1.0 / (1.0 + (-x).exp()) - y) * scale
-        })
+        .map(|(&x, &y)| (1.0 / (1.0 + (-x).exp()) - y) * scale)
         .collect();
     let g = grads
         .rtd_head

@@ -188,15 +188,13 @@ fn replaced(m: &Masked, samples: &[u32]) -> (Batch, Vec<f32>) {
     (batch, labels)
 }
 
-/// Sum of the binary cross-entropies of `logits` against `labels` and the count judged right.
-fn bce(logits: &[f32], labels: &[f32]) -> (f64, usize) {
+/// Tokens the discriminator judges right (a positive logit for a replaced one).
+fn judged_right(logits: &[f32], labels: &[f32]) -> usize {
     logits
         .iter()
         .zip(labels)
-        .fold((0.0, 0), |(s, c), (&x, &y)| {
-            let l = (x.max(0.0) - x * y) as f64 + (-x.abs()).exp().ln_1p() as f64;
-            (s + l, c + usize::from((x > 0.0) == (y > 0.5)))
-        })
+        .filter(|(&x, &y)| (x > 0.0) == (y > 0.5))
+        .count()
 }
 
 impl Electra {
@@ -298,7 +296,7 @@ impl Electra {
             grad_scale * self.disc_weight,
             dropout_seed,
         )?;
-        let (_, right) = bce(&logits, &labels);
+        let right = judged_right(&logits, &labels);
         let n = labels.len().max(1) as f64;
         let s = Stats {
             gen_loss: gen_loss as f64,
@@ -370,9 +368,8 @@ impl Electra {
                 .model
                 .forward(&batch, disc.model.default_mask(), None)?;
             let dl = head.forward(hidden.data(), batch.tokens())?;
-            let (s, right) = bce(&dl, &labels);
-            disc_sum += s;
-            disc_right += right;
+            disc_sum += super::backprop::bce_sum(&dl, &labels);
+            disc_right += judged_right(&dl, &labels);
             tokens += labels.len();
             replaced_n += labels.iter().sum::<f32>() as f64;
         }
