@@ -55,6 +55,8 @@ enum Command {
     Plot(commands::plot::Args),
     /// Re-save a model directory in transformers' standard layout (and dtype).
     Convert(commands::convert::Args),
+    /// Serve a model over HTTP (TEI- and OpenAI-compatible routes, batching across requests).
+    Serve(Box<commands::serve::Args>),
     /// Contextual similarity of one word across sentences: heatmap PNG and CSV matrix.
     Similarity(commands::similarity::Args),
 }
@@ -63,11 +65,11 @@ fn main() {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        Command::Pretrain(_) | Command::Finetune(_) | Command::Distill(_)
+        Command::Pretrain(_) | Command::Finetune(_) | Command::Distill(_) | Command::Serve(_)
     ) {
         // Output piped into `head` and the like: a closed pipe ends the command quietly, as it
         // does other Unix tools. Training keeps Rust's default (a write error), so a closed
-        // log pipe never kills a run before it checkpoints.
+        // log pipe never kills a run before it checkpoints, nor a client hanging up the server.
         // SAFETY: restoring the default disposition of one signal before any thread starts.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -80,6 +82,7 @@ fn main() {
         Command::FillMask(a) => commands::fill_mask::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Similarity(a) => commands::similarity::run(a),
+        Command::Serve(a) => commands::serve::run(*a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Prune(a) => commands::prune::run(a),

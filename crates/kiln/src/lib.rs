@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod peft;
 pub mod plot;
+pub mod serve;
 pub mod tokenize;
 pub mod train;
 

@@ -14,6 +14,7 @@ pub mod predict;
 pub mod pretrain;
 pub mod prune;
 pub mod quantize;
+pub mod serve;
 pub mod similarity;
 pub mod tokenizer;
 pub mod train_args;

@@ -416,3 +416,32 @@ pub(crate) fn stash_active(p: &mut Pretrained) -> Option<(PeftState, Stashed)> {
     let parts = take_parts(p, &st);
     Some((st, parts))
 }
+
+/// Switches a model between its bare base and its loaded adapters, request by request (a
+/// server's per-request `adapter`). Switching moves the adapters' parts; no weights are copied.
+#[derive(Debug, Default)]
+pub struct AdapterSwitch {
+    /// The adapters, taken out of the model while it runs bare.
+    bare: Option<(PeftState, Stashed)>,
+}
+
+impl AdapterSwitch {
+    /// Makes `name` the active adapter, or runs the base model bare for `None`.
+    pub fn select(&mut self, p: &mut Pretrained, name: Option<&str>) -> Result<()> {
+        match name {
+            None => {
+                if self.bare.is_none() {
+                    self.bare = stash_active(p);
+                }
+                Ok(())
+            }
+            Some(n) => {
+                if let Some((st, parts)) = self.bare.take() {
+                    put_parts(p, parts);
+                    p.peft = Some(st);
+                }
+                use_adapter(p, n)
+            }
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! The batcher: one inference thread owns the model. Requests queue jobs; the thread takes
+//! the waiting encode jobs, first come first served, up to a token budget, packs their
+//! sequences without padding into forward passes (one per adapter named in the batch), and
+//! sends each job its rows. Whole-request jobs (tagging, QA, fill-mask) run alone in their
+//! turn. The kernels run on Kiln's thread pool, never on the HTTP runtime's threads.
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use crate::checkpoint::sentence::Pooling;
+use crate::checkpoint::Pretrained;
+use crate::model::Batch;
+use crate::peft::AdapterSwitch;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// One tokenized input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seq {
+    /// Token ids, special tokens included.
+    pub ids: Vec<u32>,
+    /// Segment ids.
+    pub type_ids: Vec<u32>,
+}
+
+/// Where a job's answer goes.
+pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// Where an encode job's rows go.
+pub type RowsReply = Reply<Vec<Vec<f32>>>;
+
+/// A request run alone on the model with its adapter active; it answers with a JSON body
+/// (serialized by the job, so f32 values keep their shortest form, as the CLI writes them).
+pub type RunFn = Box<dyn FnOnce(&Pretrained) -> Result<String, ApiError> + Send>;
+
+/// What a job asks of the model.
+pub enum Work {
+    /// One row per sequence, computed in packed batches shared with other requests.
+    Encode {
+        /// The sequences.
+        seqs: Vec<Seq>,
+        /// Their rows, in order.
+        reply: RowsReply,
+    },
+    /// A whole request.
+    Run {
+        /// The request's computation.
+        f: RunFn,
+        /// Its answer.
+        reply: Reply<String>,
+    },
+}
+
+/// A queued job.
+pub struct Job {
+    /// The adapter to run with (`None`: the base model).
+    pub adapter: Option<String>,
+    /// The work.
+    pub work: Work,
+    /// When it was queued.
+    pub enqueued: Instant,
+}
+
+impl Job {
+    /// Tokens the job puts into a batch.
+    fn tokens(&self) -> usize {
+        match &self.work {
+            Work::Encode { seqs, .. } => seqs.iter().map(|s| s.ids.len()).sum(),
+            Work::Run { .. } => 0,
+        }
+    }
+
+    /// Whether the client stopped waiting (its connection closed): the work is skipped.
+    fn abandoned(&self) -> bool {
+        match &self.work {
+            Work::Encode { reply, .. } => reply.is_closed(),
+            Work::Run { reply, .. } => reply.is_closed(),
+        }
+    }
+
+    fn fail(self, e: ApiError) {
+        // A client that left does not need its error.
+        match self.work {
+            Work::Encode { reply, .. } => drop(reply.send(Err(e))),
+            Work::Run { reply, .. } => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+/// What an encode batch computes per sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeKind {
+    /// The pooled token vectors (not normalized; the request decides).
+    Pool(Pooling),
+    /// The sequence head's logits.
+    Logits,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+/// The job queue between the HTTP handlers and the inference thread.
+pub struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    /// An empty, open queue.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Queue {
+            state: Mutex::new(QueueState::default()),
+            ready: Condvar::new(),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A panic never happens while the lock is held (only queue bookkeeping runs under
+        // it), so a poisoned lock still holds a consistent queue.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a job; once the server is shutting down the job is answered 503 instead.
+    pub fn push(&self, job: Job) {
+        let mut st = self.lock();
+        if st.closed {
+            drop(st);
+            job.fail(ApiError::unavailable("the server is shutting down"));
+            return;
+        }
+        st.jobs.push_back(job);
+        self.metrics.queue_depth.set(st.jobs.len() as i64);
+        drop(st);
+        self.ready.notify_one();
+    }
+
+    /// Stops taking jobs; the inference thread finishes the queued ones and ends.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// The next batch, waiting for one: a run job alone, or the encode jobs at the head of
+    /// the queue up to `max_tokens` (always at least one). `None` once closed and drained.
+    fn take(&self, max_tokens: usize) -> Option<Vec<Job>> {
+        let mut st = self.lock();
+        while st.jobs.is_empty() {
+            if st.closed {
+                return None;
+            }
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        let mut batch = Vec::new();
+        let mut tokens = 0;
+        while let Some(front) = st.jobs.front() {
+            let is_run = matches!(front.work, Work::Run { .. });
+            if !batch.is_empty() && (is_run || tokens + front.tokens() > max_tokens) {
+                break;
+            }
+            tokens += front.tokens();
+            batch.extend(st.jobs.pop_front());
+            if is_run {
+                break;
+            }
+        }
+        self.metrics.queue_depth.set(st.jobs.len() as i64);
+        Some(batch)
+    }
+}
+
+/// Starts the inference thread; it owns `model` and ends when the queue closes.
+/// `alive` turns false if it ever ends otherwise.
+pub fn spawn(
+    mut model: Pretrained,
+    mut switch: AdapterSwitch,
+    kind: EncodeKind,
+    queue: Arc<Queue>,
+    max_tokens: usize,
+    alive: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("kiln-batcher".into())
+        .spawn(move || {
+            struct Alive(Arc<AtomicBool>);
+            impl Drop for Alive {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::SeqCst);
+                }
+            }
+            let _alive = Alive(alive);
+            let metrics = queue.metrics.clone();
+            while let Some(batch) = queue.take(max_tokens) {
+                let start = Instant::now();
+                let mut live = Vec::with_capacity(batch.len());
+                for job in batch {
+                    metrics
+                        .queue_seconds
+                        .observe((start - job.enqueued).as_secs_f64());
+                    if !job.abandoned() {
+                        live.push(job);
+                    }
+                }
+                run_batch(&mut model, &mut switch, kind, live, max_tokens, &metrics);
+            }
+        })
+}
+
+/// Runs one batch: encode jobs grouped by adapter (in order of first appearance), or a
+/// run job.
+fn run_batch(
+    model: &mut Pretrained,
+    switch: &mut AdapterSwitch,
+    kind: EncodeKind,
+    jobs: Vec<Job>,
+    max_tokens: usize,
+    metrics: &Metrics,
+) {
+    let mut groups: Vec<(Option<String>, Vec<Job>)> = Vec::new();
+    for job in jobs {
+        match groups.iter_mut().find(|(a, _)| *a == job.adapter) {
+            Some((_, g)) => g.push(job),
+            None => groups.push((job.adapter.clone(), vec![job])),
+        }
+    }
+    for (adapter, jobs) in groups {
+        if let Err(e) = switch.select(model, adapter.as_deref()) {
+            let e = ApiError::from_kiln(e);
+            jobs.into_iter().for_each(|j| j.fail(e.clone()));
+            continue;
+        }
+        let mut encodes = Vec::new();
+        for job in jobs {
+            match job.work {
+                Work::Run { f, reply } => {
+                    let t = Instant::now();
+                    let out = catch_unwind(AssertUnwindSafe(|| f(model)))
+                        .unwrap_or_else(|_| Err(ApiError::backend(panic_message())));
+                    metrics.inference_seconds.observe(t.elapsed().as_secs_f64());
+                    metrics.batch_inputs.observe(1.0);
+                    let _ = reply.send(out);
+                }
+                Work::Encode { seqs, reply } => encodes.push((seqs, reply)),
+            }
+        }
+        if !encodes.is_empty() {
+            run_encodes(model, kind, encodes, max_tokens, metrics);
+        }
+    }
+}
+
+fn panic_message() -> String {
+    "the model failed on this batch (an internal error; the server goes on); see the server's log"
+        .into()
+}
+
+/// Packs the sequences of encode jobs into forward passes of at most `max_tokens` tokens and
+/// answers each job with its rows.
+fn run_encodes(
+    model: &Pretrained,
+    kind: EncodeKind,
+    jobs: Vec<(Vec<Seq>, RowsReply)>,
+    max_tokens: usize,
+    metrics: &Metrics,
+) {
+    let all: Vec<&Seq> = jobs.iter().flat_map(|(s, _)| s.iter()).collect();
+    let mut rows: Vec<Vec<f32>> = Vec::with_capacity(all.len());
+    let mut failed: Option<ApiError> = None;
+    let mut i = 0;
+    while i < all.len() && failed.is_none() {
+        let mut end = i;
+        let mut tokens = 0;
+        while end < all.len() && (end == i || tokens + all[end].ids.len() <= max_tokens) {
+            tokens += all[end].ids.len();
+            end += 1;
+        }
+        let t = Instant::now();
+        match catch_unwind(AssertUnwindSafe(|| encode(model, kind, &all[i..end]))) {
+            Ok(Ok(r)) => rows.extend(r),
+            Ok(Err(e)) => failed = Some(ApiError::from_kiln(e)),
+            Err(_) => failed = Some(ApiError::backend(panic_message())),
+        }
+        metrics.inference_seconds.observe(t.elapsed().as_secs_f64());
+        metrics.batch_inputs.observe((end - i) as f64);
+        metrics.batch_tokens.observe(tokens as f64);
+        metrics.tokens.inc_by(tokens as u64);
+        i = end;
+    }
+    let mut rows = rows.into_iter();
+    for (seqs, reply) in jobs {
+        let _ = match &failed {
+            Some(e) => reply.send(Err(e.clone())),
+            None => reply.send(Ok(rows.by_ref().take(seqs.len()).collect())),
+        };
+    }
+}
+
+/// One packed forward pass: a row per sequence.
+pub fn encode(p: &Pretrained, kind: EncodeKind, seqs: &[&Seq]) -> crate::Result<Vec<Vec<f32>>> {
+    let pairs: Vec<(&[u32], Option<&[u32]>)> = seqs
+        .iter()
+        .map(|s| (&s.ids[..], Some(&s.type_ids[..])))
+        .collect();
+    let batch = Batch::packed(&pairs)?;
+    match kind {
+        EncodeKind::Pool(pooling) => {
+            let hidden = p.model.forward(&batch, p.model.default_mask(), None)?;
+            let h = p.config().hidden_size;
+            Ok(crate::infer::embed::pool(
+                hidden.data(),
+                h,
+                &batch.seq_lens,
+                pooling,
+                false,
+            ))
+        }
+        EncodeKind::Logits => {
+            let logits = crate::infer::classify::sequence_logits(p, &batch)?;
+            let k = logits.len() / seqs.len().max(1);
+            Ok(logits.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
+        }
+    }
+}
