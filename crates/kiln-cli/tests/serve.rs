@@ -667,3 +667,214 @@ fn tag_qa_and_fill_mask_answer_as_the_offline_commands() {
     let (st, _) = s.post("/fill-mask", &json!({ "inputs": "x", "top_k": 0 }));
     assert_eq!(st, 422);
 }
+
+/// The `data:` payloads of a server-sent-events body.
+fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+fn post_raw(s: &Server, route: &str, body: &Value) -> (u16, String) {
+    let mut res = agent()
+        .post(format!("{}{route}", s.url))
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.body_mut().read_to_string().unwrap(),
+    )
+}
+
+#[test]
+fn generation_equals_kiln_generate_batched_streamed_and_through_openai() {
+    let m = fixture("tiny-gpt2");
+    let model = m.to_str().unwrap();
+    let s = Server::start(&["--model", model]);
+    let prompts = [
+        "hello world",
+        "the cat sat on",
+        "a",
+        "one two three four five",
+    ];
+    let offline = |prompt: &str, extra: &[&str]| -> Value {
+        let mut args = vec!["generate", "--model", model, "--prompt", prompt, "--json"];
+        args.extend_from_slice(extra);
+        json_lines(&kiln(&args, ""))[0].clone()
+    };
+    // Concurrent requests of different lengths decode in shared steps; each equals its
+    // continuation alone.
+    std::thread::scope(|sc| {
+        for (i, prompt) in prompts.iter().enumerate() {
+            let s = &s;
+            let offline = &offline;
+            sc.spawn(move || {
+                let n = 4 + 3 * i;
+                let want = offline(prompt, &["--max-new-tokens", &n.to_string()]);
+                let (st, v) = s.post(
+                    "/generate",
+                    &json!({ "inputs": prompt, "parameters": { "max_new_tokens": n, "details": true } }),
+                );
+                assert_eq!(st, 200, "{v}");
+                assert_eq!(v["generated_text"], want["text"], "{prompt}");
+                let ids: Vec<Value> = v["details"]["tokens"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["id"].clone())
+                    .collect();
+                assert_eq!(Value::Array(ids), want["token_ids"], "{prompt}");
+                assert_eq!(v["details"]["generated_tokens"], n);
+                assert_eq!(v["details"]["finish_reason"], "length");
+            });
+        }
+    });
+
+    // Sampling with a seed: kiln generate's draw.
+    let want = offline(
+        prompts[1],
+        &[
+            "--max-new-tokens",
+            "6",
+            "--strategy",
+            "sample",
+            "--temperature",
+            "0.8",
+            "--top-k",
+            "30",
+            "--seed",
+            "11",
+        ],
+    );
+    let (_, v) = s.post(
+        "/generate",
+        &json!({ "inputs": prompts[1], "parameters": {
+            "max_new_tokens": 6, "do_sample": true, "temperature": 0.8, "top_k": 30, "seed": 11, "details": true } }),
+    );
+    assert_eq!(v["generated_text"], want["text"]);
+    assert_eq!(v["details"]["seed"], 11);
+    // Beam search.
+    let want = offline(
+        prompts[0],
+        &[
+            "--max-new-tokens",
+            "5",
+            "--strategy",
+            "beam",
+            "--num-beams",
+            "3",
+        ],
+    );
+    let (_, v) = s.post(
+        "/generate",
+        &json!({ "inputs": prompts[0], "parameters": { "max_new_tokens": 5, "num_beams": 3 } }),
+    );
+    assert_eq!(v["generated_text"], want["text"]);
+
+    // The stream: one event per token; the pieces join to the text of the last event.
+    let (_, whole) = s.post(
+        "/generate",
+        &json!({ "inputs": prompts[0], "parameters": { "max_new_tokens": 7 } }),
+    );
+    let (st, body) = post_raw(
+        &s,
+        "/generate_stream",
+        &json!({ "inputs": prompts[0], "parameters": { "max_new_tokens": 7 } }),
+    );
+    assert_eq!(st, 200, "{body}");
+    let events: Vec<Value> = sse_data(&body)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(events.len(), 7, "{body}");
+    let joined: String = events
+        .iter()
+        .map(|e| e["token"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, whole["generated_text"].as_str().unwrap());
+    let last = events.last().unwrap();
+    assert_eq!(last["generated_text"], whole["generated_text"]);
+    assert_eq!(last["details"]["finish_reason"], "length");
+    assert!(events[..6].iter().all(|e| e["generated_text"].is_null()));
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["index"], i + 1);
+        assert!(e["token"]["logprob"].as_f64().unwrap() <= 0.0);
+    }
+
+    // A stop sequence: TGI keeps it and says so; OpenAI leaves it out.
+    let text = whole["generated_text"].as_str().unwrap();
+    let stop: String = text.chars().skip(1).take(2).collect();
+    let (_, v) = s.post(
+        "/generate",
+        &json!({ "inputs": prompts[0], "parameters": { "max_new_tokens": 7, "stop": [stop], "details": true } }),
+    );
+    let cut = &text[..text.find(&stop).unwrap()];
+    assert_eq!(v["details"]["finish_reason"], "stop_sequence", "{v}");
+    assert!(v["generated_text"].as_str().unwrap().starts_with(cut));
+    assert!(v["generated_text"].as_str().unwrap().contains(&stop));
+    let req = json!({ "prompt": prompts[0], "max_tokens": 7, "temperature": 0, "stop": stop });
+    let (_, v) = s.post("/v1/completions", &req);
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], cut);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // OpenAI, streamed and not: the same text, then [DONE].
+    let req = json!({ "prompt": prompts[0], "max_tokens": 7, "temperature": 0 });
+    let (_, v) = s.post("/v1/completions", &req);
+    assert_eq!(v["choices"][0]["text"], whole["generated_text"]);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 7);
+    let mut streamed = req.clone();
+    streamed["stream"] = json!(true);
+    let (_, body) = post_raw(&s, "/v1/completions", &streamed);
+    let data = sse_data(&body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let joined: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, whole["generated_text"].as_str().unwrap());
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+
+    for (body, what) in [
+        (
+            json!({ "inputs": "a", "parameters": { "temperature": 0 } }),
+            "temperature",
+        ),
+        (
+            json!({ "inputs": "a", "parameters": { "num_beams": 2, "do_sample": true } }),
+            "beams and sampling",
+        ),
+        (
+            json!({ "inputs": "a", "parameters": { "max_new_tokens": 0 } }),
+            "max_new_tokens",
+        ),
+        (json!({ "inputs": "", "parameters": {} }), "empty prompt"),
+        (
+            json!({ "inputs": "a", "parameters": { "top_p": 1.5 } }),
+            "top_p",
+        ),
+    ] {
+        let (st, v) = s.post("/generate", &body);
+        assert_eq!(st, 422, "{what}: {v}");
+    }
+    let long = "word ".repeat(400);
+    let (st, v) = s.post("/generate", &json!({ "inputs": long }));
+    assert_eq!(st, 413, "{v}");
+    let (st, v) = s.post(
+        "/generate",
+        &json!({ "inputs": long, "parameters": { "truncate": 8, "max_new_tokens": 2 } }),
+    );
+    assert_eq!(st, 200, "{v}");
+}

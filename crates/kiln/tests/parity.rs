@@ -382,3 +382,59 @@ fn pair_truncation_strategies() {
     assert_eq!(e.ids.len(), 5);
     assert!(e.special[0] && e.special[4]);
 }
+
+#[test]
+fn decodings_advanced_together_give_each_ones_tokens_alone() {
+    // Continuous batching: greedy and sampled continuations of prompts of different lengths,
+    // stepped in one batch (finishing at different steps), equal their runs alone.
+    let p = checkpoint::load(&fixture("tiny-gpt2")).unwrap();
+    let exp = json(&fixture("tiny-gpt2").join("expected.json"));
+    let g = Generator::new(&p).unwrap();
+    let mut cases = Vec::new();
+    for (i, case) in exp["greedy"].as_array().unwrap().iter().enumerate() {
+        let prompt = ids(&case["prompt_ids"]);
+        cases.push((
+            prompt.clone(),
+            GenerateOptions {
+                max_new_tokens: 5 + 3 * i,
+                strategy: Strategy::Greedy,
+                seed: 0,
+            },
+        ));
+        cases.push((
+            prompt,
+            GenerateOptions {
+                max_new_tokens: 9,
+                strategy: Strategy::Sample {
+                    temperature: 0.9,
+                    top_k: 20,
+                    top_p: 0.95,
+                },
+                seed: 7 + i as u64,
+            },
+        ));
+    }
+    let alone: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|(pr, o)| g.generate(pr, o, |_| {}).unwrap())
+        .collect();
+    let mut decs: Vec<_> = cases
+        .iter()
+        .map(|(pr, o)| g.start(pr, o).unwrap())
+        .collect();
+    let mut steps = 0;
+    while decs.iter().any(|d| d.finished.is_none()) {
+        let mut refs: Vec<_> = decs.iter_mut().collect();
+        for (t, lp) in g.advance(&mut refs).unwrap().into_iter().flatten() {
+            assert!(
+                lp <= 0.0 && lp.is_finite(),
+                "token {t}: log-probability {lp}"
+            );
+        }
+        steps += 1;
+        assert!(steps < 100);
+    }
+    for (i, d) in decs.iter().enumerate() {
+        assert_eq!(d.tokens, alone[i], "case {i}");
+    }
+}

@@ -6,16 +6,18 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// Serve a model over HTTP: TEI-compatible `/embed`, `/predict`, `/rerank`, `/tokenize`,
+/// TGI-compatible `/generate` and `/generate_stream`, OpenAI's `/v1/completions`,
 /// OpenAI's `/v1/embeddings`, and `/tag`, `/qa`, `/fill-mask`, with batching across requests.
 #[derive(clap::Args)]
 pub struct Args {
     /// The model directory, or a hub id.
     #[arg(long)]
     model: PathBuf,
-    /// embed, classify, tag, qa or fill-mask [default: what the model directory is: a
+    /// embed, classify, tag, qa, fill-mask or generate [default: what the model directory is: a
     /// sentence-transformers directory embeds, a sequence head classifies, a token head tags,
-    /// a span head answers questions, a masked-LM head fills masks, a bare encoder embeds].
-    #[arg(long, value_parser = ["embed", "classify", "tag", "qa", "fill-mask"])]
+    /// a span head answers questions, a masked-LM head fills masks, a causal-LM head
+    /// generates, a bare encoder embeds].
+    #[arg(long, value_parser = ["embed", "classify", "tag", "qa", "fill-mask", "generate"])]
     task: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]

@@ -44,6 +44,33 @@ pub struct GenerateOptions {
     pub seed: u64,
 }
 
+/// Why a continuation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// The model produced its end-of-sequence token (the last token).
+    Eos,
+    /// It used `max_new_tokens` or the model's positions.
+    Length,
+}
+
+/// One greedy or sampled continuation in progress ([`Generator::start`]), carried on step by
+/// step ([`Generator::advance`]), alone or in a batch with others: a server's continuous
+/// batching.
+#[derive(Clone, Debug)]
+pub struct Decoding {
+    cache: KvCache,
+    rng: rand::rngs::StdRng,
+    strategy: Strategy,
+    /// Next-token logits.
+    logits: Vec<f32>,
+    /// New tokens allowed.
+    room: usize,
+    /// The new tokens so far.
+    pub tokens: Vec<u32>,
+    /// Why it ended, once it has.
+    pub finished: Option<Finish>,
+}
+
 /// The head that turns the last hidden state into next-token logits.
 enum NextToken<'a> {
     /// A causal LM's head (GPT-2).
@@ -164,28 +191,129 @@ impl<'a> Generator<'a> {
             out.iter().for_each(|&t| on_token(t));
             return Ok(out);
         }
-        let n = self.room(prompt.len(), opts.max_new_tokens)?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+        let mut d = self.start(prompt, opts)?;
+        while d.finished.is_none() {
+            if let [Some((t, _))] = self.advance(&mut [&mut d])?[..] {
+                on_token(t);
+            }
+        }
+        Ok(d.tokens)
+    }
+
+    /// Starts a greedy or sampled continuation of `prompt` (its prompt run through the model),
+    /// to be carried on by [`Generator::advance`], alone or batched with others.
+    pub fn start(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Decoding> {
+        match opts.strategy {
+            Strategy::Beam { .. } => {
+                return Err(Error::Input(
+                    "beam search keeps several hypotheses; run it whole with Generator::generate"
+                        .into(),
+                ))
+            }
+            Strategy::Sample {
+                temperature, top_p, ..
+            } => check_sampling(temperature, top_p)?,
+            Strategy::Greedy => {}
+        }
+        let room = self.room(prompt.len(), opts.max_new_tokens)?;
         let mut cache = self.p.model.new_cache();
-        let mut logits = self.step(&mut cache, prompt)?;
-        let mut out = Vec::new();
-        for i in 0..n {
-            let next = match &opts.strategy {
+        let logits = self.step(&mut cache, prompt)?;
+        Ok(Decoding {
+            cache,
+            rng: rand::rngs::StdRng::seed_from_u64(opts.seed),
+            strategy: opts.strategy.clone(),
+            logits,
+            room,
+            tokens: Vec::new(),
+            finished: (room == 0).then_some(Finish::Length),
+        })
+    }
+
+    /// Chooses the next token of every unfinished decoding (ending those that produced EOS
+    /// or used their room), then runs the new tokens of the others through the model in one
+    /// batched pass. Returns, per decoding, the token chosen and its log-probability under
+    /// the model (`None` for one already finished). Each decoding's tokens are the same as
+    /// when it runs alone.
+    pub fn advance(&self, decs: &mut [&mut Decoding]) -> Result<Vec<Option<(u32, f32)>>> {
+        let mut chosen = Vec::with_capacity(decs.len());
+        let mut running = Vec::new();
+        for (i, d) in decs.iter_mut().enumerate() {
+            if d.finished.is_some() {
+                chosen.push(None);
+                continue;
+            }
+            let lse = log_sum_exp(&d.logits);
+            let (next, logit) = match &d.strategy {
                 Strategy::Sample {
                     temperature,
                     top_k,
                     top_p,
-                } => sample(&mut logits, *temperature, *top_k, *top_p, &mut rng)?,
-                _ => argmax(&logits),
+                } => {
+                    // Sampling rescales the logits in place; the model's own value is kept.
+                    let raw = d.logits.clone();
+                    let t = sample(&mut d.logits, *temperature, *top_k, *top_p, &mut d.rng)?;
+                    (t, raw[t as usize])
+                }
+                _ => {
+                    let t = argmax(&d.logits);
+                    (t, d.logits[t as usize])
+                }
             };
-            out.push(next);
-            on_token(next);
-            if Some(next) == self.eos || i + 1 == n {
-                break;
+            d.tokens.push(next);
+            if Some(next) == self.eos {
+                d.finished = Some(Finish::Eos);
+            } else if d.tokens.len() >= d.room {
+                d.finished = Some(Finish::Length);
+            } else {
+                running.push(i);
             }
-            logits = self.step(&mut cache, &[next])?;
+            chosen.push(Some((next, logit - lse)));
         }
-        Ok(out)
+        if running.is_empty() {
+            return Ok(chosen);
+        }
+        let last: Vec<[u32; 1]> = running
+            .iter()
+            .map(|&i| [decs[i].tokens.last().copied().unwrap_or(0)])
+            .collect();
+        let seqs: Vec<&[u32]> = last.iter().map(|t| &t[..]).collect();
+        let past: Vec<usize> = running.iter().map(|&i| decs[i].cache.len).collect();
+        let mut batch = Batch::continuation(&seqs, &past)?;
+        let mask = if self.prefix {
+            // Every continued token is target (segment 1), attending causally.
+            batch.type_ids.fill(1);
+            MaskKind::Prefix(0)
+        } else {
+            self.p.model.default_mask()
+        };
+        // The caches move into one slice for the pass and back after it.
+        let mut caches: Vec<KvCache> = running
+            .iter()
+            .map(|&i| std::mem::replace(&mut decs[i].cache, KvCache::new(Vec::new())))
+            .collect();
+        let hidden = self.p.model.forward(&batch, mask, Some(&mut caches));
+        for (&i, c) in running.iter().zip(caches) {
+            decs[i].cache = c;
+        }
+        let hidden = hidden?;
+        if !hidden.data().iter().all(|v| v.is_finite()) {
+            return Err(Error::NonFinite(
+                "the model's output is not finite (NaN or infinity); its weights overflow on this input".into(),
+            ));
+        }
+        let word = &self.p.model.embeddings.word;
+        let logits = match self.head {
+            NextToken::Lm(h) => h.forward(hidden.data(), running.len(), word)?,
+            NextToken::Mlm(h) => h.forward(hidden.data(), running.len(), word)?,
+        };
+        let v = logits.len() / running.len();
+        for (k, &i) in running.iter().enumerate() {
+            decs[i].logits.clear();
+            decs[i]
+                .logits
+                .extend_from_slice(&logits[k * v..(k + 1) * v]);
+        }
+        Ok(chosen)
     }
 
     /// Beam search as transformers does it: 2·B candidates per step, an EOS candidate ranked
@@ -305,14 +433,7 @@ fn sample(
     p: f32,
     rng: &mut impl Rng,
 ) -> Result<u32> {
-    if temperature.is_nan() || temperature <= 0.0 {
-        return Err(Error::Input(format!(
-            "--temperature must be positive, got {temperature}"
-        )));
-    }
-    if p.is_nan() || p <= 0.0 || p > 1.0 {
-        return Err(Error::Input(format!("--top-p must be in (0, 1], got {p}")));
-    }
+    check_sampling(temperature, p)?;
     logits.iter_mut().for_each(|l| *l /= temperature);
     let v = logits.len();
     softmax_rows(logits, v);
@@ -338,4 +459,25 @@ fn sample(
         r -= q;
     }
     Ok(kept.last().map_or(0, |k| k.0 as u32))
+}
+
+/// The sampling settings' ranges.
+fn check_sampling(temperature: f32, top_p: f32) -> Result<()> {
+    if temperature.is_nan() || temperature <= 0.0 {
+        return Err(Error::Input(format!(
+            "--temperature must be positive, got {temperature}"
+        )));
+    }
+    if top_p.is_nan() || top_p <= 0.0 || top_p > 1.0 {
+        return Err(Error::Input(format!(
+            "--top-p must be in (0, 1], got {top_p}"
+        )));
+    }
+    Ok(())
+}
+
+/// `log Σ exp(x)`, computed stably.
+fn log_sum_exp(x: &[f32]) -> f32 {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    m + x.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
 }

@@ -13,6 +13,6 @@ pub mod text_stream;
 
 pub use embed::{EmbedOptions, Embedder};
 pub use fill_mask::{fill_mask, MaskPrediction};
-pub use generate::{GenerateOptions, Generator, Strategy};
+pub use generate::{Decoding, Finish, GenerateOptions, Generator, Strategy};
 pub use predict::{Predictor, TaskForm};
 pub use text_stream::TextStream;

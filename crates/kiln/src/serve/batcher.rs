@@ -8,6 +8,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::checkpoint::sentence::Pooling;
 use crate::checkpoint::Pretrained;
+use crate::infer::{Finish, GenerateOptions, Generator, Strategy};
 use crate::model::Batch;
 use crate::peft::AdapterSwitch;
 use std::collections::VecDeque;
@@ -15,7 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// One tokenized input.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +46,15 @@ pub enum Work {
         /// Their rows, in order.
         reply: RowsReply,
     },
+    /// A continuation, stepped together with the others in flight (continuous batching).
+    Generate {
+        /// The prompt's token ids.
+        prompt: Vec<u32>,
+        /// Length and decoding strategy.
+        opts: GenerateOptions,
+        /// Each new token as it is chosen, then the end.
+        events: Events,
+    },
     /// A whole request.
     Run {
         /// The request's computation.
@@ -69,6 +79,7 @@ impl Job {
     fn tokens(&self) -> usize {
         match &self.work {
             Work::Encode { seqs, .. } => seqs.iter().map(|s| s.ids.len()).sum(),
+            Work::Generate { prompt, .. } => prompt.len(),
             Work::Run { .. } => 0,
         }
     }
@@ -77,6 +88,7 @@ impl Job {
     fn abandoned(&self) -> bool {
         match &self.work {
             Work::Encode { reply, .. } => reply.is_closed(),
+            Work::Generate { events, .. } => events.is_closed(),
             Work::Run { reply, .. } => reply.is_closed(),
         }
     }
@@ -85,10 +97,28 @@ impl Job {
         // A client that left does not need its error.
         match self.work {
             Work::Encode { reply, .. } => drop(reply.send(Err(e))),
+            Work::Generate { events, .. } => drop(events.send(GenEvent::End(Err(e)))),
             Work::Run { reply, .. } => drop(reply.send(Err(e))),
         }
     }
 }
+
+/// What a generation job hears from the model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GenEvent {
+    /// A new token and its log-probability.
+    Token {
+        /// The token id.
+        id: u32,
+        /// Its log-probability under the model.
+        logprob: f32,
+    },
+    /// The end: why, or what failed.
+    End(Result<Finish, ApiError>),
+}
+
+/// Where a generation job's events go.
+pub type Events = mpsc::UnboundedSender<GenEvent>;
 
 /// What an encode batch computes per sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +127,8 @@ pub enum EncodeKind {
     Pool(Pooling),
     /// The sequence head's logits.
     Logits,
+    /// Generation jobs only.
+    Generate,
 }
 
 #[derive(Default)]
@@ -150,11 +182,15 @@ impl Queue {
 
     /// The next batch, waiting for one: a run job alone, or the encode jobs at the head of
     /// the queue up to `max_tokens` (always at least one). `None` once closed and drained.
-    fn take(&self, max_tokens: usize) -> Option<Vec<Job>> {
+    /// Without `wait`, an empty batch when nothing is queued.
+    fn take(&self, max_tokens: usize, wait: bool) -> Option<Vec<Job>> {
         let mut st = self.lock();
         while st.jobs.is_empty() {
             if st.closed {
                 return None;
+            }
+            if !wait {
+                return Some(Vec::new());
             }
             st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
         }
@@ -197,7 +233,11 @@ pub fn spawn(
             }
             let _alive = Alive(alive);
             let metrics = queue.metrics.clone();
-            while let Some(batch) = queue.take(max_tokens) {
+            if kind == EncodeKind::Generate {
+                generation_loop(&mut model, &mut switch, &queue, max_tokens, &metrics);
+                return;
+            }
+            while let Some(batch) = queue.take(max_tokens, true) {
                 let start = Instant::now();
                 let mut live = Vec::with_capacity(batch.len());
                 for job in batch {
@@ -248,6 +288,9 @@ fn run_batch(
                     let _ = reply.send(out);
                 }
                 Work::Encode { seqs, reply } => encodes.push((seqs, reply)),
+                Work::Generate { events, .. } => drop(events.send(GenEvent::End(Err(
+                    ApiError::backend("this server does not generate"),
+                )))),
             }
         }
         if !encodes.is_empty() {
@@ -326,5 +369,146 @@ pub fn encode(p: &Pretrained, kind: EncodeKind, seqs: &[&Seq]) -> crate::Result<
             let k = logits.len() / seqs.len().max(1);
             Ok(logits.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
         }
+        EncodeKind::Generate => Err(crate::Error::Input(
+            "a generation server does not encode".into(),
+        )),
+    }
+}
+
+/// A continuation in flight.
+struct Active {
+    adapter: Option<String>,
+    dec: crate::infer::Decoding,
+    events: Events,
+}
+
+/// Continuous batching: new requests join between steps (their prompts run as they arrive,
+/// up to the token budget per round); every step chooses one token for each continuation in
+/// flight and runs them all in one forward pass per adapter; finished ones leave at once.
+/// Beam search keeps several hypotheses per request, so it runs whole in its turn.
+fn generation_loop(
+    model: &mut Pretrained,
+    switch: &mut AdapterSwitch,
+    queue: &Queue,
+    max_tokens: usize,
+    metrics: &Metrics,
+) {
+    let mut active: Vec<Active> = Vec::new();
+    loop {
+        let Some(jobs) = queue.take(max_tokens, active.is_empty()) else {
+            break;
+        };
+        let now = Instant::now();
+        for job in jobs {
+            metrics
+                .queue_seconds
+                .observe((now - job.enqueued).as_secs_f64());
+            if job.abandoned() {
+                continue;
+            }
+            let Work::Generate {
+                prompt,
+                opts,
+                events,
+            } = job.work
+            else {
+                job.fail(ApiError::backend("this server only generates"));
+                continue;
+            };
+            if let Err(e) = switch.select(model, job.adapter.as_deref()) {
+                let _ = events.send(GenEvent::End(Err(ApiError::from_kiln(e))));
+                continue;
+            }
+            let t = Instant::now();
+            let started = catch_unwind(AssertUnwindSafe(|| {
+                let g = Generator::new(model)?;
+                if let Strategy::Beam { .. } = opts.strategy {
+                    let toks = g.generate(&prompt, &opts, |_| {})?;
+                    return Ok(Err(toks));
+                }
+                g.start(&prompt, &opts).map(Ok)
+            }));
+            metrics.inference_seconds.observe(t.elapsed().as_secs_f64());
+            metrics.tokens.inc_by(prompt.len() as u64);
+            match started {
+                Ok(Ok(Ok(dec))) => active.push(Active {
+                    adapter: job.adapter,
+                    dec,
+                    events,
+                }),
+                Ok(Ok(Err(beam))) => {
+                    // Beam search gives no per-token log-probabilities; the hypothesis'
+                    // tokens follow one another, then the end.
+                    let eos = model.config().eos_token_id;
+                    for &id in &beam {
+                        let _ = events.send(GenEvent::Token {
+                            id,
+                            logprob: f32::NAN,
+                        });
+                    }
+                    let finish = if beam.last().is_some_and(|&t| Some(t) == eos) {
+                        Finish::Eos
+                    } else {
+                        Finish::Length
+                    };
+                    let _ = events.send(GenEvent::End(Ok(finish)));
+                }
+                Ok(Err(e)) => drop(events.send(GenEvent::End(Err(ApiError::from_kiln(e))))),
+                Err(_) => drop(events.send(GenEvent::End(Err(ApiError::backend(panic_message()))))),
+            }
+        }
+        // One step for every continuation, one pass per adapter.
+        let mut adapters: Vec<Option<String>> = Vec::new();
+        for a in &active {
+            if !adapters.contains(&a.adapter) {
+                adapters.push(a.adapter.clone());
+            }
+        }
+        for adapter in adapters {
+            let mut group: Vec<&mut Active> = active
+                .iter_mut()
+                .filter(|a| a.adapter == adapter && a.dec.finished.is_none())
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let t = Instant::now();
+            let stepped = match switch.select(model, adapter.as_deref()) {
+                Err(e) => Err(ApiError::from_kiln(e)),
+                Ok(()) => {
+                    let mut decs: Vec<&mut crate::infer::Decoding> =
+                        group.iter_mut().map(|a| &mut a.dec).collect();
+                    match catch_unwind(AssertUnwindSafe(|| {
+                        Generator::new(model).and_then(|g| g.advance(&mut decs))
+                    })) {
+                        Ok(r) => r.map_err(ApiError::from_kiln),
+                        Err(_) => Err(ApiError::backend(panic_message())),
+                    }
+                }
+            };
+            metrics.inference_seconds.observe(t.elapsed().as_secs_f64());
+            metrics.batch_inputs.observe(group.len() as f64);
+            metrics.batch_tokens.observe(group.len() as f64);
+            match stepped {
+                Ok(chosen) => {
+                    for (a, c) in group.iter_mut().zip(chosen) {
+                        if let Some((id, logprob)) = c {
+                            let _ = a.events.send(GenEvent::Token { id, logprob });
+                        }
+                        if let Some(f) = a.dec.finished {
+                            let _ = a.events.send(GenEvent::End(Ok(f)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    for a in group.iter_mut() {
+                        let _ = a.events.send(GenEvent::End(Err(e.clone())));
+                        a.dec.finished = Some(Finish::Length);
+                    }
+                }
+            }
+        }
+        // Finished continuations and those whose client left make room.
+        active.retain(|a| a.dec.finished.is_none() && !a.events.is_closed());
     }
 }

@@ -1,7 +1,9 @@
 //! `kiln serve`: an HTTP server for a model — text-embeddings-inference's routes (`/embed`,
 //! `/predict`, `/rerank`, `/tokenize`, `/info`, `/health`, `/metrics`) and OpenAI's
 //! `/v1/embeddings` in their request and response shapes, plus `/tag`, `/qa` and `/fill-mask`
-//! answering as `kiln predict` and `kiln fill-mask` do.
+//! answering as `kiln predict` and `kiln fill-mask` do; for a causal LM, text-generation-
+//! inference's `/generate` and `/generate_stream` (server-sent events) and OpenAI's
+//! `/v1/completions`, with continuous batching of the decoding steps.
 //!
 //! The HTTP side runs on tokio and axum; tokenization happens in the handlers; the model
 //! runs on one inference thread ([`batcher`]) that packs the inputs of concurrent requests
@@ -106,6 +108,10 @@ pub(crate) struct AppState {
     pub adapters: Vec<String>,
     /// Sequence heads by adapter (`None`: the base model), for the classify task.
     pub heads: HashMap<Option<String>, HeadInfo>,
+    /// The end-of-text token of a generating model.
+    pub eos: Option<u32>,
+    /// Numbers OpenAI completion ids.
+    pub completions: std::sync::atomic::AtomicU64,
 }
 
 /// Serves `model` until SIGINT or SIGTERM. `on_ready` gets the bound address once the server
@@ -152,6 +158,8 @@ pub fn serve_until(
         }
         Some(n) => n,
         None if task == ServeTask::Embed => embed_defaults.max_length,
+        // A prompt leaves room for at least one new token.
+        None if task == ServeTask::Generate => max_pos.saturating_sub(1).max(1),
         None => max_pos,
     };
     let mut whole = model.tokenizer()?.clone();
@@ -169,6 +177,7 @@ pub fn serve_until(
     let alive = Arc::new(AtomicBool::new(true));
     let kind = match task {
         ServeTask::Embed => EncodeKind::Pool(embed_defaults.pooling),
+        ServeTask::Generate => EncodeKind::Generate,
         _ => EncodeKind::Logits,
     };
     let state = Arc::new(AppState {
@@ -186,6 +195,11 @@ pub fn serve_until(
         limiter: Arc::new(tokio::sync::Semaphore::new(opts.max_concurrent_requests)),
         adapters,
         heads,
+        eos: model
+            .config()
+            .eos_token_id
+            .or_else(|| model.tokenizer.as_ref().and_then(|t| t.eos_id())),
+        completions: std::sync::atomic::AtomicU64::new(0),
         opts: opts.clone(),
     });
     let worker = batcher::spawn(

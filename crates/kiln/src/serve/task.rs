@@ -18,6 +18,8 @@ pub enum ServeTask {
     Qa,
     /// Masked-token prediction: `/fill-mask`.
     FillMask,
+    /// Text generation with a causal LM: `/generate`, `/generate_stream`, `/v1/completions`.
+    Generate,
 }
 
 impl std::str::FromStr for ServeTask {
@@ -29,8 +31,9 @@ impl std::str::FromStr for ServeTask {
             "tag" => Ok(ServeTask::Tag),
             "qa" => Ok(ServeTask::Qa),
             "fill-mask" => Ok(ServeTask::FillMask),
+            "generate" => Ok(ServeTask::Generate),
             _ => Err(Error::Input(format!(
-                "--task: \"{s}\" is not a served task (embed, classify, tag, qa, fill-mask)"
+                "--task: \"{s}\" is not a served task (embed, classify, tag, qa, fill-mask, generate)"
             ))),
         }
     }
@@ -45,6 +48,7 @@ impl ServeTask {
             ServeTask::Tag => "tag",
             ServeTask::Qa => "qa",
             ServeTask::FillMask => "fill-mask",
+            ServeTask::Generate => "generate",
         }
     }
 
@@ -56,12 +60,14 @@ impl ServeTask {
             ServeTask::Tag => &["/tag"],
             ServeTask::Qa => &["/qa"],
             ServeTask::FillMask => &["/fill-mask"],
+            ServeTask::Generate => &["/generate", "/generate_stream", "/v1/completions"],
         }
     }
 
     /// The task of a model directory, as a user of transformers would expect it: a
     /// sentence-transformers directory embeds; a task head classifies, tags or answers; a
-    /// masked-LM head fills masks; a bare encoder embeds (mean pooling).
+    /// masked-LM head fills masks; a causal-LM head generates; a bare encoder embeds (mean
+    /// pooling).
     pub fn of_model(p: &Pretrained) -> Result<ServeTask> {
         if p.sentence.is_some() {
             return Ok(ServeTask::Embed);
@@ -73,9 +79,12 @@ impl ServeTask {
                 HeadKind::Span => ServeTask::Qa,
             });
         }
-        if p.config().arch == Arch::Gpt2 || p.lm_head.is_some() {
+        if p.lm_head.is_some() {
+            return Ok(ServeTask::Generate);
+        }
+        if p.config().arch == Arch::Gpt2 {
             return Err(Error::Input(format!(
-                "{} is a causal language model; `kiln serve` does not generate yet (use `kiln generate`), or serve it with --task embed",
+                "{} is a GPT-2 without a language-model head; serve it with --task embed",
                 p.dir.display()
             )));
         }
@@ -100,6 +109,7 @@ impl ServeTask {
                     p.head_description()
                 ))),
             },
+            ServeTask::Generate => crate::infer::Generator::new(p).map(|_| ()),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod classify;
 mod embed;
+mod generate;
 mod records;
 mod status;
 mod tokenize;
@@ -35,6 +36,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         ServeTask::Tag => inference.route("/tag", post(records::tag)),
         ServeTask::Qa => inference.route("/qa", post(records::qa)),
         ServeTask::FillMask => inference.route("/fill-mask", post(records::fill_mask)),
+        ServeTask::Generate => inference
+            .route("/generate", post(generate::generate))
+            .route("/generate_stream", post(generate::generate_stream))
+            .route("/v1/completions", post(generate::completions)),
     };
     let inference = inference.layer(middleware::from_fn_with_state(state.clone(), limit));
     Router::new()
@@ -95,14 +100,34 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// A request's place among `--max-concurrent-requests`, held until the request is done: the
+/// middleware holds it until the answer is made, a stream's task until the stream ends.
+#[derive(Clone)]
+pub(crate) struct Slot(#[allow(dead_code)] Arc<SlotInner>);
+
+pub(crate) struct SlotInner {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<super::metrics::Metrics>,
+}
+
+impl Drop for SlotInner {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+    }
+}
+
 /// `--max-concurrent-requests`: a request beyond it is answered 429 at once.
-async fn limit(State(st): St, req: Request, next: Next) -> Response {
+async fn limit(State(st): St, mut req: Request, next: Next) -> Response {
     match st.limiter.clone().try_acquire_owned() {
         Ok(permit) => {
             st.metrics.in_flight.inc();
+            let slot = Slot(Arc::new(SlotInner {
+                _permit: permit,
+                metrics: st.metrics.clone(),
+            }));
+            req.extensions_mut().insert(slot.clone());
             let res = next.run(req).await;
-            st.metrics.in_flight.dec();
-            drop(permit);
+            drop(slot);
             res
         }
         Err(_) => ApiError::overloaded(st.opts.max_concurrent_requests).into_response(),
