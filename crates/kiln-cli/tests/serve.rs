@@ -878,3 +878,129 @@ fn generation_equals_kiln_generate_batched_streamed_and_through_openai() {
     );
     assert_eq!(st, 200, "{v}");
 }
+
+/// A copy of a fixture model with its tensors edited.
+fn edited_model(
+    name: &str,
+    from: &str,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, kiln::engine::Tensor>),
+) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-serve-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(fixture(from)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let store = kiln::checkpoint::WeightStore::open_dir(&dir).unwrap();
+    let mut t: std::collections::BTreeMap<_, _> = store
+        .names()
+        .into_iter()
+        .filter_map(|n| Some((n.clone(), store.get(&n).ok()?)))
+        .collect();
+    drop(store);
+    edit(&mut t);
+    kiln::checkpoint::weights::write_safetensors(
+        &dir.join("model.safetensors"),
+        &t,
+        kiln::checkpoint::SaveDtype::F32,
+    )
+    .unwrap();
+    dir
+}
+
+/// Finite weights that overflow on the tokens `ids`: their embedding rows set huge.
+fn overflow_on(
+    t: &mut std::collections::BTreeMap<String, kiln::engine::Tensor>,
+    suffix: &str,
+    ids: &[u32],
+) {
+    let name = t.keys().find(|n| n.ends_with(suffix)).unwrap().clone();
+    let shape = t[&name].shape().to_vec();
+    let mut w = t[&name].data().to_vec();
+    for &id in ids {
+        let id = id as usize;
+        w[id * shape[1]..(id + 1) * shape[1]].fill(3e38);
+    }
+    t.insert(name, kiln::engine::Tensor::new(shape, w).unwrap());
+}
+
+#[test]
+fn an_input_that_overflows_fails_its_own_request_only_and_the_server_goes_on() {
+    // "is" is id 109 of tiny-bert's vocabulary.
+    let m = edited_model("overflow", "tiny-bert", |t| {
+        overflow_on(t, "word_embeddings.weight", &[109])
+    });
+    let model = m.to_str().unwrap();
+    let s = Server::start(&["--model", model, "--task", "embed"]);
+    let good = json_lines(&kiln(
+        &["embed", "--model", model, "--normalize"],
+        "the cat",
+    ));
+    std::thread::scope(|sc| {
+        for k in 0..6 {
+            let (s, good) = (&s, &good);
+            sc.spawn(move || {
+                if k % 2 == 0 {
+                    let (st, v) = s.post("/embed", &json!({ "inputs": "this is it" }));
+                    assert_eq!(st, 500, "{v}");
+                    assert_eq!(v["error_type"], "Backend");
+                    assert!(v["error"].as_str().unwrap().contains("not finite"), "{v}");
+                } else {
+                    let (st, v) = s.post("/embed", &json!({ "inputs": "the cat" }));
+                    assert_eq!(st, 200, "{v}");
+                    assert_close(&floats(&v[0]), &floats(&good[0]["embedding"]), 1e-5, "good");
+                }
+            });
+        }
+    });
+    assert_eq!(s.get("/health").0, 200);
+    drop(s);
+    std::fs::remove_dir_all(m).unwrap();
+
+    // Positions from 10 on overflow (not a token's row: GPT-2's head is tied to the token
+    // embeddings, and a huge row there would make every output's logits infinite).
+    let g = edited_model("overflow-gpt", "tiny-gpt2", |t| {
+        overflow_on(t, "wpe.weight", &(10..32).collect::<Vec<u32>>())
+    });
+    let model = g.to_str().unwrap();
+    let s = Server::start(&["--model", model]);
+    let want = json_lines(&kiln(
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "the cat",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ],
+        "",
+    ));
+    std::thread::scope(|sc| {
+        for k in 0..4 {
+            let (s, want) = (&s, &want);
+            sc.spawn(move || {
+                let prompt = if k % 2 == 0 {
+                    "one two three four five six seven eight nine ten eleven twelve"
+                } else {
+                    "the cat"
+                };
+                let (st, v) = s.post(
+                    "/generate",
+                    &json!({ "inputs": prompt, "parameters": { "max_new_tokens": 6 } }),
+                );
+                if k % 2 == 0 {
+                    assert_eq!(st, 500, "{v}");
+                } else {
+                    assert_eq!(st, 200, "{v}");
+                    assert_eq!(v["generated_text"], want[0]["text"]);
+                }
+            });
+        }
+    });
+    assert_eq!(s.get("/health").0, 200);
+    drop(s);
+    std::fs::remove_dir_all(g).unwrap();
+}

@@ -51,6 +51,9 @@ pub enum Finish {
     Eos,
     /// It used `max_new_tokens` or the model's positions.
     Length,
+    /// The model's output turned NaN or infinite (finite weights that overflow on this
+    /// input); no token follows. Other continuations batched with it go on.
+    NonFinite,
 }
 
 /// One greedy or sampled continuation in progress ([`Generator::start`]), carried on step by
@@ -70,6 +73,10 @@ pub struct Decoding {
     /// Why it ended, once it has.
     pub finished: Option<Finish>,
 }
+
+/// What an overflowing output is called.
+const NON_FINITE: &str =
+    "the model's output is not finite (NaN or infinity); its weights overflow on this input";
 
 /// The head that turns the last hidden state into next-token logits.
 enum NextToken<'a> {
@@ -197,6 +204,9 @@ impl<'a> Generator<'a> {
                 on_token(t);
             }
         }
+        if d.finished == Some(Finish::NonFinite) {
+            return Err(Error::NonFinite(NON_FINITE.into()));
+        }
         Ok(d.tokens)
     }
 
@@ -296,10 +306,12 @@ impl<'a> Generator<'a> {
             decs[i].cache = c;
         }
         let hidden = hidden?;
-        if !hidden.data().iter().all(|v| v.is_finite()) {
-            return Err(Error::NonFinite(
-                "the model's output is not finite (NaN or infinity); its weights overflow on this input".into(),
-            ));
+        // A continuation whose output overflowed ends there; the rows of the others are
+        // their own (attention never mixes sequences), so they go on.
+        for (k, &i) in running.iter().enumerate() {
+            if !hidden.row(k).iter().all(|v| v.is_finite()) {
+                decs[i].finished = Some(Finish::NonFinite);
+            }
         }
         let word = &self.p.model.embeddings.word;
         let logits = match self.head {
@@ -308,6 +320,9 @@ impl<'a> Generator<'a> {
         };
         let v = logits.len() / running.len();
         for (k, &i) in running.iter().enumerate() {
+            if decs[i].finished.is_some() {
+                continue;
+            }
             decs[i].logits.clear();
             decs[i]
                 .logits

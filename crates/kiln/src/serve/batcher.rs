@@ -305,7 +305,8 @@ fn panic_message() -> String {
 }
 
 /// Packs the sequences of encode jobs into forward passes of at most `max_tokens` tokens and
-/// answers each job with its rows.
+/// answers each job with its rows. When a shared pass fails, each job is run alone, so one
+/// request's failure is only its own.
 fn run_encodes(
     model: &Pretrained,
     kind: EncodeKind,
@@ -313,6 +314,23 @@ fn run_encodes(
     max_tokens: usize,
     metrics: &Metrics,
 ) {
+    let shared = jobs.len() > 1;
+    if let Err(jobs) = try_encodes(model, kind, jobs, max_tokens, metrics, shared) {
+        for job in jobs {
+            let _ = try_encodes(model, kind, vec![job], max_tokens, metrics, false);
+        }
+    }
+}
+
+/// One attempt of [`run_encodes`]; with `give_back`, a failure returns the jobs unanswered.
+fn try_encodes(
+    model: &Pretrained,
+    kind: EncodeKind,
+    jobs: Vec<(Vec<Seq>, RowsReply)>,
+    max_tokens: usize,
+    metrics: &Metrics,
+    give_back: bool,
+) -> Result<(), Vec<(Vec<Seq>, RowsReply)>> {
     let all: Vec<&Seq> = jobs.iter().flat_map(|(s, _)| s.iter()).collect();
     let mut rows: Vec<Vec<f32>> = Vec::with_capacity(all.len());
     let mut failed: Option<ApiError> = None;
@@ -336,6 +354,9 @@ fn run_encodes(
         metrics.tokens.inc_by(tokens as u64);
         i = end;
     }
+    if failed.is_some() && give_back {
+        return Err(jobs);
+    }
     let mut rows = rows.into_iter();
     for (seqs, reply) in jobs {
         let _ = match &failed {
@@ -343,6 +364,7 @@ fn run_encodes(
             None => reply.send(Ok(rows.by_ref().take(seqs.len()).collect())),
         };
     }
+    Ok(())
 }
 
 /// One packed forward pass: a row per sequence.
@@ -495,8 +517,14 @@ fn generation_loop(
                         if let Some((id, logprob)) = c {
                             let _ = a.events.send(GenEvent::Token { id, logprob });
                         }
-                        if let Some(f) = a.dec.finished {
-                            let _ = a.events.send(GenEvent::End(Ok(f)));
+                        match a.dec.finished {
+                            Some(Finish::NonFinite) => drop(a.events.send(GenEvent::End(Err(
+                                ApiError::backend(
+                                    "the model's output is not finite (NaN or infinity); its weights overflow on this input",
+                                ),
+                            )))),
+                            Some(f) => drop(a.events.send(GenEvent::End(Ok(f)))),
+                            None => {}
                         }
                     }
                 }

@@ -287,6 +287,9 @@ impl<'a> Collector<'a> {
                     self.find_stop(from);
                 }
                 Ok(Some(match f {
+                    Finish::NonFinite => {
+                        return Err(ApiError::backend("the model's output is not finite"))
+                    }
                     _ if self.stopped_at.is_some() => End::Stop,
                     Finish::Eos => End::Eos,
                     Finish::Length => End::Length,
