@@ -20,8 +20,10 @@ const MC: usize = 96;
 /// Depth per cache block: a panel slice of KC×NR floats stays in L1.
 const KC: usize = 256;
 
-/// Below this many rows the packed path does not pay off (single-token decoding, tiny batches).
-pub const MIN_ROWS: usize = 24;
+/// Below this many rows the packed path does not pay off (single-token decoding), and the
+/// `gemm` crate's path is used. From here on the packed weights save `gemm`'s per-call
+/// re-packing, which dominates one short sentence (11 ms of a 16-token MiniLM query).
+pub const MIN_ROWS: usize = 4;
 
 /// A weight matrix `[n, k]` (PyTorch layout) repacked as `ceil(n/32)` panels of `k × 32`.
 #[derive(Clone)]
@@ -86,36 +88,64 @@ impl PackedWeight {
         #[cfg(target_arch = "x86_64")]
         {
             let (n, k) = (self.n, self.k);
-            out[..rows * n]
-                .par_chunks_mut(MC * n)
-                .enumerate()
-                .for_each(|(blk, c)| {
-                    let r0 = blk * MC;
-                    let m = c.len() / n;
-                    // SAFETY: `supported()` was checked by the caller (avx512f); every pointer below
-                    // stays inside `x`, `c`, the panels and `bias` by the loop bounds.
-                    unsafe { self.block(&x[r0 * k..(r0 + m) * k], m, bias, c, accumulate, act) }
+            let np = n.div_ceil(NR);
+            let threads = rayon::current_num_threads();
+            if rows.div_ceil(MC) >= threads || np == 1 {
+                out[..rows * n]
+                    .par_chunks_mut(MC * n)
+                    .enumerate()
+                    .for_each(|(blk, c)| {
+                        let r0 = blk * MC;
+                        let m = c.len() / n;
+                        // SAFETY: `supported()` was checked by the caller (avx512f); every
+                        // pointer below stays inside `x`, `c`, the panels and `bias` by the
+                        // loop bounds.
+                        unsafe {
+                            self.block(
+                                &x[r0 * k..(r0 + m) * k],
+                                m,
+                                bias,
+                                c.as_mut_ptr(),
+                                0..np,
+                                accumulate,
+                                act,
+                            )
+                        }
+                    });
+            } else {
+                // Too few rows to keep every thread busy (one short sentence, a small
+                // batch): the threads take bands of output columns instead, each over all
+                // rows.
+                let per = np.div_ceil(threads * 2).max(1);
+                let c = SendPtr(out.as_mut_ptr());
+                (0..np.div_ceil(per)).into_par_iter().for_each(|t| {
+                    let panels = t * per..((t + 1) * per).min(np);
+                    let c = &c;
+                    // SAFETY: as above; the tasks write disjoint column bands of `out`.
+                    unsafe { self.block(&x[..rows * k], rows, bias, c.0, panels, accumulate, act) }
                 });
+            }
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn block(
         &self,
         a: &[f32],
         m: usize,
         bias: Option<&[f32]>,
-        c: &mut [f32],
+        c: *mut f32,
+        panels: std::ops::Range<usize>,
         accumulate: bool,
         act: Option<Activation>,
     ) {
         let (n, k) = (self.n, self.k);
-        let np = n.div_ceil(NR);
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
-            for p in 0..np {
+            for p in panels.clone() {
                 let cols = NR.min(n - p * NR);
                 let panel = self.panels.as_ptr().add(p * k * NR + k0 * NR);
                 let b = if k0 == 0 {
@@ -128,7 +158,7 @@ impl PackedWeight {
                 while i < m {
                     let mr = MR.min(m - i);
                     let ap = a.as_ptr().add(i * k + k0);
-                    let cp = c.as_mut_ptr().add(i * n + p * NR);
+                    let cp = c.add(i * n + p * NR);
                     let t = Tile {
                         a: ap,
                         lda: k,
@@ -157,8 +187,9 @@ impl PackedWeight {
                     if let (Some(f), true) = (act, k0 + kc == k) {
                         // The tile was just written: activate it while it is in L1.
                         for r in 0..mr {
-                            let row = (i + r) * n + p * NR;
-                            act_slice(&mut c[row..row + cols], f);
+                            let row =
+                                std::slice::from_raw_parts_mut(c.add((i + r) * n + p * NR), cols);
+                            act_slice(row, f);
                         }
                     }
                     i += mr;
@@ -168,6 +199,13 @@ impl PackedWeight {
         }
     }
 }
+
+/// The output pointer shared by tasks that write disjoint parts of it.
+#[cfg(target_arch = "x86_64")]
+struct SendPtr(*mut f32);
+// SAFETY: only used by `PackedWeight::matmul`, whose tasks write disjoint column bands.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for SendPtr {}
 
 /// One register tile: `R` rows × 32 columns over `kc` steps of depth.
 #[cfg(target_arch = "x86_64")]
@@ -247,38 +285,48 @@ mod tests {
             eprintln!("no AVX-512 on this CPU: the packed kernel is not used here");
             return;
         }
-        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for &(m, k, n) in &[
-            (1usize, 1usize, 1usize),
-            (13, 300, 33),
-            (97, 257, 64),
-            (200, 96, 250),
-            (24, 1536, 384),
-        ] {
-            let x: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let wt = Tensor::new(vec![n, k], w).unwrap();
-            let want = naive_matmul(&x, wt.transpose2d().unwrap().data(), m, k, n);
-            let p = PackedWeight::pack(&wt);
-            let mut out = vec![f32::NAN; m * n];
-            p.matmul(&x, m, Some(&b), &mut out, false, None);
-            let mut gelu = vec![0.0; m * n];
-            p.matmul(&x, m, Some(&b), &mut gelu, false, Some(Activation::GeluErf));
-            let resid: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let mut acc = resid.clone();
-            p.matmul(&x, m, None, &mut acc, true, None);
-            for i in 0..m * n {
-                let tol = PACKED_RTOL * k as f32;
-                assert!(
-                    (out[i] - (want[i] + b[i % n])).abs() <= tol,
-                    "m{m} k{k} n{n} at {i}"
-                );
-                assert!(
-                    (acc[i] - (want[i] + resid[i])).abs() <= tol,
-                    "accumulate m{m} k{k} n{n} at {i}"
-                );
-            }
+        // One thread splits rows; several threads with few rows split the output columns.
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+                for &(m, k, n) in &[
+                    (1usize, 1usize, 1usize),
+                    (13, 300, 33),
+                    (97, 257, 64),
+                    (200, 96, 250),
+                    (24, 1536, 384),
+                    (5, 384, 1536),
+                ] {
+                    let x: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                    let w: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                    let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                    let wt = Tensor::new(vec![n, k], w).unwrap();
+                    let want = naive_matmul(&x, wt.transpose2d().unwrap().data(), m, k, n);
+                    let p = PackedWeight::pack(&wt);
+                    let mut out = vec![f32::NAN; m * n];
+                    p.matmul(&x, m, Some(&b), &mut out, false, None);
+                    let mut gelu = vec![0.0; m * n];
+                    p.matmul(&x, m, Some(&b), &mut gelu, false, Some(Activation::GeluErf));
+                    let resid: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                    let mut acc = resid.clone();
+                    p.matmul(&x, m, None, &mut acc, true, None);
+                    for i in 0..m * n {
+                        let tol = PACKED_RTOL * k as f32;
+                        assert!(
+                            (out[i] - (want[i] + b[i % n])).abs() <= tol,
+                            "m{m} k{k} n{n} at {i}"
+                        );
+                        assert!(
+                            (acc[i] - (want[i] + resid[i])).abs() <= tol,
+                            "accumulate m{m} k{k} n{n} at {i}"
+                        );
+                    }
+                }
+            });
         }
     }
 }
