@@ -181,6 +181,11 @@ impl HeldRequest {
     /// Sends the rest of the body; the status and the JSON answer.
     fn finish(mut self) -> (u16, Value) {
         self.stream.write_all(&self.rest).unwrap();
+        self.answer()
+    }
+
+    /// The status and JSON answer, without sending the rest.
+    fn answer(mut self) -> (u16, Value) {
         let mut raw = String::new();
         self.stream.read_to_string(&mut raw).unwrap();
         let status: u16 = raw[9..12].parse().unwrap();
@@ -1003,4 +1008,27 @@ fn an_input_that_overflows_fails_its_own_request_only_and_the_server_goes_on() {
     assert_eq!(s.get("/health").0, 200);
     drop(s);
     std::fs::remove_dir_all(g).unwrap();
+}
+
+#[test]
+fn a_body_that_never_arrives_is_answered_408_and_frees_its_place() {
+    let m = fixture("tiny-bert");
+    let s = Server::start(&[
+        "--model",
+        m.to_str().unwrap(),
+        "--task",
+        "embed",
+        "--max-concurrent-requests",
+        "1",
+        "--read-timeout",
+        "0.5",
+    ]);
+    let held = HeldRequest::start(&s.addr, "/embed", &json!({ "inputs": "never sent" }));
+    in_flight(&s, 1);
+    let (st, v) = held.answer();
+    assert_eq!(st, 408, "{v}");
+    assert_eq!(v["error_type"], "Timeout");
+    in_flight(&s, 0);
+    let (st, _) = s.post("/embed", &json!({ "inputs": "next" }));
+    assert_eq!(st, 200);
 }

@@ -48,6 +48,10 @@ pub struct Args {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 2_000_000, value_name = "BYTES")]
     payload_limit: usize,
+    /// Seconds a request's body may take to arrive; a slower one is answered 408 and frees
+    /// its place.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    read_timeout: f64,
     /// Require `Authorization: Bearer KEY` on every request.
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
@@ -73,6 +77,9 @@ pub fn run(a: Args) -> Result<()> {
         };
         kiln::peft::files::load_adapter(&mut p, &dir, &name)?;
     }
+    if !(a.read_timeout > 0.0 && a.read_timeout.is_finite()) {
+        bail!("--read-timeout must be a positive number of seconds");
+    }
     if a.api_key.as_deref() == Some("") {
         bail!("--api-key cannot be empty");
     }
@@ -85,6 +92,7 @@ pub fn run(a: Args) -> Result<()> {
         max_client_batch_size: a.max_client_batch_size,
         max_input_length: a.max_input_length,
         payload_limit: a.payload_limit,
+        read_timeout: std::time::Duration::from_secs_f64(a.read_timeout),
         api_key: a.api_key,
         default_adapter,
         model_id: a.model_id,

@@ -44,6 +44,15 @@ impl ApiError {
         }
     }
 
+    /// 408: the request body did not arrive in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: message.into(),
+            error_type: "Timeout",
+        }
+    }
+
     /// 429: the server holds as many requests as it may.
     pub fn overloaded(limit: usize) -> Self {
         ApiError {

@@ -55,6 +55,8 @@ pub struct ServeOptions {
     pub max_input_length: Option<usize>,
     /// Request body bytes.
     pub payload_limit: usize,
+    /// Time a request's body may take to arrive (408 after it).
+    pub read_timeout: std::time::Duration,
     /// When set, every request must carry `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
     /// The adapter of requests that name none (default: the bare base model).
@@ -74,6 +76,7 @@ impl Default for ServeOptions {
             max_client_batch_size: 32,
             max_input_length: None,
             payload_limit: 2_000_000,
+            read_timeout: std::time::Duration::from_secs(30),
             api_key: None,
             default_adapter: None,
             model_id: None,
@@ -137,6 +140,7 @@ pub fn serve_until(
         ("--max-concurrent-requests", opts.max_concurrent_requests),
         ("--max-client-batch-size", opts.max_client_batch_size),
         ("--payload-limit", opts.payload_limit),
+        ("--read-timeout", opts.read_timeout.as_millis() as usize),
     ] {
         if v == 0 {
             return Err(Error::Input(format!("{flag} must be at least 1")));

@@ -2,19 +2,32 @@
 //! axum's plain-text rejection) and the `inputs` shapes TEI and OpenAI accept.
 
 use super::error::ApiError;
+use super::AppState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// A JSON request body of type `T`.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        // A client that sends its headers but not its body would hold a concurrency slot
+        // for as long as it likes; the body must arrive within --read-timeout.
+        let limit = state.opts.read_timeout;
+        let read = tokio::time::timeout(limit, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::timeout(format!(
+                    "the request body did not arrive within {} s (--read-timeout)",
+                    limit.as_secs_f64()
+                ))
+            })?;
+        let bytes = read.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large("the request body is larger than the server's --payload-limit")
             } else {
