@@ -1,14 +1,10 @@
 //! End-to-end runs of the `kiln` binary on the tiny fixtures.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../kiln/tests/fixtures")
-        .join(name)
-}
+mod common;
+use common::*;
 
 /// Parses one JSON value per output line.
 fn json_lines(out: &str) -> Vec<serde_json::Value> {
@@ -797,53 +793,12 @@ fn seq2seq_finetune_predict_eval() {
 }
 
 /// A scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A copy of a fixture model with its tensors edited.
-fn edited_model(
-    name: &str,
-    from: &str,
-    edit: impl FnOnce(&mut std::collections::BTreeMap<String, kiln::engine::Tensor>),
-) -> PathBuf {
-    let dir = scratch(name);
-    for e in std::fs::read_dir(fixture(from)).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-    }
-    let store = kiln::checkpoint::WeightStore::open_dir(&dir).unwrap();
-    let mut t: std::collections::BTreeMap<_, _> = store
-        .names()
-        .into_iter()
-        .filter_map(|n| Some((n.clone(), store.get(&n).ok()?)))
-        .collect();
-    drop(store);
-    edit(&mut t);
-    kiln::checkpoint::weights::write_safetensors(
-        &dir.join("model.safetensors"),
-        &t,
-        kiln::checkpoint::SaveDtype::F32,
-    )
-    .unwrap();
-    dir
-}
-
 #[test]
 fn an_output_that_overflows_names_the_input_line() {
     // Finite weights (they pass the load check) that overflow for one token: "is".
+    // 109 is "is" in vocab.txt.
     let m = edited_model("overflow", "tiny-bert", |t| {
-        let name = "bert.embeddings.word_embeddings.weight";
-        let shape = t[name].shape().to_vec();
-        let mut w = t[name].data().to_vec();
-        let id = 109; // "is" in vocab.txt
-        for v in &mut w[id * shape[1]..(id + 1) * shape[1]] {
-            *v = 3e38;
-        }
-        t.insert(name.into(), kiln::engine::Tensor::new(shape, w).unwrap());
+        overflow_on(t, "bert.embeddings.word_embeddings.weight", &[109])
     });
     let (ok, out, err) = kiln(
         &["embed", "--model", m.to_str().unwrap()],
@@ -863,18 +818,7 @@ fn an_output_that_overflows_names_the_input_line() {
     let good = tok.encode_plain("the cat").unwrap().ids;
     assert!(good.iter().all(|i| !bad.contains(i)));
     let g = edited_model("overflow-gpt", "tiny-gpt2", |t| {
-        let name = t
-            .keys()
-            .find(|n| n.ends_with("wte.weight"))
-            .unwrap()
-            .clone();
-        let shape = t[&name].shape().to_vec();
-        let mut w = t[&name].data().to_vec();
-        for &id in &bad {
-            let id = id as usize;
-            w[id * shape[1]..(id + 1) * shape[1]].fill(3e38);
-        }
-        t.insert(name, kiln::engine::Tensor::new(shape, w).unwrap());
+        overflow_on(t, "wte.weight", &bad)
     });
     let (ok, _, err) = kiln(
         &[
@@ -1161,7 +1105,7 @@ fn messages_say_each_thing_once_and_in_words() {
     assert!(!ok);
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
     // An adapter for another base names both widths.
-    let m = crate_minilm();
+    let m = minilm();
     let (ok, _, err) = kiln(
         &[
             "predict",
@@ -1181,14 +1125,6 @@ fn messages_say_each_thing_once_and_in_words() {
 }
 
 /// all-MiniLM-L6-v2 from `scripts/get-minilm.sh` (`.ci/run` fetches it).
-fn crate_minilm() -> PathBuf {
-    let out =
-        Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/get-minilm.sh"))
-            .output()
-            .expect("run scripts/get-minilm.sh");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 #[test]
 fn a_closed_output_pipe_ends_quietly() {
     // As `kiln embed ... | head -1`: the reader goes away after one line.

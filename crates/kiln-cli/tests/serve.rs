@@ -1,26 +1,15 @@
 //! `kiln serve` end to end: the binary on an ephemeral loopback port, a real HTTP client, and
 //! every route's answers against the offline commands' results.
 
+use base64::Engine;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../kiln/tests/fixtures")
-        .join(name)
-}
-
-fn minilm() -> PathBuf {
-    let out =
-        Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/get-minilm.sh"))
-            .output()
-            .expect("run scripts/get-minilm.sh");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
+mod common;
+use common::*;
 
 /// A running `kiln serve`; killed when dropped.
 struct Server {
@@ -269,7 +258,9 @@ fn embeddings_equal_offline_embed_alone_and_across_concurrent_requests() {
         "/v1/embeddings",
         &json!({ "input": SENTENCES[0], "encoding_format": "base64" }),
     );
-    let bytes = decode_base64(b["data"][0]["embedding"].as_str().unwrap());
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
     let got: Vec<f64> = bytes
         .chunks(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
@@ -307,26 +298,6 @@ fn embeddings_equal_offline_embed_alone_and_across_concurrent_requests() {
     );
     assert!(metrics.contains("kiln_batch_tokens_bucket"), "{metrics}");
     assert!(metrics.contains("kiln_queue_depth 0"), "{metrics}");
-}
-
-fn decode_base64(s: &str) -> Vec<u8> {
-    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let vals: Vec<u32> = s
-        .bytes()
-        .filter(|&c| c != b'=')
-        .map(|c| ABC.iter().position(|&a| a == c).unwrap() as u32)
-        .collect();
-    let mut out = Vec::new();
-    for c in vals.chunks(4) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (k, v)| n | v << (18 - 6 * k));
-        for k in 0..c.len() - 1 {
-            out.push((n >> (16 - 8 * k)) as u8);
-        }
-    }
-    out
 }
 
 #[test]
@@ -882,52 +853,6 @@ fn generation_equals_kiln_generate_batched_streamed_and_through_openai() {
         &json!({ "inputs": long, "parameters": { "truncate": 8, "max_new_tokens": 2 } }),
     );
     assert_eq!(st, 200, "{v}");
-}
-
-/// A copy of a fixture model with its tensors edited.
-fn edited_model(
-    name: &str,
-    from: &str,
-    edit: impl FnOnce(&mut std::collections::BTreeMap<String, kiln::engine::Tensor>),
-) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-serve-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for e in std::fs::read_dir(fixture(from)).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-    }
-    let store = kiln::checkpoint::WeightStore::open_dir(&dir).unwrap();
-    let mut t: std::collections::BTreeMap<_, _> = store
-        .names()
-        .into_iter()
-        .filter_map(|n| Some((n.clone(), store.get(&n).ok()?)))
-        .collect();
-    drop(store);
-    edit(&mut t);
-    kiln::checkpoint::weights::write_safetensors(
-        &dir.join("model.safetensors"),
-        &t,
-        kiln::checkpoint::SaveDtype::F32,
-    )
-    .unwrap();
-    dir
-}
-
-/// Finite weights that overflow on the tokens `ids`: their embedding rows set huge.
-fn overflow_on(
-    t: &mut std::collections::BTreeMap<String, kiln::engine::Tensor>,
-    suffix: &str,
-    ids: &[u32],
-) {
-    let name = t.keys().find(|n| n.ends_with(suffix)).unwrap().clone();
-    let shape = t[&name].shape().to_vec();
-    let mut w = t[&name].data().to_vec();
-    for &id in ids {
-        let id = id as usize;
-        w[id * shape[1]..(id + 1) * shape[1]].fill(3e38);
-    }
-    t.insert(name, kiln::engine::Tensor::new(shape, w).unwrap());
 }
 
 #[test]

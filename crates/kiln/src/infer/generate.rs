@@ -66,6 +66,8 @@ pub struct Decoding {
     strategy: Strategy,
     /// Next-token logits.
     logits: Vec<f32>,
+    /// The logits before sampling rescaled them (sampled continuations only).
+    raw: Vec<f32>,
     /// New tokens allowed.
     room: usize,
     /// The new tokens so far.
@@ -233,6 +235,7 @@ impl<'a> Generator<'a> {
             rng: rand::rngs::StdRng::seed_from_u64(opts.seed),
             strategy: opts.strategy.clone(),
             logits,
+            raw: Vec::new(),
             room,
             tokens: Vec::new(),
             finished: (room == 0).then_some(Finish::Length),
@@ -259,10 +262,11 @@ impl<'a> Generator<'a> {
                     top_k,
                     top_p,
                 } => {
-                    // Sampling rescales the logits in place; the model's own value is kept.
-                    let raw = d.logits.clone();
+                    // Sampling rescales the logits in place; the model's own values stay in a
+                    // buffer reused step after step.
+                    d.raw.clone_from(&d.logits);
                     let t = sample(&mut d.logits, *temperature, *top_k, *top_p, &mut d.rng)?;
-                    (t, raw[t as usize])
+                    (t, d.raw[t as usize])
                 }
                 _ => {
                     let t = argmax(&d.logits);
