@@ -341,6 +341,21 @@ fn resumed_finetune_is_bit_identical() {
 #[test]
 fn tagger_learns_a_rule_it_must_generalize_from_conll_columns() {
     let dir = scratch("tag");
+    let init = fresh_tiny_model(kiln::model::Arch::Bert, &dir.join("init"));
+    tag_rule(&dir, &init, 2e-3);
+}
+
+/// The same tagging rule from a bidirectional LSTM encoder (ELMo-style, fresh).
+#[test]
+fn lstm_tagger_learns_the_rule() {
+    let dir = scratch("tag-lstm");
+    let init = fresh_lstm(&dir.join("init"), true);
+    tag_rule(&dir, &init, 1e-2);
+}
+
+/// Fine-tunes `init` to tag "rain" as WET and "water" (and the word after it) as DRINK in
+/// CoNLL columns, and checks the entity F1 on held-out sentences.
+fn tag_rule(dir: &Path, init: &Path, lr: f32) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut write = |name: &str, n: usize| {
         let path = dir.join(name);
@@ -374,9 +389,8 @@ fn tagger_learns_a_rule_it_must_generalize_from_conll_columns() {
         task: "tag".into(),
         ..config(&train, &valid, 300)
     };
-    cfg.train.lr = 2e-3;
-    let init = fresh_tiny_model(kiln::model::Arch::Bert, &dir.join("init"));
-    let s = run_finetune(&init, &out, &cfg, false).unwrap();
+    cfg.train.lr = lr;
+    let s = run_finetune(init, &out, &cfg, false).unwrap();
     assert_eq!(s.metric.as_deref(), Some("f1"));
     let p = checkpoint::load(&out).unwrap();
     let labels = &p.task.as_ref().unwrap().labels;
@@ -404,6 +418,49 @@ fn tagger_learns_a_rule_it_must_generalize_from_conll_columns() {
     assert!(f1 >= 90.0, "held-out entity F1 {f1}: {m}\n{log}");
     // The POS column is there too, as col1.
     assert_eq!(recs[0].fields["col1"][0], "NN");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A bidirectional LSTM encoder (fresh, ELMo-style) fine-tuned to classify sentences by a word
+/// anywhere in them: its mean-pooled states carry it.
+#[test]
+fn lstm_classifier_learns_a_rule_it_must_generalize() {
+    let dir = scratch("single-lstm");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let mut write = |name: &str, n: usize| {
+        let path = dir.join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        for i in 0..n {
+            let rain = i % 2 == 0;
+            let line = serde_json::json!({ "text": sentence(&mut rng, rain), "label": if rain { "wet" } else { "dry" } });
+            writeln!(f, "{line}").unwrap();
+        }
+        path
+    };
+    let (train, valid, test) = (
+        write("train.jsonl", 400),
+        write("valid.jsonl", 60),
+        write("test.jsonl", 100),
+    );
+    let init = fresh_lstm(&dir.join("init"), true);
+    let out = dir.join("out");
+    let mut cfg = config(&train, &valid, 200);
+    cfg.train.lr = 1e-2;
+    run_finetune(&init, &out, &cfg, false).unwrap();
+    let p = checkpoint::load(&out).unwrap();
+    assert_eq!(
+        checkpoint::save::architecture_name(&p),
+        "KilnLstmForSequenceClassification"
+    );
+    let labels = &p.task.as_ref().unwrap().labels;
+    let fields = Fields::resolve(None, None, "label", None);
+    let recs = read_data(&test, false).unwrap().records;
+    let ex = encode_examples(p.tokenizer().unwrap(), &recs, &fields, Some(labels), 64).unwrap();
+    let acc = evaluate_examples(&p, &ex).unwrap()["accuracy"]
+        .as_f64()
+        .unwrap();
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(acc >= 90.0, "held-out accuracy {acc}\n{log}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

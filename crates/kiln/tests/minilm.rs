@@ -25,7 +25,8 @@ fn minilm_embeddings_match_sentence_transformers() {
             pooling: Pooling::Mean,
             normalize: true,
             max_length: 256,
-            batch_size: 32
+            batch_size: 32,
+            layer: Default::default(),
         }
     );
     let sentences: Vec<&str> = exp["sentences"]

@@ -17,7 +17,7 @@ fn apple_senses_separate_and_heatmap_is_written() {
     let p = checkpoint::load(&minilm_dir()).unwrap();
     let text = std::fs::read_to_string(fixture("apple_sentences.txt")).unwrap();
     let sentences: Vec<String> = text.lines().map(str::to_string).collect();
-    let occ = word_vectors(&p, "apple", &sentences, 256).unwrap();
+    let occ = word_vectors(&p, "apple", &sentences, 256, Default::default()).unwrap();
     let m = similarity_matrix(&occ);
     let n = occ.len();
     let sense = |i: usize| i < 6;

@@ -29,6 +29,10 @@ pub struct Args {
     /// Sentences per forward pass.
     #[arg(long, default_value_t = 32, value_name = "N")]
     batch_size: usize,
+    /// The layer whose token states are pooled: `last` (the model's output), a number (0 = the
+    /// embeddings) or `mean` (every layer averaged, ELMo's unweighted mix).
+    #[arg(long, default_value = "last")]
+    layer: kiln::infer::embed::Layer,
     /// Input file, one sentence per line (default: standard input).
     #[arg(long)]
     input: Option<PathBuf>,
@@ -59,6 +63,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     opts.batch_size = a.batch_size;
+    opts.layer = a.layer;
     let embedder = Embedder::new(&p, opts)?;
     let mut input = LineBlocks::open(a.input.as_deref())?;
     let bar = Items::new(count_lines(a.input.as_deref()), "lines");

@@ -71,7 +71,7 @@ pub fn run(a: Args) -> Result<()> {
         .as_ref()
         .and_then(|l| l.weight.as_ref())
         .map_or(0, |w| w.numel());
-    let info = serde_json::json!({
+    let mut info = serde_json::json!({
         "path": a.model.display().to_string(),
         "architecture": kiln::checkpoint::save::architecture_name(&p),
         "model_type": c.arch.model_type(),
@@ -106,6 +106,16 @@ pub fn run(a: Args) -> Result<()> {
         })),
         "unused_tensors": p.unused_tensors,
     });
+    if let (Some(l), Some(o)) = (&c.lstm, info.as_object_mut()) {
+        // An LSTM has no heads, feed-forward width or positions; its own sizes instead.
+        for k in ["heads", "intermediate", "max_positions"] {
+            o.remove(k);
+        }
+        o.insert("layers".into(), l.layers.into());
+        o.insert("hidden".into(), l.hidden.into());
+        o.insert("projection".into(), l.proj.into());
+        o.insert("bidirectional".into(), l.bidirectional.into());
+    }
     if a.json {
         println!("{info}");
     } else if let Some(o) = info.as_object() {

@@ -101,6 +101,8 @@ fn eval_lm(p: &kiln::checkpoint::Pretrained, a: &EvalArgs) -> Result<serde_json:
     let cfg = kiln::train::PretrainConfig {
         objective: if p.mlm_head.is_some() {
             kiln::train::Objective::Mlm
+        } else if p.config().lstm.as_ref().is_some_and(|l| l.bidirectional) {
+            kiln::train::Objective::Bilm
         } else {
             kiln::train::Objective::Clm
         },

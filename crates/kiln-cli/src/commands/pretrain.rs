@@ -22,9 +22,10 @@ pub struct Args {
     /// Settings from a TOML file (keys = flag names with `_`); flags given here override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// mlm (masked LM), clm (next token) or electra (a generator replaces masked tokens, the
-    /// model learns to spot them; needs an ELECTRA model: `kiln init --arch electra`).
-    #[arg(long, value_parser = ["mlm", "clm", "electra"])]
+    /// mlm (masked LM), clm (next token), electra (a generator replaces masked tokens, the
+    /// model learns to spot them; needs an ELECTRA model: `kiln init --arch electra`) or bilm
+    /// (ELMo's forward and backward LMs; needs `kiln init --arch lstm --bidirectional`).
+    #[arg(long, value_parser = ["mlm", "clm", "electra", "bilm"])]
     objective: Option<String>,
     /// Training text: plain text (one text per line) or JSONL, optionally .gz.
     #[arg(long, num_args = 1..)]
@@ -84,6 +85,7 @@ pub fn run(a: Args) -> Result<()> {
         c.objective = match o.as_str() {
             "clm" => Objective::Clm,
             "electra" => Objective::Electra,
+            "bilm" => Objective::Bilm,
             _ => Objective::Mlm,
         };
     }

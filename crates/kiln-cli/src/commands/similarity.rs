@@ -28,6 +28,11 @@ pub struct Args {
     /// Truncate sentences to N tokens.
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_length: usize,
+    /// The layer whose states are compared: `last` (the model's output), a number (0 = the
+    /// embeddings, N = the N-th layer's output; an LSTM's forward and backward states of that
+    /// layer side by side) or `mean` (every layer averaged, ELMo's unweighted mix).
+    #[arg(long, default_value = "last")]
+    layer: kiln::infer::embed::Layer,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -39,7 +44,7 @@ pub fn run(a: Args) -> Result<()> {
     if sentences.len() < 2 {
         bail!("need at least two sentences containing \"{}\"", a.word);
     }
-    let occ = word_vectors(&p, &a.word, &sentences, a.max_length)?;
+    let occ = word_vectors(&p, &a.word, &sentences, a.max_length, a.layer)?;
     let m = similarity_matrix(&occ);
     write_heatmap(&a.output, &a.word, &occ, &m)?;
     if let Some(csv) = &a.matrix {

@@ -5,10 +5,12 @@
 use super::sentence::SentenceConfig;
 use super::weights::WeightStore;
 use crate::engine::int8::Int8Weight;
+use crate::engine::lstm::LstmCell;
 use crate::engine::{LayerNorm, Linear, Tensor};
 use crate::error::{Error, Result};
 use crate::heads::{HeadKind, Labels, LmHead, MlmHead, Pooler, RtdHead, TaskHead};
 use crate::model::arch::{NameTable, QkvNames};
+use crate::model::lstm::{Lstm, LstmDirection, LstmLayer, LstmShape};
 use crate::model::{Arch, Block, Embeddings, ModelConfig, Transformer};
 use crate::tokenize::Tokenizer;
 use std::collections::HashSet;
@@ -189,7 +191,7 @@ pub fn load(dir: &Path) -> Result<Pretrained> {
         _ => None,
     };
     let task = load_task_head(&mut r, &config)?;
-    let lm_head = if config.arch == Arch::Gpt2 && task.is_none() {
+    let lm_head = if matches!(config.arch, Arch::Gpt2 | Arch::Lstm) && task.is_none() {
         match r.find("lm_head.weight", false) {
             Some(_) => {
                 let w = r.tensor("lm_head.weight", false, &[config.vocab_size, h])?;
@@ -361,6 +363,9 @@ fn load_task_head(r: &mut Reader<'_>, config: &ModelConfig) -> Result<Option<Tas
 }
 
 fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer> {
+    if let Some(shape) = &cfg.lstm {
+        return load_lstm(r, cfg, shape);
+    }
     let n = r.names;
     let h = cfg.hidden_size;
     let eps = cfg.layer_norm_eps as f32;
@@ -419,6 +424,60 @@ fn load_transformer(r: &mut Reader<'_>, cfg: &ModelConfig) -> Result<Transformer
         embeddings,
         blocks,
         final_norm,
+        lstm: None,
+    })
+}
+
+/// An LSTM backbone: its embedding table and every layer's `nn.LSTM` and projection, under the
+/// names `docs/lstm.md` lists.
+fn load_lstm(r: &mut Reader<'_>, cfg: &ModelConfig, shape: &LstmShape) -> Result<Transformer> {
+    use crate::model::arch::lstm::{direction_names, layer_prefix};
+    let (h, p) = (shape.hidden, shape.proj);
+    let embeddings = Embeddings {
+        word: r.table(r.names.word_embeddings, cfg.vocab_size, p)?,
+        position: Tensor::zeros(&[0, p]),
+        token_type: None,
+        norm: None,
+        project: None,
+    };
+    let mut direction = |l: usize, d: usize| -> Result<LstmDirection> {
+        let (suffix, proj) = direction_names(d);
+        let pre = layer_prefix(l);
+        let mut t = |name: &str, shape: &[usize]| {
+            r.tensor(&format!("{pre}lstm.{name}{suffix}"), true, shape)
+        };
+        let cell = LstmCell {
+            w_ih: t("weight_ih", &[4 * h, p])?,
+            w_hh: t("weight_hh", &[4 * h, h])?,
+            b_ih: t("bias_ih", &[4 * h])?,
+            b_hh: t("bias_hh", &[4 * h])?,
+        };
+        Ok(LstmDirection {
+            cell,
+            proj: r.linear(&format!("{pre}{proj}"), true, p, h)?,
+        })
+    };
+    let layers = (0..shape.layers)
+        .map(|l| {
+            Ok(LstmLayer {
+                forward: direction(l, 0)?,
+                backward: if shape.bidirectional {
+                    Some(direction(l, 1)?)
+                } else {
+                    None
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Transformer {
+        config: cfg.clone(),
+        embeddings,
+        blocks: Vec::new(),
+        final_norm: None,
+        lstm: Some(Lstm {
+            shape: shape.clone(),
+            layers,
+        }),
     })
 }
 

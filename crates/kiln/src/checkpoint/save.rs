@@ -161,6 +161,29 @@ fn base_tensors(m: &Transformer, prefix: &str, out: &mut Tensors) -> Result<()> 
     let e = &m.embeddings;
     let word = format!("{prefix}{}", n.word_embeddings);
     out.linear(word.trim_end_matches(".weight"), &e.word, false)?;
+    if let Some(lstm) = &m.lstm {
+        use crate::model::arch::lstm::{direction_names, layer_prefix};
+        for (l, layer) in lstm.layers.iter().enumerate() {
+            let pre = format!("{prefix}{}", layer_prefix(l));
+            for (d, dir) in std::iter::once(&layer.forward)
+                .chain(&layer.backward)
+                .enumerate()
+            {
+                let (suffix, proj) = direction_names(d);
+                let c = &dir.cell;
+                for (name, t) in [
+                    ("weight_ih", &c.w_ih),
+                    ("weight_hh", &c.w_hh),
+                    ("bias_ih", &c.b_ih),
+                    ("bias_hh", &c.b_hh),
+                ] {
+                    out.insert(format!("{pre}lstm.{name}{suffix}"), t.clone());
+                }
+                out.linear(&format!("{pre}{proj}"), &dir.proj, false)?;
+            }
+        }
+        return Ok(());
+    }
     out.insert(
         format!("{prefix}{}", n.position_embeddings),
         e.position.clone(),

@@ -63,6 +63,12 @@ pub struct PruneReport {
 
 /// Refuses models pruning cannot edit in place.
 fn check(p: &Pretrained) -> Result<()> {
+    if p.model.lstm.is_some() {
+        return Err(Error::Input(
+            "pruning removes attention heads and feed-forward neurons; an LSTM (kiln_lstm) has neither"
+                .into(),
+        ));
+    }
     if p.peft.is_some() {
         return Err(Error::Input(
             "the model carries a LoRA/adapter: prune the base (or `kiln merge` first)".into(),

@@ -61,6 +61,12 @@ pub struct LayerReport {
 /// Quantizes the linear layers of `p`'s blocks in place and marks its config
 /// (`quantization_config`); returns a report per layer.
 pub fn quantize(p: &mut Pretrained, opts: &QuantizeOptions) -> Result<Vec<LayerReport>> {
+    if p.model.lstm.is_some() {
+        return Err(Error::Input(format!(
+            "{}: int8 quantization covers the attention blocks' linear layers; an LSTM (kiln_lstm) is not quantized yet",
+            p.dir.display()
+        )));
+    }
     if p.config().is_quantized() || p.model.blocks.iter().any(|b| b.qkv.int8.is_some()) {
         return Err(Error::Input(format!(
             "{} is already quantized (kiln_int8); quantize the f32 model",

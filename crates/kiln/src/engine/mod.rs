@@ -13,6 +13,7 @@ pub mod embedding;
 pub mod grad;
 pub mod int8;
 pub mod linear;
+pub mod lstm;
 pub mod math;
 pub mod matmul;
 pub mod norm;

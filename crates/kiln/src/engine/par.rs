@@ -48,4 +48,12 @@ pub fn for_each_row(data: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f3
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut f32);
 unsafe impl Send for SendPtr {}
+
+impl SendPtr {
+    /// The pointer. A closure calling this captures the whole (Send) wrapper rather than the
+    /// bare pointer field.
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
 unsafe impl Sync for SendPtr {}

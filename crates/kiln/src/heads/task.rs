@@ -170,6 +170,8 @@ pub fn head_dropout(config: &crate::model::ModelConfig, kind: HeadKind) -> f32 {
         (Arch::DistilBert, HeadKind::Sequence) => key("seq_classif_dropout", 0.2),
         (Arch::DistilBert, HeadKind::Token) => config.hidden_dropout,
         (Arch::DistilBert, HeadKind::Span) => key("qa_dropout", 0.1),
+        // An LSTM's heads drop out as its layers do.
+        (Arch::Lstm, _) => explicit.unwrap_or(config.hidden_dropout),
     }) as f32
 }
 

@@ -39,19 +39,71 @@ pub fn sequence_rows(p: &Pretrained, batch: &Batch) -> Vec<usize> {
         .collect()
 }
 
+/// What the head reads of each sequence of a packed `[tokens, h]` state matrix, `[sequences,
+/// h]`: the row [`sequence_rows`] picks, or for an LSTM the mean of all its rows (no single
+/// token's state has seen the whole sequence in both directions).
+pub fn sequence_features(p: &Pretrained, batch: &Batch, hidden: &[f32]) -> Vec<f32> {
+    let h = p.config().hidden_size;
+    if p.config().lstm.is_none() {
+        return sequence_rows(p, batch)
+            .iter()
+            .flat_map(|&r| hidden[r * h..(r + 1) * h].iter().copied())
+            .collect();
+    }
+    let mut out = vec![0.0f32; batch.seq_lens.len() * h];
+    for ((o, &l), acc) in batch
+        .offsets()
+        .into_iter()
+        .zip(&batch.seq_lens)
+        .zip(out.chunks_mut(h))
+    {
+        for r in o..o + l {
+            acc.iter_mut()
+                .zip(&hidden[r * h..(r + 1) * h])
+                .for_each(|(a, b)| *a += b);
+        }
+        let inv = 1.0 / l.max(1) as f32;
+        acc.iter_mut().for_each(|a| *a *= inv);
+    }
+    out
+}
+
+/// The gradient of the whole `[tokens, h]` state matrix from that of [`sequence_features`].
+pub fn sequence_features_backward(p: &Pretrained, batch: &Batch, dx: &[f32]) -> Vec<f32> {
+    let h = p.config().hidden_size;
+    let t = batch.tokens();
+    if p.config().lstm.is_none() {
+        return crate::train::backprop::scatter_rows(dx, &sequence_rows(p, batch), h, t * h);
+    }
+    let mut out = vec![0.0f32; t * h];
+    for ((o, &l), d) in batch
+        .offsets()
+        .into_iter()
+        .zip(&batch.seq_lens)
+        .zip(dx.chunks(h))
+    {
+        let inv = 1.0 / l.max(1) as f32;
+        for r in o..o + l {
+            out[r * h..(r + 1) * h]
+                .iter_mut()
+                .zip(d)
+                .for_each(|(a, b)| *a = b * inv);
+        }
+    }
+    out
+}
+
 /// Logits `[sequences, outputs]` of a packed batch (dropout off).
 pub fn sequence_logits(p: &Pretrained, batch: &Batch) -> Result<Vec<f32>> {
     let head = sequence_head(p)?;
     let hidden = p.model.forward(batch, p.model.default_mask(), None)?;
-    let h = p.config().hidden_size;
-    let rows = sequence_rows(p, batch);
-    let x: Vec<f32> = rows.iter().flat_map(|&r| hidden.row(r).to_vec()).collect();
+    let n = batch.seq_lens.len();
+    let x = sequence_features(p, batch, hidden.data());
     let pooled = match &p.pooler {
-        Some(pl) if p.config().arch.is_encoder() => pl.forward(&x, rows.len())?,
+        Some(pl) if p.config().arch.is_encoder() => pl.forward(&x, n)?,
         _ => x,
     };
-    debug_assert_eq!(pooled.len(), rows.len() * h);
-    head.linear.forward(&pooled, rows.len())
+    head.linear.forward(&pooled, n)
 }
 
 /// One sequence's prediction.

@@ -18,6 +18,76 @@ pub struct EmbedOptions {
     pub max_length: usize,
     /// Sentences per forward pass.
     pub batch_size: usize,
+    /// The layer whose token states are pooled.
+    pub layer: Layer,
+}
+
+/// Which layer's token states a contextual vector comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Layer {
+    /// The model's output (after a final norm).
+    #[default]
+    Last,
+    /// Layer `n`: 0 is the embeddings, `n` the output of the `n`-th layer (transformers'
+    /// `hidden_states[n]`; an LSTM's `[forward; backward]` states of layer `n`).
+    Index(usize),
+    /// The mean of every layer's states, the embeddings included (ELMo's unweighted mix).
+    Mean,
+}
+
+impl std::str::FromStr for Layer {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "last" => Ok(Layer::Last),
+            "mean" => Ok(Layer::Mean),
+            n => n.parse().map(Layer::Index).map_err(|_| {
+                Error::Input(format!(
+                    "--layer {n:?}: a layer number (0 = the embeddings), \"last\" or \"mean\""
+                ))
+            }),
+        }
+    }
+}
+
+impl Layer {
+    /// The chosen states of `batch`, `[tokens, width]`.
+    pub fn states(
+        self,
+        model: &crate::model::Transformer,
+        batch: &Batch,
+        mask: crate::engine::MaskKind,
+    ) -> Result<crate::engine::Tensor> {
+        if self == Layer::Last {
+            return model.forward(batch, mask, None);
+        }
+        let mut all = model.hidden_states(batch, mask)?;
+        let n = all.len();
+        match self {
+            Layer::Index(i) if i < n => Ok(all.swap_remove(i)),
+            Layer::Index(i) => Err(Error::Input(format!(
+                "--layer {i}: the model has layers 0 (the embeddings) to {}",
+                n - 1
+            ))),
+            _ => {
+                if all.iter().any(|t| t.shape() != all[0].shape()) {
+                    return Err(Error::Input(
+                        "--layer mean: the model's layers differ in width".into(),
+                    ));
+                }
+                let mut sum = all.swap_remove(0);
+                for t in &all {
+                    sum.data_mut()
+                        .iter_mut()
+                        .zip(t.data())
+                        .for_each(|(a, b)| *a += b);
+                }
+                let inv = 1.0 / n as f32;
+                sum.data_mut().iter_mut().for_each(|a| *a *= inv);
+                Ok(sum)
+            }
+        }
+    }
 }
 
 impl EmbedOptions {
@@ -32,12 +102,14 @@ impl EmbedOptions {
                 normalize: s.normalize,
                 max_length: s.max_seq_length.unwrap_or(max_pos).min(max_pos),
                 batch_size: 32,
+                layer: Layer::Last,
             },
             None => EmbedOptions {
                 pooling: Pooling::Mean,
                 normalize: false,
                 max_length: max_pos,
                 batch_size: 32,
+                layer: Layer::Last,
             },
         }
     }
@@ -89,13 +161,14 @@ impl<'a> Embedder<'a> {
                 .map(|e| (&e.ids[..], Some(&e.type_ids[..])))
                 .collect();
             let batch = Batch::packed(&seqs)?;
-            let hidden = self
-                .model
-                .model
-                .forward(&batch, self.model.model.default_mask(), None)?;
+            let hidden = self.opts.layer.states(
+                &self.model.model,
+                &batch,
+                self.model.model.default_mask(),
+            )?;
             out.extend(pool(
                 hidden.data(),
-                self.dim(),
+                hidden.cols(),
                 &batch.seq_lens,
                 self.opts.pooling,
                 self.opts.normalize,

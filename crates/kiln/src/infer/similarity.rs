@@ -3,7 +3,7 @@
 
 use crate::checkpoint::Pretrained;
 use crate::error::{Error, Result};
-use crate::infer::embed::cosine;
+use crate::infer::embed::{cosine, Layer};
 use crate::model::Batch;
 use plotters::prelude::*;
 use std::path::Path;
@@ -48,19 +48,19 @@ fn is_cjk(c: char) -> bool {
     matches!(c as u32, 0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2A6DF | 0xF900..=0xFAFF)
 }
 
-/// The contextual vector of `word` in each sentence (first occurrence).
+/// The contextual vector of `word` in each sentence (first occurrence), from `layer`'s states.
 pub fn word_vectors(
     p: &Pretrained,
     word: &str,
     sentences: &[String],
     max_length: usize,
+    layer: Layer,
 ) -> Result<Vec<Occurrence>> {
     let mut tok = p.tokenizer()?.clone();
     tok.set_truncation(
         Some(max_length.min(p.config().max_positions)),
         Default::default(),
     )?;
-    let h = p.config().hidden_size;
     let mut out = Vec::with_capacity(sentences.len());
     for (i, s) in sentences.iter().enumerate() {
         let (ws, we) = find_word(s, word).ok_or_else(|| {
@@ -80,8 +80,8 @@ pub fn word_vectors(
             )));
         }
         let batch = Batch::packed(&[(&enc.ids, Some(&enc.type_ids))])?;
-        let hidden = p.model.forward(&batch, p.model.default_mask(), None)?;
-        let mut v = vec![0.0f32; h];
+        let hidden = layer.states(&p.model, &batch, p.model.default_mask())?;
+        let mut v = vec![0.0f32; hidden.cols()];
         for &k in &pieces {
             v.iter_mut().zip(hidden.row(k)).for_each(|(a, b)| *a += b);
         }

@@ -75,6 +75,9 @@ pub struct ModelConfig {
     /// The stored block each of the `num_layers` layers runs, when layers share weights
     /// (ALBERT: every layer runs one block); empty: layer `l` runs block `l`.
     pub layer_blocks: Vec<usize>,
+    /// An LSTM backbone's shape (`kiln_lstm`), which runs in place of the attention blocks
+    /// (`num_layers` is then 0 and `hidden_size` the width of its bidirectional output).
+    pub lstm: Option<super::lstm::LstmShape>,
     /// The original config.json, written back on save so no field is lost.
     pub raw: serde_json::Value,
 }
@@ -167,6 +170,9 @@ impl ModelConfig {
     /// Parameters of the base model (embeddings, blocks, norms), without task heads; in u128
     /// so absurd sizes are counted rather than overflowed.
     pub fn parameter_count(&self) -> u128 {
+        if let Some(l) = &self.lstm {
+            return (self.vocab_size * self.embedding_size) as u128 + l.parameter_count();
+        }
         let h = self.hidden_size as u128;
         let e = self.embedding_size as u128;
         let project = if self.embedding_size != self.hidden_size || self.arch.names().always_project
@@ -346,6 +352,10 @@ impl ModelConfig {
             field: field.into(),
             msg,
         };
+        if self.lstm.is_some() {
+            // The LSTM's sizes were checked when its config was read; it has no attention.
+            return Ok(());
+        }
         for (field, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),

@@ -11,7 +11,7 @@ pub struct Embeddings {
     /// gathered row is a token's vector, and the layer itself is the output projection when
     /// embeddings are tied.
     pub word: Linear,
-    /// `[max_positions, hidden]`.
+    /// `[max_positions, hidden]`; no rows for a model without positions (an LSTM).
     pub position: Tensor,
     /// `[type_vocab, hidden]`, if the model has segments.
     pub token_type: Option<Tensor>,
@@ -38,6 +38,11 @@ impl Embeddings {
         p.forward_into(&e, ids.len(), out, crate::engine::LinearOut::Write)
     }
 
+    /// The position table, if the model has one.
+    pub fn positions(&self) -> Option<&Tensor> {
+        Some(&self.position).filter(|p| p.numel() > 0)
+    }
+
     /// The width of the tables (`embedding_size`).
     pub fn width(&self) -> usize {
         self.word.in_features()
@@ -47,7 +52,7 @@ impl Embeddings {
     fn tables(&self, ids: &[u32], positions: &[u32], types: &[u32], out: &mut [f32]) -> Result<()> {
         gather_sum(
             &self.word,
-            Some(&self.position),
+            self.positions(),
             self.token_type.as_ref(),
             ids,
             positions,

@@ -46,6 +46,51 @@ pub struct InitShape {
     /// Width of the embedding tables when it differs from the hidden width (ELECTRA: they are
     /// projected up to it).
     pub embedding_size: Option<usize>,
+    /// LSTM: the embedding and projection width (`--hidden` is the cell width there).
+    pub proj: Option<usize>,
+    /// LSTM: a backward stack beside the forward one (ELMo's biLM).
+    pub bidirectional: bool,
+}
+
+/// Layers, cell width and projection width of the LSTM sizes: two layers as ELMo's, each
+/// projected to the width of the BERT miniature of the same name (mini: 256).
+pub fn lstm_size_preset(name: &str) -> Result<(usize, usize, usize)> {
+    match name {
+        "tiny" => Ok((2, 256, 128)),
+        "mini" => Ok((2, 512, 256)),
+        "small" => Ok((2, 1024, 512)),
+        "medium" => Ok((2, 2048, 512)),
+        "base" => Ok((2, 4096, 512)),
+        _ => Err(Error::Input(format!(
+            "unknown --size \"{name}\": tiny, mini, small, medium or base"
+        ))),
+    }
+}
+
+/// The config of a new `kiln_lstm` model.
+fn lstm_config(size: &str, shape: &InitShape, tokenizer: &Tokenizer) -> Result<ModelConfig> {
+    let (l, h, p) = lstm_size_preset(size)?;
+    for (flag, given) in [
+        ("--heads", shape.heads.is_some()),
+        ("--intermediate", shape.intermediate.is_some()),
+        ("--max-positions", shape.max_positions.is_some()),
+        ("--embedding-size", shape.embedding_size.is_some()),
+    ] {
+        if given {
+            return Err(Error::Input(format!(
+                "{flag} does not apply to an LSTM (its sizes are --layers, --hidden for the cell width and --proj)"
+            )));
+        }
+    }
+    let eos = tokenizer.eos_id();
+    let raw = serde_json::json!({
+        "model_type": "kiln_lstm", "vocab_size": tokenizer.vocab_size(),
+        "num_hidden_layers": shape.layers.unwrap_or(l), "hidden_size": shape.hidden.unwrap_or(h),
+        "projection_size": shape.proj.unwrap_or(p), "bidirectional": shape.bidirectional,
+        "residual": true, "dropout": 0.1, "pad_token_id": tokenizer.pad_id(),
+        "bos_token_id": eos, "eos_token_id": eos,
+    });
+    ModelConfig::from_value(raw, std::path::Path::new("<kiln init>"))
 }
 
 /// Bytes of memory on this machine that a new allocation can still get (Linux
@@ -86,6 +131,15 @@ pub fn new_config(
     shape: &InitShape,
     tokenizer: &Tokenizer,
 ) -> Result<ModelConfig> {
+    if arch == Arch::Lstm {
+        return lstm_config(size, shape, tokenizer);
+    }
+    if shape.proj.is_some() || shape.bidirectional {
+        return Err(Error::Input(format!(
+            "--proj and --bidirectional are LSTM sizes; {} has --hidden and --heads",
+            arch.model_type()
+        )));
+    }
     let (l, h) = size_preset(size)?;
     let hidden = shape.hidden.unwrap_or(h);
     let layers = shape.layers.unwrap_or(l);
@@ -146,6 +200,7 @@ pub fn new_config(
                 "bos_token_id": id("[CLS]", 2), "eos_token_id": id("[SEP]", 3),
             })
         }
+        Arch::Lstm => unreachable!("handled above"),
         Arch::DistilBert => serde_json::json!({
             "model_type": "distilbert", "vocab_size": vocab, "dim": hidden, "n_layers": layers,
             "n_heads": heads, "hidden_dim": inter, "max_position_embeddings": max_pos,
@@ -192,6 +247,65 @@ impl Init {
     }
 }
 
+/// New LSTM weights as PyTorch initializes `nn.LSTM` and `nn.Linear` (uniform in
+/// ±1/√fan-in), except that the forget gates' input bias starts at 1 (Jozefowicz et al. 2015:
+/// cells remember by default, which speeds early training); embeddings normal(0, std).
+fn random_lstm(
+    r: &mut Init,
+    cfg: ModelConfig,
+    shape: crate::model::lstm::LstmShape,
+) -> Transformer {
+    use crate::engine::lstm::LstmCell;
+    use crate::model::lstm::{Lstm, LstmDirection, LstmLayer};
+    use rand::Rng;
+    let (h, p) = (shape.hidden, shape.proj);
+    let mut uniform = |shape: &[usize], bound: f32| {
+        let n: usize = shape.iter().product();
+        Tensor::new(
+            shape.to_vec(),
+            (0..n).map(|_| r.rng.gen_range(-bound..=bound)).collect(),
+        )
+        .expect("shape matches")
+    };
+    // Every fan-in here is H (the cell's recurrent input, the projection's input).
+    let bh = 1.0 / (h as f32).sqrt();
+    let mut direction = || {
+        let mut b_ih = uniform(&[4 * h], bh);
+        b_ih.data_mut()[h..2 * h].fill(1.0);
+        let mut b_hh = uniform(&[4 * h], bh);
+        b_hh.data_mut()[h..2 * h].fill(0.0);
+        LstmDirection {
+            cell: LstmCell {
+                w_ih: uniform(&[4 * h, p], bh),
+                w_hh: uniform(&[4 * h, h], bh),
+                b_ih,
+                b_hh,
+            },
+            proj: Linear::new(uniform(&[p, h], bh), Some(uniform(&[p], bh))),
+        }
+    };
+    let layers = (0..shape.layers)
+        .map(|_| LstmLayer {
+            forward: direction(),
+            backward: shape.bidirectional.then(&mut direction),
+        })
+        .collect();
+    let word = r.normal(&[cfg.vocab_size, p], r.std);
+    Transformer {
+        config: cfg,
+        embeddings: Embeddings {
+            word: Linear::new(word, None),
+            position: Tensor::zeros(&[0, p]),
+            token_type: None,
+            norm: None,
+            project: None,
+        },
+        blocks: Vec::new(),
+        final_norm: None,
+        lstm: Some(Lstm { shape, layers }),
+    }
+}
+
 /// A model with random weights for `cfg`, with the pre-training head of its architecture
 /// (masked LM for BERT, causal LM for GPT-2), deterministic for a given `seed`.
 pub fn random_model(
@@ -211,6 +325,21 @@ pub fn random_model(
         rng: rand::rngs::StdRng::seed_from_u64(seed),
         std,
     };
+    if let Some(shape) = cfg.lstm.clone() {
+        return Ok(Pretrained {
+            peft: None,
+            dir: tokenizer_dir,
+            model: random_lstm(&mut r, cfg, shape),
+            pooler: None,
+            rtd_head: None,
+            mlm_head: None,
+            lm_head: Some(LmHead { weight: None }),
+            tokenizer: Some(tokenizer),
+            sentence: None,
+            task: None,
+            unused_tensors: Vec::new(),
+        });
+    }
     let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
     let e = cfg.embedding_size;
     let mut word = r.normal(&[cfg.vocab_size, e], std);
@@ -260,7 +389,7 @@ pub fn random_model(
             }),
             None,
         ),
-        Arch::Gpt2 => (None, Some(LmHead { weight: None })),
+        Arch::Gpt2 | Arch::Lstm => (None, Some(LmHead { weight: None })),
     };
     Ok(Pretrained {
         peft: None,
@@ -270,6 +399,7 @@ pub fn random_model(
             embeddings,
             blocks,
             final_norm,
+            lstm: None,
         },
         pooler: None,
         rtd_head: None,

@@ -10,6 +10,9 @@ pub struct KvCache {
     pub len: usize,
     /// Per layer: the width of its rows (its heads × head width; narrower in pruned layers).
     widths: Vec<usize>,
+    /// A recurrent model's state after the tokens seen (an LSTM's `h, c` per layer): what it
+    /// carries instead of keys and values. Empty for a transformer.
+    pub state: Vec<f32>,
 }
 
 impl KvCache {
@@ -19,6 +22,17 @@ impl KvCache {
             layers: vec![(Vec::new(), Vec::new()); widths.len()],
             len: 0,
             widths,
+            state: Vec::new(),
+        }
+    }
+
+    /// The zero state of a recurrent model whose state has `width` values.
+    pub fn recurrent(width: usize) -> Self {
+        KvCache {
+            layers: Vec::new(),
+            len: 0,
+            widths: Vec::new(),
+            state: vec![0.0; width],
         }
     }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod embeddings;
 pub mod init;
 pub mod kv_cache;
+pub mod lstm;
 pub mod resize;
 pub mod transformer;
 

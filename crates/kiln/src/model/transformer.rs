@@ -6,6 +6,7 @@ use super::block::{Block, Workspace};
 use super::config::ModelConfig;
 use super::embeddings::Embeddings;
 use super::kv_cache::KvCache;
+use super::lstm::Lstm;
 use crate::engine::{LayerNorm, MaskKind, Tensor};
 use crate::error::{Error, Result};
 
@@ -20,14 +21,17 @@ pub struct Transformer {
     pub blocks: Vec<Block>,
     /// Norm after the last block (pre-LN models).
     pub final_norm: Option<LayerNorm>,
+    /// The LSTM stacks that run in place of the blocks (`kiln_lstm`; `blocks` is then empty).
+    pub lstm: Option<Lstm>,
 }
 
 impl Transformer {
     /// The mask the architecture was trained with: bidirectional for an encoder, causal for a
     /// decoder.
     pub fn default_mask(&self) -> MaskKind {
-        match self.config.arch {
-            Arch::Gpt2 => MaskKind::Causal,
+        match (&self.config.lstm, self.config.arch) {
+            (Some(l), _) if !l.bidirectional => MaskKind::Causal,
+            (_, Arch::Gpt2) => MaskKind::Causal,
             _ => MaskKind::Bidirectional,
         }
     }
@@ -40,7 +44,48 @@ impl Transformer {
         &self,
         batch: &Batch,
         mask: MaskKind,
+        caches: Option<&mut [KvCache]>,
+    ) -> Result<Tensor> {
+        if let Some(lstm) = &self.lstm {
+            return self.forward_lstm(lstm, batch, mask, caches);
+        }
+        self.forward_blocks(batch, mask, caches, None)
+    }
+
+    /// Every layer's states, `layers + 1` tensors of `[tokens, width]`: the embeddings (an
+    /// LSTM's repeated per direction) and each layer's output, the last after the final norm
+    /// (as transformers' `hidden_states`). What contextual vectors choose or average from.
+    pub fn hidden_states(&self, batch: &Batch, mask: MaskKind) -> Result<Vec<Tensor>> {
+        let t = batch.tokens();
+        let states = match &self.lstm {
+            Some(lstm) => {
+                let mut x = vec![0.0f32; t * self.embeddings.width()];
+                self.embeddings.forward(&batch.ids, &[], &[], &mut x)?;
+                lstm.layer_outputs(&x, batch, mask, None)?
+            }
+            None => {
+                let mut states = Vec::new();
+                let last = self.forward_blocks(batch, mask, None, Some(&mut states))?;
+                states.push(last.into_data());
+                states
+            }
+        };
+        states
+            .into_iter()
+            .map(|s| {
+                let w = s.len() / t.max(1);
+                Tensor::new(vec![t, w], s)
+            })
+            .collect()
+    }
+
+    /// The attention blocks' forward; `states` collects the input of every layer.
+    fn forward_blocks(
+        &self,
+        batch: &Batch,
+        mask: MaskKind,
         mut caches: Option<&mut [KvCache]>,
+        mut states: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let h = cfg.hidden_size;
@@ -85,6 +130,9 @@ impl Transformer {
             .forward(&batch.ids, &positions, types, &mut x)?;
         let mut ws = Workspace::default();
         for (l, block) in self.layers().enumerate() {
+            if let Some(s) = states.as_deref_mut() {
+                s.push(x.clone());
+            }
             let c = caches.as_deref_mut().map(|c| (c, l));
             block.forward(cfg, &mut x, batch, mask, c, &mut ws)?;
         }
@@ -99,9 +147,48 @@ impl Transformer {
         Tensor::new(vec![t, h], x)
     }
 
-    /// A fresh KV cache for this model.
+    /// The LSTM backbone's forward: its embeddings, then its stacks (states carried in
+    /// `caches` when given: the forward stack's `h, c` per layer).
+    fn forward_lstm(
+        &self,
+        lstm: &Lstm,
+        batch: &Batch,
+        mask: MaskKind,
+        caches: Option<&mut [KvCache]>,
+    ) -> Result<Tensor> {
+        let t = batch.tokens();
+        let mut x = vec![0.0f32; t * self.embeddings.width()];
+        self.embeddings.forward(&batch.ids, &[], &[], &mut x)?;
+        let width = lstm.shape.output_width(mask);
+        let out = match caches {
+            None => lstm.forward(&x, batch, mask, None)?,
+            Some(c) => {
+                let per = lstm.state_width();
+                if c.len() != batch.seq_lens.len() || c.iter().any(|c| c.state.len() != per) {
+                    return Err(Error::shape(
+                        "Transformer::forward",
+                        "one LSTM state per sequence, made for this model",
+                    ));
+                }
+                let mut states: Vec<f32> = c.iter().flat_map(|c| c.state.iter().copied()).collect();
+                let out = lstm.forward(&x, batch, mask, Some(&mut states))?;
+                for ((cache, st), &len) in c.iter_mut().zip(states.chunks(per)).zip(&batch.seq_lens)
+                {
+                    cache.state.copy_from_slice(st);
+                    cache.len += len;
+                }
+                out
+            }
+        };
+        Tensor::new(vec![t, width], out)
+    }
+
+    /// A fresh KV cache for this model (an LSTM's: its zero state).
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.layers().map(Block::attention_width).collect())
+        match &self.lstm {
+            Some(l) => KvCache::recurrent(l.state_width()),
+            None => KvCache::new(self.layers().map(Block::attention_width).collect()),
+        }
     }
 
     /// The block layer `l` runs (its own, or the one it shares: ALBERT).
@@ -132,6 +219,9 @@ impl Transformer {
                 + lin(&b.ffn_out)
                 + ln(&b.ln_attn)
                 + ln(&b.ln_ffn);
+        }
+        if let Some(l) = &self.lstm {
+            n += l.shape.parameter_count() as usize;
         }
         n + self.final_norm.as_ref().map_or(0, ln)
     }

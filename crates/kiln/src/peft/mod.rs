@@ -173,6 +173,11 @@ pub fn apply(p: &mut Pretrained, cfg: &PeftConfig, seed: u64) -> Result<usize> {
             "the model already carries an adapter; merge it first (kiln merge)".into(),
         ));
     }
+    if p.model.lstm.is_some() && cfg.method != Method::Full {
+        return Err(Error::Input(
+            "LoRA and adapters attach to the attention blocks' linear layers; fine-tune an LSTM (kiln_lstm) fully".into(),
+        ));
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(mix(seed ^ 0x10_5A_DA_97));
     let mut cfg = cfg.clone();
     let added = match cfg.method {

@@ -86,11 +86,14 @@ pub fn parameters(p: &mut Pretrained) -> Vec<(String, &mut Tensor, bool)> {
         &mut m.embeddings.word.weight,
         true,
     ));
-    out.push((
-        "embeddings.position".into(),
-        &mut m.embeddings.position,
-        true,
-    ));
+    // A model without positions (an LSTM) has an empty table: no parameter.
+    if m.embeddings.position.numel() > 0 {
+        out.push((
+            "embeddings.position".into(),
+            &mut m.embeddings.position,
+            true,
+        ));
+    }
     if let Some(t) = &mut m.embeddings.token_type {
         out.push(("embeddings.token_type".into(), t, true));
     }
@@ -99,6 +102,22 @@ pub fn parameters(p: &mut Pretrained) -> Vec<(String, &mut Tensor, bool)> {
     }
     if let Some(pj) = &mut m.embeddings.project {
         lin(&mut out, "embeddings.project".into(), pj);
+    }
+    if let Some(lstm) = &mut m.lstm {
+        for (l, layer) in lstm.layers.iter_mut().enumerate() {
+            for (d, dir) in std::iter::once(&mut layer.forward)
+                .chain(layer.backward.as_mut())
+                .enumerate()
+            {
+                let c = &mut dir.cell;
+                let name = format!("lstm.{l}.{d}");
+                out.push((format!("{name}.weight_ih"), &mut c.w_ih, true));
+                out.push((format!("{name}.weight_hh"), &mut c.w_hh, true));
+                out.push((format!("{name}.bias_ih"), &mut c.b_ih, false));
+                out.push((format!("{name}.bias_hh"), &mut c.b_hh, false));
+                lin(&mut out, format!("{name}.proj"), &mut dir.proj);
+            }
+        }
     }
     for (i, b) in m.blocks.iter_mut().enumerate() {
         lin(&mut out, format!("blocks.{i}.qkv"), &mut b.qkv);
@@ -174,6 +193,8 @@ pub struct Activations {
     blocks: Vec<BlockActs>,
     /// Input of the final norm (pre-LN models).
     pre_final: Vec<f32>,
+    /// The LSTM stacks' activations (an LSTM backbone; `blocks` is then empty).
+    lstm: Option<super::lstm::LstmActs>,
 }
 
 impl Activations {
@@ -327,6 +348,10 @@ impl Drops {
         let p = if self.ffn { self.hidden } else { 0.0 };
         self.site(p, 3 + 3 * layer as u64)
     }
+    /// An LSTM layer's output (`site` numbers its layers and directions).
+    fn lstm_out(&self, site: usize) -> Option<Dropout> {
+        self.site(self.hidden, 1 + site as u64)
+    }
 }
 
 fn drop_inplace(d: Option<Dropout>, x: &mut [f32]) {
@@ -356,7 +381,7 @@ pub fn forward(
     };
     gather_sum(
         &e.word,
-        Some(&e.position),
+        e.positions(),
         e.token_type.as_ref(),
         &batch.ids,
         &model.config.position_ids(&batch.positions),
@@ -368,6 +393,21 @@ pub fn forward(
         None => emb.clone(),
     };
     drop_inplace(drops.and_then(|d| d.embeddings()), &mut x);
+    if let Some(lstm) = &model.lstm {
+        let (out, acts) = super::lstm::forward(lstm, &x, &batch.seq_lens, mask, &|s| {
+            drops.and_then(|d| d.lstm_out(s))
+        })?;
+        return Ok((
+            out,
+            Activations {
+                emb,
+                proj_in: Vec::new(),
+                blocks: Vec::new(),
+                pre_final: Vec::new(),
+                lstm: Some(acts),
+            },
+        ));
+    }
     // ELECTRA projects the (dropped-out) embeddings to the hidden width.
     let proj_in = match &e.project {
         Some(pj) => {
@@ -471,6 +511,7 @@ pub fn forward(
             proj_in,
             blocks,
             pre_final,
+            lstm: None,
         },
     ))
 }
@@ -684,6 +725,13 @@ pub fn backward_with(
     let pre = cfg.norm == NormPlacement::Pre;
     if let (Some(n), Some(gn)) = (&model.final_norm, &mut grads.final_norm) {
         dx = ln_back(n, gn, &acts.pre_final, &dx);
+    }
+    if let (Some(lstm), Some(la)) = (&model.lstm, &acts.lstm) {
+        let g = grads
+            .lstm
+            .as_mut()
+            .ok_or_else(|| Error::shape("backward", "gradient buffers lack the LSTM"))?;
+        dx = super::lstm::backward(lstm, la, &dx, g, &|s| drops.and_then(|d| d.lstm_out(s)))?;
     }
     for (l, a) in acts.blocks.iter().enumerate().rev() {
         let b = model.layer(l);
@@ -1021,6 +1069,112 @@ pub fn clm_targets(batch: &Batch) -> Vec<i64> {
         }
     }
     targets
+}
+
+/// Targets of the backward language model: each token predicts the previous one within its
+/// sequence.
+pub fn previous_targets(batch: &Batch) -> Vec<i64> {
+    let mut targets = vec![IGNORE; batch.tokens()];
+    for (&o, &l) in batch.offsets().iter().zip(&batch.seq_lens) {
+        for i in 1..l {
+            targets[o + i] = batch.ids[o + i - 1] as i64;
+        }
+    }
+    targets
+}
+
+/// The bidirectional LSTM's two language models, each over the vocabulary through the tied
+/// embeddings: the forward stack's states predict the next token, the backward stack's the
+/// previous one. Returns, per direction, the mean loss and the gradient of the whole output
+/// `[T, 2P]` from it (scaled by `grad_scale / 2`), adding the embedding gradient into `gw`.
+fn bilm_terms(
+    p: &Pretrained,
+    batch: &Batch,
+    hidden: &[f32],
+    grad_scale: f32,
+    mut gw: Option<&mut [f32]>,
+) -> Result<([f32; 2], Vec<f32>)> {
+    let proj = match &p.config().lstm {
+        Some(s) if s.bidirectional => s.proj,
+        _ => {
+            return Err(Error::Input(
+                "--objective bilm trains a bidirectional kiln_lstm model (`kiln init --arch lstm --bidirectional`)".into(),
+            ))
+        }
+    };
+    let head = p
+        .lm_head
+        .as_ref()
+        .ok_or_else(|| Error::Input("the model has no language-model head".into()))?;
+    let v = p.config().vocab_size;
+    let word = p.model.embeddings.word.f32_weight();
+    let w = head.weight.as_ref().unwrap_or(&word);
+    let width = 2 * proj;
+    let mut dhidden = vec![0.0f32; hidden.len()];
+    let mut losses = [0.0f32; 2];
+    let mut buf = LOGITS.with(|b| b.take());
+    for (d, targets) in [clm_targets(batch), previous_targets(batch)]
+        .into_iter()
+        .enumerate()
+    {
+        let (rows, kept) = counted_rows(&targets);
+        let n = rows.len();
+        let col = |r: usize| r * width + d * proj..r * width + (d + 1) * proj;
+        let hs: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| hidden[col(r)].iter().copied())
+            .collect();
+        let (loss, dlogits) = project_loss(&mut buf, w, None, &hs, n, v, &kept, grad_scale / 2.0)?;
+        let mut dhs = vec![0.0f32; n * proj];
+        linear_backward(&hs, w, dlogits, n, Some(&mut dhs), gw.as_deref_mut(), None)?;
+        for (k, &r) in rows.iter().enumerate() {
+            dhidden[col(r)].copy_from_slice(&dhs[k * proj..(k + 1) * proj]);
+        }
+        losses[d] = loss;
+    }
+    LOGITS.with(|b| b.replace(buf));
+    Ok((losses, dhidden))
+}
+
+/// ELMo's objective for a bidirectional LSTM: the mean of the forward LM's next-token loss and
+/// the backward LM's previous-token loss (each a mean over its targets), and its gradients
+/// (scaled by `grad_scale`). Returns the combined loss and the two directions'.
+pub fn bilm_loss(
+    p: &Pretrained,
+    batch: &Batch,
+    grads: &mut Pretrained,
+    grad_scale: f32,
+    dropout_seed: Option<u64>,
+) -> Result<(f32, [f32; 2])> {
+    let mask = MaskKind::Bidirectional;
+    let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
+    let gw = match grads.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
+        Some(g) => non_empty(g),
+        None => non_empty(&mut grads.model.embeddings.word.weight),
+    };
+    let (losses, dhidden) = bilm_terms(p, batch, &hidden, grad_scale, gw)?;
+    backward(
+        &p.model,
+        batch,
+        mask,
+        &acts,
+        dhidden,
+        &mut grads.model,
+        dropout_seed,
+    )?;
+    Ok(((losses[0] + losses[1]) / 2.0, losses))
+}
+
+/// The bidirectional LM's summed losses and target count per direction on `batch` (no
+/// gradients, dropout off): what held-out evaluation adds up.
+pub fn bilm_eval(p: &Pretrained, batch: &Batch) -> Result<[(f64, usize); 2]> {
+    let hidden = p.model.forward(batch, MaskKind::Bidirectional, None)?;
+    let (losses, _) = bilm_terms(p, batch, hidden.data(), 1.0, None)?;
+    let n = clm_targets(batch).iter().filter(|&&t| t != IGNORE).count();
+    Ok([
+        (losses[0] as f64 * n as f64, n),
+        (losses[1] as f64 * n as f64, n),
+    ])
 }
 
 /// Causal-LM loss and its gradients (scaled by `grad_scale`).

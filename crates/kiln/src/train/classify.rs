@@ -3,7 +3,7 @@
 //! (accuracy and macro-F1; MSE, Pearson and Spearman for regression), and the task run by the
 //! shared training loop.
 
-use super::backprop::{backward_with, forward, scatter_rows};
+use super::backprop::{backward_with, forward};
 use super::config::FinetuneConfig;
 use super::finetune::{hidden_term, pick_metric, Criterion, ExampleTask, HiddenTerm, Order};
 use crate::checkpoint::Pretrained;
@@ -13,7 +13,7 @@ use crate::engine::grad::{cross_entropy, linear_backward};
 use crate::engine::LinearOut;
 use crate::error::{Error, Result};
 use crate::heads::{HeadKind, Labels, Pooler};
-use crate::infer::classify::{predictions, sequence_head, sequence_logits, sequence_rows};
+use crate::infer::classify::{predictions, sequence_head, sequence_logits};
 use crate::metrics::{accuracy, macro_f1, pearson, spearman};
 use crate::model::init::Init;
 use crate::model::{Arch, Batch};
@@ -342,11 +342,7 @@ pub(crate) fn sequence_loss_with(
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
     let (hidden_loss, layer_grads) = hidden_term(states, &acts, grad_scale)?;
-    let rows = sequence_rows(p, batch);
-    let x: Vec<f32> = rows
-        .iter()
-        .flat_map(|&r| hidden[r * h..(r + 1) * h].to_vec())
-        .collect();
+    let x = crate::infer::classify::sequence_features(p, batch, &hidden);
     let pooler = p.pooler.as_ref().filter(|_| p.config().arch.is_encoder());
     // RoBERTa's and ELECTRA's heads drop out the first token before their dense layer too.
     let drop_in = dropout_seed
@@ -447,7 +443,7 @@ pub(crate) fn sequence_loss_with(
         }
         None => dd,
     };
-    let dhidden = scatter_rows(&dx, &rows, h, hidden.len());
+    let dhidden = crate::infer::classify::sequence_features_backward(p, batch, &dx);
     backward_with(
         &p.model,
         batch,

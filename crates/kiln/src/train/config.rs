@@ -21,6 +21,9 @@ pub enum Objective {
     /// positions with its samples and the model (the discriminator) tells, token by token,
     /// which were replaced; both train together.
     Electra,
+    /// ELMo's bidirectional language model (a bidirectional LSTM): the forward stack predicts
+    /// the next token, the backward stack the previous one, the two losses averaged.
+    Bilm,
 }
 
 /// The settings of the training loop shared by pre-training and fine-tuning.

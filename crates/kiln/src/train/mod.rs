@@ -8,6 +8,7 @@ pub mod config;
 pub mod distill;
 pub mod electra;
 pub mod finetune;
+pub mod lstm;
 pub mod optim;
 pub mod outdir;
 pub mod pretrain;

@@ -95,10 +95,32 @@ impl Objectives {
                     framing: Framing::Bert { cls, sep },
                 })
             }
-            Objective::Clm => {
+            Objective::Clm | Objective::Bilm => {
+                let bi = p.config().lstm.as_ref().map(|s| s.bidirectional);
+                match (cfg.objective, bi) {
+                    (Objective::Clm, Some(true)) => {
+                        return Err(Error::Input(format!(
+                            "{} is a bidirectional LSTM, whose backward stack would see the tokens it predicts under --objective clm; train it with --objective bilm",
+                            p.dir.display()
+                        )))
+                    }
+                    (Objective::Bilm, Some(false) | None) => {
+                        return Err(Error::Input(format!(
+                            "--objective bilm trains a bidirectional LSTM (`kiln init --arch lstm --bidirectional`); {} is {}",
+                            p.dir.display(),
+                            if bi.is_some() { "a one-directional LSTM (use --objective clm)" } else { "not an LSTM" }
+                        )))
+                    }
+                    _ => {}
+                }
                 if p.lm_head.is_none() {
                     return Err(Error::Input(format!(
-                        "--objective clm needs a causal-LM model; {} has none",
+                        "--objective {} needs a language-model head; {} has none",
+                        if cfg.objective == Objective::Bilm {
+                            "bilm"
+                        } else {
+                            "clm"
+                        },
                         p.dir.display()
                     )));
                 }
@@ -108,7 +130,7 @@ impl Objectives {
                     .or_else(|| tok.eos_id())
                     .ok_or_else(|| Error::Input("the tokenizer has no end-of-text token".into()))?;
                 Ok(Objectives {
-                    objective: Objective::Clm,
+                    objective: cfg.objective,
                     mask: None,
                     continuation: None,
                     special: vec![eos],
@@ -181,8 +203,20 @@ impl Objectives {
 /// Held-out loss, perplexity and (MLM) accuracy over fixed, pre-masked sequences.
 fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_json::Value> {
     let (mut loss_sum, mut count, mut correct) = (0.0f64, 0usize, 0usize);
+    // The bidirectional LM's two directions, summed separately.
+    let (mut dir_sums, mut dir_counts) = ([0.0f64; 2], [0usize; 2]);
     let v = p.config().vocab_size;
     for m in set {
+        if obj.objective == Objective::Bilm {
+            for (d, (sum, n)) in crate::train::backprop::bilm_eval(p, &m.batch)?
+                .into_iter()
+                .enumerate()
+            {
+                dir_sums[d] += sum;
+                dir_counts[d] += n;
+            }
+            continue;
+        }
         let hidden = p.model.forward(&m.batch, p.model.default_mask(), None)?;
         let (logits, targets) = match obj.objective {
             Objective::Mlm => {
@@ -200,7 +234,7 @@ fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_jso
                     m.targets.clone(),
                 )
             }
-            Objective::Clm => {
+            Objective::Clm | Objective::Bilm => {
                 let head = p
                     .lm_head
                     .as_ref()
@@ -224,6 +258,16 @@ fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_jso
                 correct += 1;
             }
         }
+    }
+    if obj.objective == Objective::Bilm {
+        let [f, b] = [0, 1].map(|d| dir_sums[d] / dir_counts[d].max(1) as f64);
+        let loss = (f + b) / 2.0;
+        return Ok(serde_json::json!({
+            "valid_loss": loss as f32,
+            "perplexity": loss.exp(),
+            "valid_loss_forward": f as f32,
+            "valid_loss_backward": b as f32,
+        }));
     }
     let loss = (loss_sum / count.max(1) as f64) as f32;
     let mut out = serde_json::json!({ "valid_loss": loss, "perplexity": (loss as f64).exp() });
@@ -307,6 +351,9 @@ struct PretrainTask<'a> {
     stream: Shuffled<'a>,
     seq_len: usize,
     eval_set: Vec<Micro>,
+    /// The bidirectional LM's forward and backward losses of this step, weighted by each
+    /// micro-batch's share, and the weights' sum: the step's `loss_forward` / `loss_backward`.
+    bilm_dirs: std::sync::Mutex<[f64; 3]>,
 }
 
 impl Task for PretrainTask<'_> {
@@ -370,6 +417,21 @@ impl Task for PretrainTask<'_> {
                 dropout_seed,
             ),
             Objective::Clm => clm_loss(p, &m.batch, grads, grad_scale, dropout_seed),
+            Objective::Bilm => {
+                let (loss, dirs) = crate::train::backprop::bilm_loss(
+                    p,
+                    &m.batch,
+                    grads,
+                    grad_scale,
+                    dropout_seed,
+                )?;
+                let mut acc = self.bilm_dirs.lock().unwrap_or_else(|e| e.into_inner());
+                let w = grad_scale as f64;
+                acc[0] += dirs[0] as f64 * w;
+                acc[1] += dirs[1] as f64 * w;
+                acc[2] += w;
+                Ok(loss)
+            }
             Objective::Electra => Err(Error::Input("the ELECTRA run has no generator".into())),
         }
     }
@@ -390,6 +452,11 @@ impl Task for PretrainTask<'_> {
     }
 
     fn step_metrics(&self) -> Option<serde_json::Value> {
+        let [f, b, w] =
+            std::mem::take(&mut *self.bilm_dirs.lock().unwrap_or_else(|e| e.into_inner()));
+        if w > 0.0 {
+            return Some(serde_json::json!({ "loss_forward": f / w, "loss_backward": b / w }));
+        }
         self.electra.as_ref().map(|e| e.take_step_metrics())
     }
 
@@ -582,6 +649,7 @@ pub fn pretrain(
         tok: &tok,
         seq_len: cfg.seq_len,
         eval_set,
+        bilm_dirs: Default::default(),
     };
     let notes = std::mem::take(&mut begun.notes);
     started(&Started::full(&mut begun.p, notes));

@@ -161,6 +161,7 @@ pub fn fresh_tiny_model(arch: kiln::model::Arch, dir: &std::path::Path) -> PathB
         }
         kiln::model::Arch::Albert => "tiny-albert-mlm",
         kiln::model::Arch::Roberta => "tiny-roberta",
+        kiln::model::Arch::Lstm => return fresh_lstm(dir, true),
     });
     let tok = kiln::tokenize::Tokenizer::from_dir(&tok_dir)
         .unwrap()
@@ -171,6 +172,27 @@ pub fn fresh_tiny_model(arch: kiln::model::Arch, dir: &std::path::Path) -> PathB
         ..Default::default()
     };
     let mc = kiln::model::init::new_config(arch, "tiny", &shape, &tok).unwrap();
+    let fresh = kiln::model::init::random_model(mc, tok, tok_dir, 7).unwrap();
+    kiln::checkpoint::save(&fresh, dir, kiln::checkpoint::SaveDtype::F32).unwrap();
+    dir.to_path_buf()
+}
+
+/// A freshly initialized tiny LSTM (2 layers, cell 24, projection 16; ELMo's biLM when
+/// `bidirectional`) with the tiny BERT fixture's tokenizer, saved into `dir`; returns `dir`.
+#[allow(dead_code)]
+pub fn fresh_lstm(dir: &std::path::Path, bidirectional: bool) -> PathBuf {
+    let tok_dir = fixture("tiny-bert");
+    let tok = kiln::tokenize::Tokenizer::from_dir(&tok_dir)
+        .unwrap()
+        .unwrap();
+    let shape = kiln::model::init::InitShape {
+        layers: Some(2),
+        hidden: Some(24),
+        proj: Some(16),
+        bidirectional,
+        ..Default::default()
+    };
+    let mc = kiln::model::init::new_config(kiln::model::Arch::Lstm, "tiny", &shape, &tok).unwrap();
     let fresh = kiln::model::init::random_model(mc, tok, tok_dir, 7).unwrap();
     kiln::checkpoint::save(&fresh, dir, kiln::checkpoint::SaveDtype::F32).unwrap();
     dir.to_path_buf()

@@ -161,6 +161,7 @@ pub(crate) fn parse_as(
         intermediate_sizes: Vec::new(),
         position_offset: 0,
         layer_blocks: Vec::new(),
+        lstm: None,
         raw,
     })
 }

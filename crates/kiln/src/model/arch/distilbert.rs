@@ -135,6 +135,7 @@ pub(crate) fn parse_config(raw: serde_json::Value, path: &Path) -> Result<ModelC
         intermediate_sizes: Vec::new(),
         position_offset: 0,
         layer_blocks: Vec::new(),
+        lstm: None,
         raw,
     })
 }

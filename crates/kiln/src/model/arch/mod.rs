@@ -9,6 +9,7 @@ pub mod bert;
 pub mod distilbert;
 pub mod electra;
 pub mod gpt2;
+pub mod lstm;
 pub mod roberta;
 
 use super::config::ModelConfig;
@@ -34,6 +35,9 @@ pub enum Arch {
     /// ALBERT (`model_type: "albert"`): BERT's encoder with factorized embeddings and layers
     /// that share their weights.
     Albert,
+    /// Kiln's LSTM language model (`model_type: "kiln_lstm"`): the same embeddings and heads
+    /// over LSTM stacks instead of attention blocks.
+    Lstm,
 }
 
 /// The activation after the dense layer between the first token and a sequence classifier.
@@ -199,13 +203,15 @@ impl Arch {
             "distilbert" => Some(Arch::DistilBert),
             "electra" => Some(Arch::Electra),
             "albert" => Some(Arch::Albert),
+            "kiln_lstm" => Some(Arch::Lstm),
             _ => None,
         }
     }
 
-    /// Whether the architecture is a bidirectional encoder (BERT and its variants).
+    /// Whether the architecture is a bidirectional encoder (BERT and its variants; a
+    /// bidirectional LSTM is one by its config, not its architecture).
     pub fn is_encoder(self) -> bool {
-        self != Arch::Gpt2
+        !matches!(self, Arch::Gpt2 | Arch::Lstm)
     }
 
     /// Whether hidden dropout follows each block's feed-forward output (not ALBERT's, whose
@@ -224,6 +230,7 @@ impl Arch {
             "electra",
             "albert",
             "gpt2",
+            "kiln_lstm",
         ]
     }
 
@@ -236,6 +243,7 @@ impl Arch {
             Arch::DistilBert => "distilbert",
             Arch::Electra => "electra",
             Arch::Albert => "albert",
+            Arch::Lstm => "kiln_lstm",
         }
     }
 
@@ -248,6 +256,7 @@ impl Arch {
             Arch::DistilBert => &distilbert::NAMES,
             Arch::Electra => &electra::NAMES,
             Arch::Albert => &albert::NAMES,
+            Arch::Lstm => &lstm::NAMES,
         }
     }
 
@@ -259,6 +268,7 @@ impl Arch {
             Arch::DistilBert => distilbert::parse_config(raw, path),
             Arch::Electra => electra::parse_config(raw, path),
             Arch::Albert => albert::parse_config(raw, path),
+            Arch::Lstm => lstm::parse_config(raw, path),
         }
     }
 
@@ -270,6 +280,7 @@ impl Arch {
             Arch::DistilBert => distilbert::write_config(cfg),
             Arch::Electra => electra::write_config(cfg),
             Arch::Albert => albert::write_config(cfg),
+            Arch::Lstm => lstm::write_config(cfg),
         }
     }
 }
