@@ -2003,3 +2003,193 @@ fn albert_runs_through_the_commands() {
     assert!(!ok && err.contains("share"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The LSTM's whole life from the command line: init (both kinds) → pretrain (bilm, clm) →
+/// info, embed and similarity by layer, generate (the forward LM of either), fine-tune and
+/// predict; and the commands that do not apply say so.
+#[test]
+fn lstm_init_pretrain_embed_similarity_generate_finetune() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-lstm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let corpus = fixture("apple_sentences.txt")
+        .to_string_lossy()
+        .into_owned();
+    let tok = fixture("tiny-bert").to_string_lossy().into_owned();
+    let run = |args: &[&str], stdin: &str| {
+        let (ok, out, err) = kiln(args, stdin);
+        assert!(ok, "kiln {args:?} failed: {err}");
+        (out, err)
+    };
+    for (name, bi) in [("bi", true), ("uni", false)] {
+        let init = d(&format!("{name}-init"));
+        let mut args = vec![
+            "init",
+            "--arch",
+            "lstm",
+            "--size",
+            "tiny",
+            "--layers",
+            "2",
+            "--hidden",
+            "32",
+            "--proj",
+            "16",
+            "--tokenizer",
+            &tok,
+            "--out",
+            &init,
+        ];
+        if bi {
+            args.push("--bidirectional");
+        }
+        let (_, err) = run(&args, "");
+        assert!(
+            err.contains("LSTM") && err.contains("projection 16"),
+            "{err}"
+        );
+        let out = d(&format!("{name}-run"));
+        let objective = if bi { "bilm" } else { "clm" };
+        run(
+            &[
+                "pretrain",
+                "--model",
+                &init,
+                "--objective",
+                objective,
+                "--corpus",
+                &corpus,
+                "--valid",
+                &corpus,
+                "--seq-len",
+                "16",
+                "--batch-size",
+                "4",
+                "--max-steps",
+                "4",
+                "--eval-every",
+                "4",
+                "--threads",
+                "1",
+                "--out",
+                &out,
+            ],
+            "",
+        );
+        let (info, _) = run(&["info", &out, "--json"], "");
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["model_type"], "kiln_lstm");
+        assert_eq!(info["bidirectional"], bi);
+        assert_eq!(info["projection"], 16);
+        // Contextual vectors: the output is both directions side by side.
+        let (emb, _) = run(
+            &["embed", "--model", &out, "--layer", "mean"],
+            "an apple pie\n",
+        );
+        let width = json_lines(&emb)[0]["embedding"].as_array().unwrap().len();
+        assert_eq!(width, if bi { 32 } else { 16 });
+        run(
+            &[
+                "similarity",
+                "--model",
+                &out,
+                "--word",
+                "apple",
+                "--input",
+                &corpus,
+                "--output",
+                &d(&format!("{name}.png")),
+                "--layer",
+                "1",
+            ],
+            "",
+        );
+        let (ok, _, err) = kiln(
+            &["embed", "--model", &out, "--layer", "3"],
+            "an apple pie\n",
+        );
+        assert!(!ok && err.contains("to 2"), "{err}");
+        // Generation runs the forward LM, its state as the cache.
+        for strategy in ["greedy", "beam"] {
+            let (gen, _) = run(
+                &[
+                    "generate",
+                    "--model",
+                    &out,
+                    "--prompt",
+                    "the apple",
+                    "--max-new-tokens",
+                    "5",
+                    "--strategy",
+                    strategy,
+                    "--json",
+                ],
+                "",
+            );
+            let g = &json_lines(&gen)[0];
+            assert!(g["token_ids"].as_array().unwrap().len() <= 5, "{g}");
+            assert!(g["text"].is_string(), "{g}");
+        }
+    }
+    // Fine-tuning the BiLSTM as a classifier, then predicting with it.
+    let train = d("train.jsonl");
+    let mut f = std::fs::File::create(&train).unwrap();
+    for (i, line) in std::fs::read_to_string(&corpus)
+        .unwrap()
+        .lines()
+        .enumerate()
+    {
+        let label = if i < 6 { "fruit" } else { "company" };
+        writeln!(f, "{}", serde_json::json!({"text": line, "label": label})).unwrap();
+    }
+    drop(f);
+    run(
+        &[
+            "finetune",
+            "--model",
+            &d("bi-run"),
+            "--task",
+            "classify",
+            "--train",
+            &train,
+            "--valid",
+            &train,
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "4",
+            "--threads",
+            "1",
+            "--out",
+            &d("cls"),
+        ],
+        "",
+    );
+    let (pred, _) = run(&["predict", "--model", &d("cls")], "an apple pie\n");
+    let label = json_lines(&pred)[0]["label"].as_str().unwrap().to_string();
+    assert!(label == "fruit" || label == "company", "{pred}");
+    // LoRA, quantization and pruning apply to attention blocks: refused, in words.
+    for args in [
+        vec!["quantize", "--model", &d("bi-run"), "--out", &d("q")],
+        vec![
+            "finetune",
+            "--model",
+            &d("bi-run"),
+            "--task",
+            "classify",
+            "--train",
+            &train,
+            "--method",
+            "lora",
+            "--max-steps",
+            "1",
+            "--out",
+            &d("lora"),
+        ],
+    ] {
+        let (ok, _, err) = kiln(&args, "");
+        assert!(!ok && err.contains("LSTM"), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -314,3 +314,47 @@ fn layer_choice_picks_lstm_states() {
         .to_string();
     assert!(err.contains("0 (the embeddings) to 2"), "{err}");
 }
+
+/// Generation carries the LSTM state as its cache: greedy decoding one token at a time equals
+/// re-running the whole sequence each step and taking the argmax of its last position (a
+/// bidirectional model generates with its forward LM).
+#[test]
+fn greedy_generation_with_carried_state_equals_full_recomputation() {
+    use kiln::infer::{GenerateOptions, Generator, Strategy};
+    for name in ["tiny-lstm-uni", "tiny-lstm-bi"] {
+        let p = checkpoint::load(&fixture(name)).unwrap();
+        let prompt = [5u32, 9, 14];
+        let opts = GenerateOptions {
+            max_new_tokens: 6,
+            strategy: Strategy::Greedy,
+            seed: 0,
+        };
+        let got = Generator::new(&p)
+            .unwrap()
+            .generate(&prompt, &opts, |_| {})
+            .unwrap();
+        let mut seq = prompt.to_vec();
+        let word = p.model.embeddings.word.weight.clone();
+        for _ in 0..got.len() {
+            let b = Batch::packed(&[(&seq[..], None)]).unwrap();
+            let h = p.model.forward(&b, MaskKind::Causal, None).unwrap();
+            let last = h.row(seq.len() - 1);
+            let next = (0..word.rows())
+                .map(|v| {
+                    (
+                        v,
+                        word.row(v)
+                            .iter()
+                            .zip(last)
+                            .map(|(a, b)| a * b)
+                            .sum::<f32>(),
+                    )
+                })
+                .fold((0, f32::MIN), |m, c| if c.1 > m.1 { c } else { m })
+                .0 as u32;
+            seq.push(next);
+        }
+        assert_eq!(&seq[prompt.len()..], &got[..], "{name}");
+        assert!(!got.is_empty());
+    }
+}

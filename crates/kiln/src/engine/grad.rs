@@ -6,7 +6,7 @@
 //! order, so results never depend on thread scheduling.
 
 use super::activation::Activation;
-use super::matmul::{matmul, MatMut, MatRef, Par};
+use super::matmul::{matmul_fast, MatMut, MatRef};
 use super::tensor::Tensor;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -56,24 +56,20 @@ pub fn linear_backward(
     }
     if let Some(dx) = dx {
         // dx[rows, in] = dy[rows, out] · W[out, in]
-        matmul(
+        matmul_fast(
             MatMut::new(dx, rows, i)?,
             MatRef::new(dy, rows, o)?,
             MatRef::new(weight.data(), o, i)?,
-            1.0,
             false,
-            Par::All,
         )?;
     }
     if let Some(dw) = dw {
         // dW[out, in] += dyᵀ[out, rows] · x[rows, in]   (dyᵀ is a strided view)
-        matmul(
+        matmul_fast(
             MatMut::new(dw, o, i)?,
             MatRef::new(dy, rows, o)?.t(),
             MatRef::new(x, rows, i)?,
-            1.0,
             true,
-            Par::All,
         )?;
     }
     if let Some(db) = db {
@@ -240,6 +236,27 @@ fn check_targets(len: usize, vocab: usize, targets: &[i64], ignore: i64) -> Resu
     Ok(targets.iter().filter(|&&t| t != ignore).count())
 }
 
+super::simd::dispatch! {
+    /// `row[i] = e^(row[i] - max)` in place and their sum into `z` (8 lanes): the softmax's
+    /// exponentials over a vocabulary-sized row, with the fast vectorized `exp`.
+    fn exp_shifted(row: &mut [f32], max: f32, z: &mut f32) {
+        let mut acc = [0.0f32; 8];
+        let mut chunks = row.chunks_exact_mut(8);
+        for c in &mut chunks {
+            for i in 0..8 {
+                c[i] = super::math::exp(c[i] - max);
+                acc[i] += c[i];
+            }
+        }
+        let mut rest = 0.0f32;
+        for v in chunks.into_remainder() {
+            *v = super::math::exp(*v - max);
+            rest += *v;
+        }
+        *z = acc.iter().sum::<f32>() + rest;
+    }
+}
+
 /// The in-place rows: per-row losses in parallel, summed in row order (reproducible).
 fn ce_rows_in_place(x: &mut [f32], vocab: usize, targets: &[i64], ignore: i64, scale: f32) -> f64 {
     let losses: Vec<f64> = x
@@ -250,13 +267,10 @@ fn ce_rows_in_place(x: &mut [f32], vocab: usize, targets: &[i64], ignore: i64, s
                 row.fill(0.0);
                 return 0.0;
             }
-            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let max = super::simd::max(row);
             let target_logit = row[t as usize];
             let mut z = 0.0f32;
-            for v in row.iter_mut() {
-                *v = (*v - max).exp();
-                z += *v;
-            }
+            exp_shifted(row, max, &mut z);
             let inv = scale / z;
             row.iter_mut().for_each(|v| *v *= inv);
             row[t as usize] -= scale;

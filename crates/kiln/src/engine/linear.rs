@@ -5,7 +5,7 @@
 
 use super::activation::{bias_act_inplace, Activation};
 use super::int8::Int8Weight;
-use super::matmul::{matmul, MatMut, MatRef, Par};
+use super::matmul::{matmul, matmul_fast, MatMut, MatRef, Par};
 use super::packed::{PackedWeight, MIN_ROWS};
 use super::tensor::Tensor;
 use crate::error::{Error, Result};
@@ -196,6 +196,32 @@ pub fn linear_forward(
     out: &mut [f32],
     mode: LinearOut,
 ) -> Result<()> {
+    linear_forward_with(weight, bias, x, rows, out, mode, false)
+}
+
+/// [`linear_forward`] for a weight used once (training, where every step changes the
+/// weights): packed for the AVX-512 kernel on the spot, which pays for itself on a large
+/// product (the vocabulary projection of a language-model loss).
+pub fn linear_forward_once(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    mode: LinearOut,
+) -> Result<()> {
+    linear_forward_with(weight, bias, x, rows, out, mode, true)
+}
+
+fn linear_forward_with(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    mode: LinearOut,
+    once: bool,
+) -> Result<()> {
     {
         let (o, i) = (weight.shape()[0], weight.cols());
         if x.len() != rows * i || out.len() != rows * o {
@@ -217,14 +243,23 @@ pub fn linear_forward(
         }
         // Wᵀ is a strided view of W: no transposed copy.
         let w_t = MatRef::new(weight.data(), o, i)?.t();
-        matmul(
-            MatMut::new(out, rows, o)?,
-            MatRef::new(x, rows, i)?,
-            w_t,
-            1.0,
-            mode == LinearOut::Accumulate,
-            Par::All,
-        )?;
+        if once {
+            matmul_fast(
+                MatMut::new(out, rows, o)?,
+                MatRef::new(x, rows, i)?,
+                w_t,
+                mode == LinearOut::Accumulate,
+            )?;
+        } else {
+            matmul(
+                MatMut::new(out, rows, o)?,
+                MatRef::new(x, rows, i)?,
+                w_t,
+                1.0,
+                mode == LinearOut::Accumulate,
+                Par::All,
+            )?;
+        }
         match mode {
             LinearOut::Write => bias_act_inplace(out, bias, None),
             LinearOut::WriteAct(a) => bias_act_inplace(out, bias, Some(a)),

@@ -12,7 +12,8 @@
 
 use super::grad::add_col_sums;
 use super::math::exp;
-use super::matmul::{matmul, MatMut, MatRef, Par};
+use super::matmul::{matmul, matmul_fast, MatMut, MatRef, Par};
+use super::packed::{PackedWeight, MIN_ROWS};
 use super::par::SendPtr;
 use super::simd::dispatch;
 use super::tensor::Tensor;
@@ -235,15 +236,71 @@ fn input_gates(cell: &LstmCell, x: &[f32], t: usize) -> Result<Vec<f32>> {
     for row in gx.chunks_mut(g4) {
         row.copy_from_slice(&bias);
     }
-    matmul(
+    matmul_fast(
         MatMut::new(&mut gx, t, g4)?,
         MatRef::new(x, t, cell.input())?,
         MatRef::new(cell.w_ih.data(), g4, cell.input())?.t(),
-        1.0,
         true,
-        Par::All,
     )?;
     Ok(gx)
+}
+
+/// A recurrent weight packed once for the many small products of a pass over time (the
+/// AVX-512 kernel), or the `gemm` crate's path where that kernel does not run.
+struct Recurrent<'a> {
+    /// `[rows, cols]` as the product's right operand reads it: `out = x · Wᵀ` for the packed
+    /// `W` (`[out, in]`).
+    data: &'a [f32],
+    out: usize,
+    inp: usize,
+    /// Whether `data` holds `Wᵀ` (`[in, out]`) rather than `W`.
+    transposed: bool,
+    packed: Option<PackedWeight>,
+}
+
+impl<'a> Recurrent<'a> {
+    /// `x · Wᵀ` for `w: [out, in]`, or with `transposed`, `x · w` for `w: [in, out]`.
+    fn new(data: &'a [f32], out: usize, inp: usize, transposed: bool) -> Self {
+        let packed = PackedWeight::supported().then(|| {
+            if transposed {
+                PackedWeight::pack_strided(data, out, inp, 1, out)
+            } else {
+                PackedWeight::pack_strided(data, out, inp, inp, 1)
+            }
+        });
+        Recurrent {
+            data,
+            out,
+            inp,
+            transposed,
+            packed,
+        }
+    }
+
+    /// `dst[n, out] = x[n, in] · Wᵀ`.
+    fn product(&self, x: &[f32], n: usize, dst: &mut [f32]) -> Result<()> {
+        match &self.packed {
+            Some(p) if n >= MIN_ROWS => {
+                p.matmul(x, n, None, dst, false, None);
+                Ok(())
+            }
+            _ => {
+                let w = if self.transposed {
+                    MatRef::new(self.data, self.inp, self.out)?
+                } else {
+                    MatRef::new(self.data, self.out, self.inp)?.t()
+                };
+                matmul(
+                    MatMut::new(dst, n, self.out)?,
+                    MatRef::new(x, n, self.inp)?,
+                    w,
+                    1.0,
+                    false,
+                    Par::All,
+                )
+            }
+        }
+    }
 }
 
 /// Runs one direction over the packed input `x: [T, input]`, writing every token's hidden
@@ -294,6 +351,7 @@ pub fn lstm_forward(
         }
     }
     let mut rec = vec![0.0f32; b * g4];
+    let w_hh = Recurrent::new(cell.w_hh.data(), g4, h, false);
     let (gp, hp, cp) = (
         SendPtr(gates.as_mut_ptr()),
         SendPtr(h_out.as_mut_ptr()),
@@ -302,14 +360,7 @@ pub fn lstm_forward(
     let keep = !cells.is_empty();
     for s in 0..steps.len() {
         let n = steps.active(s);
-        matmul(
-            MatMut::new(&mut rec[..n * g4], n, g4)?,
-            MatRef::new(&hs[..n * h], n, h)?,
-            MatRef::new(cell.w_hh.data(), g4, h)?.t(),
-            1.0,
-            false,
-            Par::All,
-        )?;
+        w_hh.product(&hs[..n * h], n, &mut rec[..n * g4])?;
         let body = |(k, ((r, c), hk)): StepRow| {
             let row = steps.row(k, s, reverse);
             // SAFETY: distinct running sequences are at distinct packed rows, so the parallel
@@ -402,6 +453,8 @@ pub fn lstm_backward(
     let mut dcs = vec![0.0f32; b * hw];
     let mut dstep = vec![0.0f32; b * g4];
     let zero = vec![0.0f32; hw];
+    // dh_prev = dgates · W_hh: the product with W_hh's transpose, packed once.
+    let w_hh_t = Recurrent::new(cell.w_hh.data(), hw, g4, true);
     let dgp = SendPtr(dgates.as_mut_ptr());
     for s in (0..steps.len()).rev() {
         let n = steps.active(s);
@@ -445,14 +498,7 @@ pub fn lstm_backward(
         }
         // The previous step's hidden-state gradient: dgates · W_hh (rows past the sequences
         // that run at step s - 1 are never read again).
-        matmul(
-            MatMut::new(&mut dhs[..n * hw], n, hw)?,
-            MatRef::new(&dstep[..n * g4], n, g4)?,
-            MatRef::new(cell.w_hh.data(), g4, hw)?,
-            1.0,
-            false,
-            Par::All,
-        )?;
+        w_hh_t.product(&dstep[..n * g4], n, &mut dhs[..n * hw])?;
     }
     if let Some(g) = grads.w_hh {
         // Each token's previous hidden state (zero at a sequence's first step).
@@ -463,23 +509,19 @@ pub fn lstm_backward(
                 prev[r * hw..(r + 1) * hw].copy_from_slice(&h[p * hw..(p + 1) * hw]);
             }
         }
-        matmul(
+        matmul_fast(
             MatMut::new(g, g4, hw)?,
             MatRef::new(&dgates, t, g4)?.t(),
             MatRef::new(&prev, t, hw)?,
-            1.0,
             true,
-            Par::All,
         )?;
     }
     if let Some(g) = grads.w_ih {
-        matmul(
+        matmul_fast(
             MatMut::new(g, g4, cell.input())?,
             MatRef::new(&dgates, t, g4)?.t(),
             MatRef::new(x, t, cell.input())?,
-            1.0,
             true,
-            Par::All,
         )?;
     }
     if let Some(g) = grads.b_ih {
@@ -489,13 +531,11 @@ pub fn lstm_backward(
         add_col_sums(&dgates, g4, g);
     }
     if let Some(dx) = dx {
-        matmul(
+        matmul_fast(
             MatMut::new(dx, t, cell.input())?,
             MatRef::new(&dgates, t, g4)?,
             MatRef::new(cell.w_ih.data(), g4, cell.input())?,
-            1.0,
             false,
-            Par::All,
         )?;
     }
     Ok(())

@@ -175,6 +175,30 @@ pub fn matmul(
     Ok(())
 }
 
+/// [`matmul`] (scale 1) through Kiln's AVX-512 kernel where it runs: `b` is packed once
+/// (its transpose read in place) and `a` read with its strides, so a transposed operand costs
+/// no copy. Falls back to the `gemm` crate on other CPUs, for a strided `dst` or too few rows.
+/// For one-off products large enough that packing `b` is cheap beside them (training's
+/// backward passes, the vocabulary projection); a weight used many times is packed once by
+/// its owner instead.
+pub fn matmul_fast(dst: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) -> Result<()> {
+    use super::packed::{PackedWeight, MIN_ROWS};
+    let contiguous = dst.cs == 1 && dst.rs == dst.cols;
+    if !(contiguous && a.rows >= MIN_ROWS && PackedWeight::supported())
+        || a.cols != b.rows
+        || dst.rows != a.rows
+        || dst.cols != b.cols
+    {
+        return matmul(dst, a, b, 1.0, accumulate, Par::All);
+    }
+    // b: [k, n] -> the packed [n, k] whose (j, kk) is b[kk, j].
+    let w = PackedWeight::pack_strided(b.data, b.cols, b.rows, b.cs, b.rs);
+    // A transposed `a` (a weight gradient's dyᵀ) is read in place: measured faster than
+    // copying it into rows first, the copy costing more than the strided reads.
+    w.matmul_strided(a.data, a.rows, a.rs, a.cs, None, dst.data, accumulate, None);
+    Ok(())
+}
+
 /// Raw strided GEMM: `dst[m, n] (+)= scale · lhs[m, k] · rhs[k, n]`.
 ///
 /// # Safety

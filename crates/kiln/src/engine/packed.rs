@@ -43,21 +43,65 @@ impl PackedWeight {
     /// Packs `w: [n, k]`; columns past `n` in the last panel are zero.
     pub fn pack(w: &Tensor) -> Self {
         let (n, k) = (w.shape()[0], w.cols());
+        Self::pack_strided(w.data(), n, k, k, 1)
+    }
+
+    /// Packs the `[n, k]` matrix whose element `(j, kk)` is `d[j·rs + kk·cs]`: a weight, or
+    /// the transpose of one (`rs = 1`) without a transposed copy.
+    pub fn pack_strided(d: &[f32], n: usize, k: usize, rs: usize, cs: usize) -> Self {
+        assert!(n == 0 || k == 0 || (n - 1) * rs + (k - 1) * cs < d.len());
         let np = n.div_ceil(NR);
         let mut panels = vec![0.0f32; np * k * NR];
-        let d = w.data();
+        if rs == 1 && cs != 1 {
+            // The transposed layout (a `[k, n]` row-major matrix read as `[n, k]`): each
+            // source row is contiguous over all panels, so a task takes a range of depths and
+            // copies whole rows (a panel at a time would jump a row's length every step).
+            #[derive(Clone, Copy)]
+            struct Out(*mut f32);
+            // SAFETY: tasks write disjoint depth ranges of every panel.
+            unsafe impl Send for Out {}
+            unsafe impl Sync for Out {}
+            impl Out {
+                // A method call captures the whole (Sync) wrapper, not the bare pointer.
+                fn at(self, i: usize) -> *mut f32 {
+                    // SAFETY: callers stay inside the buffer.
+                    unsafe { self.0.add(i) }
+                }
+            }
+            let out = Out(panels.as_mut_ptr());
+            let per = k.div_ceil(4 * rayon::current_num_threads()).max(16);
+            (0..k.div_ceil(per)).into_par_iter().for_each(|c| {
+                for kk in c * per..((c + 1) * per).min(k) {
+                    let row = &d[kk * cs..kk * cs + n];
+                    for (p, part) in row.chunks(NR).enumerate() {
+                        // SAFETY: panel p, depth kk: inside the buffer, written by this task
+                        // alone.
+                        unsafe {
+                            let dst = out.at(p * k * NR + kk * NR);
+                            std::ptr::copy_nonoverlapping(part.as_ptr(), dst, part.len());
+                        }
+                    }
+                }
+            });
+            return PackedWeight { n, k, panels };
+        }
         panels
-            .par_chunks_mut(k * NR)
+            .par_chunks_mut((k * NR).max(1))
             .enumerate()
             .for_each(|(p, panel)| {
-                for r in 0..NR.min(n - p * NR) {
-                    let row = &d[(p * NR + r) * k..(p * NR + r + 1) * k];
-                    for (kk, &v) in row.iter().enumerate() {
-                        panel[kk * NR + r] = v;
+                let rows = NR.min(n - p * NR);
+                for r in 0..rows {
+                    for kk in 0..k {
+                        panel[kk * NR + r] = d[(p * NR + r) * rs + kk * cs];
                     }
                 }
             });
         PackedWeight { n, k, panels }
+    }
+
+    /// Output columns `n`.
+    pub fn n(&self) -> usize {
+        self.n
     }
 
     /// Whether this CPU can run the packed kernel.
@@ -83,11 +127,31 @@ impl PackedWeight {
         accumulate: bool,
         act: Option<Activation>,
     ) {
-        assert!(x.len() >= rows * self.k && out.len() >= rows * self.n);
+        self.matmul_strided(x, rows, self.k, 1, bias, out, accumulate, act)
+    }
+
+    /// [`PackedWeight::matmul`] with `x` any strided `[rows, k]` view: element `(i, kk)` is
+    /// `x[i·rs + kk·cs]` (e.g. a transposed matrix, `rs = 1`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_strided(
+        &self,
+        x: &[f32],
+        rows: usize,
+        rs: usize,
+        cs: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        accumulate: bool,
+        act: Option<Activation>,
+    ) {
+        assert!(
+            (rows == 0 || self.k == 0 || (rows - 1) * rs + (self.k - 1) * cs < x.len())
+                && out.len() >= rows * self.n
+        );
         assert!(bias.is_none_or(|b| b.len() == self.n));
         #[cfg(target_arch = "x86_64")]
         {
-            let (n, k) = (self.n, self.k);
+            let n = self.n;
             let np = n.div_ceil(NR);
             let threads = rayon::current_num_threads();
             if rows.div_ceil(MC) >= threads || np == 1 {
@@ -102,7 +166,8 @@ impl PackedWeight {
                         // loop bounds.
                         unsafe {
                             self.block(
-                                &x[r0 * k..(r0 + m) * k],
+                                x.as_ptr().add(r0 * rs),
+                                (rs, cs),
                                 m,
                                 bias,
                                 c.as_mut_ptr(),
@@ -122,7 +187,18 @@ impl PackedWeight {
                     let panels = t * per..((t + 1) * per).min(np);
                     let c = &c;
                     // SAFETY: as above; the tasks write disjoint column bands of `out`.
-                    unsafe { self.block(&x[..rows * k], rows, bias, c.0, panels, accumulate, act) }
+                    unsafe {
+                        self.block(
+                            x.as_ptr(),
+                            (rs, cs),
+                            rows,
+                            bias,
+                            c.0,
+                            panels,
+                            accumulate,
+                            act,
+                        )
+                    }
                 });
             }
         }
@@ -133,7 +209,8 @@ impl PackedWeight {
     #[allow(clippy::too_many_arguments)]
     unsafe fn block(
         &self,
-        a: &[f32],
+        a: *const f32,
+        (ars, acs): (usize, usize),
         m: usize,
         bias: Option<&[f32]>,
         c: *mut f32,
@@ -157,11 +234,12 @@ impl PackedWeight {
                 let mut i = 0;
                 while i < m {
                     let mr = MR.min(m - i);
-                    let ap = a.as_ptr().add(i * k + k0);
+                    let ap = a.add(i * ars + k0 * acs);
                     let cp = c.add(i * n + p * NR);
                     let t = Tile {
                         a: ap,
-                        lda: k,
+                        lda: ars,
+                        acs,
                         panel,
                         kc,
                         c: cp,
@@ -212,6 +290,8 @@ unsafe impl Sync for SendPtr {}
 struct Tile {
     a: *const f32,
     lda: usize,
+    /// Column stride of `a` (1 but for a transposed view).
+    acs: usize,
     panel: *const f32,
     kc: usize,
     c: *mut f32,
@@ -249,8 +329,9 @@ impl Tile {
         for kk in 0..self.kc {
             let b0 = _mm512_loadu_ps(self.panel.add(kk * NR));
             let b1 = _mm512_loadu_ps(self.panel.add(kk * NR + 16));
+            let ak = self.a.add(kk * self.acs);
             for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*self.a.add(i * self.lda + kk));
+                let av = _mm512_set1_ps(*ak.add(i * self.lda));
                 row[0] = _mm512_fmadd_ps(av, b0, row[0]);
                 row[1] = _mm512_fmadd_ps(av, b1, row[1]);
             }
@@ -327,6 +408,48 @@ mod tests {
                     }
                 }
             });
+        }
+    }
+
+    /// Transposed operands read in place: `matmul_fast` on every stride combination (and the
+    /// `gemm` fallback for few rows) equals the naive product.
+    #[test]
+    fn strided_operands_match_naive() {
+        use crate::engine::matmul::{matmul_fast, MatMut, MatRef};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        for &(m, k, n) in &[(3usize, 7usize, 5usize), (37, 300, 70), (130, 64, 33)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let want = naive_matmul(&a, &b, m, k, n);
+            let at = Tensor::new(vec![m, k], a.clone())
+                .unwrap()
+                .transpose2d()
+                .unwrap();
+            let bt = Tensor::new(vec![k, n], b.clone())
+                .unwrap()
+                .transpose2d()
+                .unwrap();
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let av = if ta {
+                    MatRef::new(at.data(), k, m).unwrap().t()
+                } else {
+                    MatRef::new(&a, m, k).unwrap()
+                };
+                let bv = if tb {
+                    MatRef::new(bt.data(), n, k).unwrap().t()
+                } else {
+                    MatRef::new(&b, k, n).unwrap()
+                };
+                let mut out = vec![1.0f32; m * n];
+                matmul_fast(MatMut::new(&mut out, m, n).unwrap(), av, bv, true).unwrap();
+                for i in 0..m * n {
+                    let tol = PACKED_RTOL * k as f32;
+                    assert!(
+                        (out[i] - want[i] - 1.0).abs() <= tol,
+                        "m{m} k{k} n{n} {ta} {tb} at {i}"
+                    );
+                }
+            }
         }
     }
 }

@@ -148,7 +148,7 @@ impl<'a> Generator<'a> {
             // Cached source keys stay valid: the source never attends to the target.
             MaskKind::Prefix(if cache.len == 0 { ids.len() } else { 0 })
         } else {
-            self.p.model.default_mask()
+            self.p.model.decoding_mask()
         };
         let hidden = self
             .p
@@ -298,7 +298,7 @@ impl<'a> Generator<'a> {
             batch.type_ids.fill(1);
             MaskKind::Prefix(0)
         } else {
-            self.p.model.default_mask()
+            self.p.model.decoding_mask()
         };
         // The caches move into one slice for the pass and back after it.
         let mut caches: Vec<KvCache> = running

@@ -169,7 +169,7 @@ impl Lstm {
         x0: &[f32],
         batch: &Batch,
         mask: MaskKind,
-        mut states: Option<&mut [f32]>,
+        states: Option<&mut [f32]>,
     ) -> Result<Vec<Vec<f32>>> {
         let s = &self.shape;
         let steps = Steps::new(&batch.seq_lens);
@@ -179,9 +179,16 @@ impl Lstm {
                 "a bidirectional LSTM reads whole sequences; carried state (generation) runs its forward stack only".into(),
             ));
         }
-        let per_dir: Vec<Vec<Vec<f32>>> = (0..dirs)
-            .map(|d| self.run_direction(d, x0, &steps, states.as_deref_mut()))
-            .collect::<Result<_>>()?;
+        let per_dir: Vec<Vec<Vec<f32>>> = if dirs == 1 {
+            vec![self.run_direction(0, x0, &steps, states)?]
+        } else {
+            // The directions are independent: each runs on half of the threads.
+            let (f, b) = crate::engine::par::join_halves(
+                || self.run_direction(0, x0, &steps, None),
+                || self.run_direction(1, x0, &steps, None),
+            );
+            vec![f?, b?]
+        };
         if dirs == 1 {
             let mut out = vec![x0.to_vec()];
             out.extend(per_dir.into_iter().flatten());

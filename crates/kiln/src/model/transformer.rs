@@ -36,6 +36,15 @@ impl Transformer {
         }
     }
 
+    /// The mask a language model generates with: the default, except that a bidirectional
+    /// LSTM generates with its forward stack alone (its forward LM).
+    pub fn decoding_mask(&self) -> MaskKind {
+        match &self.lstm {
+            Some(_) => MaskKind::Causal,
+            None => self.default_mask(),
+        }
+    }
+
     /// Runs the model over a packed batch.
     ///
     /// batch: [tokens] -> [tokens, hidden] (the last hidden state; after the final norm when the

@@ -12,7 +12,7 @@ use crate::engine::grad::{
     activation_backward, cross_entropy_in_place, embedding_backward, layer_norm_backward,
     linear_backward,
 };
-use crate::engine::linear::linear_forward;
+use crate::engine::linear::{linear_forward, linear_forward_once};
 use crate::engine::{LayerNorm, Linear, LinearOut, MaskKind, Tensor};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Block, NormPlacement, Transformer};
@@ -914,7 +914,7 @@ fn project_loss<'a>(
         buf.resize(n * v, 0.0);
     }
     let logits = &mut buf[..n * v];
-    linear_forward(w, bias, x, n, logits, LinearOut::Write)?;
+    linear_forward_once(w, bias, x, n, logits, LinearOut::Write)?;
     let count = targets.iter().filter(|&&t| t != IGNORE).count().max(1);
     let (sum, _) = cross_entropy_in_place(logits, v, targets, IGNORE, grad_scale / count as f32)?;
     Ok(((sum / count as f64) as f32, &buf[..n * v]))
@@ -1003,7 +1003,7 @@ pub fn mlm_loss_with(
     if buf.len() < n * v {
         buf.resize(n * v, 0.0);
     }
-    linear_forward(
+    linear_forward_once(
         dec,
         Some(&head.bias),
         &nrm,
@@ -1213,6 +1213,11 @@ pub fn lm_loss(
         .ok_or_else(|| Error::Input("the model has no causal-LM head".into()))?;
     if targets.len() != batch.tokens() {
         return Err(Error::shape("lm_loss", "one target per token"));
+    }
+    if p.config().lstm.as_ref().is_some_and(|l| l.bidirectional) {
+        return Err(Error::Input(
+            "a bidirectional LSTM's backward stack would see the tokens it predicts; train its language models with --objective bilm".into(),
+        ));
     }
     let mask = p.model.default_mask();
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
