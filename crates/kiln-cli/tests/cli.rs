@@ -2166,7 +2166,10 @@ fn lstm_init_pretrain_embed_similarity_generate_finetune() {
         ],
         "",
     );
-    let (pred, _) = run(&["predict", "--model", &d("cls")], "an apple pie\n");
+    let (pred, _) = run(
+        &["predict", "--model", &d("cls")],
+        "{\"text\": \"an apple pie\"}\n",
+    );
     let label = json_lines(&pred)[0]["label"].as_str().unwrap().to_string();
     assert!(label == "fruit" || label == "company", "{pred}");
     // LoRA, quantization and pruning apply to attention blocks: refused, in words.
