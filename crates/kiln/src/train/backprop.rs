@@ -86,8 +86,9 @@ pub fn parameters(p: &mut Pretrained) -> Vec<(String, &mut Tensor, bool)> {
         &mut m.embeddings.word.weight,
         true,
     ));
-    // A model without positions (an LSTM) has an empty table: no parameter.
-    if m.embeddings.position.numel() > 0 {
+    // An LSTM has no position table. (Decided by the architecture, not the tensor's size: a
+    // gradient buffer of a frozen table is empty too, and must keep its place in the list.)
+    if m.lstm.is_none() {
         out.push((
             "embeddings.position".into(),
             &mut m.embeddings.position,
