@@ -124,26 +124,6 @@ fn main() {
         )
         .unwrap();
     });
-    let mut det = vec![0.0; p * v];
-    time(
-        "dEᵀ = Xᵀ · dlogits",
-        2.0 * (t * v * p) as f64,
-        &mut || {
-            matmul_fast(
-                MatMut::new(&mut det, p, v).unwrap(),
-                MatRef::new(&xs, t, p).unwrap().t(),
-                MatRef::new(&logits, t, v).unwrap(),
-                true,
-            )
-            .unwrap();
-        },
-    );
-    let pk = std::time::Instant::now();
-    let _w = kiln::engine::packed::PackedWeight::pack_strided(&logits, v, t, 1, v);
-    println!(
-        "pack dlogits as [v, t]: {:.1} ms",
-        pk.elapsed().as_secs_f64() * 1e3
-    );
     let mut de = vec![0.0; v * p];
     time(
         "dE = dlogitsᵀ · X",

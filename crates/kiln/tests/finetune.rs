@@ -56,10 +56,10 @@ fn config(train: &Path, valid: &Path, steps: u64) -> FinetuneConfig {
     }
 }
 
-#[test]
-fn single_sentence_classifier_learns_a_rule_it_must_generalize() {
-    let dir = scratch("single");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+/// train / valid / test JSONL (400 / 60 / 100 sentences) in `dir`, every other one with
+/// "rain" in it and labelled "wet", the rest "dry".
+fn rain_splits(dir: &Path, seed: u64) -> (PathBuf, PathBuf, PathBuf) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut write = |name: &str, n: usize| {
         let path = dir.join(name);
         let mut f = std::fs::File::create(&path).unwrap();
@@ -71,11 +71,17 @@ fn single_sentence_classifier_learns_a_rule_it_must_generalize() {
         }
         path
     };
-    let (train, valid, test) = (
+    (
         write("train.jsonl", 400),
         write("valid.jsonl", 60),
         write("test.jsonl", 100),
-    );
+    )
+}
+
+#[test]
+fn single_sentence_classifier_learns_a_rule_it_must_generalize() {
+    let dir = scratch("single");
+    let (train, valid, test) = rain_splits(&dir, 1);
     let out = dir.join("out");
     let s = run_finetune(
         &fixture("tiny-bert"),
@@ -426,22 +432,7 @@ fn tag_rule(dir: &Path, init: &Path, lr: f32) {
 #[test]
 fn lstm_classifier_learns_a_rule_it_must_generalize() {
     let dir = scratch("single-lstm");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-    let mut write = |name: &str, n: usize| {
-        let path = dir.join(name);
-        let mut f = std::fs::File::create(&path).unwrap();
-        for i in 0..n {
-            let rain = i % 2 == 0;
-            let line = serde_json::json!({ "text": sentence(&mut rng, rain), "label": if rain { "wet" } else { "dry" } });
-            writeln!(f, "{line}").unwrap();
-        }
-        path
-    };
-    let (train, valid, test) = (
-        write("train.jsonl", 400),
-        write("valid.jsonl", 60),
-        write("test.jsonl", 100),
-    );
+    let (train, valid, test) = rain_splits(&dir, 2);
     let init = fresh_lstm(&dir.join("init"), true);
     let out = dir.join("out");
     let mut cfg = config(&train, &valid, 200);

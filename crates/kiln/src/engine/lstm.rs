@@ -380,10 +380,6 @@ pub fn lstm_forward(
                     .copy_from_slice(c);
             }
         };
-        let items = rec[..n * g4]
-            .chunks(g4)
-            .zip(cs[..n * h].chunks_mut(h))
-            .zip(hs[..n * h].chunks_mut(h));
         if n * g4 >= super::par::PAR_MIN_ELEMS && super::par::threads() > 1 {
             rec[..n * g4]
                 .par_chunks(g4)
@@ -392,7 +388,12 @@ pub fn lstm_forward(
                 .enumerate()
                 .for_each(body);
         } else {
-            items.enumerate().for_each(body);
+            rec[..n * g4]
+                .chunks(g4)
+                .zip(cs[..n * h].chunks_mut(h))
+                .zip(hs[..n * h].chunks_mut(h))
+                .enumerate()
+                .for_each(body);
         }
     }
     if let Some(st) = state {

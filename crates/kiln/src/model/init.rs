@@ -247,8 +247,8 @@ impl Init {
     }
 }
 
-/// New LSTM weights as PyTorch initializes `nn.LSTM` and `nn.Linear` (uniform in
-/// ±1/√fan-in), except that the forget gates' input bias starts at 1 (Jozefowicz et al. 2015:
+/// New LSTM weights as PyTorch initializes `nn.LSTM` (every tensor uniform in ±1/√H) and
+/// `nn.Linear(H, P)` (±1/√H, its fan-in), except that the forget gates' input bias starts at 1 (Jozefowicz et al. 2015:
 /// cells remember by default, which speeds early training); embeddings normal(0, std).
 fn random_lstm(
     r: &mut Init,
@@ -267,7 +267,7 @@ fn random_lstm(
         )
         .expect("shape matches")
     };
-    // Every fan-in here is H (the cell's recurrent input, the projection's input).
+    // nn.LSTM's bound for all its tensors, and the projection's (fan-in H) too.
     let bh = 1.0 / (h as f32).sqrt();
     let mut direction = || {
         let mut b_ih = uniform(&[4 * h], bh);

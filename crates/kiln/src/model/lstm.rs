@@ -157,8 +157,17 @@ impl Lstm {
         mask: MaskKind,
         states: Option<&mut [f32]>,
     ) -> Result<Vec<f32>> {
-        let mut layers = self.layer_outputs(x0, batch, mask, states)?;
-        Ok(layers.pop().unwrap_or_default())
+        let mut per_dir = self.run_directions(x0, batch, mask, states)?;
+        let p = self.shape.proj;
+        Ok(match &mut per_dir[..] {
+            [f] => f.pop().unwrap_or_default(),
+            [f, b] => interleave(
+                f.last().map_or(&[][..], |v| v),
+                b.last().map_or(&[][..], |v| v),
+                p,
+            ),
+            _ => Vec::new(),
+        })
     }
 
     /// Every layer's states under `mask`, `[T, directions · P]` each, layer 0 being the
@@ -171,40 +180,49 @@ impl Lstm {
         mask: MaskKind,
         states: Option<&mut [f32]>,
     ) -> Result<Vec<Vec<f32>>> {
-        let s = &self.shape;
+        let per_dir = self.run_directions(x0, batch, mask, states)?;
+        let p = self.shape.proj;
+        Ok(match &per_dir[..] {
+            [f] => std::iter::once(x0.to_vec())
+                .chain(f.iter().cloned())
+                .collect(),
+            [f, b] => std::iter::once(interleave(x0, x0, p))
+                .chain(f.iter().zip(b).map(|(f, b)| interleave(f, b, p)))
+                .collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Each direction's layer outputs under `mask` (the two directions at once, each on half
+    /// of the threads).
+    fn run_directions(
+        &self,
+        x0: &[f32],
+        batch: &Batch,
+        mask: MaskKind,
+        states: Option<&mut [f32]>,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
         let steps = Steps::new(&batch.seq_lens);
-        let dirs = s.directions(mask);
-        if states.is_some() && dirs == 2 {
+        if self.shape.directions(mask) == 1 {
+            return Ok(vec![self.run_direction(0, x0, &steps, states)?]);
+        }
+        if states.is_some() {
             return Err(Error::Input(
                 "a bidirectional LSTM reads whole sequences; carried state (generation) runs its forward stack only".into(),
             ));
         }
-        let per_dir: Vec<Vec<Vec<f32>>> = if dirs == 1 {
-            vec![self.run_direction(0, x0, &steps, states)?]
-        } else {
-            // The directions are independent: each runs on half of the threads.
-            let (f, b) = crate::engine::par::join_halves(
-                || self.run_direction(0, x0, &steps, None),
-                || self.run_direction(1, x0, &steps, None),
-            );
-            vec![f?, b?]
-        };
-        if dirs == 1 {
-            let mut out = vec![x0.to_vec()];
-            out.extend(per_dir.into_iter().flatten());
-            return Ok(out);
-        }
-        let p = s.proj;
-        let join = |a: &[f32], b: &[f32]| -> Vec<f32> {
-            a.chunks(p)
-                .zip(b.chunks(p))
-                .flat_map(|(x, y)| x.iter().chain(y).copied())
-                .collect()
-        };
-        let mut out = vec![join(x0, x0)];
-        for (f, b) in per_dir[0].iter().zip(&per_dir[1]) {
-            out.push(join(f, b));
-        }
-        Ok(out)
+        let (f, b) = crate::engine::par::join_halves(
+            || self.run_direction(0, x0, &steps, None),
+            || self.run_direction(1, x0, &steps, None),
+        );
+        Ok(vec![f?, b?])
     }
+}
+
+/// The two directions' `[T, P]` states side by side, `[T, 2P]`: forward, then backward.
+pub fn interleave(f: &[f32], b: &[f32], p: usize) -> Vec<f32> {
+    f.chunks(p)
+        .zip(b.chunks(p))
+        .flat_map(|(x, y)| x.iter().chain(y).copied())
+        .collect()
 }

@@ -67,11 +67,7 @@ impl Transformer {
     pub fn hidden_states(&self, batch: &Batch, mask: MaskKind) -> Result<Vec<Tensor>> {
         let t = batch.tokens();
         let states = match &self.lstm {
-            Some(lstm) => {
-                let mut x = vec![0.0f32; t * self.embeddings.width()];
-                self.embeddings.forward(&batch.ids, &[], &[], &mut x)?;
-                lstm.layer_outputs(&x, batch, mask, None)?
-            }
+            Some(lstm) => lstm.layer_outputs(&self.lstm_input(batch)?, batch, mask, None)?,
             None => {
                 let mut states = Vec::new();
                 let last = self.forward_blocks(batch, mask, None, Some(&mut states))?;
@@ -156,6 +152,13 @@ impl Transformer {
         Tensor::new(vec![t, h], x)
     }
 
+    /// An LSTM's input: the word embeddings alone (no positions or segments), `[T, P]`.
+    fn lstm_input(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let mut x = vec![0.0f32; batch.tokens() * self.embeddings.width()];
+        self.embeddings.forward(&batch.ids, &[], &[], &mut x)?;
+        Ok(x)
+    }
+
     /// The LSTM backbone's forward: its embeddings, then its stacks (states carried in
     /// `caches` when given: the forward stack's `h, c` per layer).
     fn forward_lstm(
@@ -166,8 +169,7 @@ impl Transformer {
         caches: Option<&mut [KvCache]>,
     ) -> Result<Tensor> {
         let t = batch.tokens();
-        let mut x = vec![0.0f32; t * self.embeddings.width()];
-        self.embeddings.forward(&batch.ids, &[], &[], &mut x)?;
+        let x = self.lstm_input(batch)?;
         let width = lstm.shape.output_width(mask);
         let out = match caches {
             None => lstm.forward(&x, batch, mask, None)?,

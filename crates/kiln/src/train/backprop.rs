@@ -1072,6 +1072,15 @@ pub fn clm_targets(batch: &Batch) -> Vec<i64> {
     targets
 }
 
+/// The gradient buffer of the language-model head's output matrix: its own, or (tied) the word
+/// embeddings'; `None` when frozen.
+fn lm_weight_grad(grads: &mut Pretrained) -> Option<&mut [f32]> {
+    match grads.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
+        Some(g) => non_empty(g),
+        None => non_empty(&mut grads.model.embeddings.word.weight),
+    }
+}
+
 /// Targets of the backward language model: each token predicts the previous one within its
 /// sequence.
 pub fn previous_targets(batch: &Batch) -> Vec<i64> {
@@ -1084,17 +1093,21 @@ pub fn previous_targets(batch: &Batch) -> Vec<i64> {
     targets
 }
 
+/// One direction's mean loss and its number of targets.
+type DirectionLoss = (f32, usize);
+
 /// The bidirectional LSTM's two language models, each over the vocabulary through the tied
 /// embeddings: the forward stack's states predict the next token, the backward stack's the
-/// previous one. Returns, per direction, the mean loss and the gradient of the whole output
-/// `[T, 2P]` from it (scaled by `grad_scale / 2`), adding the embedding gradient into `gw`.
+/// previous one. Returns, per direction, the mean loss and its number of targets. With `grad`
+/// (a scale and the output matrix's gradient buffer), also the gradient of the whole output
+/// `[T, 2P]` (scaled by `scale / 2`), adding the output matrix's gradient into the buffer;
+/// without (evaluation), no backward product is computed and the gradient is empty.
 fn bilm_terms(
     p: &Pretrained,
     batch: &Batch,
     hidden: &[f32],
-    grad_scale: f32,
-    mut gw: Option<&mut [f32]>,
-) -> Result<([f32; 2], Vec<f32>)> {
+    grad: Option<(f32, Option<&mut [f32]>)>,
+) -> Result<([DirectionLoss; 2], Vec<f32>)> {
     let proj = match &p.config().lstm {
         Some(s) if s.bidirectional => s.proj,
         _ => {
@@ -1111,8 +1124,12 @@ fn bilm_terms(
     let word = p.model.embeddings.word.f32_weight();
     let w = head.weight.as_ref().unwrap_or(&word);
     let width = 2 * proj;
-    let mut dhidden = vec![0.0f32; hidden.len()];
-    let mut losses = [0.0f32; 2];
+    let (scale, mut gw) = match grad {
+        Some((scale, gw)) => (scale, Some(gw)),
+        None => (1.0, None),
+    };
+    let mut dhidden = vec![0.0f32; if gw.is_some() { hidden.len() } else { 0 }];
+    let mut losses = [(0.0f32, 0usize); 2];
     let mut buf = LOGITS.with(|b| b.take());
     for (d, targets) in [clm_targets(batch), previous_targets(batch)]
         .into_iter()
@@ -1125,13 +1142,14 @@ fn bilm_terms(
             .iter()
             .flat_map(|&r| hidden[col(r)].iter().copied())
             .collect();
-        let (loss, dlogits) = project_loss(&mut buf, w, None, &hs, n, v, &kept, grad_scale / 2.0)?;
+        let (loss, dlogits) = project_loss(&mut buf, w, None, &hs, n, v, &kept, scale / 2.0)?;
+        losses[d] = (loss, n);
+        let Some(gw) = gw.as_mut() else { continue };
         let mut dhs = vec![0.0f32; n * proj];
         linear_backward(&hs, w, dlogits, n, Some(&mut dhs), gw.as_deref_mut(), None)?;
         for (k, &r) in rows.iter().enumerate() {
             dhidden[col(r)].copy_from_slice(&dhs[k * proj..(k + 1) * proj]);
         }
-        losses[d] = loss;
     }
     LOGITS.with(|b| b.replace(buf));
     Ok((losses, dhidden))
@@ -1149,11 +1167,8 @@ pub fn bilm_loss(
 ) -> Result<(f32, [f32; 2])> {
     let mask = MaskKind::Bidirectional;
     let (hidden, acts) = forward(&p.model, batch, mask, dropout_seed)?;
-    let gw = match grads.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
-        Some(g) => non_empty(g),
-        None => non_empty(&mut grads.model.embeddings.word.weight),
-    };
-    let (losses, dhidden) = bilm_terms(p, batch, &hidden, grad_scale, gw)?;
+    let gw = lm_weight_grad(grads);
+    let ([(f, _), (b, _)], dhidden) = bilm_terms(p, batch, &hidden, Some((grad_scale, gw)))?;
     backward(
         &p.model,
         batch,
@@ -1163,19 +1178,15 @@ pub fn bilm_loss(
         &mut grads.model,
         dropout_seed,
     )?;
-    Ok(((losses[0] + losses[1]) / 2.0, losses))
+    Ok(((f + b) / 2.0, [f, b]))
 }
 
 /// The bidirectional LM's summed losses and target count per direction on `batch` (no
 /// gradients, dropout off): what held-out evaluation adds up.
 pub fn bilm_eval(p: &Pretrained, batch: &Batch) -> Result<[(f64, usize); 2]> {
     let hidden = p.model.forward(batch, MaskKind::Bidirectional, None)?;
-    let (losses, _) = bilm_terms(p, batch, hidden.data(), 1.0, None)?;
-    let n = clm_targets(batch).iter().filter(|&&t| t != IGNORE).count();
-    Ok([
-        (losses[0] as f64 * n as f64, n),
-        (losses[1] as f64 * n as f64, n),
-    ])
+    let (losses, _) = bilm_terms(p, batch, hidden.data(), None)?;
+    Ok(losses.map(|(loss, n)| (loss as f64 * n as f64, n)))
 }
 
 /// Causal-LM loss and its gradients (scaled by `grad_scale`).
@@ -1239,10 +1250,7 @@ pub fn lm_loss(
     let mut buf = LOGITS.with(|b| b.take());
     let (loss, dlogits) = project_loss(&mut buf, w, None, &hs, n, v, &kept, grad_scale)?;
     let mut dhs = vec![0.0; n * h];
-    let gw = match grads.lm_head.as_mut().and_then(|h| h.weight.as_mut()) {
-        Some(g) => non_empty(g),
-        None => non_empty(&mut grads.model.embeddings.word.weight),
-    };
+    let gw = lm_weight_grad(grads);
     linear_backward(&hs, w, dlogits, n, Some(&mut dhs), gw, None)?;
     LOGITS.with(|b| b.replace(buf));
     let dhidden = if n == batch.tokens() {

@@ -55,13 +55,8 @@ pub fn forward(
     }
     let (f, b) = crate::engine::par::join_halves(|| run(0), || run(1));
     let ((fa, ft), (ba, bt)) = (f?, b?);
-    let out = ft
-        .chunks(p)
-        .zip(bt.chunks(p))
-        .flat_map(|(a, b)| a.iter().chain(b).copied())
-        .collect();
     Ok((
-        out,
+        crate::model::lstm::interleave(&ft, &bt, p),
         LstmActs {
             steps,
             dirs: vec![fa, ba],

@@ -202,21 +202,12 @@ impl Objectives {
 
 /// Held-out loss, perplexity and (MLM) accuracy over fixed, pre-masked sequences.
 fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_json::Value> {
+    if obj.objective == Objective::Bilm {
+        return evaluate_bilm(p, set);
+    }
     let (mut loss_sum, mut count, mut correct) = (0.0f64, 0usize, 0usize);
-    // The bidirectional LM's two directions, summed separately.
-    let (mut dir_sums, mut dir_counts) = ([0.0f64; 2], [0usize; 2]);
     let v = p.config().vocab_size;
     for m in set {
-        if obj.objective == Objective::Bilm {
-            for (d, (sum, n)) in crate::train::backprop::bilm_eval(p, &m.batch)?
-                .into_iter()
-                .enumerate()
-            {
-                dir_sums[d] += sum;
-                dir_counts[d] += n;
-            }
-            continue;
-        }
         let hidden = p.model.forward(&m.batch, p.model.default_mask(), None)?;
         let (logits, targets) = match obj.objective {
             Objective::Mlm => {
@@ -234,7 +225,7 @@ fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_jso
                     m.targets.clone(),
                 )
             }
-            Objective::Clm | Objective::Bilm => {
+            Objective::Clm => {
                 let head = p
                     .lm_head
                     .as_ref()
@@ -249,6 +240,7 @@ fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_jso
                     "an ELECTRA discriminator has no language-model loss of its own; evaluate its generator (OUT/generator) with --objective mlm".into(),
                 ))
             }
+            Objective::Bilm => unreachable!("evaluated by evaluate_bilm"),
         };
         let (loss, n) = cross_entropy(&logits, v, &targets, IGNORE, None)?;
         loss_sum += loss as f64 * n as f64;
@@ -259,22 +251,35 @@ fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_jso
             }
         }
     }
-    if obj.objective == Objective::Bilm {
-        let [f, b] = [0, 1].map(|d| dir_sums[d] / dir_counts[d].max(1) as f64);
-        let loss = (f + b) / 2.0;
-        return Ok(serde_json::json!({
-            "valid_loss": loss as f32,
-            "perplexity": loss.exp(),
-            "valid_loss_forward": f as f32,
-            "valid_loss_backward": b as f32,
-        }));
-    }
     let loss = (loss_sum / count.max(1) as f64) as f32;
     let mut out = serde_json::json!({ "valid_loss": loss, "perplexity": (loss as f64).exp() });
     if obj.objective == Objective::Mlm {
         out["mlm_accuracy"] = (100.0 * correct as f64 / count.max(1) as f64).into();
     }
     Ok(out)
+}
+
+/// The bidirectional LM's held-out losses: each direction's mean over its targets
+/// (`valid_loss_forward`, `valid_loss_backward`) and their mean (`valid_loss`).
+fn evaluate_bilm(p: &Pretrained, set: &[Micro]) -> Result<serde_json::Value> {
+    let (mut sums, mut counts) = ([0.0f64; 2], [0usize; 2]);
+    for m in set {
+        for (d, (sum, n)) in crate::train::backprop::bilm_eval(p, &m.batch)?
+            .into_iter()
+            .enumerate()
+        {
+            sums[d] += sum;
+            counts[d] += n;
+        }
+    }
+    let [f, b] = [0, 1].map(|d| sums[d] / counts[d].max(1) as f64);
+    let loss = (f + b) / 2.0;
+    Ok(serde_json::json!({
+        "valid_loss": loss as f32,
+        "perplexity": loss.exp(),
+        "valid_loss_forward": f as f32,
+        "valid_loss_backward": b as f32,
+    }))
 }
 
 /// The held-out set: the first `eval_sequences` sequences of the held-out text, masked once
