@@ -75,7 +75,24 @@ fn main() {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    kiln::engine::par::init_threads(cli.threads);
+    let training = matches!(
+        cli.command,
+        Command::Pretrain(_) | Command::Finetune(_) | Command::Distill(_)
+    );
+    let mut threads = cli.threads;
+    if training {
+        // Under mpirun: the MPI world; the ranks on one machine share its cores.
+        if let Err(e) = kiln::train::distributed::init() {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        let local = kiln::train::distributed::local_ranks();
+        if threads.is_none() && local > 1 {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            threads = Some((cores / local).max(1));
+        }
+    }
+    kiln::engine::par::init_threads(threads);
     let result = match cli.command {
         Command::Info(a) => commands::info::run(a),
         Command::Embed(a) => commands::embed::run(a),
@@ -97,7 +114,14 @@ fn main() {
         Command::Merge(a) => commands::merge::merge(a),
     };
     if let Err(e) = result {
+        let world = kiln::train::distributed::world();
+        if world.is_distributed() {
+            // One rank's failure ends them all at once, naming it.
+            eprintln!("error (rank {} of {}): {e:#}", world.rank(), world.size());
+            world.abort(1);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+    kiln::train::distributed::finish();
 }

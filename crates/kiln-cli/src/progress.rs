@@ -17,12 +17,15 @@ pub struct Reporter {
     last: Instant,
     /// The newest evaluation line seen.
     pub last_eval: Option<serde_json::Value>,
+    /// A rank other than 0 of a distributed run: rank 0 shows the progress.
+    quiet: bool,
 }
 
 impl Reporter {
     /// A bar when standard error is a terminal, plain lines otherwise.
     pub fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let quiet = !kiln::train::distributed::world().is_root();
+        let bar = (std::io::stderr().is_terminal() && !quiet).then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(4));
             b.set_style(
                 ProgressStyle::with_template(
@@ -41,11 +44,15 @@ impl Reporter {
             rate: 0.0,
             last: Instant::now(),
             last_eval: None,
+            quiet,
         }
     }
 
     /// Takes one step's report.
     pub fn step(&mut self, p: &Progress) {
+        if self.quiet {
+            return;
+        }
         let now = Instant::now();
         let dt = now.duration_since(self.last).as_secs_f64().max(1e-9);
         self.last = now;
@@ -92,6 +99,9 @@ impl Reporter {
 
     /// Clears the bar and prints the end-of-run summary.
     pub fn finish(&mut self, summary: &kiln::train::Summary, out: &std::path::Path) {
+        if self.quiet {
+            return;
+        }
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }

@@ -360,6 +360,13 @@ impl RunArgs {
         )
         .with_context(|| format!("fine-tuning into {}", a.out.display()))?;
         progress.finish(&summary, &a.out);
+        if !kiln::train::distributed::world().is_root() {
+            if summary.interrupted {
+                kiln::train::distributed::finish();
+                std::process::exit(130);
+            }
+            return Ok(());
+        }
         let adapter = a.out.join(kiln::peft::files::WEIGHTS);
         if let Ok(m) = std::fs::metadata(&adapter) {
             eprintln!(
@@ -380,6 +387,7 @@ impl RunArgs {
             );
         }
         if summary.interrupted {
+            kiln::train::distributed::finish();
             std::process::exit(130);
         }
         Ok(())

@@ -130,6 +130,7 @@ pub fn execute(
     .with_context(|| format!("{what} into {}", out.display()))?;
     progress.finish(&summary, out);
     if summary.interrupted {
+        kiln::train::distributed::finish();
         std::process::exit(130);
     }
     Ok(())

@@ -57,6 +57,10 @@ pub struct TrainArgs {
     /// Log a metrics line every N steps [default: 10].
     #[arg(long)]
     pub log_every: Option<u64>,
+    /// Under mpirun: check every N steps that all ranks hold the same parameters (a checksum),
+    /// stopping the run if not; 0 checks only at the start [default: 50].
+    #[arg(long, value_name = "N")]
+    pub sync_check: Option<u64>,
     /// Start over when --out holds another run: its checkpoints, metrics and model files are
     /// deleted (without it such a run is refused).
     #[arg(long)]
@@ -102,7 +106,8 @@ impl TrainArgs {
             save_every,
             save_minutes,
             keep_last,
-            log_every
+            log_every,
+            sync_check
         );
         if self.max_steps.is_some() {
             c.max_steps = self.max_steps;
@@ -132,6 +137,9 @@ impl TrainArgs {
 
 /// Prints what a run trains and the notices from opening its output directory.
 pub fn report_started(s: &Started) {
+    if !kiln::train::distributed::world().is_root() {
+        return;
+    }
     for n in &s.notes {
         eprintln!("{n}");
     }

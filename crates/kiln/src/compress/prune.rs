@@ -188,7 +188,7 @@ pub fn data_scores(
             let n = task.train.len();
             let (r, g) = crate::train::backprop::with_mask_grads(|| -> Result<()> {
                 for _ in 0..n.div_ceil(batch) {
-                    let m = task.next_micro(batch, &mut rng)?;
+                    let m = task.next_micro(batch, 0..batch, &mut rng)?;
                     task.loss(p, &m, &mut grads, 1.0, None)?;
                 }
                 Ok(())

@@ -144,6 +144,19 @@ impl Auxiliary {
     /// The global gradient norm of the model's gradients `model_grads` and these, and all of
     /// them clipped to `limit` together (as one `clip_grad_norm_` over every trained tensor).
     pub fn clip(&self, model_grads: &mut [&mut [f32]], limit: f32) -> f32 {
+        self.with_grads(|extra| {
+            let mut all: Vec<&mut [f32]> = model_grads
+                .iter_mut()
+                .map(|g| &mut **g)
+                .chain(extra)
+                .collect();
+            clip_grad_norm(&mut all, limit)
+        })
+    }
+
+    /// Runs `f` on every gradient buffer of these parameters (to clip them, or to sum them
+    /// over the ranks of a distributed run).
+    pub fn with_grads<R>(&self, f: impl FnOnce(Vec<&mut [f32]>) -> R) -> R {
         let mut ps = self.params.lock().unwrap_or_else(|e| e.into_inner());
         let mut guard = self
             .model
@@ -154,13 +167,12 @@ impl Auxiliary {
             Some(m) => parameters(&mut m.grads),
             None => Vec::new(),
         };
-        let mut all: Vec<&mut [f32]> = model_grads
-            .iter_mut()
-            .map(|g| &mut **g)
-            .chain(ps.values_mut().map(|p| &mut p.grad[..]))
+        let all: Vec<&mut [f32]> = ps
+            .values_mut()
+            .map(|p| &mut p.grad[..])
             .chain(extra.iter_mut().map(|(_, t, _)| t.data_mut()))
             .collect();
-        clip_grad_norm(&mut all, limit)
+        f(all)
     }
 
     /// Zeroes the accumulated gradients (before a step's micro-batches).

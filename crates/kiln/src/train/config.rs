@@ -66,6 +66,9 @@ pub struct TrainConfig {
     /// Start over in an output directory that holds another run (its checkpoints, metrics
     /// and model files are deleted), as transformers' `overwrite_output_dir`.
     pub overwrite: bool,
+    /// Distributed runs: compare the ranks' parameters (a checksum) every N steps, and stop on
+    /// a difference (0: only at the start).
+    pub sync_check: u64,
     /// Unstructured pruning of the block weights during the run (`--prune-to`).
     #[serde(flatten)]
     pub sparsity: crate::compress::sparsity::SparsityConfig,
@@ -91,6 +94,7 @@ impl Default for TrainConfig {
             keep_last: 2,
             log_every: 10,
             overwrite: false,
+            sync_check: 50,
             sparsity: Default::default(),
         }
     }

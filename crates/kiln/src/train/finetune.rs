@@ -135,12 +135,18 @@ impl<E, T> Task for ExampleTask<E, T> {
         Ok(())
     }
 
-    fn next_micro(&mut self, n: usize, _rng: &mut rand::rngs::StdRng) -> Result<Self::Micro> {
-        let refs: Vec<&E> = self
-            .order
-            .take(n)
-            .into_iter()
-            .map(|i| &self.train[i])
+    fn next_micro(
+        &mut self,
+        n: usize,
+        keep: std::ops::Range<usize>,
+        _rng: &mut rand::rngs::StdRng,
+    ) -> Result<Self::Micro> {
+        let order = self.order.take(n);
+        let refs: Vec<&E> = order
+            .get(keep.start.min(order.len())..keep.end.min(order.len()))
+            .unwrap_or_default()
+            .iter()
+            .map(|&i| &self.train[i])
             .collect();
         (self.micro)(&refs)
     }

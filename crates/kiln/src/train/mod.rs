@@ -6,6 +6,7 @@ pub mod backprop;
 pub mod classify;
 pub mod config;
 pub mod distill;
+pub mod distributed;
 pub mod electra;
 pub mod finetune;
 pub mod lstm;

@@ -24,7 +24,8 @@ const RUN_FILES: &[&str] = &[
 #[derive(Debug)]
 pub struct OutDir {
     path: PathBuf,
-    _lock: std::fs::File,
+    /// `None` on the ranks of a distributed run that only read it (rank 0 holds the lock).
+    _lock: Option<std::fs::File>,
 }
 
 impl std::ops::Deref for OutDir {
@@ -74,8 +75,17 @@ impl OutDir {
             .map_err(|e| Error::io("write", &lock_path, e))?;
         Ok(OutDir {
             path: path.to_path_buf(),
-            _lock: f,
+            _lock: Some(f),
         })
+    }
+
+    /// The directory as a rank other than 0 of a distributed run sees it: read, never written,
+    /// so not locked (rank 0 holds the lock for the run).
+    pub fn follow(path: &Path) -> OutDir {
+        OutDir {
+            path: path.to_path_buf(),
+            _lock: None,
+        }
     }
 
     /// The directory.

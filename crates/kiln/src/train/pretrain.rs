@@ -140,22 +140,33 @@ impl Objectives {
         }
     }
 
-    fn micro(&self, seqs: Vec<Vec<u32>>, rng: &mut rand::rngs::StdRng) -> Result<Micro> {
-        let mut m = self.micro_draws(seqs, rng)?;
+    /// The micro-batch of `seqs[keep]`, with the draws of all `seqs` made in order.
+    fn micro(
+        &self,
+        seqs: Vec<Vec<u32>>,
+        keep: std::ops::Range<usize>,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<Micro> {
+        let mut m = self.micro_draws(seqs, keep, rng)?;
         if self.objective == Objective::Electra {
             m.sample_seed = rand::Rng::gen(rng);
         }
         Ok(m)
     }
 
-    fn micro_draws(&self, seqs: Vec<Vec<u32>>, rng: &mut rand::rngs::StdRng) -> Result<Micro> {
+    fn micro_draws(
+        &self,
+        seqs: Vec<Vec<u32>>,
+        keep: std::ops::Range<usize>,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<Micro> {
         match &self.mask {
             Some(mc) => {
                 let mut ids_all = Vec::new();
                 let mut positions = Vec::new();
                 let mut targets = Vec::new();
                 let mut off = 0;
-                for mut s in seqs {
+                for (i, mut s) in seqs.into_iter().enumerate() {
                     let special: Vec<bool> = s.iter().map(|t| self.special.contains(t)).collect();
                     let (pos, tg) = match &self.continuation {
                         Some(cont) => {
@@ -167,6 +178,9 @@ impl Objectives {
                         }
                         None => mask_tokens(&mut s, &special, mc, rng),
                     };
+                    if !keep.contains(&i) {
+                        continue;
+                    }
                     positions.extend(pos.iter().map(|p| p + off));
                     targets.extend(tg);
                     off += s.len();
@@ -184,8 +198,12 @@ impl Objectives {
                 })
             }
             None => {
-                let refs: Vec<(&[u32], Option<&[u32]>)> =
-                    seqs.iter().map(|s| (&s[..], None)).collect();
+                let refs: Vec<(&[u32], Option<&[u32]>)> = seqs
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| keep.contains(i))
+                    .map(|(_, s)| (&s[..], None))
+                    .collect();
                 let batch = Batch::packed(&refs)?;
                 let count = clm_targets(&batch).iter().filter(|&&t| t != IGNORE).count();
                 Ok(Micro {
@@ -306,7 +324,8 @@ fn held_out_set(
             break;
         }
         left -= seqs.len();
-        eval_set.push(obj.micro(seqs, &mut rng)?);
+        let n = seqs.len();
+        eval_set.push(obj.micro(seqs, 0..n, &mut rng)?);
     }
     Ok(eval_set)
 }
@@ -378,7 +397,12 @@ impl Task for PretrainTask<'_> {
         self.stream.skip(consumed)
     }
 
-    fn next_micro(&mut self, n: usize, rng: &mut rand::rngs::StdRng) -> Result<Micro> {
+    fn next_micro(
+        &mut self,
+        n: usize,
+        keep: std::ops::Range<usize>,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<Micro> {
         let mut seqs = Vec::with_capacity(n);
         for _ in 0..n {
             match self.stream.next_sequence()? {
@@ -386,7 +410,7 @@ impl Task for PretrainTask<'_> {
                 None => return Err(Error::Input("the corpus holds no text".into())),
             }
         }
-        self.obj.micro(seqs, rng)
+        self.obj.micro(seqs, keep, rng)
     }
 
     fn targets(&self, m: &Micro) -> usize {

@@ -104,8 +104,16 @@ pub trait Task {
     fn examples_per_epoch(&mut self) -> Result<u64>;
     /// Moves the data position past `consumed` examples (resume).
     fn seek(&mut self, consumed: u64) -> Result<()>;
-    /// The next micro-batch of up to `n` examples; `rng` is a fixed stream per (step, micro).
-    fn next_micro(&mut self, n: usize, rng: &mut rand::rngs::StdRng) -> Result<Self::Micro>;
+    /// Reads the next `n` examples and makes the micro-batch of those at `keep` (this rank's
+    /// share, see [`crate::train::distributed`]; `0..n` in one process). Random draws (masking)
+    /// are made for all `n` in order, so a share holds what the whole batch would; `rng` is a
+    /// fixed stream per (step, micro).
+    fn next_micro(
+        &mut self,
+        n: usize,
+        keep: std::ops::Range<usize>,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<Self::Micro>;
     /// Targets in a micro-batch (its weight in the accumulated step).
     fn targets(&self, m: &Self::Micro) -> usize;
     /// Tokens in a micro-batch (for tokens/s).
@@ -199,6 +207,7 @@ pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
     "keep_last",
     "log_every",
     "overwrite",
+    "sync_check",
 ];
 
 /// Settings holding file paths: compared by the file they name, not by spelling.
@@ -278,11 +287,18 @@ fn changed_settings(
 pub fn start(
     model_dir: &Path,
     out: &Path,
-    config: serde_json::Value,
+    mut config: serde_json::Value,
     may_change: &[&str],
     train: &TrainConfig,
     resume: bool,
 ) -> Result<Start> {
+    let world = super::distributed::world();
+    if let Some(o) = config.as_object_mut() {
+        o.insert("world_size".into(), world.size().into());
+    }
+    if !world.is_root() {
+        return follow(model_dir, out, config, train, resume);
+    }
     if resume && train.overwrite {
         return Err(Error::Input(
             "--resume continues the run in --out and --overwrite deletes it: give one of them"
@@ -315,6 +331,9 @@ pub fn start(
             )));
         };
         let (p, mut opt, mut st) = load_checkpoint(&dir)?;
+        if let Some(note) = resharded(&mut st.config, &config, &dir)? {
+            notes.push(note);
+        }
         if let Some(made_from) = &st.model {
             let now = checkpoint::fingerprint(model_dir).map_err(|e| {
                 Error::Input(format!(
@@ -344,6 +363,8 @@ pub fn start(
         }
         st.config = config;
         opt.weight_decay = train.weight_decay;
+        // The other ranks read the checkpoint once its directory is checked.
+        world.barrier();
         return Ok(Start {
             p,
             opt,
@@ -388,6 +409,7 @@ pub fn start(
             out.display()
         ));
     }
+    world.barrier();
     let p = checkpoint::load(model_dir)?;
     let mut state = TrainerState::new(config);
     state.model = Some(checkpoint::fingerprint(model_dir)?);
@@ -398,6 +420,86 @@ pub fn start(
         out,
         notes,
     })
+}
+
+/// [`start`] on a rank other than 0 of a distributed run: once rank 0 has checked (and, with
+/// `--overwrite`, cleared) the output directory, the same model or latest checkpoint, read
+/// only. Rank 0 alone locks and writes the directory.
+fn follow(
+    model_dir: &Path,
+    out: &Path,
+    config: serde_json::Value,
+    train: &TrainConfig,
+    resume: bool,
+) -> Result<Start> {
+    super::distributed::world().barrier();
+    let out = OutDir::follow(out);
+    if resume {
+        let dir = checkpoints(&out).pop().ok_or_else(|| {
+            Error::Input(format!(
+                "--resume: rank 0 found a checkpoint in {} that this rank cannot see; --out must be on a file system every rank reads",
+                out.display()
+            ))
+        })?;
+        let (p, mut opt, mut st) = load_checkpoint(&dir)?;
+        st.config = config;
+        opt.weight_decay = train.weight_decay;
+        return Ok(Start {
+            p,
+            opt,
+            state: st,
+            out,
+            notes: Vec::new(),
+        });
+    }
+    let p = checkpoint::load(model_dir)?;
+    let mut state = TrainerState::new(config);
+    state.model = Some(checkpoint::fingerprint(model_dir)?);
+    Ok(Start {
+        p,
+        opt: AdamW::new(train.weight_decay),
+        state,
+        out,
+        notes: Vec::new(),
+    })
+}
+
+/// A resumed run on another number of ranks continues the same run when the global batch
+/// (`batch_size` × ranks) is the one the checkpoint's run took: the data position is global and
+/// each rank's share is cut from the global batch, so the steps are the same. The checkpoint's
+/// settings are then rewritten to this run's, and a note says so; another global batch is
+/// refused, with the `--batch-size` that keeps it.
+fn resharded(
+    saved: &mut serde_json::Value,
+    now: &serde_json::Value,
+    dir: &Path,
+) -> Result<Option<String>> {
+    let num =
+        |v: &serde_json::Value, k: &str, d: u64| v.get(k).and_then(|x| x.as_u64()).unwrap_or(d);
+    let (was_world, was_batch) = (num(saved, "world_size", 1), num(saved, "batch_size", 0));
+    let (world, batch) = (num(now, "world_size", 1), num(now, "batch_size", 0));
+    if was_world == world {
+        return Ok(None);
+    }
+    let (was, is) = (was_world * was_batch, world * batch);
+    if was != is {
+        let hint = if was % world == 0 {
+            format!("give --batch-size {} to keep it", was / world)
+        } else {
+            format!("{was} sequences do not split evenly over {world} ranks; resume on a number of ranks that divides it")
+        };
+        return Err(Error::Input(format!(
+            "--resume: {} was trained on {was_world} rank(s) × --batch-size {was_batch} = a global batch of {was}; this run has {world} × {batch} = {is}: {hint}",
+            dir.display()
+        )));
+    }
+    if let Some(o) = saved.as_object_mut() {
+        o.insert("world_size".into(), world.into());
+        o.insert("batch_size".into(), batch.into());
+    }
+    Ok(Some(format!(
+        "resuming on {world} rank(s) × --batch-size {batch} (the checkpoint's run: {was_world} × {was_batch}): the same global batch of {is}"
+    )))
 }
 
 /// Bytes of one checkpoint of `p`: the model (or only its adapter) and two AdamW moments per
@@ -448,7 +550,7 @@ pub fn run<T: Task>(
         p, opt, state, out, ..
     } = start;
     let r = run_locked(p, opt, state, task, cfg, patience, &out, stop, report);
-    if r.is_err() {
+    if r.is_err() && super::distributed::world().is_root() {
         // Best effort: the error that stopped the run is what the user needs to see.
         let _ = out.remove_temps();
     }
@@ -468,10 +570,13 @@ fn run_locked<T: Task>(
     mut report: impl FnMut(&Progress),
 ) -> Result<Summary> {
     let kind = cfg.validate()?;
+    let world = super::distributed::world();
+    // Rank 0 alone writes the output directory.
+    let root = world.is_root();
     let resumed = state.step > 0;
     // The output directory is the final model: its tokenizer files are there from the start.
     // A resumed run keeps the model already there (the best so far, when a metric selects).
-    if !resumed || !task.model_dir(out).join("config.json").exists() {
+    if root && (!resumed || !task.model_dir(out).join("config.json").exists()) {
         saving(task.save_model(&p, out), out, &mut p)?;
     }
     p.dir = task.model_dir(out);
@@ -479,7 +584,7 @@ fn run_locked<T: Task>(
         Some(s) => s,
         None => {
             let n = task.examples_per_epoch()?;
-            let per_step = (cfg.batch_size * cfg.grad_accum) as f64;
+            let per_step = (cfg.batch_size * cfg.grad_accum * world.size()) as f64;
             ((cfg.epochs.unwrap_or(1.0) * n as f64) / per_step)
                 .ceil()
                 .max(1.0) as u64
@@ -516,7 +621,8 @@ fn run_locked<T: Task>(
     };
     task.seek(state.sequences)?;
     let metrics = out.join("metrics.jsonl");
-    if resumed {
+    if !root {
+    } else if resumed {
         truncate_metrics(&metrics, state.step)?;
     } else {
         let _ = std::fs::remove_file(&metrics);
@@ -527,25 +633,41 @@ fn run_locked<T: Task>(
         aux.restore(&opt)?;
     }
     let mut grads = zeros_like(&p);
+    if world.is_distributed() {
+        super::distributed::check_in_sync(world, param_checksum(&mut p), state.step)?;
+    }
     let mut last_loss = f32::NAN;
     let (mut tokens_since, mut since) = (0usize, Instant::now());
+    // Distributed runs: time spent summing gradients since the last metrics line, and steps.
+    let (mut reduce_secs, mut reduce_steps) = (0.0f64, 0u64);
     let (mut interrupted, mut early_stopped) = (false, false);
     let mut last_save = Instant::now();
     while state.step < total {
-        if stop.load(Ordering::SeqCst) {
-            interrupted = true;
-            break;
-        }
         let step = state.step;
         let lr = sched.lr(step);
         // Gather the micro-batches first: their target counts weight the accumulation, so N
-        // micro-batches of b equal one batch of N·b.
+        // micro-batches of b equal one batch of N·b (and N ranks' shares one batch).
         let mut micros = Vec::with_capacity(cfg.grad_accum);
         for k in 0..cfg.grad_accum {
             let mut rng = rng_for(cfg.seed, step, k as u64);
-            micros.push(task.next_micro(cfg.batch_size, &mut rng)?);
+            micros.push(task.next_micro(
+                cfg.batch_size * world.size(),
+                world.shard(cfg.batch_size),
+                &mut rng,
+            )?);
         }
-        let total_targets: usize = micros.iter().map(|m| task.targets(m)).sum::<usize>().max(1);
+        let local_targets: usize = micros.iter().map(|m| task.targets(m)).sum();
+        // Every rank stops at the same step, however the signal reached them.
+        let mut agreed = [
+            local_targets as f64,
+            stop.load(Ordering::SeqCst) as u8 as f64,
+        ];
+        world.sum_f64(&mut agreed);
+        if agreed[1] > 0.0 {
+            interrupted = true;
+            break;
+        }
+        let total_targets = (agreed[0] as usize).max(1);
         for (_, t, _) in parameters(&mut grads) {
             t.data_mut().fill(0.0);
         }
@@ -560,6 +682,18 @@ fn run_locked<T: Task>(
             let drop_seed = Some(mix(cfg.seed ^ mix(step * 1024 + k as u64)));
             loss += task.loss(&p, m, &mut grads, share, drop_seed)? * share;
         }
+        let step_tokens = if world.is_distributed() {
+            let mut sums = [loss as f64, step_tokens as f64];
+            world.sum_f64(&mut sums);
+            loss = sums[0] as f32;
+            let t = Instant::now();
+            sum_grads(world, &mut grads, task.auxiliary());
+            reduce_secs += t.elapsed().as_secs_f64();
+            reduce_steps += 1;
+            sums[1] as usize
+        } else {
+            step_tokens
+        };
         tokens_since += step_tokens;
         // Checked before the update, so the weights (and every checkpoint on disk) stay those of
         // the last good step.
@@ -620,9 +754,30 @@ fn run_locked<T: Task>(
             }));
             tokens_since = 0;
             since = Instant::now();
+            if let (Some(o), true) = (
+                line.as_mut().and_then(|l| l.as_object_mut()),
+                reduce_steps > 0,
+            ) {
+                // What the ranks spend exchanging gradients (docs/distributed.md).
+                o.insert("ranks".into(), world.size().into());
+                o.insert(
+                    "allreduce_ms".into(),
+                    (1e3 * reduce_secs / reduce_steps as f64).into(),
+                );
+                o.insert(
+                    "allreduce_mb".into(),
+                    (grad_bytes(&mut grads, task.auxiliary()) as f64 / 1e6).into(),
+                );
+                (reduce_secs, reduce_steps) = (0.0, 0);
+            }
         }
         // Taken every step (they are this step's), shown on the lines that are written.
-        let step_metrics = task.step_metrics();
+        let mut step_metrics = task.step_metrics();
+        if line.is_some() {
+            if let Some(m) = step_metrics.as_mut() {
+                mean_over_ranks(world, m);
+            }
+        }
         if let (Some(l), Some(extra)) = (line.as_mut(), step_metrics) {
             if let (Some(o), Some(e)) = (l.as_object_mut(), extra.as_object()) {
                 o.extend(e.clone());
@@ -630,7 +785,8 @@ fn run_locked<T: Task>(
         }
         let mut improved = false;
         if (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last {
-            if let Some(ev) = task.evaluate(&p)? {
+            let ev = if root { task.evaluate(&p)? } else { None };
+            if let Some(ev) = world.broadcast_json(ev)? {
                 state.valid_loss = ev["valid_loss"].as_f64().map(|v| v as f32);
                 if let Some((name, higher)) = &selection {
                     if let Some(v) = ev[name.as_str()].as_f64() {
@@ -655,10 +811,10 @@ fn run_locked<T: Task>(
                 }
             }
         }
-        if let Some(l) = &line {
+        if let (Some(l), true) = (&line, root) {
             append_metrics(&metrics, l)?;
         }
-        if improved {
+        if improved && root {
             // The best model so far is the output directory's model.
             saving(task.save_model(&p, out), out, &mut p)?;
         }
@@ -677,17 +833,25 @@ fn run_locked<T: Task>(
         let due = (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every))
             || (cfg.save_minutes > 0.0
                 && last_save.elapsed().as_secs_f64() >= 60.0 * cfg.save_minutes);
-        if due && !last {
+        if due && !last && root {
             let r = save_checkpoint(out, &mut p, &opt, &state, cfg.keep_last);
             saving(r, out, &mut p)?;
             last_save = Instant::now();
         }
+        if world.is_distributed() && cfg.sync_check > 0 && state.step.is_multiple_of(cfg.sync_check)
+        {
+            super::distributed::check_in_sync(world, param_checksum(&mut p), state.step)?;
+        }
     }
-    let r = save_checkpoint(out, &mut p, &opt, &state, cfg.keep_last);
-    saving(r, out, &mut p)?;
-    if !interrupted && state.best.is_none() {
-        saving(task.save_model(&p, out), out, &mut p)?;
+    if root {
+        let r = save_checkpoint(out, &mut p, &opt, &state, cfg.keep_last);
+        saving(r, out, &mut p)?;
+        if !interrupted && state.best.is_none() {
+            saving(task.save_model(&p, out), out, &mut p)?;
+        }
     }
+    // No rank leaves before the files are written (a launcher may end the others' machines).
+    world.barrier();
     Ok(Summary {
         step: state.step,
         total_steps: total,
@@ -699,4 +863,59 @@ fn run_locked<T: Task>(
         early_stopped,
         already_finished: false,
     })
+}
+
+/// The checksum of every parameter value of `p` (see [`super::distributed::check_in_sync`]).
+fn param_checksum(p: &mut Pretrained) -> u64 {
+    let params = parameters(p);
+    let values: Vec<&[f32]> = params.iter().map(|(_, t, _)| t.data()).collect();
+    super::distributed::checksum(&values)
+}
+
+/// Sums the step's gradients (the model's and the task's auxiliary ones) over the ranks.
+fn sum_grads(
+    world: super::distributed::World,
+    grads: &mut Pretrained,
+    aux: Option<&crate::train::auxiliary::Auxiliary>,
+) {
+    let mut gp = parameters(grads);
+    match aux {
+        None => world.sum_f32(
+            &mut gp
+                .iter_mut()
+                .map(|(_, t, _)| t.data_mut())
+                .collect::<Vec<_>>(),
+        ),
+        Some(a) => a.with_grads(|extra| {
+            let mut all: Vec<&mut [f32]> = gp.iter_mut().map(|(_, t, _)| t.data_mut()).collect();
+            all.extend(extra);
+            world.sum_f32(&mut all)
+        }),
+    }
+}
+
+/// Bytes of the gradients summed over the ranks each step.
+fn grad_bytes(grads: &mut Pretrained, aux: Option<&crate::train::auxiliary::Auxiliary>) -> usize {
+    let model: usize = parameters(grads).iter().map(|(_, t, _)| t.numel()).sum();
+    let extra = aux.map_or(0, |a| a.with_grads(|g| g.iter().map(|x| x.len()).sum()));
+    4 * (model + extra)
+}
+
+/// The mean over the ranks of each number in a step's task figures: each rank measured its
+/// own share of the step, of equal size.
+fn mean_over_ranks(world: super::distributed::World, m: &mut serde_json::Value) {
+    if !world.is_distributed() {
+        return;
+    }
+    let Some(o) = m.as_object_mut() else { return };
+    let keys: Vec<String> = o
+        .iter()
+        .filter(|(_, v)| v.is_number())
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut v: Vec<f64> = keys.iter().map(|k| o[k].as_f64().unwrap_or(0.0)).collect();
+    world.sum_f64(&mut v);
+    for (k, x) in keys.iter().zip(v) {
+        o.insert(k.clone(), (x / world.size() as f64).into());
+    }
 }
