@@ -102,6 +102,11 @@ pub fn init() -> Result<()> {
 const BUCKET: usize = 1 << 22;
 
 impl World {
+    /// One process (whatever this process's world is): for work never shared between ranks.
+    pub fn single() -> World {
+        World { rank: 0, size: 1 }
+    }
+
     /// This process's rank, 0-based.
     pub fn rank(self) -> usize {
         self.rank

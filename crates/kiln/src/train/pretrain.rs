@@ -12,6 +12,7 @@ use crate::engine::grad::{cross_entropy, cross_entropy_in_place};
 use crate::error::{Error, Result};
 use crate::model::Batch;
 use crate::tokenize::Tokenizer;
+use crate::train::distributed::{self, World};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
@@ -218,14 +219,20 @@ impl Objectives {
     }
 }
 
-/// Held-out loss, perplexity and (MLM) accuracy over fixed, pre-masked sequences.
-fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_json::Value> {
+/// Held-out loss, perplexity and (MLM) accuracy over fixed, pre-masked sequences. In a
+/// distributed run every rank scores its share of the micro-batches and the sums are added.
+fn evaluate(
+    p: &Pretrained,
+    obj: &Objectives,
+    set: &[Micro],
+    world: World,
+) -> Result<serde_json::Value> {
     if obj.objective == Objective::Bilm {
-        return evaluate_bilm(p, set);
+        return evaluate_bilm(p, set, world);
     }
     let (mut loss_sum, mut count, mut correct) = (0.0f64, 0usize, 0usize);
     let v = p.config().vocab_size;
-    for m in set {
+    for m in set.iter().skip(world.rank()).step_by(world.size()) {
         let hidden = p.model.forward(&m.batch, p.model.default_mask(), None)?;
         let (logits, targets) = match obj.objective {
             Objective::Mlm => {
@@ -269,19 +276,22 @@ fn evaluate(p: &Pretrained, obj: &Objectives, set: &[Micro]) -> Result<serde_jso
             }
         }
     }
-    let loss = (loss_sum / count.max(1) as f64) as f32;
+    let mut sums = [loss_sum, count as f64, correct as f64];
+    world.sum_f64(&mut sums);
+    let [loss_sum, count, correct] = sums;
+    let loss = (loss_sum / count.max(1.0)) as f32;
     let mut out = serde_json::json!({ "valid_loss": loss, "perplexity": (loss as f64).exp() });
     if obj.objective == Objective::Mlm {
-        out["mlm_accuracy"] = (100.0 * correct as f64 / count.max(1) as f64).into();
+        out["mlm_accuracy"] = (100.0 * correct / count.max(1.0)).into();
     }
     Ok(out)
 }
 
 /// The bidirectional LM's held-out losses: each direction's mean over its targets
 /// (`valid_loss_forward`, `valid_loss_backward`) and their mean (`valid_loss`).
-fn evaluate_bilm(p: &Pretrained, set: &[Micro]) -> Result<serde_json::Value> {
+fn evaluate_bilm(p: &Pretrained, set: &[Micro], world: World) -> Result<serde_json::Value> {
     let (mut sums, mut counts) = ([0.0f64; 2], [0usize; 2]);
-    for m in set {
+    for m in set.iter().skip(world.rank()).step_by(world.size()) {
         for (d, (sum, n)) in crate::train::backprop::bilm_eval(p, &m.batch)?
             .into_iter()
             .enumerate()
@@ -290,7 +300,9 @@ fn evaluate_bilm(p: &Pretrained, set: &[Micro]) -> Result<serde_json::Value> {
             counts[d] += n;
         }
     }
-    let [f, b] = [0, 1].map(|d| sums[d] / counts[d].max(1) as f64);
+    let mut all = [sums[0], sums[1], counts[0] as f64, counts[1] as f64];
+    world.sum_f64(&mut all);
+    let [f, b] = [0, 1].map(|d| all[d] / all[d + 2].max(1.0));
     let loss = (f + b) / 2.0;
     Ok(serde_json::json!({
         "valid_loss": loss as f32,
@@ -347,7 +359,7 @@ pub fn evaluate_corpus(p: &Pretrained, cfg: &PretrainConfig) -> Result<serde_jso
                 .join(", ")
         )));
     }
-    let mut m = evaluate(p, &obj, &set)?;
+    let mut m = evaluate(p, &obj, &set, World::single())?;
     m["sequences"] = set
         .iter()
         .map(|s| s.batch.seq_lens.len())
@@ -477,7 +489,12 @@ impl Task for PretrainTask<'_> {
             let set: Vec<_> = self.eval_set.iter().map(Micro::masked).collect();
             return e.evaluate(p, &set).map(Some);
         }
-        evaluate(p, &self.obj, &self.eval_set).map(Some)
+        evaluate(p, &self.obj, &self.eval_set, distributed::world()).map(Some)
+    }
+
+    fn evaluates_sharded(&self) -> bool {
+        // ELECTRA's evaluation runs on rank 0.
+        self.electra.is_none()
     }
 
     fn step_metrics(&self) -> Option<serde_json::Value> {

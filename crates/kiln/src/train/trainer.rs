@@ -132,6 +132,12 @@ pub trait Task {
     fn position(&self) -> (u64, u64);
     /// Held-out metrics (`valid_loss` and the task's own), or `None` without held-out data.
     fn evaluate(&mut self, p: &Pretrained) -> Result<Option<serde_json::Value>>;
+    /// Whether [`Task::evaluate`] splits its held-out data over the ranks of a distributed run
+    /// itself (and adds up their sums); then every rank calls it. Otherwise rank 0 evaluates
+    /// alone and sends the figures to the others.
+    fn evaluates_sharded(&self) -> bool {
+        false
+    }
     /// The metric that picks the best model and whether higher is better; `None` keeps the
     /// last model (pre-training).
     fn selection(&self) -> Option<(&str, bool)> {
@@ -639,7 +645,7 @@ fn run_locked<T: Task>(
     let mut last_loss = f32::NAN;
     let (mut tokens_since, mut since) = (0usize, Instant::now());
     // Distributed runs: time spent summing gradients since the last metrics line, and steps.
-    let (mut reduce_secs, mut reduce_steps) = (0.0f64, 0u64);
+    let (mut reduce_secs, mut wait_secs, mut reduce_steps) = (0.0f64, 0.0f64, 0u64);
     let (mut interrupted, mut early_stopped) = (false, false);
     let mut last_save = Instant::now();
     while state.step < total {
@@ -678,14 +684,24 @@ fn run_locked<T: Task>(
         let step_tokens: usize = micros.iter().map(|m| task.tokens(m)).sum();
         for (k, m) in micros.iter().enumerate() {
             let share = task.targets(m) as f32 / total_targets as f32;
-            // Dropout masks are a function of (seed, step, micro-batch): exact on resume.
-            let drop_seed = Some(mix(cfg.seed ^ mix(step * 1024 + k as u64)));
+            // Dropout masks are a function of (seed, step, micro-batch, rank): exact on resume,
+            // and independent between the ranks' slices.
+            let mut drop_seed = mix(cfg.seed ^ mix(step * 1024 + k as u64));
+            if world.rank() > 0 {
+                drop_seed ^= mix(0xD0_0000 + world.rank() as u64);
+            }
+            let drop_seed = Some(drop_seed);
             loss += task.loss(&p, m, &mut grads, share, drop_seed)? * share;
         }
         let step_tokens = if world.is_distributed() {
             let mut sums = [loss as f64, step_tokens as f64];
             world.sum_f64(&mut sums);
             loss = sums[0] as f32;
+            // The barrier splits the ranks' waiting for the slowest (uneven work) from the
+            // transfer itself, so the two are reported apart.
+            let t = Instant::now();
+            world.barrier();
+            wait_secs += t.elapsed().as_secs_f64();
             let t = Instant::now();
             sum_grads(world, &mut grads, task.auxiliary());
             reduce_secs += t.elapsed().as_secs_f64();
@@ -765,10 +781,14 @@ fn run_locked<T: Task>(
                     (1e3 * reduce_secs / reduce_steps as f64).into(),
                 );
                 o.insert(
+                    "rank_wait_ms".into(),
+                    (1e3 * wait_secs / reduce_steps as f64).into(),
+                );
+                o.insert(
                     "allreduce_mb".into(),
                     (grad_bytes(&mut grads, task.auxiliary()) as f64 / 1e6).into(),
                 );
-                (reduce_secs, reduce_steps) = (0.0, 0);
+                (reduce_secs, wait_secs, reduce_steps) = (0.0, 0.0, 0);
             }
         }
         // Taken every step (they are this step's), shown on the lines that are written.
@@ -785,8 +805,13 @@ fn run_locked<T: Task>(
         }
         let mut improved = false;
         if (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last {
-            let ev = if root { task.evaluate(&p)? } else { None };
-            if let Some(ev) = world.broadcast_json(ev)? {
+            let ev = if task.evaluates_sharded() {
+                task.evaluate(&p)?
+            } else {
+                let ev = if root { task.evaluate(&p)? } else { None };
+                world.broadcast_json(ev)?
+            };
+            if let Some(ev) = ev {
                 state.valid_loss = ev["valid_loss"].as_f64().map(|v| v as f32);
                 if let Some((name, higher)) = &selection {
                     if let Some(v) = ev[name.as_str()].as_f64() {
