@@ -627,10 +627,9 @@ fn run_locked<T: Task>(
     };
     task.seek(state.sequences)?;
     let metrics = out.join("metrics.jsonl");
-    if !root {
-    } else if resumed {
+    if root && resumed {
         truncate_metrics(&metrics, state.step)?;
-    } else {
+    } else if root {
         let _ = std::fs::remove_file(&metrics);
     }
     let selection = task.selection().map(|(n, hi)| (n.to_string(), hi));
