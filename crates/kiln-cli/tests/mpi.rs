@@ -17,6 +17,13 @@ fn kiln() -> &'static str {
 /// `mpirun -np N kiln ARGS` on loopback (shared memory only), with a time limit so a hang
 /// fails the test instead of the whole run.
 fn mpirun_cmd(np: usize, args: &[&str]) -> Command {
+    let mut c = mpirun_base();
+    c.args(["-np", &np.to_string(), kiln()]).args(args);
+    c
+}
+
+/// `mpirun` with this suite's options, before the program(s) it launches.
+fn mpirun_base() -> Command {
     let mut c = Command::new("mpirun");
     c.args([
         "--allow-run-as-root",
@@ -26,11 +33,7 @@ fn mpirun_cmd(np: usize, args: &[&str]) -> Command {
         "--mca",
         "btl",
         "self,vader",
-        "-np",
-        &np.to_string(),
-        kiln(),
     ])
-    .args(args)
     .stdin(Stdio::null());
     c
 }
@@ -449,21 +452,12 @@ fn ranks_holding_different_weights_are_stopped_at_the_start() {
     kiln::train::backprop::parameters(&mut p)[0].1.data_mut()[0] += 1.0;
     kiln::checkpoint::save(&p, Path::new(&b), kiln::checkpoint::SaveDtype::F32).unwrap();
     let out = path(&dir, "run");
-    let mut cmd = Command::new("mpirun");
-    cmd.args([
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "--timeout",
-        "300",
-        "--mca",
-        "btl",
-        "self,vader",
-    ]);
+    let mut cmd = mpirun_base();
     cmd.args(["-np", "1", kiln()])
         .args(pretrain_args(&a, &text, "mlm", "4", &out))
         .args([":", "-np", "1", kiln()])
         .args(pretrain_args(&b, &text, "mlm", "4", &out));
-    let o = cmd.stdin(Stdio::null()).output().unwrap();
+    let o = cmd.output().unwrap();
     let t = output_text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(

@@ -416,6 +416,17 @@ pub fn start(
         ));
     }
     world.barrier();
+    fresh(model_dir, out, config, train, notes)
+}
+
+/// A new run: the model from `model_dir`, a fresh optimizer and state.
+fn fresh(
+    model_dir: &Path,
+    out: OutDir,
+    config: serde_json::Value,
+    train: &TrainConfig,
+    notes: Vec<String>,
+) -> Result<Start> {
     let p = checkpoint::load(model_dir)?;
     let mut state = TrainerState::new(config);
     state.model = Some(checkpoint::fingerprint(model_dir)?);
@@ -458,16 +469,7 @@ fn follow(
             notes: Vec::new(),
         });
     }
-    let p = checkpoint::load(model_dir)?;
-    let mut state = TrainerState::new(config);
-    state.model = Some(checkpoint::fingerprint(model_dir)?);
-    Ok(Start {
-        p,
-        opt: AdamW::new(train.weight_decay),
-        state,
-        out,
-        notes: Vec::new(),
-    })
+    fresh(model_dir, out, config, train, Vec::new())
 }
 
 /// A resumed run on another number of ranks continues the same run when the global batch
