@@ -227,16 +227,21 @@ fn two_ranks_at_batch_b_train_the_weights_of_one_process_at_batch_2b() {
     }
 
     // Fine-tuning: a classifier on labelled examples, evaluated (by rank 0) as it trains.
-    let mut data = String::new();
-    for i in 0..48 {
-        let (t, label) = match i % 3 {
-            0 => ("open water with rain", 1),
-            1 => ("every small cafe", 0),
-            _ => ("rain over the water", 1),
-        };
-        data.push_str(&format!("{{\"text\": \"{t} {i}\", \"label\": {label}}}\n"));
-    }
-    std::fs::write(dir.join("train.jsonl"), &data).unwrap();
+    let examples = |n: usize| -> String {
+        (0..n)
+            .map(|i| {
+                let (t, label) = match i % 3 {
+                    0 => ("open water with rain", 1),
+                    1 => ("every small cafe", 0),
+                    _ => ("rain over the water", 1),
+                };
+                format!("{{\"text\": \"{t} {i}\", \"label\": {label}}}\n")
+            })
+            .collect()
+    };
+    std::fs::write(dir.join("train.jsonl"), examples(48)).unwrap();
+    // Three chunks of 64 to score: both ranks evaluate a share.
+    std::fs::write(dir.join("valid.jsonl"), examples(150)).unwrap();
     std::fs::write(dir.join("labels.json"), "{\"label\": [\"no\", \"yes\"]}").unwrap();
     let model = no_dropout("tiny-bert", &dir.join("cls"));
     let tune = |batch: &'static str, out: &str| -> Vec<String> {
@@ -249,7 +254,7 @@ fn two_ranks_at_batch_b_train_the_weights_of_one_process_at_batch_2b() {
             "--train",
             &path(&dir, "train.jsonl"),
             "--valid",
-            &path(&dir, "train.jsonl"),
+            &path(&dir, "valid.jsonl"),
             "--labels",
             &path(&dir, "labels.json"),
             "--batch-size",
@@ -276,8 +281,18 @@ fn two_ranks_at_batch_b_train_the_weights_of_one_process_at_batch_2b() {
     mpirun(2, &b.iter().map(String::as_str).collect::<Vec<_>>());
     let d = max_diff(Path::new(&one), Path::new(&two));
     assert!(d < 1e-5, "finetune: 2 ranks × 4 vs 1 × 8 differ by {d}");
-    let metrics = std::fs::read_to_string(Path::new(&two).join("metrics.jsonl")).unwrap();
-    assert!(metrics.contains("\"accuracy\""), "{metrics}");
+    // The evaluation, split over the ranks, scores as one process does.
+    let last = |o: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(Path::new(o).join("metrics.jsonl")).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    };
+    let (x, y) = (last(&one), last(&two));
+    assert_eq!(x["accuracy"], y["accuracy"], "{x} vs {y}");
+    let (lx, ly) = (
+        x["valid_loss"].as_f64().unwrap(),
+        y["valid_loss"].as_f64().unwrap(),
+    );
+    assert!((lx - ly).abs() < 1e-5 * lx.abs(), "{x} vs {y}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

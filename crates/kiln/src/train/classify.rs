@@ -472,18 +472,28 @@ pub fn evaluate_examples_with(
 ) -> Result<serde_json::Value> {
     let head = sequence_head(p)?;
     let k = head.linear.out_features();
-    let (mut logits, mut gold) = (Vec::new(), Vec::new());
-    for chunk in examples.chunks(64) {
-        progress(logits.len() / k, examples.len());
-        let refs: Vec<&Example> = chunk.iter().collect();
-        logits.extend(sequence_logits(p, &batch_of(&refs)?)?);
-        for e in chunk {
-            gold.push(
-                e.label
-                    .ok_or_else(|| Error::Input("evaluation data needs labels".into()))?,
-            );
+    let gold = examples
+        .iter()
+        .map(|e| {
+            e.label
+                .ok_or_else(|| Error::Input("evaluation data needs labels".into()))
+        })
+        .collect::<Result<Vec<f32>>>()?;
+    // In a distributed run each rank scores every N-th chunk into a zeroed buffer and the
+    // buffers are summed: every rank then holds all the logits, bit for bit as one process
+    // computes them, and the metrics follow the same on each.
+    let world = crate::train::distributed::world();
+    let mut logits = vec![0.0f32; examples.len() * k];
+    for (i, chunk) in examples.chunks(64).enumerate() {
+        if i % world.size() != world.rank() {
+            continue;
         }
+        progress(i * 64, examples.len());
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let l = sequence_logits(p, &batch_of(&refs)?)?;
+        logits[i * 64 * k..i * 64 * k + l.len()].copy_from_slice(&l);
     }
+    world.sum_f32(&mut [&mut logits[..]]);
     if head.labels.regression {
         let pred: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
         let g: Vec<f64> = gold.iter().map(|&v| v as f64).collect();
@@ -591,5 +601,6 @@ pub(crate) fn prepare(
         loss: Box::new(sequence_loss),
         evaluate: Box::new(evaluate_examples),
         aux: None,
+        sharded_eval: true,
     })
 }

@@ -190,6 +190,7 @@ fn taught<E: Clone + 'static, T: 'static>(
         metric,
         micro,
         evaluate,
+        sharded_eval,
         ..
     } = inner;
     let train = train
@@ -227,6 +228,7 @@ fn taught<E: Clone + 'static, T: 'static>(
             evaluate(p, &inner)
         }),
         aux,
+        sharded_eval,
     }
 }
 

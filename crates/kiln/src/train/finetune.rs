@@ -119,6 +119,9 @@ pub(crate) struct ExampleTask<E, T> {
     pub loss: LossFn<T>,
     /// Held-out metrics.
     pub evaluate: Box<EvalFn<E>>,
+    /// Whether `evaluate` splits its work over the ranks of a distributed run itself
+    /// ([`Task::evaluates_sharded`]).
+    pub sharded_eval: bool,
     /// Parameters the loss trains beside the model's (a distillation projection), if any.
     pub aux: Option<std::sync::Arc<crate::train::auxiliary::Auxiliary>>,
 }
@@ -183,6 +186,10 @@ impl<E, T> Task for ExampleTask<E, T> {
 
     fn auxiliary(&self) -> Option<&crate::train::auxiliary::Auxiliary> {
         self.aux.as_deref()
+    }
+
+    fn evaluates_sharded(&self) -> bool {
+        self.sharded_eval
     }
 
     fn selection(&self) -> Option<(&str, bool)> {

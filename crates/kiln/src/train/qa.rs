@@ -593,5 +593,6 @@ pub(crate) fn prepare(
         loss: Box::new(span_loss),
         evaluate: Box::new(move |p, f| evaluate_qa(p, f, &d)),
         aux: None,
+        sharded_eval: false,
     })
 }

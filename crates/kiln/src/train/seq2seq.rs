@@ -413,6 +413,7 @@ pub(crate) fn prepare(
         loss,
         evaluate: Box::new(move |p, e| evaluate_seq2seq(p, e, beams, lp, mt)),
         aux: None,
+        sharded_eval: false,
     })
 }
 

@@ -545,6 +545,7 @@ pub(crate) fn prepare(
         loss: Box::new(token_loss),
         evaluate: Box::new(evaluate_tags),
         aux: None,
+        sharded_eval: false,
     })
 }
 
