@@ -493,7 +493,7 @@ pub fn evaluate_examples_with(
         let l = sequence_logits(p, &batch_of(&refs)?)?;
         logits[i * 64 * k..i * 64 * k + l.len()].copy_from_slice(&l);
     }
-    world.sum_f32(&mut [&mut logits[..]]);
+    world.sum_f32(&mut [&mut logits[..]], &mut Vec::new());
     if head.labels.regression {
         let pred: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
         let g: Vec<f64> = gold.iter().map(|&v| v as f64).collect();

@@ -11,9 +11,11 @@
 //! independence without a data server.
 //!
 //! Gradients are summed over the ranks by allreduce in flat buckets after the backward pass.
-//! Rank 0 alone evaluates (and broadcasts the figures), writes `metrics.jsonl`, checkpoints
-//! and the model; the other ranks never touch the output directory except to read the
-//! checkpoint a resumed run starts from (so `--out` must be on a file system every rank sees).
+//! Evaluation is split over the ranks where a task can add up their shares (pre-training,
+//! classification), else run on rank 0 and broadcast. Rank 0 alone writes `metrics.jsonl`,
+//! checkpoints and the model; the other ranks never touch the output directory except to read
+//! the checkpoint a resumed run starts from (so `--out` must be on a file system every rank
+//! sees).
 //!
 //! Without the `mpi` feature (or outside `mpirun`) the world is one process and every
 //! operation here is a no-op.
@@ -32,7 +34,7 @@ static WORLD: OnceLock<World> = OnceLock::new();
 
 /// The world of this process: what [`init`] found, or one process.
 pub fn world() -> World {
-    *WORLD.get_or_init(|| World { rank: 0, size: 1 })
+    *WORLD.get_or_init(World::single)
 }
 
 /// Values of an `mpirun` launch in the environment: Open MPI's, else the PMI (MPICH, Slurm)
@@ -97,8 +99,8 @@ pub fn init() -> Result<()> {
     }
 }
 
-/// Elements per allreduce call: big enough that latency does not count, small enough that
-/// the staging copies stay in cache-friendly sizes (16 MiB of f32).
+/// Elements per allreduce call: big enough that latency does not count, small enough that the
+/// staging buffers stay small beside the gradients (16 MiB of f32 each way).
 const BUCKET: usize = 1 << 22;
 
 impl World {
@@ -133,14 +135,18 @@ impl World {
     }
 
     /// Sums `bufs` element-wise over all ranks, in place (flat buckets of [`BUCKET`] values
-    /// gathered across the buffers, so many small tensors cost few calls).
-    pub fn sum_f32(self, bufs: &mut [&mut [f32]]) {
+    /// gathered across the buffers, so many small tensors cost few calls). `scratch` stages the
+    /// buckets; a caller that sums every step keeps it, so no step allocates.
+    pub fn sum_f32(self, bufs: &mut [&mut [f32]], scratch: &mut Vec<f32>) {
         if !self.is_distributed() {
             return;
         }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let mut send = vec![0.0f32; total.min(BUCKET)];
-        let mut recv = vec![0.0f32; total.min(BUCKET)];
+        let bucket = total.min(BUCKET);
+        if scratch.len() < 2 * bucket {
+            scratch.resize(2 * bucket, 0.0);
+        }
+        let (send, recv) = scratch[..2 * bucket].split_at_mut(bucket);
         // (buffer, offset) where the next bucket starts
         let (mut bi, mut off) = (0usize, 0usize);
         while bi < bufs.len() {
@@ -326,7 +332,7 @@ mod tests {
         let w = World { rank: 0, size: 1 };
         let mut a = vec![1.0f32, 2.0];
         let mut b = vec![3.0f32];
-        w.sum_f32(&mut [&mut a[..], &mut b[..]]);
+        w.sum_f32(&mut [&mut a[..], &mut b[..]], &mut Vec::new());
         assert_eq!((a, b), (vec![1.0, 2.0], vec![3.0]));
         let ranks: Vec<_> = (0..3)
             .map(|r| World { rank: r, size: 3 }.shard(4))

@@ -647,6 +647,7 @@ fn run_locked<T: Task>(
     let (mut tokens_since, mut since) = (0usize, Instant::now());
     // Distributed runs: time spent summing gradients since the last metrics line, and steps.
     let (mut reduce_secs, mut wait_secs, mut reduce_steps) = (0.0f64, 0.0f64, 0u64);
+    let mut reduce_scratch = Vec::new();
     let (mut interrupted, mut early_stopped) = (false, false);
     let mut last_save = Instant::now();
     while state.step < total {
@@ -704,7 +705,7 @@ fn run_locked<T: Task>(
             world.barrier();
             wait_secs += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            sum_grads(world, &mut grads, task.auxiliary());
+            sum_grads(world, &mut grads, task.auxiliary(), &mut reduce_scratch);
             reduce_secs += t.elapsed().as_secs_f64();
             reduce_steps += 1;
             sums[1] as usize
@@ -903,19 +904,16 @@ fn sum_grads(
     world: super::distributed::World,
     grads: &mut Pretrained,
     aux: Option<&crate::train::auxiliary::Auxiliary>,
+    scratch: &mut Vec<f32>,
 ) {
     let mut gp = parameters(grads);
+    let model = gp.iter_mut().map(|(_, t, _)| t.data_mut());
     match aux {
-        None => world.sum_f32(
-            &mut gp
-                .iter_mut()
-                .map(|(_, t, _)| t.data_mut())
-                .collect::<Vec<_>>(),
-        ),
+        None => world.sum_f32(&mut model.collect::<Vec<_>>(), scratch),
         Some(a) => a.with_grads(|extra| {
-            let mut all: Vec<&mut [f32]> = gp.iter_mut().map(|(_, t, _)| t.data_mut()).collect();
+            let mut all: Vec<&mut [f32]> = model.collect();
             all.extend(extra);
-            world.sum_f32(&mut all)
+            world.sum_f32(&mut all, scratch)
         }),
     }
 }
